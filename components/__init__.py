@@ -1,0 +1,1 @@
+"""The pipeline stages, one package each, plus the shared preprocessing."""

@@ -1,0 +1,168 @@
+"""The ingest Beam job: match -> headers -> group by series -> records -> shards.
+
+Everything is written under a staging folder inside OUT and moved into place only
+when the job has succeeded (qc.json last), so a reader never sees half an output.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from medseq.components.ingest.transforms import BuildRecord, ReadHeader, Record, RejectedRow, WriteShard, open_binary, shard_of
+from medseq.pipeline import features as F
+from medseq.pipeline.config import IngestConfig, PreprocessConfig, to_dict
+from medseq.pipeline.errors import InputError
+
+log = logging.getLogger("medseq.ingest")
+LABEL_COLUMNS = ("series_instance_uid", "label")
+
+
+@dataclass(frozen=True)
+class IngestOutputs:
+    out: str
+    records: dict[str, int]
+    rejected: int
+    classes: tuple[str, ...]
+    qc: dict[str, Any]
+
+
+def read_labels(path: str) -> tuple[dict[str, str], tuple[str, ...]]:
+    """labels.csv -> ({series uid: label}, sorted class names)."""
+    try:
+        with open_binary(path) as f:
+            text = f.read().decode("utf-8-sig")
+    except (OSError, IOError):
+        raise InputError(f"labels file not found or not readable: {path}") from None
+    reader = csv.DictReader(io.StringIO(text))
+    if not reader.fieldnames or not set(LABEL_COLUMNS) <= {c.strip() for c in reader.fieldnames}:
+        raise InputError(f"{path}: expected a CSV header with columns {','.join(LABEL_COLUMNS)}, "
+                         f"found {','.join(reader.fieldnames or [])!r}")
+    labels = {}
+    for row in reader:
+        row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
+        if row["series_instance_uid"] and row["label"]:
+            labels[row["series_instance_uid"]] = row["label"]
+    if not labels:
+        raise InputError(f"{path}: no labeled series (expected rows of series_instance_uid,label)")
+    return labels, tuple(sorted(set(labels.values())))
+
+
+def input_pattern(input_path: str) -> tuple[str, str]:
+    """(glob pattern, root) for a folder or a glob, on any Beam filesystem."""
+    if any(ch in input_path for ch in "*?["):
+        root = input_path.split("*")[0].rsplit("/", 1)[0]
+        return input_path, root
+    if not FileSystems.exists(input_path):
+        raise InputError(f"input not found: {input_path} (expected a folder or a glob of DICOM files)")
+    root = input_path.rstrip("/")
+    return f"{root}/**", root
+
+
+def build(pipeline: beam.Pipeline, pattern: str, root: str, staging: str, key: bytes,
+          labels: dict[str, str], classes: tuple[str, ...], preprocess: PreprocessConfig,
+          ingest: IngestConfig) -> None:
+    """Adds the ingest transforms to `pipeline`, writing under `staging`."""
+    headers = (
+        pipeline
+        | "MatchFiles" >> fileio.MatchFiles(pattern)
+        | "FilePaths" >> beam.Map(lambda m: m.path)
+        | "ReadHeaders" >> beam.ParDo(ReadHeader(root, key)).with_outputs(ReadHeader.REJECTED, main="headers")
+    )
+    built = (
+        headers.headers
+        | "GroupBySeries" >> beam.GroupByKey()
+        | "BuildRecords" >> beam.ParDo(BuildRecord(root, key, labels, classes, preprocess, ingest.split))
+        .with_outputs(BuildRecord.REJECTED, main="records")
+    )
+    records = built.records
+    sizes = (records | "RecordSizes" >> beam.Map(lambda r: (r.split, len(r.example)))
+             | "SizePerSplit" >> beam.CombinePerKey(sum))
+    shard_bytes = ingest.shard_size_mb * 2**20
+    _ = (
+        records
+        | "AssignShards" >> beam.Map(shard_of, sizes=beam.pvalue.AsDict(sizes), num_shards=ingest.num_shards,
+                                     shard_bytes=shard_bytes)
+        | "GroupByShard" >> beam.GroupByKey()
+        | "WriteShards" >> beam.ParDo(WriteShard(staging))
+    )
+    _ = (
+        records | "IndexLines" >> beam.Map(Record.index_line)
+        | "WriteIndex" >> beam.io.WriteToText(FileSystems.join(staging, "_index"), file_name_suffix=".jsonl")
+    )
+    _ = (
+        (headers[ReadHeader.REJECTED], built[BuildRecord.REJECTED])
+        | "AllRejected" >> beam.Flatten()
+        | "RejectedLines" >> beam.Map(RejectedRow.to_json)
+        | "WriteRejected" >> beam.io.WriteToText(FileSystems.join(staging, "_rejected"), file_name_suffix=".jsonl")
+    )
+
+
+def _read_lines(prefix: str) -> list[str]:
+    lines: list[str] = []
+    for match in FileSystems.match([prefix + "*"])[0].metadata_list:
+        with open_binary(match.path) as f:
+            lines.extend(line for line in f.read().decode().splitlines() if line)
+    return sorted(lines)
+
+
+def finalize(staging: str, out: str, classes: tuple[str, ...], config: dict[str, Any]) -> IngestOutputs:
+    """Merges the side files into rejected.jsonl and qc.json, then swaps staging into OUT."""
+    index = [json.loads(line) for line in _read_lines(FileSystems.join(staging, "_index"))]
+    rejected_lines = _read_lines(FileSystems.join(staging, "_rejected"))
+    rejected = [json.loads(line) for line in rejected_lines]
+    for split in F.SPLITS:
+        FileSystems.mkdirs(FileSystems.join(staging, split)) if not FileSystems.exists(
+            FileSystems.join(staging, split)) else None
+    with FileSystems.create(FileSystems.join(staging, F.REJECTED_FILE)) as f:
+        f.write("".join(line + "\n" for line in rejected_lines).encode())
+    qc = {
+        "classes": list(classes),
+        "records": {s: sum(1 for r in index if r["split"] == s) for s in F.SPLITS},
+        "labels": {s: dict(sorted(Counter(r["label"] for r in index if r["split"] == s).items())) for s in F.SPLITS},
+        "modalities": dict(sorted(Counter(r["modality"] for r in index).items())),
+        "manufacturers": dict(sorted(Counter(r["manufacturer"] for r in index).items())),
+        "rejected": dict(sorted(Counter(r["reason"] for r in rejected).items())),
+        "files_rejected": sum(1 for r in rejected if not r["series_key"] or r["reason"] == "duplicate_instance"),
+        "config": config,
+    }
+    with FileSystems.create(FileSystems.join(staging, "qc.json.tmp")) as f:
+        f.write(json.dumps(qc, indent=2, sort_keys=True).encode())
+    for leftover in FileSystems.match([FileSystems.join(staging, "_*")])[0].metadata_list:
+        FileSystems.delete([leftover.path])
+    trash = FileSystems.join(out, f".medseq-old-{uuid.uuid4().hex[:8]}")
+    FileSystems.mkdirs(trash)
+    # qc.json goes last: its presence marks a complete output.
+    for name in (F.QC_FILE, *F.SPLITS, F.REJECTED_FILE):
+        target = FileSystems.join(out, name)
+        if FileSystems.exists(target):
+            FileSystems.rename([target], [FileSystems.join(trash, name)])
+    for name in (*F.SPLITS, F.REJECTED_FILE):
+        FileSystems.rename([FileSystems.join(staging, name)], [FileSystems.join(out, name)])
+    FileSystems.rename([FileSystems.join(staging, "qc.json.tmp")], [FileSystems.join(out, F.QC_FILE)])
+    FileSystems.delete([trash, staging])
+    return IngestOutputs(out, qc["records"], len(rejected), classes, qc)
+
+
+def run_job(input_path: str, labels_path: str, out: str, key: bytes, preprocess: PreprocessConfig,
+            ingest: IngestConfig, beam_args: list[str], config_record: dict[str, Any]) -> IngestOutputs:
+    labels, classes = read_labels(labels_path)
+    pattern, root = input_pattern(input_path)
+    FileSystems.mkdirs(out) if not FileSystems.exists(out) else None
+    staging = FileSystems.join(out, f".medseq-staging-{uuid.uuid4().hex[:8]}")
+    options = PipelineOptions(beam_args)
+    with beam.Pipeline(options=options) as pipeline:
+        build(pipeline, pattern, root, staging, key, labels, classes, preprocess, ingest)
+    record = dict(config_record, preprocess=to_dict(preprocess), ingest=to_dict(ingest))
+    return finalize(staging, out, classes, record)

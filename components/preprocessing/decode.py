@@ -1,0 +1,110 @@
+"""Pixel pass: decode the ordered frames of a series and apply the modality LUT.
+
+The result is a float32 volume in modality units (Hounsfield units for CT) plus the
+header values the numeric preprocessing needs (`SeriesMeta`), nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import IO, Callable
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.pixels import apply_modality_lut
+
+from medseq.components.preprocessing import reasons
+from medseq.components.preprocessing.geometry import OrderedSeries
+from medseq.components.preprocessing.headers import FileHeader, _item, read_dataset
+from medseq.components.preprocessing.reasons import Rejected
+
+
+@dataclass(frozen=True)
+class SeriesMeta:
+    """The header values the numeric preprocessing reads."""
+
+    modality: str
+    photometric: str
+    rgb: bool
+    window: tuple[float, float] | None  # the series' own VOI window (center, width)
+    pixel_spacing: tuple[float, float] | None
+    interval: float  # mm between slices or ms between frames; 0 when unknown
+    max_value: float  # of the stored range, for RGB scaling
+
+
+def _rescale(ds: Dataset, frame: int) -> tuple[float, float] | None:
+    """(slope, intercept) from an enhanced object's functional groups, if it has them."""
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    for group in ((per_frame[frame] if per_frame and frame < len(per_frame) else None),
+                  _item(ds, "SharedFunctionalGroupsSequence")):
+        item = _item(group, "PixelValueTransformationSequence") if group is not None else None
+        if item is not None and "RescaleSlope" in item:
+            return float(item.RescaleSlope), float(item.get("RescaleIntercept", 0.0))
+    return None
+
+
+def _header_window(ds: Dataset) -> tuple[float, float] | None:
+    source = ds if "WindowCenter" in ds else _item(ds, "SharedFunctionalGroupsSequence", "FrameVOILUTSequence")
+    if source is None or "WindowCenter" not in source or "WindowWidth" not in source:
+        return None
+    center, width = source.WindowCenter, source.WindowWidth
+    # Several windows may be listed; the first is the one the modality suggests.
+    center = center[0] if isinstance(center, (list, MultiValue)) else center
+    width = width[0] if isinstance(width, (list, MultiValue)) else width
+    try:
+        return float(center), float(width)
+    except (TypeError, ValueError):
+        return None
+
+
+def _frames_of(ds: Dataset, header: FileHeader) -> np.ndarray:
+    """All frames of one file, (F, H, W[, 3]) float32 in modality units."""
+    try:
+        pixels = ds.pixel_array
+    except NotImplementedError:
+        raise Rejected(reasons.UNSUPPORTED_TRANSFER_SYNTAX, "no installed decoder handles the transfer syntax "
+                       f"{ds.file_meta.TransferSyntaxUID.name}") from None
+    except Exception as exc:  # noqa: BLE001 - codecs raise anything on corrupt data
+        raise Rejected(reasons.DECODE_ERROR, f"the pixel data cannot be decoded ({type(exc).__name__}); "
+                       "truncated or corrupt") from None
+    rgb = header.samples_per_pixel == 3
+    if pixels.ndim == (3 if rgb else 2):
+        pixels = pixels[None]
+    if rgb:
+        return pixels.astype(np.float32)
+    if header.multiframe and _rescale(ds, 0) is not None:
+        out = np.empty(pixels.shape, np.float32)
+        for i in range(pixels.shape[0]):
+            slope, intercept = _rescale(ds, i) or (1.0, 0.0)
+            out[i] = pixels[i] * slope + intercept
+        return out
+    return np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
+
+
+def load_series(ordered: OrderedSeries, headers: dict[str, FileHeader],
+                open_file: Callable[[str], IO[bytes]]) -> tuple[np.ndarray, SeriesMeta]:
+    """Decodes every file of the series once and stacks the frames in `ordered` order."""
+    by_path: dict[str, np.ndarray] = {}
+    first_ds: Dataset | None = None
+    for path in dict.fromkeys(f.path for f in ordered.frames):
+        with open_file(path) as fileobj:
+            ds = read_dataset(fileobj, path, stop_before_pixels=False)
+        by_path[path] = _frames_of(ds, headers[path])
+        if first_ds is None:
+            first_ds = ds
+    volume = np.stack([by_path[f.path][f.frame] for f in ordered.frames])
+    header = headers[ordered.frames[0].path]
+    if first_ds is None:
+        raise Rejected(reasons.NO_PIXEL_DATA, "the series holds no frames")
+    bits = int(first_ds.get("BitsStored", 8))
+    meta = SeriesMeta(
+        modality=header.modality,
+        photometric=header.photometric,
+        rgb=header.samples_per_pixel == 3,
+        window=_header_window(first_ds),
+        pixel_spacing=header.pixel_spacing,
+        interval=ordered.interval,
+        max_value=float(2**bits - 1),
+    )
+    return volume, meta

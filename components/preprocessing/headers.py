@@ -1,0 +1,189 @@
+"""Header pass: what a file says about its series, read without the pixels.
+
+`read_header` turns one file into a `FileHeader` of plain values (classic single-frame
+or enhanced multi-frame alike: one `FrameRef` per frame), or raises `Rejected`.
+Identifiers stay in memory here; they are hashed before anything is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import IO, Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from medseq.components.preprocessing import reasons
+from medseq.components.preprocessing.reasons import Rejected
+
+
+DEFER_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class FrameRef:
+    """One frame of a file, with what orders it."""
+
+    path: str
+    frame: int  # index inside the file (0 for single-frame files)
+    sop_uid: str
+    instance_number: int
+    position: tuple[float, float, float] | None
+    orientation: tuple[float, ...] | None
+    temporal: float | None  # trigger delay or frame time offset, ms
+
+
+@dataclass(frozen=True)
+class FileHeader:
+    path: str
+    series_uid: str
+    sop_uid: str
+    patient_id: str
+    institution: str
+    modality: str
+    manufacturer: str
+    frame_of_reference: str
+    rows: int
+    columns: int
+    samples_per_pixel: int
+    photometric: str
+    transfer_syntax: str
+    pixel_spacing: tuple[float, float] | None
+    multiframe: bool
+    frames: tuple[FrameRef, ...]
+
+    @property
+    def series_key_source(self) -> str:
+        """A multi-frame file is a series by itself, even beside others of its series."""
+        return f"{self.series_uid}/{self.sop_uid}" if self.multiframe else self.series_uid
+
+
+def _floats(value: Any, n: int) -> tuple[float, ...] | None:
+    try:
+        values = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return values if len(values) == n else None
+
+
+def _item(ds: Dataset, *path: str) -> Dataset | None:
+    """Walks nested sequences, taking the first item of each: _item(fg, 'PlanePositionSequence')."""
+    node: Dataset | None = ds
+    for name in path:
+        seq = node.get(name) if node is not None else None
+        node = seq[0] if seq else None
+    return node
+
+
+def _frame_geometry(ds: Dataset, index: int) -> tuple[Any, Any, Any]:
+    """(position, orientation, temporal) of frame `index` of an enhanced multi-frame object."""
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    item = per_frame[index] if per_frame and index < len(per_frame) else None
+    shared = _item(ds, "SharedFunctionalGroupsSequence")
+    pos = _item(item, "PlanePositionSequence") if item is not None else None
+    orient = (_item(item, "PlaneOrientationSequence") if item is not None else None) or \
+        (_item(shared, "PlaneOrientationSequence") if shared is not None else None)
+    cardiac = _item(item, "CardiacSynchronizationSequence") if item is not None else None
+    temporal = cardiac.get("NominalCardiacTriggerDelayTime") if cardiac is not None else None
+    if temporal is None and ds.get("FrameTime") is not None:
+        temporal = float(ds.FrameTime) * index
+    return (pos.get("ImagePositionPatient") if pos is not None else None,
+            orient.get("ImageOrientationPatient") if orient is not None else None, temporal)
+
+
+def pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
+    measures = _item(ds, "SharedFunctionalGroupsSequence", "PixelMeasuresSequence")
+    for source in (ds, measures):
+        if source is not None:
+            for name in ("PixelSpacing", "ImagerPixelSpacing"):
+                spacing = _floats(source.get(name), 2)
+                if spacing:
+                    return (spacing[0], spacing[1])
+    return None
+
+
+def _int(value: Any, default: int = 0) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def header_from_dataset(ds: Dataset, path: str) -> FileHeader:
+    """Extracts a FileHeader from a dataset read with or without pixels."""
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise Rejected(reasons.NO_PIXEL_DATA, "the file holds no image (no Pixel Data element)")
+    missing = [k for k in ("SeriesInstanceUID", "SOPInstanceUID", "Rows", "Columns") if not ds.get(k)]
+    if missing:
+        raise Rejected(reasons.MISSING_ATTRIBUTE, f"required attribute(s) absent or empty: {', '.join(missing)}")
+    n_frames = _int(ds.get("NumberOfFrames"), 1) or 1
+    multiframe = n_frames > 1 or "PerFrameFunctionalGroupsSequence" in ds
+    frames = []
+    for i in range(n_frames):
+        if multiframe:
+            position, orientation, temporal = _frame_geometry(ds, i)
+        else:
+            position, orientation = ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient")
+            temporal = ds.get("TriggerTime")
+        frames.append(FrameRef(
+            path=path, frame=i, sop_uid=str(ds.SOPInstanceUID),
+            instance_number=_int(ds.get("InstanceNumber")),
+            position=_floats(position, 3), orientation=_floats(orientation, 6),  # type: ignore[arg-type]
+            temporal=float(temporal) if temporal not in (None, "") else None,
+        ))
+    meta = getattr(ds, "file_meta", None)
+    return FileHeader(
+        path=path,
+        series_uid=str(ds.SeriesInstanceUID),
+        sop_uid=str(ds.SOPInstanceUID),
+        patient_id=str(ds.get("PatientID", "")),
+        institution=str(ds.get("InstitutionName", "")),
+        modality=str(ds.get("Modality", "OT")).upper(),
+        manufacturer=str(ds.get("Manufacturer", "")),
+        frame_of_reference=str(ds.get("FrameOfReferenceUID", "")),
+        rows=_int(ds.Rows),
+        columns=_int(ds.Columns),
+        samples_per_pixel=_int(ds.get("SamplesPerPixel"), 1),
+        photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2")),
+        transfer_syntax=str(meta.get("TransferSyntaxUID", "")) if meta is not None else "",
+        pixel_spacing=pixel_spacing(ds),
+        multiframe=multiframe,
+        frames=tuple(frames),
+    )
+
+
+def read_dataset(fileobj: IO[bytes], path: str, stop_before_pixels: bool = False,
+                 defer_size: int | None = None) -> Dataset:
+    """dcmread with the failure modes of real archives mapped to reason codes."""
+    head = fileobj.read(132)
+    fileobj.seek(0)
+    if len(head) < 132 or head[128:132] != b"DICM":
+        # Old ACR-NEMA style or not DICOM at all: tell the two apart for the report.
+        try:
+            ds = pydicom.dcmread(fileobj, force=True, stop_before_pixels=True)
+            looks_dicom = any(k in ds for k in ("SOPClassUID", "Rows", "SeriesInstanceUID"))
+        except Exception:  # noqa: BLE001 - any parse failure means "not DICOM" here
+            looks_dicom = False
+        if looks_dicom:
+            raise Rejected(reasons.MISSING_FILE_META,
+                           "no DICOM file meta information (no 'DICM' preamble); re-export as a Part 10 file")
+        raise Rejected(reasons.NOT_DICOM, "not a DICOM file (no 'DICM' marker at byte 128)")
+    try:
+        ds = pydicom.dcmread(fileobj, stop_before_pixels=stop_before_pixels, defer_size=defer_size)
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, IndexError, OverflowError) as exc:
+        raise Rejected(reasons.UNREADABLE, f"the header cannot be parsed ({type(exc).__name__}); the file is truncated or corrupt") from None
+    if "TransferSyntaxUID" not in ds.file_meta:
+        raise Rejected(reasons.MISSING_FILE_META, "the file meta information has no Transfer Syntax UID")
+    return ds
+
+
+def read_header(fileobj: IO[bytes], path: str) -> FileHeader:
+    # Large values (the pixels) are skipped, not read, yet their presence is known.
+    ds = read_dataset(fileobj, path, stop_before_pixels=False, defer_size=DEFER_BYTES)
+    try:
+        return header_from_dataset(ds, path)
+    except Rejected:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a malformed value deep in a header
+        raise Rejected(reasons.UNREADABLE, f"a header value cannot be interpreted ({type(exc).__name__})") from None

@@ -1,0 +1,41 @@
+"""Why an input was rejected: stable codes for rejected.jsonl and qc.json.
+
+Messages are written by medseq, never copied from a header or from a library's
+exception text, so no identifier can leak through them.
+"""
+
+from __future__ import annotations
+
+NOT_DICOM = "not_dicom"
+MISSING_FILE_META = "missing_file_meta"
+UNREADABLE = "unreadable"
+NO_PIXEL_DATA = "no_pixel_data"
+MISSING_ATTRIBUTE = "missing_attribute"
+UNSUPPORTED_TRANSFER_SYNTAX = "unsupported_transfer_syntax"
+DECODE_ERROR = "decode_error"
+DUPLICATE_INSTANCE = "duplicate_instance"
+INCONSISTENT_SHAPE = "inconsistent_shape"
+INCONSISTENT_ORIENTATION = "inconsistent_orientation"
+INCONSISTENT_FRAME_OF_REFERENCE = "inconsistent_frame_of_reference"
+INCONSISTENT_SPACING = "inconsistent_spacing"
+MISSING_SLICES = "missing_slices"
+DUPLICATE_POSITION = "duplicate_position"
+TOO_FEW_FRAMES = "too_few_frames"
+UNLABELED = "unlabeled"
+UNKNOWN_LABEL = "unknown_label"
+
+ALL = (
+    NOT_DICOM, MISSING_FILE_META, UNREADABLE, NO_PIXEL_DATA, MISSING_ATTRIBUTE,
+    UNSUPPORTED_TRANSFER_SYNTAX, DECODE_ERROR, DUPLICATE_INSTANCE, INCONSISTENT_SHAPE,
+    INCONSISTENT_ORIENTATION, INCONSISTENT_FRAME_OF_REFERENCE, INCONSISTENT_SPACING,
+    MISSING_SLICES, DUPLICATE_POSITION, TOO_FEW_FRAMES, UNLABELED, UNKNOWN_LABEL,
+)
+
+
+class Rejected(Exception):
+    """An input that cannot become a record: `code` is one of ALL, `message` is for people."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message

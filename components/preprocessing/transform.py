@@ -1,0 +1,99 @@
+"""The one numeric preprocessing of a series, shared by ingest and `medseq predict`.
+
+`preprocess(volume, meta, config)` is pure: numpy in, numpy out, no I/O. Both callers
+feed it the decoded volume in modality units, so training and serving see the same
+tensors (a test proves it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from medseq.components.preprocessing.decode import SeriesMeta
+from medseq.pipeline.config import PreprocessConfig, parse_window
+
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    frames: np.ndarray  # (T, H, W, C) in config.dtype
+    valid_frames: int
+    spacing: tuple[float, float, float]  # row mm, column mm, slice mm or frame ms (output grid)
+
+
+def _window(volume: np.ndarray, spec: str, meta: SeriesMeta, percentiles: tuple[float, float]) -> np.ndarray:
+    """DICOM linear VOI function (PS3.3 C.11.2.1.2) onto [0, 1]."""
+    parsed = parse_window(spec)
+    if parsed == "header" and meta.window is not None:
+        center, width = meta.window
+    elif isinstance(parsed, tuple):
+        center, width = parsed
+    else:  # percentile, or header without a window in the file
+        low, high = np.percentile(volume, percentiles)
+        return np.clip((volume - low) / max(float(high - low), 1e-6), 0.0, 1.0)
+    return np.clip((volume - (center - 0.5)) / max(width - 1.0, 1e-6) + 0.5, 0.0, 1.0)
+
+
+def _channels(volume: np.ndarray, meta: SeriesMeta, config: PreprocessConfig) -> np.ndarray:
+    """(N, H, W[, 3]) modality units -> (N, H, W, C) in [0, 1]."""
+    specs = config.windows_for(meta.modality)
+    if meta.rgb:
+        # Colour images (ultrasound) carry display values: scale, no VOI window.
+        rgb = np.clip(volume / meta.max_value, 0.0, 1.0)
+        base = rgb if config.color == "rgb" else (rgb @ _LUMA)[..., None]
+        return np.concatenate([base] * len(specs), axis=-1)
+    out = np.stack([_window(volume, s, meta, config.percentiles) for s in specs], axis=-1)
+    if meta.photometric == "MONOCHROME1":
+        out = 1.0 - out
+    if config.color == "rgb":
+        out = np.repeat(out, 3, axis=-1)
+    return out.astype(np.float32)
+
+
+def _resize(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Anti-aliased bilinear resize of every frame and channel (Pillow widens the kernel
+    when shrinking, so fine patterns do not alias)."""
+    n, h, w, c = frames.shape
+    if (h, w) == (height, width):
+        return frames
+    out = np.empty((n, height, width, c), np.float32)
+    for i in range(n):
+        for k in range(c):
+            image = Image.fromarray(np.ascontiguousarray(frames[i, :, :, k]), mode="F")
+            out[i, :, :, k] = np.asarray(image.resize((width, height), Image.Resampling.BILINEAR))
+    return out
+
+
+def temporal_indices(n: int, target: int, mode: str) -> tuple[np.ndarray, int]:
+    """Which source frames fill the T output slots, and how many slots are real.
+
+    `sample` spreads T picks uniformly over the whole sequence (up or down);
+    `pad` keeps every frame when n <= T and leaves the rest as masked padding.
+    """
+    if mode == "pad" and n <= target:
+        return np.arange(n), n
+    return np.round(np.linspace(0, n - 1, target)).astype(np.int64), target
+
+
+def preprocess(volume: np.ndarray, meta: SeriesMeta, config: PreprocessConfig) -> Prepared:
+    """Ordered volume in modality units -> the model's T x H x W x C tensor."""
+    if volume.ndim == 3 and meta.rgb:
+        volume = volume[None]
+    n, h, w = volume.shape[:3]
+    picks, valid = temporal_indices(n, config.frames, config.temporal)
+    channels = _channels(volume[picks], meta, config)
+    resized = np.clip(_resize(channels, config.height, config.width), 0.0, 1.0)
+    frames = np.zeros((config.frames, config.height, config.width, resized.shape[-1]), np.float32)
+    frames[:valid] = resized
+    if config.dtype == "uint8":
+        out = np.round(frames * 255.0).astype(np.uint8)
+    else:
+        out = frames.astype(config.dtype)
+    row, col = meta.pixel_spacing or (1.0, 1.0)
+    step = meta.interval * (n - 1) / (len(picks) - 1) if len(picks) > 1 and n > 1 else meta.interval
+    spacing = (row * h / config.height, col * w / config.width, float(step))
+    return Prepared(out, valid, spacing)

@@ -1,0 +1,152 @@
+"""Numeric phantoms whose label lives in time (cine) or across slices (CT).
+
+Each function returns physical values (MR signal, or Hounsfield units) as float32 plus
+the ground truth it drew, so tests can check the pixels against the shapes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Scanner:
+    """One vendor profile: what differs between sites' images."""
+
+    manufacturer: str
+    model: str
+    matrix: int
+    noise: float  # MR: fraction of blood signal; CT: HU standard deviation
+    gain: float  # MR intensity scale; CT calibration offset in HU
+    ct_signed: bool  # CT: signed storage with intercept 0, else unsigned with -1024
+
+
+SCANNERS = (
+    Scanner("SIEMENS", "Avanto", 256, 0.04, 1.0, False),
+    Scanner("GE MEDICAL SYSTEMS", "Signa HDxt", 224, 0.07, 2.5, True),
+    Scanner("Philips Medical Systems", "Ingenia", 192, 0.10, 0.6, False),
+)
+SMALL_MATRIX = {256: 64, 224: 56, 192: 48}
+
+
+@dataclass(frozen=True)
+class CineTruth:
+    ejection_fraction: float
+    ed_radius_mm: float
+    radii_mm: tuple[float, ...]  # blood-pool equivalent radius per frame
+    center_mm: tuple[float, float]
+    pixel_spacing: float
+
+
+def _grid(matrix: int, spacing: float) -> tuple[np.ndarray, np.ndarray]:
+    coords = (np.arange(matrix, dtype=np.float32) - (matrix - 1) / 2) * spacing
+    return np.meshgrid(coords, coords, indexing="ij")  # (row mm, col mm)
+
+
+def cine_frames(
+    rng: np.random.Generator, scanner: Scanner, matrix: int, n_frames: int, ef: float
+) -> tuple[np.ndarray, CineTruth]:
+    """Short-axis cine over one heartbeat: a bright blood pool in a myocardial ring.
+
+    The end-diastolic size is drawn independently of the class, so only the change
+    between frames tells the ejection fraction.
+    """
+    fov = rng.uniform(300.0, 360.0)
+    spacing = fov / matrix
+    rows, cols = _grid(matrix, spacing)
+    ed_radius = rng.uniform(22.0, 32.0)
+    es_radius = ed_radius * np.sqrt(1.0 - ef)
+    myo_area = np.pi * ((ed_radius + rng.uniform(8.0, 11.0)) ** 2 - ed_radius**2)
+    center = (rng.uniform(-25, 25), rng.uniform(-25, 25))
+    ecc, angle = rng.uniform(0.0, 0.15), rng.uniform(0, np.pi)
+    systole = rng.uniform(0.3, 0.4)  # fraction of the cycle spent contracting
+    body_a, body_b = rng.uniform(120, 140), rng.uniform(90, 110)
+    scale = 1000.0 * scanner.gain
+    phase = np.arange(n_frames) / n_frames
+    # Contraction to end-systole, then slower relaxation back to end-diastole.
+    shape = np.where(phase < systole, 0.5 - 0.5 * np.cos(np.pi * phase / systole),
+                     0.5 + 0.5 * np.cos(np.pi * (phase - systole) / (1 - systole)))
+    radii = ed_radius - (ed_radius - es_radius) * shape
+
+    cos_a, sin_a = np.cos(angle), np.sin(angle)
+    dr, dc = rows - center[0], cols - center[1]
+    u = (dr * cos_a + dc * sin_a) / (1 + ecc)
+    v = (-dr * sin_a + dc * cos_a) / (1 - ecc)
+    radius_map = np.sqrt(u * u + v * v)
+    body = (rows / body_a) ** 2 + (cols / body_b) ** 2 <= 1.0
+    lung = ((rows / 70.0) ** 2 + ((np.abs(cols) - 55.0) / 35.0) ** 2 <= 1.0) & ~(radius_map < ed_radius + 15)
+    background = (np.where(body, 0.25, 0.0) - np.where(body & lung, 0.2, 0.0)).astype(np.float32)
+    frames = np.empty((n_frames, matrix, matrix), np.float32)
+    for t, r in enumerate(radii):
+        outer = np.sqrt(r * r + myo_area / np.pi)
+        img = background.copy()
+        img[radius_map <= outer] = 0.12
+        img[radius_map <= r] = 1.0
+        noise = rng.standard_normal((2, matrix, matrix), dtype=np.float32) * np.float32(scanner.noise)
+        frames[t] = np.hypot(img + noise[0], noise[1]) * scale  # Rician magnitude
+    truth = CineTruth(float(ef), float(ed_radius), tuple(float(r) for r in radii), center, float(spacing))
+    return frames, truth
+
+
+@dataclass(frozen=True)
+class CtTruth:
+    nodule_slices: tuple[int, ...]  # slice indices (ascending z) where the nodule shows
+    nodule_center_mm: tuple[float, float, float] | None
+    nodule_radius_mm: float
+    slice_spacing: float
+    pixel_spacing: float
+
+
+def ct_slab(
+    rng: np.random.Generator, scanner: Scanner, matrix: int, n_slices: int, nodule: bool
+) -> tuple[np.ndarray, CtTruth]:
+    """Axial chest slab in HU: vessels run through many slices, a nodule shows on 2-4."""
+    fov = rng.uniform(320.0, 380.0)
+    spacing = fov / matrix
+    dz = float(rng.choice([1.0, 1.25, 2.0, 2.5]))
+    rows, cols = _grid(matrix, spacing)
+    body_a, body_b = rng.uniform(120, 140), rng.uniform(150, 175)
+    body = (rows / body_a) ** 2 + (cols / body_b) ** 2 <= 1.0
+    lungs = [((rows + 5) / 95.0) ** 2 + ((cols - s * 70.0) / 55.0) ** 2 <= 1.0 for s in (-1, 1)]
+    lung = lungs[0] | lungs[1]
+    base = np.where(body, 40.0, -1000.0).astype(np.float32)
+    base[lung] = -850.0
+    n_vessels = int(rng.integers(4, 9))
+    side = rng.choice([-1, 1], n_vessels)
+    starts = np.stack([rng.uniform(-50, 40, n_vessels), side * rng.uniform(45, 95, n_vessels)], 1)
+    slopes = rng.uniform(-0.25, 0.25, (n_vessels, 2))  # mm of drift per mm of z
+    vradius = rng.uniform(1.5, 3.5, n_vessels)
+    nod_radius = 0.0
+    nod_center: tuple[float, float, float] | None = None
+    if nodule:
+        span = int(rng.integers(2, 5))  # slices the nodule covers
+        nod_radius = span * dz / 2.0
+        first = int(rng.integers(n_slices // 4, 3 * n_slices // 4 - span + 1))
+        z0 = (first + (span - 1) / 2.0) * dz  # centred so exactly `span` slices cut it
+        s = rng.choice([-1, 1])
+        nod_center = (float(rng.uniform(-40, 30)), float(s * rng.uniform(50, 90)), z0)
+    slices = np.empty((n_slices, matrix, matrix), np.float32)
+    shown: list[int] = []
+    for k in range(n_slices):
+        z = k * dz
+        img = base.copy()
+        for (r0, c0), (sr, sc), rad in zip(starts, slopes, vradius):
+            img[(rows - r0 - sr * z) ** 2 + (cols - c0 - sc * z) ** 2 <= rad * rad] = 40.0
+        if nod_center is not None:
+            half = nod_radius * nod_radius - (z - nod_center[2]) ** 2
+            if half > 0.5:
+                shown.append(k)
+                img[(rows - nod_center[0]) ** 2 + (cols - nod_center[1]) ** 2 <= half] = 30.0
+        img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(scanner.noise * 200.0) + scanner.gain * 6.0
+        slices[k] = img
+    truth = CtTruth(tuple(shown), nod_center, nod_radius, dz, float(spacing))
+    return slices, truth
+
+
+def localizer(rng: np.random.Generator, matrix: int) -> np.ndarray:
+    """A coronal scout: a body silhouette, enough to look like one."""
+    rows, cols = _grid(matrix, 500.0 / matrix)
+    img = np.where((rows / 230.0) ** 2 + (cols / 160.0) ** 2 <= 1.0, 600.0, 0.0)
+    return (img + rng.normal(0, 20, img.shape)).astype(np.float32)[None]

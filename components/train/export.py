@@ -1,0 +1,66 @@
+"""SavedModel export with the two signatures of the serving contract.
+
+- `serving_default`: serialized tf.Examples (the record contract) -> probabilities,
+  class_ids (and `probability` of the positive class for two-class tasks). TFMA and
+  TF Serving's Predict/Classify clients use this one.
+- `predict_frames`: preprocessed frames + valid_frames -> the same outputs, for
+  clients that run the shared preprocessing themselves (`medseq predict`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from medseq.components.train.dataset import RecordSpec, parse_examples
+from medseq.pipeline import features as F
+
+SPEC_FILE = "medseq_spec.json"
+
+
+def _outputs(probabilities: tf.Tensor, spec: RecordSpec) -> dict[str, tf.Tensor]:
+    out = {F.PROBABILITIES: probabilities, F.CLASS_IDS: tf.argmax(probabilities, -1, output_type=tf.int32)}
+    if len(spec.classes) == 2:
+        out["probability"] = probabilities[:, 1]
+    return out
+
+
+def export_saved_model(model: keras.Model, spec: RecordSpec, path: str | Path) -> Path:
+    """Writes a SavedModel (plus assets.extra/medseq_spec.json) to `path`, replacing it."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+
+    def serve_examples(examples: tf.Tensor) -> dict[str, tf.Tensor]:
+        parsed = parse_examples(examples, spec)
+        probs = model({F.FRAMES: parsed[F.FRAMES], F.VALID_FRAMES: parsed[F.VALID_FRAMES]}, training=False)
+        return _outputs(probs, spec)
+
+    def serve_frames(frames: tf.Tensor, valid_frames: tf.Tensor) -> dict[str, tf.Tensor]:
+        probs = model({F.FRAMES: frames, F.VALID_FRAMES: valid_frames}, training=False)
+        return _outputs(probs, spec)
+
+    archive.add_endpoint(F.SERVING_SIGNATURE, serve_examples,
+                         input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    archive.add_endpoint(F.FRAMES_SIGNATURE, serve_frames, input_signature=[
+        tf.TensorSpec([None, *spec.shape], tf.dtypes.as_dtype(spec.dtype), name=F.FRAMES),
+        tf.TensorSpec([None], tf.int32, name=F.VALID_FRAMES)])
+    archive.write_out(str(tmp), verbose=False)
+    extra = tmp / "assets.extra"
+    extra.mkdir(exist_ok=True)
+    (extra / SPEC_FILE).write_text(json.dumps(spec.to_json(), indent=2))
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+    return path
+
+
+def load_spec(model_dir: str | Path) -> RecordSpec:
+    data = json.loads((Path(model_dir) / "assets.extra" / SPEC_FILE).read_text())
+    t, h, w, c = data["shape"]
+    return RecordSpec(t, h, w, c, data["dtype"], tuple(data["classes"]), data.get("preprocess", {}))

@@ -1,0 +1,132 @@
+"""`medseq validate`: statistics over the records, checked against the schema.
+
+Anomalies: schema violations, a patient in more than one split (leakage), an empty
+split, label skew between train and eval beyond an L-infinity bound, and a class with
+no eval example. Any anomaly fails the stage.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from medseq.components.train.dataset import split_files
+from medseq.components.validate.schema import infer_schema, load_schema, schema_text
+from medseq.components.validate.stats import RecordStats, SplitStats
+from medseq.pipeline import features as F
+from medseq.pipeline.errors import InputError
+
+
+@dataclass(frozen=True)
+class ValidateOutputs:
+    stats: dict[str, Any]
+    anomalies: list[dict[str, str]]
+    schema_path: str | None
+
+
+def compute_stats(examples_dir: str, schema_bytes: bytes, beam_args: list[str]) -> dict[str, dict[str, Any]]:
+    with tempfile.TemporaryDirectory(prefix="medseq-validate-") as tmp:
+        with beam.Pipeline(options=PipelineOptions(beam_args)) as p:
+            per_split = []
+            for split in F.SPLITS:
+                if not split_files(examples_dir, split):
+                    continue
+                per_split.append(
+                    p | f"Read{split.title()}" >> beam.io.ReadFromTFRecord(
+                        str(Path(examples_dir) / split / "*.tfrecord.gz"), compression_type=CompressionTypes.GZIP)
+                    | f"Summarize{split.title()}" >> beam.ParDo(RecordStats(split, schema_bytes)))
+            if per_split:
+                _ = (per_split | "AllSplits" >> beam.Flatten()
+                     | "StatsPerSplit" >> beam.CombinePerKey(SplitStats())
+                     | "ToJson" >> beam.MapTuple(lambda split, stats: json.dumps({"split": split, "stats": stats}))
+                     | "WriteStats" >> beam.io.WriteToText(str(Path(tmp) / "stats"), file_name_suffix=".jsonl"))
+        rows = [json.loads(line) for path in sorted(Path(tmp).glob("stats*.jsonl"))
+                for line in path.read_text().splitlines() if line]
+    return {row["split"]: row["stats"] for row in rows}
+
+
+def find_anomalies(stats: dict[str, dict[str, Any]], classes: list[str], max_label_linf: float) -> list[dict[str, str]]:
+    found: list[dict[str, str]] = []
+
+    def add(kind: str, split: str, message: str) -> None:
+        found.append({"kind": kind, "split": split, "message": message})
+
+    for split in F.SPLITS:
+        s = stats.get(split)
+        if not s or not s["records"]:
+            add("empty_split", split, f"the {split} split holds no records")
+            continue
+        for key, count in s["schema_anomalies"].items():
+            feature, kind = key.split(":", 1)
+            add("schema", split, f"{count} record(s): feature '{feature}' {kind.replace('_', ' ')}")
+        if len(s["shapes"]) > 1:
+            add("schema", split, f"frames shapes differ between records: {sorted(s['shapes'])}")
+    patients = {split: set(stats[split]["patients"]) for split in F.SPLITS if split in stats}
+    names = list(patients)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            shared = patients[a] & patients[b]
+            if shared:
+                add("leakage", f"{a}+{b}", f"{len(shared)} patient(s) appear in both {a} and {b}")
+    train, evaluation = stats.get("train"), stats.get("eval")
+    if train and evaluation and train["records"] and evaluation["records"]:
+        def dist(s: dict[str, Any]) -> list[float]:
+            return [s["labels"].get(str(i), 0) / s["records"] for i in range(len(classes))]
+        linf = max((abs(p - q) for p, q in zip(dist(train), dist(evaluation))), default=0.0)
+        if linf > max_label_linf:
+            add("label_skew", "train+eval", f"label distributions differ by L-inf {linf:.3f} "
+                f"(allowed {max_label_linf:.3f})")
+        missing = [c for i, c in enumerate(classes) if not evaluation["labels"].get(str(i))]
+        if missing:
+            add("class_missing_in_eval", "eval", f"no eval example of class(es): {', '.join(missing)}")
+    return found
+
+
+def table(stats: dict[str, dict[str, Any]], classes: list[str]) -> str:
+    lines = [f"{'split':<6} {'records':>7} {'patients':>8}  {'labels':<28} {'frames(min/mean/max)':<22} "
+             f"{'pixel mean±std':<16} shape/dtype"]
+    for split in F.SPLITS:
+        s = stats.get(split)
+        if not s:
+            lines.append(f"{split:<6} {0:>7} {0:>8}")
+            continue
+        labels = " ".join(f"{classes[int(k)] if 0 <= int(k) < len(classes) else k}={v}" for k, v in s["labels"].items())
+        vf = s["valid_frames"]
+        px = s["pixels"]
+        lines.append(f"{split:<6} {s['records']:>7} {len(s['patients']):>8}  {labels:<28} "
+                     f"{vf['min']}/{vf['mean']:.1f}/{vf['max']:<14} {px['mean']:.3f}±{px['std']:.3f}    "
+                     f"{','.join(s['shapes'])}/{','.join(s['dtypes'])}")
+    return "\n".join(lines)
+
+
+def validate(examples_dir: str, out: str | Path, schema_path: str | None = None, infer: bool = False,
+             max_label_linf: float = 0.3, beam_args: list[str] | None = None) -> ValidateOutputs:
+    out = Path(out)
+    qc_path = Path(examples_dir) / F.QC_FILE
+    if not qc_path.exists():
+        raise InputError(f"{examples_dir}: no {F.QC_FILE}; expected the output folder of `medseq convert`")
+    classes = json.loads(qc_path.read_text())["classes"]
+    schema = load_schema(schema_path)
+    stats = compute_stats(examples_dir, schema.SerializeToString(), beam_args or [])
+    written = None
+    if infer:
+        if "train" not in stats:
+            raise InputError(f"{examples_dir}/train: no records to infer a schema from")
+        out.mkdir(parents=True, exist_ok=True)
+        written = str(out / "schema.pbtxt")
+        Path(written).write_text(schema_text(infer_schema(stats["train"], classes)))
+    anomalies = find_anomalies(stats, classes, max_label_linf)
+    public = {split: {k: v for k, v in s.items() if k != "patients"} | {"patient_count": len(s["patients"])}
+              for split, s in stats.items()}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / F.STATS_FILE).write_text(json.dumps({"classes": classes, "splits": public}, indent=2, sort_keys=True))
+    (out / F.ANOMALIES_FILE).write_text(json.dumps(anomalies, indent=2))
+    (out / "stats.txt").write_text(table(stats, classes) + "\n")
+    return ValidateOutputs(public, anomalies, written)

@@ -1,0 +1,169 @@
+"""The statistics Beam job: one pass over every split's records.
+
+Per split: record count, labels, valid_frames, frames shape and dtype, presence and
+value counts of every feature, pixel mean/std overall and per site and manufacturer,
+schema anomaly counts, and the set of patient keys (for the leakage check).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Iterable
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.metrics import Metrics
+
+from medseq.components.validate.schema import check_record
+from medseq.pipeline import features as F
+
+_FLOATS = {"float16": np.float16, "float32": np.float32, "uint8": np.uint8}
+
+
+def _values(example: Any) -> dict[str, tuple[str, list[Any]]]:
+    out = {}
+    for name, feature in example.features.feature.items():
+        kind = feature.WhichOneof("kind")
+        if kind == "bytes_list":
+            out[name] = ("bytes", list(feature.bytes_list.value))
+        elif kind == "int64_list":
+            out[name] = ("int", list(feature.int64_list.value))
+        elif kind == "float_list":
+            out[name] = ("float", list(feature.float_list.value))
+        else:
+            out[name] = ("none", [])
+    return out
+
+
+def _first(values: dict[str, tuple[str, list[Any]]], name: str, default: Any = None) -> Any:
+    vals = values.get(name, ("", []))[1]
+    return vals[0] if vals else default
+
+
+class RecordStats(beam.DoFn):
+    """serialized tf.Example -> (split, one-record summary)."""
+
+    def __init__(self, split: str, schema_bytes: bytes) -> None:
+        self.split, self.schema_bytes = split, schema_bytes
+
+    def setup(self) -> None:
+        from tensorflow.core.example import example_pb2  # heavy import, once per worker
+        from tensorflow_metadata.proto.v0 import schema_pb2
+
+        self.example_cls = example_pb2.Example
+        self.schema = schema_pb2.Schema.FromString(self.schema_bytes)
+        self.records = Metrics.counter("validate", "records")
+
+    def process(self, serialized: bytes) -> Iterable[tuple[str, dict[str, Any]]]:
+        self.records.inc()
+        values = _values(self.example_cls.FromString(serialized))
+        anomalies = check_record(self.schema, values)
+        dtype = (_first(values, F.FRAMES_DTYPE, b"") or b"").decode(errors="replace")
+        shape = tuple(values.get(F.FRAMES_SHAPE, ("", []))[1])
+        mean = sq = 0.0
+        n = 0
+        raw = _first(values, F.FRAMES)
+        if raw is not None and dtype in _FLOATS and shape:
+            pixels = np.frombuffer(raw, _FLOATS[dtype]).astype(np.float64)
+            if pixels.size != int(np.prod(shape)):
+                anomalies.append(f"{F.FRAMES}:size_does_not_match_shape")
+            else:
+                pixels = pixels / 255.0 if dtype == "uint8" else pixels
+                n, mean, sq = pixels.size, float(pixels.mean()), float((pixels**2).mean())
+        summary = {
+            "features": {k: (kind, len(v)) for k, (kind, v) in values.items()},
+            "label": _first(values, F.LABEL, -1),
+            "valid_frames": _first(values, F.VALID_FRAMES, 0),
+            "shape": shape, "dtype": dtype,
+            "patient_key": (_first(values, F.PATIENT_KEY, b"") or b"").decode(errors="replace"),
+            "site": (_first(values, F.SITE, b"") or b"").decode(errors="replace"),
+            "manufacturer": (_first(values, F.MANUFACTURER, b"") or b"").decode(errors="replace"),
+            "modality": (_first(values, F.MODALITY, b"") or b"").decode(errors="replace"),
+            "pixels": (n, mean, sq), "anomalies": anomalies,
+        }
+        yield self.split, summary
+
+
+class _Moments:
+    """Running count / mean / mean of squares of pixel values."""
+
+    @staticmethod
+    def add(acc: list[float], n: int, mean: float, sq: float) -> None:
+        total = acc[0] + n
+        if total:
+            acc[1] = (acc[1] * acc[0] + mean * n) / total
+            acc[2] = (acc[2] * acc[0] + sq * n) / total
+        acc[0] = total
+
+    @staticmethod
+    def summary(acc: list[float]) -> dict[str, float]:
+        return {"mean": acc[1], "std": float(np.sqrt(max(acc[2] - acc[1] ** 2, 0.0))), "pixels": acc[0]}
+
+
+class SplitStats(beam.CombineFn):
+    """Folds one split's record summaries into its statistics."""
+
+    def create_accumulator(self) -> dict[str, Any]:
+        return {"records": 0, "labels": Counter(), "valid_frames": Counter(), "shapes": Counter(),
+                "dtypes": Counter(), "present": Counter(), "kinds": {}, "value_counts": {},
+                "values": {"modality": Counter(), "frames_dtype": Counter()},
+                "pixels": [0, 0.0, 0.0], "by_site": {}, "by_manufacturer": {}, "anomalies": Counter(),
+                "patients": set()}
+
+    def add_input(self, acc: dict[str, Any], s: dict[str, Any]) -> dict[str, Any]:
+        acc["records"] += 1
+        acc["labels"][s["label"]] += 1
+        acc["valid_frames"][s["valid_frames"]] += 1
+        acc["shapes"][s["shape"]] += 1
+        acc["dtypes"][s["dtype"]] += 1
+        for name, (kind, count) in s["features"].items():
+            acc["present"][name] += 1
+            acc["kinds"][name] = kind
+            acc["value_counts"].setdefault(name, Counter())[count] += 1
+        acc["values"]["modality"][s["modality"]] += 1
+        acc["values"]["frames_dtype"][s["dtype"]] += 1
+        _Moments.add(acc["pixels"], *s["pixels"])
+        _Moments.add(acc["by_site"].setdefault(s["site"], [0, 0.0, 0.0]), *s["pixels"])
+        _Moments.add(acc["by_manufacturer"].setdefault(s["manufacturer"], [0, 0.0, 0.0]), *s["pixels"])
+        acc["anomalies"].update(s["anomalies"])
+        acc["patients"].add(s["patient_key"])
+        return acc
+
+    def merge_accumulators(self, accs: Iterable[dict[str, Any]]) -> dict[str, Any]:
+        accs = list(accs)
+        out = accs[0]
+        for acc in accs[1:]:
+            out["records"] += acc["records"]
+            for key in ("labels", "valid_frames", "shapes", "dtypes", "present", "anomalies"):
+                out[key].update(acc[key])
+            out["kinds"].update(acc["kinds"])
+            for name, counts in acc["value_counts"].items():
+                out["value_counts"].setdefault(name, Counter()).update(counts)
+            for name in out["values"]:
+                out["values"][name].update(acc["values"][name])
+            _Moments.add(out["pixels"], *acc["pixels"])
+            for key in ("by_site", "by_manufacturer"):
+                for group, moments in acc[key].items():
+                    _Moments.add(out[key].setdefault(group, [0, 0.0, 0.0]), *moments)
+            out["patients"] |= acc["patients"]
+        return out
+
+    def extract_output(self, acc: dict[str, Any]) -> dict[str, Any]:
+        frames = sorted(acc["valid_frames"].elements())
+        return {
+            "records": acc["records"],
+            "labels": {str(k): v for k, v in sorted(acc["labels"].items())},
+            "valid_frames": {"min": frames[0] if frames else 0, "max": frames[-1] if frames else 0,
+                             "mean": float(np.mean(frames)) if frames else 0.0},
+            "shapes": {"x".join(map(str, k)): v for k, v in acc["shapes"].items()},
+            "dtypes": dict(acc["dtypes"]),
+            "features": {name: {"kind": acc["kinds"][name], "present": acc["present"][name],
+                                "value_counts": {str(k): v for k, v in acc["value_counts"][name].items()}}
+                         for name in sorted(acc["present"])},
+            "values": {k: dict(v) for k, v in acc["values"].items()},
+            "pixels": _Moments.summary(acc["pixels"]),
+            "pixels_by_site": {k: _Moments.summary(v) for k, v in sorted(acc["by_site"].items())},
+            "pixels_by_manufacturer": {k: _Moments.summary(v) for k, v in sorted(acc["by_manufacturer"].items())},
+            "schema_anomalies": dict(sorted(acc["anomalies"].items())),
+            "patients": sorted(acc["patients"]),
+        }

@@ -1,0 +1,285 @@
+"""The `medseq` command line: one subcommand per stage, plus `synth`, `predict`, `run`.
+
+User mistakes (a wrong flag, a missing input, a bad config) print one line saying
+what was expected and what was found, and exit with status 2. Commands that run a
+Beam job pass every option they do not know to Beam, so any runner's flags work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import logging
+import os
+import sys
+from typing import Any, Callable, NoReturn, Sequence
+
+from medseq.pipeline import __version__
+from medseq.pipeline.errors import InputError, MedseqError
+
+BEAM_COMMANDS = ("convert", "validate", "evaluate", "run")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that fails in one line (no usage dump) and suggests the closest flag."""
+
+    extra_flags: tuple[str, ...] = ()
+
+    def error(self, message: str) -> NoReturn:
+        if "unrecognized arguments:" in message:
+            message = _with_suggestion(message, self)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _with_suggestion(message: str, parser: _Parser) -> str:
+    flags = [o for a in parser._actions for o in a.option_strings] + list(parser.extra_flags)
+    unknown = message.split(":", 1)[1].split()
+    hints = [h for u in unknown for h in difflib.get_close_matches(u.split("=")[0], flags, n=1)]
+    return f"{message} (did you mean {', '.join(hints)}?)" if hints else f"{message} (see --help)"
+
+
+def _beam_flags() -> set[str]:
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    parser = argparse.ArgumentParser(add_help=False)
+    pending = list(PipelineOptions.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        try:
+            cls._add_argparse_args(parser)
+        except argparse.ArgumentError:
+            continue  # an option registered by two classes
+    return {o for a in parser._actions for o in a.option_strings}
+
+
+def split_beam_args(parser: _Parser, rest: list[str]) -> list[str]:
+    """Unknown flags are Beam's if Beam knows them; anything else is a typo."""
+    known = _beam_flags()
+    parser.extra_flags = tuple(sorted(known))
+    for arg in rest:
+        if arg.startswith("--") and arg.split("=", 1)[0] not in known:
+            parser.error(f"unrecognized arguments: {arg}")
+        if not arg.startswith("-") and rest.index(arg) == 0:
+            parser.error(f"unrecognized arguments: {arg}")
+    return rest
+
+
+def _config(args: argparse.Namespace, **overrides: Any) -> Any:
+    from medseq.pipeline.config import load_config
+
+    return load_config(args.config, {k: v for k, v in overrides.items() if v is not None})
+
+
+def cmd_synth(args: argparse.Namespace, _: list[str]) -> int:
+    from medseq.components import synth
+
+    stats = synth.run(args.task, args.patients, args.seed, args.out, small=args.small)
+    labels = ", ".join(f"{k}={v}" for k, v in sorted(stats.labeled.items()))
+    print(f"synth: {stats.files} files, {stats.slices} images, {stats.series} series ({labels}) -> {args.out}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace, beam_args: list[str]) -> int:
+    import dataclasses
+
+    from medseq.components import ingest
+    from medseq.pipeline.config import from_dict
+
+    config = _config(args)
+    overrides = {"input": args.input, "labels": args.labels}
+    ingest_cfg = config.ingest
+    if args.num_shards is not None or args.hash_key_file:
+        ingest_cfg = dataclasses.replace(ingest_cfg, num_shards=args.num_shards if args.num_shards is not None
+                                         else ingest_cfg.num_shards, hash_key_file=args.hash_key_file or ingest_cfg.hash_key_file)
+    if args.split:
+        ingest_cfg = dataclasses.replace(ingest_cfg, split=from_dict(
+            type(ingest_cfg.split), dict(zip(("train", "eval", "test"), args.split)), "--split"))
+    config = dataclasses.replace(config, ingest=ingest_cfg, **overrides)
+    out = ingest.run(config, args.out, beam_args=beam_args)
+    print(f"convert: records {out.records}, rejected {out.rejected} -> {out.out}")
+    for reason, count in out.qc["rejected"].items():
+        print(f"  rejected {reason}: {count}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from medseq.components import ingest, validate
+
+    config = _config(args)
+    result = validate.validate(args.examples, args.out, args.schema or config.validate.schema, args.infer_schema,
+                               config.validate.max_label_linf,
+                               ingest.default_beam_args([*config.validate.beam_args, *beam_args]))
+    print(open(os.path.join(args.out, "stats.txt")).read(), end="")
+    if result.schema_path:
+        print(f"validate: inferred schema written to {result.schema_path}")
+    for a in result.anomalies:
+        print(f"anomaly [{a['kind']}] {a['split']}: {a['message']}")
+    print(f"validate: {len(result.anomalies)} anomalies -> {args.out}")
+    return 1 if result.anomalies else 0
+
+
+def cmd_train(args: argparse.Namespace, _: list[str]) -> int:
+    import dataclasses
+
+    from medseq.components import train
+
+    config = _config(args)
+    changes = {k: v for k, v in (("epochs", args.epochs), ("strategy", args.strategy),
+                                 ("batch_size", args.batch_size)) if v is not None}
+    out = train.run(args.examples, args.out, dataclasses.replace(config.train, **changes))
+    print(f"train: {out.epochs_run} epoch(s) run, resumed from epoch {out.resumed_from_epoch} -> {out.model_dir}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from medseq.components import evaluate
+
+    config = _config(args)
+    out = evaluate.evaluate(args.examples, args.model, args.out, args.eval_config or config.evaluate.eval_config,
+                            args.baseline, beam_args=[*config.evaluate.beam_args, *beam_args])
+    print(f"evaluate: {'BLESSED' if out.blessed else 'NOT_BLESSED'} -> {out.out}")
+    for reason in out.reasons:
+        print(f"  {reason}")
+    return 0 if out.blessed else 1
+
+
+def cmd_push(args: argparse.Namespace, _: list[str]) -> int:
+    from medseq.components import push
+
+    out = push.push(args.model, args.evaluation, args.serving_dir, args.model_name, args.examples)
+    print(f"push: version {out.version} -> {out.version_dir} (config {out.models_config})")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace, _: list[str]) -> int:
+    from medseq.components import predict
+
+    for p in predict.predict(args.model, args.input):
+        if p.rejected:
+            print(json.dumps({"series": p.series, "rejected": p.rejected}))
+        else:
+            print(json.dumps({"series": p.series, "label": p.label, "probabilities": p.probabilities}))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from medseq.pipeline.runner import run_pipeline
+
+    config = _config(args)
+    result = run_pipeline(config, args.out, beam_args)
+    if result.blessed:
+        print(f"run: BLESSED; served model at {result.served}")
+    else:
+        print("run: NOT_BLESSED, nothing pushed: " + "; ".join(result.reasons))
+    print(f"run: outputs in {result.run_dir}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="medseq", description="DICOM series -> TFRecords -> CNN+LSTM classifier -> TF Serving.")
+    parser.add_argument("--version", action="version", version=f"medseq {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show library logs (Beam, TensorFlow)")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+
+    def add(name: str, func: Callable[..., int], help_text: str, config: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text
+                           + (" Options this command does not know are passed to Apache Beam "
+                              "(e.g. --runner=DataflowRunner)." if name in BEAM_COMMANDS else ""))
+        p.set_defaults(func=func)
+        if config:
+            p.add_argument("--config", help="pipeline config YAML (default: the shipped schemas/pipeline.yaml)")
+        return p
+
+    p = add("synth", cmd_synth, "Write synthetic DICOM studies and labels.csv.", config=False)
+    p.add_argument("--task", required=True, choices=("cine_ef", "ct_nodule"))
+    p.add_argument("--patients", type=int, required=True, help="number of patients (some have two studies)")
+    p.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
+    p.add_argument("--out", required=True, help="writes OUT/dicom/... and OUT/labels.csv")
+    p.add_argument("--small", action="store_true", help="small matrices (48-64 px) for committed samples")
+
+    p = add("convert", cmd_convert, "Ingest: DICOM series -> sharded gzip TFRecords (Apache Beam).")
+    p.add_argument("--input", required=True, help="folder or glob of DICOM files (local, gs://, s3://)")
+    p.add_argument("--labels", required=True, help="CSV with columns series_instance_uid,label")
+    p.add_argument("--out", required=True, help="writes OUT/{train,eval,test}/, rejected.jsonl, qc.json")
+    p.add_argument("--hash-key-file", help="secret key for the keyed hashes (else $MEDSEQ_HASH_KEY)")
+    p.add_argument("--num-shards", type=int, help="shards per split (default: by size, 64 MB)")
+    p.add_argument("--split", type=float, nargs=3, metavar=("TRAIN", "EVAL", "TEST"),
+                   help="patient split fractions (default 0.8 0.1 0.1)")
+
+    p = add("validate", cmd_validate, "Statistics and schema/leakage/skew checks over the records.")
+    p.add_argument("--examples", required=True, help="the output folder of `medseq convert`")
+    p.add_argument("--out", required=True, help="writes stats.json, stats.txt, anomalies.json")
+    p.add_argument("--schema", help="tensorflow_metadata Schema text proto (default: schemas/record_schema.pbtxt)")
+    p.add_argument("--infer-schema", action="store_true", help="also write OUT/schema.pbtxt inferred from train")
+
+    p = add("train", cmd_train, "Train the TimeDistributed CNN + LSTM under tf.distribute.")
+    p.add_argument("--examples", required=True, help="the output folder of `medseq convert`")
+    p.add_argument("--out", required=True, help="writes checkpoints/, logs/, model/ (resumes from checkpoints)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--strategy", choices=("default", "mirrored", "multi_worker_mirrored", "tpu"))
+
+    p = add("evaluate", cmd_evaluate, "TFMA evaluation against thresholds and the served model.")
+    p.add_argument("--examples", required=True, help="the output folder of `medseq convert` (eval split)")
+    p.add_argument("--model", required=True, help="candidate SavedModel")
+    p.add_argument("--baseline", help="SavedModel now served (change thresholds apply)")
+    p.add_argument("--eval-config", help="TFMA EvalConfig text proto (default: schemas/eval_config.pbtxt)")
+    p.add_argument("--out", required=True, help="writes metrics/, report.html, BLESSED or NOT_BLESSED")
+
+    p = add("push", cmd_push, "Copy a BLESSED model into the next integer version for TF Serving.", config=False)
+    p.add_argument("--model", required=True, help="SavedModel to push")
+    p.add_argument("--evaluation", required=True, help="the output folder of `medseq evaluate`")
+    p.add_argument("--serving-dir", required=True, help="TF Serving base folder (model_name/version inside)")
+    p.add_argument("--model-name", default="medseq")
+    p.add_argument("--examples", help="records to draw warm-up requests from")
+
+    p = add("predict", cmd_predict, "Predict a raw DICOM folder with the shared preprocessing.", config=False)
+    p.add_argument("--model", required=True, help="SavedModel written by `medseq train` or `push`")
+    p.add_argument("--input", required=True, help="folder of DICOM files (one or more series)")
+
+    p = add("run", cmd_run, "Run every stage on the defaults (data_samples/) into one run folder.")
+    p.add_argument("--out", default="runs/latest", help="run folder (default: runs/latest)")
+    return parser
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    if verbose:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    logging.getLogger("apache_beam").setLevel(logging.ERROR)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    import warnings
+
+    warnings.filterwarnings("ignore")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    _quiet_libraries(args.verbose)
+    sub_parser = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
+    if args.command in BEAM_COMMANDS:
+        beam_args = split_beam_args(sub_parser, rest)
+    elif rest:
+        sub_parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    else:
+        beam_args = []
+    try:
+        return int(args.func(args, beam_args))
+    except MedseqError as exc:
+        print(f"medseq {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except FileNotFoundError as exc:
+        print(f"medseq {args.command}: {InputError(f'not found: {exc.filename}')}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"medseq {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""Names of the record contract (DESIGN.md). Import these; never spell a feature twice."""
+
+from __future__ import annotations
+
+FRAMES = "frames"
+FRAMES_SHAPE = "frames_shape"
+FRAMES_DTYPE = "frames_dtype"
+VALID_FRAMES = "valid_frames"
+LABEL = "label"
+SERIES_KEY = "series_key"
+PATIENT_KEY = "patient_key"
+MODALITY = "modality"
+MANUFACTURER = "manufacturer"
+SITE = "site"
+SPACING = "spacing"
+
+BYTES_FEATURES = (FRAMES, FRAMES_DTYPE, SERIES_KEY, PATIENT_KEY, MODALITY, MANUFACTURER, SITE)
+INT_FEATURES = (FRAMES_SHAPE, VALID_FRAMES, LABEL)
+FLOAT_FEATURES = (SPACING,)
+ALL_FEATURES = BYTES_FEATURES + INT_FEATURES + FLOAT_FEATURES
+
+# Features TFMA slices on (DESIGN: per modality, vendor, site).
+SLICE_FEATURES = (MODALITY, MANUFACTURER, SITE)
+
+SPLITS = ("train", "eval", "test")
+
+# Model signature names.
+SERVING_SIGNATURE = "serving_default"
+FRAMES_SIGNATURE = "predict_frames"
+PROBABILITIES = "probabilities"
+CLASS_IDS = "class_ids"
+
+# Files every run folder uses.
+QC_FILE = "qc.json"
+REJECTED_FILE = "rejected.jsonl"
+STATS_FILE = "stats.json"
+ANOMALIES_FILE = "anomalies.json"
+BLESSED = "BLESSED"
+NOT_BLESSED = "NOT_BLESSED"

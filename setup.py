@@ -1,0 +1,65 @@
+"""medseq: DICOM image series -> TFRecords -> CNN+LSTM classifier -> TF Serving."""
+
+from pathlib import Path
+
+from setuptools import setup
+
+ROOT = Path(__file__).parent
+# The design card fixes the top-level layout (pipeline/, components/, schemas/,
+# data_samples/); they install as the `medseq` namespace: medseq.pipeline, ...
+TOP = ("pipeline", "components", "schemas", "data_samples")
+
+
+def packages():
+    found = []
+    for top in TOP:
+        for init in sorted((ROOT / top).rglob("__init__.py")):
+            rel = init.parent.relative_to(ROOT)
+            found.append("medseq." + ".".join(rel.parts))
+    return found
+
+
+def package_dir():
+    return {p: p.split(".", 1)[1].replace(".", "/") for p in packages()}
+
+
+setup(
+    name="medseq",
+    version="0.1.0",
+    description="DICOM series to a served CNN+LSTM classifier, as a TFX-style pipeline",
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.11,<3.12",
+    packages=packages(),
+    package_dir=package_dir(),
+    package_data={
+        "medseq.schemas": ["*.pbtxt", "*.yaml"],
+        "medseq.data_samples": ["README.md", "MANIFEST.sha256", "*/labels.csv", "*/dicom/**/*"],
+    },
+    install_requires=[
+        "tensorflow==2.21.0",
+        "tensorboard==2.21.0",  # tf.summary needs it; TF 2.21 no longer pulls it in
+        "keras>=3.15,<3.16",
+        "tensorflow-model-analysis==0.52.0",
+        "apache-beam==2.77.0",
+        "pydicom>=3.0.2,<4",
+        # Pixel codecs, permissive licences only (no GPL pylibjpeg-libjpeg):
+        "pylibjpeg==2.1.0",  # MIT; RLE and JPEG 2000 plugin host
+        "pylibjpeg-openjpeg==2.6.0",  # MIT (OpenJPEG BSD-2): JPEG 2000
+        "pylibjpeg-rle==2.2.0",  # MIT: fast RLE
+        "pyjpegls==1.5.1",  # MIT (CharLS BSD-3): JPEG-LS
+        "python-gdcm==3.2.6",  # BSD: JPEG lossless and the other JPEG processes
+        "pillow>=11,<13",  # HPND: JPEG baseline/extended, resizing
+        "pyyaml>=6,<7",
+        "google-crc32c>=1.5,<2",  # TFRecord framing in ingest workers
+        "numpy>=1.26,<3",
+    ],
+    extras_require={"test": ["pytest>=8,<10"]},
+    entry_points={"console_scripts": ["medseq=medseq.pipeline.cli:main"]},
+    classifiers=[
+        "License :: OSI Approved :: Apache Software License",
+        "Programming Language :: Python :: 3.11",
+        "Topic :: Scientific/Engineering :: Medical Science Apps.",
+    ],
+)

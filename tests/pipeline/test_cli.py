@@ -1,0 +1,80 @@
+"""The CLI as a user meets it: one-line errors, exit 2, no tracebacks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from medseq.pipeline import cli
+
+COMMANDS = ("synth", "convert", "validate", "train", "evaluate", "push", "predict", "run")
+
+
+def medseq(*args: str, key: bool = True) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "MEDSEQ_HASH_KEY"}
+    if key:
+        env["MEDSEQ_HASH_KEY"] = "cli-test-key-0123456789"
+    return subprocess.run([sys.executable, "-m", "medseq.pipeline.cli", *args], capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main([command, "--help"])
+    assert exc.value.code == 0
+    assert "usage: medseq " + command in capsys.readouterr().out
+
+
+def test_wrong_flag_is_one_line_with_suggestion():
+    result = medseq("synth", "--task", "cine_ef", "--patients", "1", "--out", "x", "--sed", "3")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--sed" in lines[0] and "did you mean --seed" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_flag_on_a_beam_command_is_caught_before_beam():
+    result = medseq("convert", "--input", "a", "--labels", "b", "--out", "c", "--runer=DirectRunner")
+    assert result.returncode == 2 and "--runer" in result.stderr and "--runner" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_missing_input_is_one_line(tmp_path):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("series_instance_uid,label\n1.2.3,a\n")
+    result = medseq("convert", "--input", str(tmp_path / "nowhere"), "--labels", str(labels),
+                    "--out", str(tmp_path / "out"), "--runner=DirectRunner")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [f"medseq convert: input not found: {tmp_path / 'nowhere'} "
+                                                  "(expected a folder or a glob of DICOM files)"]
+
+
+def test_bad_labels_header_is_one_line(tmp_path):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("uid,diagnosis\n1.2.3,a\n")
+    result = medseq("convert", "--input", str(tmp_path), "--labels", str(labels), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2
+    assert "expected a CSV header with columns series_instance_uid,label" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_config_is_one_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("trian: {}\n")
+    result = medseq("run", "--config", str(path), "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"medseq run: {path}: unknown key 'trian' (did you mean 'train'?); expected one of " \
+        "input, labels, preprocess, ingest, validate, train, evaluate, push"
+
+
+def test_missing_hash_key_is_one_line(tmp_path):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("series_instance_uid,label\n1.2.3,a\n")
+    result = medseq("convert", "--input", str(tmp_path), "--labels", str(labels), "--out", str(tmp_path / "o"),
+                    key=False)
+    assert result.returncode == 2
+    assert "MEDSEQ_HASH_KEY" in result.stderr and "Traceback" not in result.stderr
