@@ -135,8 +135,10 @@ class BuildRecord(beam.DoFn):
         self.rejected.inc()
         _PROGRESS.add("rejected")
         paths = sorted(h.path for h in headers)
-        common = os.path.commonpath(paths) if len(paths) > 1 else paths[0]
-        return RejectedRow(deid.safe_relpath(common, self.root, self.key), series_key, code,
+        where = os.path.commonpath(paths) if len(paths) > 1 else paths[0]
+        if len(where.rstrip("/")) <= len(self.root.rstrip("/")):  # files of one series in several folders
+            where = paths[0]
+        return RejectedRow(deid.safe_relpath(where, self.root, self.key), series_key, code,
                            f"{message} ({len(paths)} file(s))")
 
     def process(self, element: tuple[str, Iterable[FileHeader]]) -> Iterator[object]:

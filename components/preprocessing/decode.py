@@ -62,12 +62,14 @@ def _frames_of(ds: Dataset, header: FileHeader) -> np.ndarray:
     """All frames of one file, (F, H, W[, 3]) float32 in modality units."""
     try:
         pixels = ds.pixel_array
-    except NotImplementedError:
-        raise Rejected(reasons.UNSUPPORTED_TRANSFER_SYNTAX, "no installed decoder handles the transfer syntax "
-                       f"{ds.file_meta.TransferSyntaxUID.name}") from None
     except Exception as exc:  # noqa: BLE001 - codecs raise anything on corrupt data
-        raise Rejected(reasons.DECODE_ERROR, f"the pixel data cannot be decoded ({type(exc).__name__}); "
-                       "truncated or corrupt") from None
+        syntax = ds.file_meta.TransferSyntaxUID.name
+        if isinstance(exc, NotImplementedError) or "does not support" in str(exc) or "no pixel data decoders" in str(exc).lower():
+            bits = ds.get("BitsStored", "?")
+            raise Rejected(reasons.UNSUPPORTED_TRANSFER_SYNTAX, f"no installed, permissively licensed decoder "
+                           f"handles {syntax} with {bits}-bit samples") from None
+        raise Rejected(reasons.DECODE_ERROR, f"the pixel data ({syntax}) cannot be decoded "
+                       f"({type(exc).__name__}); truncated or corrupt") from None
     rgb = header.samples_per_pixel == 3
     if pixels.ndim == (3 if rgb else 2):
         pixels = pixels[None]

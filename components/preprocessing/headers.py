@@ -7,6 +7,7 @@ Identifiers stay in memory here; they are hashed before anything is written.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -19,6 +20,9 @@ from medseq.components.preprocessing.reasons import Rejected
 
 
 DEFER_BYTES = 4096
+# An explicit-VR element of group 0008 (identifying information) near the start of a
+# file without preamble: a data set missing its file meta, not a stranger.
+_GROUP_8_ELEMENT = re.compile(rb"\x08\x00..(?:CS|UI|DA|TM|LO|SH|PN|IS|DS|US|UL|AE|AS)", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,8 @@ def _int(value: Any, default: int = 0) -> int:
 
 def header_from_dataset(ds: Dataset, path: str) -> FileHeader:
     """Extracts a FileHeader from a dataset read with or without pixels."""
+    if not any(k in ds for k in ("SOPClassUID", "SOPInstanceUID", "Modality", "Rows", "SeriesInstanceUID")):
+        raise Rejected(reasons.UNREADABLE, "no recognizable data set follows the file meta; the file is corrupt")
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise Rejected(reasons.NO_PIXEL_DATA, "the file holds no image (no Pixel Data element)")
     missing = [k for k in ("SeriesInstanceUID", "SOPInstanceUID", "Rows", "Columns") if not ds.get(k)]
@@ -156,7 +162,7 @@ def header_from_dataset(ds: Dataset, path: str) -> FileHeader:
 def read_dataset(fileobj: IO[bytes], path: str, stop_before_pixels: bool = False,
                  defer_size: int | None = None) -> Dataset:
     """dcmread with the failure modes of real archives mapped to reason codes."""
-    head = fileobj.read(132)
+    head = fileobj.read(512)
     fileobj.seek(0)
     if len(head) < 132 or head[128:132] != b"DICM":
         # Old ACR-NEMA style or not DICOM at all: tell the two apart for the report.
@@ -165,6 +171,7 @@ def read_dataset(fileobj: IO[bytes], path: str, stop_before_pixels: bool = False
             looks_dicom = any(k in ds for k in ("SOPClassUID", "Rows", "SeriesInstanceUID"))
         except Exception:  # noqa: BLE001 - any parse failure means "not DICOM" here
             looks_dicom = False
+        looks_dicom = looks_dicom or bool(_GROUP_8_ELEMENT.search(head))
         if looks_dicom:
             raise Rejected(reasons.MISSING_FILE_META,
                            "no DICOM file meta information (no 'DICM' preamble); re-export as a Part 10 file")
@@ -173,6 +180,8 @@ def read_dataset(fileobj: IO[bytes], path: str, stop_before_pixels: bool = False
         ds = pydicom.dcmread(fileobj, stop_before_pixels=stop_before_pixels, defer_size=defer_size)
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, IndexError, OverflowError) as exc:
         raise Rejected(reasons.UNREADABLE, f"the header cannot be parsed ({type(exc).__name__}); the file is truncated or corrupt") from None
+    if len(ds) == 0:
+        raise Rejected(reasons.UNREADABLE, "the file ends before its data set begins; it is truncated")
     if "TransferSyntaxUID" not in ds.file_meta:
         raise Rejected(reasons.MISSING_FILE_META, "the file meta information has no Transfer Syntax UID")
     return ds

@@ -7,6 +7,7 @@ geometry, timing, rescale and identifiers. All UIDs derive from the generator's 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +22,6 @@ from pydicom.uid import (
     JPEG2000Lossless,
     JPEGLSLossless,
     RLELossless,
-    generate_uid,
 )
 from pydicom.pixels import get_encoder
 
@@ -77,8 +77,13 @@ class SeriesGeometry:
 
 
 def uid(seed: int, *parts: object) -> str:
-    """A UID (2.25 form) fixed by the seed and what it names: same seed, same UIDs."""
-    return str(generate_uid(prefix=None, entropy_srcs=[str(seed), *map(str, parts)]))
+    """A UID in the 2.25 (UUID-derived) form, fixed by the seed and what it names.
+
+    pydicom's generate_uid ignores its entropy sources without a prefix (it takes a
+    random UUID), so the 128-bit value is derived here: same seed, same UIDs.
+    """
+    digest = hashlib.sha256("/".join(map(str, (seed, *parts))).encode()).digest()
+    return f"2.25.{int.from_bytes(digest[:16], 'big')}"
 
 
 def _base_dataset(study: Study, series_uid: str, sop_class: UID, sop_uid: str, modality: str) -> Dataset:
@@ -191,7 +196,8 @@ def encode(ds: Dataset, transfer_syntax: UID) -> pydicom.FileDataset:
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta
     if transfer_syntax.is_compressed:
-        ds.compress(transfer_syntax, encoding_plugin="pylibjpeg" if transfer_syntax == RLELossless else "")
+        ds.compress(transfer_syntax, encoding_plugin="pylibjpeg" if transfer_syntax == RLELossless else "",
+                    generate_instance_uid=False)
     else:
         meta.TransferSyntaxUID = transfer_syntax
     ds.preamble = b"\x00" * 128

@@ -60,16 +60,16 @@ def _patient(seed: int, index: int) -> Patient:
                    int(rng.integers(len(SITES))))
 
 
-def _study(seed: int, patient: Patient, k: int) -> Study:
+def _study(seed: int, task: str, patient: Patient, k: int) -> Study:
     rng = _rng(seed, "study", patient.patient_id, k)
     # A site mostly scans on its own vendor's machine.
     vendor = patient.site if rng.random() < 0.8 else int(rng.integers(len(phantoms.SCANNERS)))
     date = f"{rng.integers(2019, 2026)}{rng.integers(1, 13):02d}{rng.integers(1, 29):02d}"
     time = f"{rng.integers(7, 19):02d}{rng.integers(60):02d}{rng.integers(60):02d}"
     referring = f"{rng.choice(_LAST)}^{rng.choice(_FIRST)}^^DR"
-    return Study(patient, uid(seed, "study", patient.patient_id, k), date, time,
+    return Study(patient, uid(seed, task, "study", patient.patient_id, k), date, time,
                  f"A{rng.integers(10**7, 10**8)}", referring, phantoms.SCANNERS[vendor],
-                 SITES[patient.site], uid(seed, "for", patient.patient_id, k))
+                 SITES[patient.site], uid(seed, task, "for", patient.patient_id, k))
 
 
 def _cine(seed: int, study: Study, rng: np.random.Generator, matrix: int) -> tuple[list[Dataset] | Dataset, str]:
@@ -147,7 +147,7 @@ def generate(task: str, patients: int, seed: int, out: Path, small: bool = False
         rng = _rng(seed, "series", pi)
         n_studies = 2 if rng.random() < 0.3 else 1
         for si in range(n_studies):
-            study = _study(seed, patient, si)
+            study = _study(seed, task, patient, si)
             matrix = phantoms.SMALL_MATRIX[study.scanner.matrix] if small else study.scanner.matrix
             made, label = make_series(seed, study, rng, matrix)
             datasets = made if isinstance(made, list) else [made]

@@ -1,0 +1,78 @@
+"""The one numeric preprocessing: windows, inversion, colour, resampling, dtype."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from medseq.components.preprocessing.decode import SeriesMeta
+from medseq.components.preprocessing.transform import preprocess, temporal_indices
+from medseq.pipeline.config import PreprocessConfig
+
+META = SeriesMeta("CT", "MONOCHROME2", False, (40.0, 400.0), (0.5, 0.5), 2.0, 4095.0)
+
+
+def config(**kw) -> PreprocessConfig:
+    base = dict(frames=4, height=8, width=8, dtype="float32", windows={"CT": ("40/400",), "default": ("header",)})
+    base.update(kw)
+    return PreprocessConfig(**base)
+
+
+def test_fixed_window_follows_the_dicom_linear_voi_function():
+    hu = np.array([-1000.0, -160.0, 40.0, 239.5, 1000.0], np.float32).reshape(1, 1, 5).repeat(5, 1)
+    out = preprocess(hu, META, config(frames=1, height=5, width=5)).frames
+    np.testing.assert_allclose(out[0, 0, :, 0], [0.0, (-160 - 39.5) / 399 + 0.5, (40 - 39.5) / 399 + 0.5, 1.0, 1.0],
+                               atol=1e-6)
+
+
+def test_several_windows_become_channels_and_monochrome1_inverts():
+    volume = np.full((3, 8, 8), 40.0, np.float32)
+    cfg = config(windows={"CT": ("40/400", "-600/1500"), "default": ("header", "header")})
+    out = preprocess(volume, META, cfg)
+    assert out.frames.shape == (4, 8, 8, 2)
+    inverted = preprocess(volume, dataclasses.replace(META, photometric="MONOCHROME1"), cfg)
+    np.testing.assert_allclose(inverted.frames[:3], 1.0 - out.frames[:3], atol=1e-6)
+
+
+def test_header_window_and_percentile_fallback():
+    volume = np.linspace(0, 1000, 3 * 64, dtype=np.float32).reshape(3, 8, 8)
+    meta = dataclasses.replace(META, modality="MR", window=None)
+    out = preprocess(volume, meta, config(frames=3)).frames
+    assert out.min() == pytest.approx(0.0, abs=0.02) and out.max() == pytest.approx(1.0, abs=0.02)
+
+
+def test_rgb_to_gray_uses_luma_and_rgb_mode_keeps_colour():
+    rgb = np.zeros((2, 8, 8, 3), np.float32)
+    rgb[..., 1] = 255.0
+    meta = dataclasses.replace(META, modality="US", rgb=True, max_value=255.0)
+    gray = preprocess(rgb, meta, config(frames=2)).frames
+    np.testing.assert_allclose(gray[..., 0], 0.587, atol=1e-5)
+    colour = preprocess(rgb, meta, config(frames=2, color="rgb")).frames
+    assert colour.shape[-1] == 3 and colour[..., 1].min() == pytest.approx(1.0)
+
+
+def test_temporal_sampling_and_padding():
+    np.testing.assert_array_equal(temporal_indices(30, 4, "sample")[0], [0, 10, 19, 29])
+    picks, valid = temporal_indices(3, 5, "sample")
+    assert list(picks) == [0, 0, 1, 2, 2] and valid == 5
+    picks, valid = temporal_indices(3, 5, "pad")
+    assert list(picks) == [0, 1, 2] and valid == 3
+    volume = np.arange(3, dtype=np.float32)[:, None, None] * np.ones((3, 8, 8), np.float32) * 100
+    out = preprocess(volume, META, config(frames=5, temporal="pad"))
+    assert out.valid_frames == 3 and np.all(out.frames[3:] == 0)
+
+
+def test_downsampling_is_anti_aliased():
+    checker = (np.indices((64, 64)).sum(0) % 2).astype(np.float32) * 400 - 160  # 0 / 1 after the window
+    out = preprocess(checker[None], META, config(frames=1, height=8, width=8)).frames
+    # An aliasing resize would return the checkerboard's 0s or 1s; a filtered one the mean.
+    assert np.abs(out - out.mean()).max() < 0.1 and out.mean() == pytest.approx(0.5, abs=0.05)
+
+
+def test_uint8_output_and_spacing_of_the_output_grid():
+    volume = np.full((8, 16, 32), 40.0, np.float32)
+    out = preprocess(volume, META, config(dtype="uint8", frames=4, height=8, width=8))
+    assert out.frames.dtype == np.uint8 and out.frames.shape == (4, 8, 8, 1)
+    assert out.spacing == pytest.approx((1.0, 2.0, 2.0 * 7 / 3))
