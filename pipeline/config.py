@@ -115,6 +115,9 @@ class IngestConfig:
     num_shards: int = 0  # 0: chosen from shard_size_mb
     shard_size_mb: float = 64.0
     hash_key_file: str | None = None
+    # Class names in index order; empty: the sorted labels of labels.csv. Fix them to
+    # keep class indices stable across label files; other labels are then rejected.
+    classes: tuple[str, ...] = ()
     beam_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:

@@ -9,13 +9,9 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from helpers import IN_PROCESS, KEY
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-REPO = Path(__file__).resolve().parent.parent
-SAMPLES = REPO / "data_samples"
-KEY = b"medseq-test-key-0123456789abcdef"
-IN_PROCESS = ["--runner=DirectRunner"]  # one process: fastest for tiny inputs
 
 
 @pytest.fixture(scope="session")

@@ -134,7 +134,8 @@ def finalize(staging: str, out: str, classes: tuple[str, ...], config: dict[str,
         "modalities": dict(sorted(Counter(r["modality"] for r in index).items())),
         "manufacturers": dict(sorted(Counter(r["manufacturer"] for r in index).items())),
         "rejected": dict(sorted(Counter(r["reason"] for r in rejected).items())),
-        "files_rejected": sum(1 for r in rejected if not r["series_key"] or r["reason"] == "duplicate_instance"),
+        # Every input file is accounted for: in a record, or on a line of rejected.jsonl.
+        "files": {"in_records": sum(r["files"] for r in index), "rejected": sum(r["files"] for r in rejected)},
         "config": config,
     }
     with FileSystems.create(FileSystems.join(staging, "qc.json.tmp")) as f:
@@ -158,6 +159,7 @@ def finalize(staging: str, out: str, classes: tuple[str, ...], config: dict[str,
 def run_job(input_path: str, labels_path: str, out: str, key: bytes, preprocess: PreprocessConfig,
             ingest: IngestConfig, beam_args: list[str], config_record: dict[str, Any]) -> IngestOutputs:
     labels, classes = read_labels(labels_path)
+    classes = ingest.classes or classes
     pattern, root = input_pattern(input_path)
     FileSystems.mkdirs(out) if not FileSystems.exists(out) else None
     staging = FileSystems.join(out, f".medseq-staging-{uuid.uuid4().hex[:8]}")

@@ -38,6 +38,7 @@ class RejectedRow:
     series_key: str  # "" when the file never reached a series
     reason: str
     message: str
+    files: int = 1  # input files this line accounts for
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -51,12 +52,14 @@ class Record:
     modality: str
     manufacturer: str
     valid_frames: int
+    files: int
     example: bytes
 
     def index_line(self) -> str:
         return json.dumps({"split": self.split, "series_key": self.series_key, "label": self.label,
                            "modality": self.modality, "manufacturer": self.manufacturer,
-                           "valid_frames": self.valid_frames, "bytes": len(self.example)}, sort_keys=True)
+                           "valid_frames": self.valid_frames, "files": self.files,
+                           "bytes": len(self.example)}, sort_keys=True)
 
 
 def open_binary(path: str):  # noqa: ANN201 - a file object of any Beam filesystem
@@ -139,7 +142,7 @@ class BuildRecord(beam.DoFn):
         if len(where.rstrip("/")) <= len(self.root.rstrip("/")):  # files of one series in several folders
             where = paths[0]
         return RejectedRow(deid.safe_relpath(where, self.root, self.key), series_key, code,
-                           f"{message} ({len(paths)} file(s))")
+                           f"{message} ({len(paths)} file(s))", len(paths))
 
     def process(self, element: tuple[str, Iterable[FileHeader]]) -> Iterator[object]:
         source, grouped = element
@@ -149,6 +152,9 @@ class BuildRecord(beam.DoFn):
         try:
             if label is None:
                 raise Rejected(reasons.UNLABELED, "the series is not listed in the labels file")
+            if label not in self.classes:
+                raise Rejected(reasons.UNKNOWN_LABEL, f"its label is not one of the configured classes "
+                               f"({', '.join(self.classes)})")
             ordered, prepared = prepare_series(headers, open_binary, self.config)
         except Rejected as exc:
             yield beam.pvalue.TaggedOutput(self.REJECTED, self._reject(headers, series_key, exc.code, exc.message))
@@ -176,7 +182,8 @@ class BuildRecord(beam.DoFn):
         self.frames.update(prepared.valid_frames)
         _PROGRESS.add("series")
         yield Record(self._split_of(first.patient_id), series_key, label, first.modality,
-                     _vendor(first.manufacturer), prepared.valid_frames, example)
+                     _vendor(first.manufacturer), prepared.valid_frames,
+                     len(headers) - len(ordered.duplicates), example)
 
 
 def _vendor(manufacturer: str) -> str:

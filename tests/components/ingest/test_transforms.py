@@ -1,0 +1,97 @@
+"""The ingest DoFns under TestPipeline, and the hand-written wire formats against TF."""
+
+from __future__ import annotations
+
+import json
+
+import apache_beam as beam
+import numpy as np
+import tensorflow as tf
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from medseq.components.ingest import deid
+from medseq.components.ingest.records import encode_example, write_tfrecords
+from medseq.components.ingest.transforms import BuildRecord, ReadHeader, RejectedRow
+from medseq.pipeline.config import PreprocessConfig, SplitConfig
+from helpers import KEY
+
+
+def test_read_header_keys_files_and_dead_letters_the_rest(pydicom_files):
+    root = str(pydicom_files)
+    paths = [str(pydicom_files / n) for n in ("CT_small.dcm", "MR_small.dcm", "README.txt", "rtplan.dcm")]
+    with TestPipeline() as p:
+        out = (p | beam.Create(paths)
+               | beam.ParDo(ReadHeader(root, KEY)).with_outputs(ReadHeader.REJECTED, main="headers"))
+        keys = out.headers | beam.Map(lambda kv: (kv[1].modality, kv[1].rows))
+        reasons = out[ReadHeader.REJECTED] | beam.Map(lambda r: (r.path, r.reason))
+        assert_that(keys, equal_to([("CT", 128), ("MR", 64)]), label="Headers")
+        assert_that(reasons, equal_to([("README.txt", "not_dicom"), ("rtplan.dcm", "no_pixel_data")]),
+                    label="Rejected")
+
+
+def test_build_record_turns_a_series_into_one_example(pydicom_files):
+    folder = pydicom_files / "dicomdirtests" / "98892001" / "CT5N"
+    paths = sorted(str(p) for p in folder.iterdir())
+    root = str(pydicom_files)
+    import pydicom
+
+    uid = str(pydicom.dcmread(paths[0], stop_before_pixels=True).SeriesInstanceUID)
+    config = PreprocessConfig(frames=8, height=16, width=16, temporal="pad")
+    with TestPipeline() as p:
+        headers = (p | beam.Create(paths) | beam.ParDo(ReadHeader(root, KEY)).with_outputs(
+            ReadHeader.REJECTED, main="headers")).headers
+        built = (headers | beam.GroupByKey()
+                 | beam.ParDo(BuildRecord(root, KEY, {uid: "b"}, ("a", "b"), config, SplitConfig()))
+                 .with_outputs(BuildRecord.REJECTED, main="records"))
+        summary = built.records | beam.Map(lambda r: (r.series_key, r.label, r.valid_frames, r.files))
+        assert_that(summary, equal_to([(deid.keyed_hash(KEY, "series", uid), "b", 5, 5)]))
+
+
+def test_unlabeled_series_goes_to_the_dead_letter_output(pydicom_files):
+    path = str(pydicom_files / "CT_small.dcm")
+    with TestPipeline() as p:
+        headers = (p | beam.Create([path]) | beam.ParDo(ReadHeader(str(pydicom_files), KEY)).with_outputs(
+            ReadHeader.REJECTED, main="headers")).headers
+        built = (headers | beam.GroupByKey()
+                 | beam.ParDo(BuildRecord(str(pydicom_files), KEY, {}, ("a",), PreprocessConfig(), SplitConfig()))
+                 .with_outputs(BuildRecord.REJECTED, main="records"))
+        assert_that(built[BuildRecord.REJECTED] | beam.Map(lambda r: r.reason), equal_to(["unlabeled"]))
+
+
+def test_example_bytes_parse_with_tensorflow_exactly():
+    frames = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4, 1)
+    raw = encode_example({"frames": frames.tobytes(), "frames_shape": [2, 3, 4, 1], "label": [1],
+                          "neg": [-5], "spacing": np.asarray([0.5, 0.25, 30.0], np.float32),
+                          "modality": b"MR", "many": [b"a", b"bc"]})
+    f = tf.train.Example.FromString(raw).features.feature
+    assert np.frombuffer(f["frames"].bytes_list.value[0], np.uint8).reshape(2, 3, 4, 1).tolist() == frames.tolist()
+    assert list(f["frames_shape"].int64_list.value) == [2, 3, 4, 1] and list(f["neg"].int64_list.value) == [-5]
+    assert list(f["spacing"].float_list.value) == [0.5, 0.25, 30.0]
+    assert list(f["many"].bytes_list.value) == [b"a", b"bc"] and f["modality"].bytes_list.value[0] == b"MR"
+    # Keys are written sorted, so equal features give equal bytes.
+    assert raw == encode_example(dict(reversed(list({"frames": frames.tobytes(), "frames_shape": [2, 3, 4, 1],
+                                                     "label": [1], "neg": [-5], "spacing": np.asarray(
+                                                         [0.5, 0.25, 30.0], np.float32), "modality": b"MR",
+                                                     "many": [b"a", b"bc"]}.items()))))
+
+
+def test_tfrecord_framing_reads_back_with_tf_data(tmp_path):
+    records = [b"", b"x", bytes(range(256)) * 100]
+    path = tmp_path / "r.tfrecord.gz"
+    with open(path, "wb") as f:
+        assert write_tfrecords(f, records) == 3
+    read = [r.numpy() for r in tf.data.TFRecordDataset(str(path), compression_type="GZIP")]
+    assert read == records
+
+
+def test_rejected_rows_are_json_lines():
+    row = RejectedRow("a/b", "", "not_dicom", "not a DICOM file")
+    assert json.loads(row.to_json()) == {"path": "a/b", "series_key": "", "reason": "not_dicom",
+                                         "message": "not a DICOM file", "files": 1}
+
+
+def test_keyed_hashes_depend_on_key_and_kind():
+    a = deid.keyed_hash(KEY, "patient", "MRN1")
+    assert a != deid.keyed_hash(KEY, "series", "MRN1") and a != deid.keyed_hash(b"another-key-0123456789", "patient", "MRN1")
+    assert deid.safe_relpath("/in/1.2.3.4.5/IM1", "/in", KEY).startswith("uid-")
