@@ -114,6 +114,12 @@ class ReadHeader(beam.DoFn):
                 deid.safe_relpath(path, self.root, self.key), "", reasons.UNREADABLE,
                 f"the file cannot be opened ({type(exc).__name__})"))
             return
+        except Exception as exc:  # noqa: BLE001 - one file must never fail the job
+            self.rejected.inc()
+            yield beam.pvalue.TaggedOutput(self.REJECTED, RejectedRow(
+                deid.safe_relpath(path, self.root, self.key), "", reasons.PROCESSING_ERROR,
+                f"unexpected {type(exc).__name__} while reading the header"))
+            return
         yield header.series_key_source, header
 
 
@@ -158,6 +164,12 @@ class BuildRecord(beam.DoFn):
             ordered, prepared = prepare_series(headers, open_binary, self.config)
         except Rejected as exc:
             yield beam.pvalue.TaggedOutput(self.REJECTED, self._reject(headers, series_key, exc.code, exc.message))
+            return
+        except Exception as exc:  # noqa: BLE001 - one series must never fail the job
+            log.warning("series %s: unexpected %s", series_key[:12], type(exc).__name__)
+            yield beam.pvalue.TaggedOutput(self.REJECTED, self._reject(
+                headers, series_key, reasons.PROCESSING_ERROR, f"unexpected {type(exc).__name__} while decoding "
+                "or preprocessing"))
             return
         for path in ordered.duplicates:
             yield beam.pvalue.TaggedOutput(self.REJECTED, RejectedRow(

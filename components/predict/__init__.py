@@ -61,6 +61,8 @@ def prepare_folder(root: str | Path, config: PreprocessConfig) -> list[tuple[str
             out.append((where, prepare_series(headers, lambda p: open(p, "rb"), config)[1]))
         except Rejected as exc:
             out.append((where, exc))
+        except Exception as exc:  # noqa: BLE001 - one series must not hide the others
+            out.append((where, Rejected("processing_error", f"unexpected {type(exc).__name__}")))
     return out
 
 

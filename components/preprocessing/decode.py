@@ -12,7 +12,7 @@ from typing import IO, Callable
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.pixels import apply_modality_lut
+from pydicom.pixels import apply_color_lut, apply_modality_lut
 
 from medseq.components.preprocessing import reasons
 from medseq.components.preprocessing.geometry import OrderedSeries
@@ -70,7 +70,9 @@ def _frames_of(ds: Dataset, header: FileHeader) -> np.ndarray:
                            f"handles {syntax} with {bits}-bit samples") from None
         raise Rejected(reasons.DECODE_ERROR, f"the pixel data ({syntax}) cannot be decoded "
                        f"({type(exc).__name__}); truncated or corrupt") from None
-    rgb = header.samples_per_pixel == 3
+    if header.photometric == "PALETTE COLOR":
+        pixels = apply_color_lut(pixels, ds)  # indices -> RGB through the palette
+    rgb = is_colour(header)
     if pixels.ndim == (3 if rgb else 2):
         pixels = pixels[None]
     if rgb:
@@ -82,6 +84,19 @@ def _frames_of(ds: Dataset, header: FileHeader) -> np.ndarray:
             out[i] = pixels[i] * slope + intercept
         return out
     return np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
+
+
+def is_colour(header: FileHeader) -> bool:
+    return header.samples_per_pixel == 3 or header.photometric == "PALETTE COLOR"
+
+
+def _max_value(ds: Dataset, header: FileHeader) -> float:
+    """Full scale of the stored (or, for palettes, looked-up) values."""
+    if header.photometric == "PALETTE COLOR":
+        descriptor = ds.get("RedPaletteColorLookupTableDescriptor")
+        bits = int(descriptor[2]) if descriptor is not None and len(descriptor) == 3 else 16
+        return float(2 ** (16 if bits > 8 else 8) - 1)
+    return float(2 ** int(ds.get("BitsStored", 8)) - 1)
 
 
 def load_series(ordered: OrderedSeries, headers: dict[str, FileHeader],
@@ -99,14 +114,13 @@ def load_series(ordered: OrderedSeries, headers: dict[str, FileHeader],
     header = headers[ordered.frames[0].path]
     if first_ds is None:
         raise Rejected(reasons.NO_PIXEL_DATA, "the series holds no frames")
-    bits = int(first_ds.get("BitsStored", 8))
     meta = SeriesMeta(
         modality=header.modality,
         photometric=header.photometric,
-        rgb=header.samples_per_pixel == 3,
+        rgb=is_colour(header),
         window=_header_window(first_ds),
         pixel_spacing=header.pixel_spacing,
         interval=ordered.interval,
-        max_value=float(2**bits - 1),
+        max_value=_max_value(first_ds, header),
     )
     return volume, meta

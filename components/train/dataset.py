@@ -50,6 +50,10 @@ def record_spec(examples_dir: str | Path) -> RecordSpec:
     return RecordSpec(pre["frames"], pre["height"], pre["width"], channels, pre["dtype"], tuple(qc["classes"]), pre)
 
 
+def split_count(examples_dir: str | Path, split: str) -> int:
+    return int(json.loads((Path(examples_dir) / F.QC_FILE).read_text())["records"][split])
+
+
 def split_files(examples_dir: str | Path, split: str) -> list[str]:
     return sorted(tf.io.gfile.glob(str(Path(examples_dir) / split / "*.tfrecord.gz")))
 
@@ -68,9 +72,17 @@ def parse_examples(serialized: tf.Tensor, spec: RecordSpec) -> dict[str, tf.Tens
 
 
 def make_dataset(files: list[str], spec: RecordSpec, batch_size: int, shuffle: bool, seed: int,
-                 repeat: bool = False) -> tf.data.Dataset:
-    """(inputs dict, labels) batches; files are read in a fixed order for reproducibility."""
+                 repeat: bool = False, workers: int = 1) -> tf.data.Dataset:
+    """(inputs dict, labels) batches; files are read in a fixed order for reproducibility.
+
+    Across several workers, each reads its own files when there are enough of them,
+    else every worker reads all and keeps its share of the records.
+    """
     ds = tf.data.TFRecordDataset(files, compression_type="GZIP")
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.FILE if len(files) >= workers else tf.data.experimental.AutoShardPolicy.DATA)
+    ds = ds.with_options(options)
     if shuffle:
         ds = ds.shuffle(1024, seed=seed, reshuffle_each_iteration=True)
     if repeat:

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from medseq.components.train.dataset import RecordSpec, make_dataset, record_spec, split_files
+from medseq.components.train.dataset import RecordSpec, make_dataset, record_spec, split_count, split_files
 from medseq.components.train.export import export_saved_model
 from medseq.components.train.model import build_model
 from medseq.pipeline.config import TrainConfig
@@ -53,6 +53,12 @@ def _is_chief(strategy: tf.distribute.Strategy) -> bool:
         return True
     return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0
                                              and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def _workers(strategy: tf.distribute.Strategy) -> int:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    return max(1, sum(len(cluster.get(kind, [])) for kind in ("chief", "worker")))
 
 
 def _worker_dir(path: Path, strategy: tf.distribute.Strategy) -> Path:
@@ -117,15 +123,21 @@ def train(examples_dir: str | Path, out: str | Path, config: TrainConfig) -> Tra
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         resumed = int(trainer.epoch.numpy())
         print(f"train: resuming from epoch {resumed} ({Path(manager.latest_checkpoint).name})", flush=True)
-    train_ds = strategy.experimental_distribute_dataset(
-        make_dataset(train_files, spec, trainer.global_batch, shuffle=True, seed=config.seed))
+    # A fixed number of steps over a repeated dataset: every worker runs the same steps,
+    # so no collective waits for a worker whose shard ran out.
+    steps_per_epoch = max(1, -(-split_count(examples_dir, "train") // trainer.global_batch))
+    train_ds = strategy.experimental_distribute_dataset(make_dataset(
+        train_files, spec, trainer.global_batch, shuffle=True, seed=config.seed, repeat=True,
+        workers=_workers(strategy)))
+    batches = iter(train_ds)
     eval_ds = make_dataset(eval_files, spec, config.batch_size, shuffle=False, seed=config.seed) if eval_files else None
     logs = _worker_dir(out / "logs", strategy)
     writer = tf.summary.create_file_writer(str(logs / "train"))
     history: list[dict[str, float]] = []
     for epoch in range(resumed, config.epochs):
         loss_sum = correct = steps = seen = 0.0
-        for inputs, labels in train_ds:
+        for _ in range(steps_per_epoch):
+            inputs, labels = next(batches)
             loss, right, count = trainer.train_step(inputs, labels)
             loss_sum, correct, seen, steps = loss_sum + float(loss), correct + float(right), seen + float(count), steps + 1
         metrics = {"loss": loss_sum / max(steps, 1), "accuracy": correct / max(seen, 1)}

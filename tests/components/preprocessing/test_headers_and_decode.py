@@ -135,3 +135,20 @@ def test_header_pass_does_not_read_the_pixels(pydicom_files):
 
     h = read_header(Counting(raw), "CT_small.dcm")
     assert h.rows == 128 and Counting.read_bytes < len(raw) - 128 * 128
+
+
+def test_palette_colour_goes_through_its_lookup_table(pydicom_files):
+    from medseq.components.preprocessing.transform import preprocess
+    from medseq.pipeline.config import PreprocessConfig
+
+    volume, meta = decode([pydicom_files / "examples_palette.dcm"])
+    assert meta.rgb and volume.shape[-1] == 3 and volume.max() <= meta.max_value
+    out = preprocess(volume, meta, PreprocessConfig(frames=2, height=16, width=16, color="rgb"))
+    assert out.frames.shape == (2, 16, 16, 3) and out.frames.max() > 0
+
+
+def test_ultrasound_style_colour_multiframe_orders_by_stored_frames(pydicom_files):
+    volume, meta = decode([pydicom_files / "SC_rgb_rle_2frame.dcm"])
+    ds = pydicom.dcmread(pydicom_files / "SC_rgb_rle_2frame.dcm")
+    np.testing.assert_array_equal(volume, ds.pixel_array.astype(np.float32))
+    assert meta.rgb and volume.shape == (2, ds.Rows, ds.Columns, 3)
