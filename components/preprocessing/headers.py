@@ -116,7 +116,9 @@ def _int(value: Any, default: int = 0) -> int:
 
 def header_from_dataset(ds: Dataset, path: str) -> FileHeader:
     """Extracts a FileHeader from a dataset read with or without pixels."""
-    if not any(k in ds for k in ("SOPClassUID", "SOPInstanceUID", "Modality", "Rows", "SeriesInstanceUID")):
+    meta = getattr(ds, "file_meta", None)
+    if not any(k in ds for k in ("SOPClassUID", "SOPInstanceUID", "Modality", "Rows", "SeriesInstanceUID")) and (
+            meta is None or "MediaStorageSOPClassUID" not in meta):
         raise Rejected(reasons.UNREADABLE, "no recognizable data set follows the file meta; the file is corrupt")
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise Rejected(reasons.NO_PIXEL_DATA, "the file holds no image (no Pixel Data element)")
@@ -138,7 +140,6 @@ def header_from_dataset(ds: Dataset, path: str) -> FileHeader:
             position=_floats(position, 3), orientation=_floats(orientation, 6),  # type: ignore[arg-type]
             temporal=float(temporal) if temporal not in (None, "") else None,
         ))
-    meta = getattr(ds, "file_meta", None)
     return FileHeader(
         path=path,
         series_uid=str(ds.SeriesInstanceUID),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import IO, Callable
 
 from medseq.components.preprocessing import reasons
@@ -9,16 +10,29 @@ from medseq.components.preprocessing.decode import load_series
 from medseq.components.preprocessing.geometry import OrderedSeries, order_series
 from medseq.components.preprocessing.headers import FileHeader
 from medseq.components.preprocessing.reasons import Rejected
-from medseq.components.preprocessing.transform import Prepared, preprocess
+from medseq.components.preprocessing.transform import Prepared, preprocess, temporal_indices
 from medseq.pipeline.config import PreprocessConfig
+
+
+def frames_to_decode(ordered: OrderedSeries, config: PreprocessConfig) -> OrderedSeries:
+    """The frames the temporal resampling will keep, in output order.
+
+    Decoding only these (a 30-frame cine sampled to 16 reads 16 files, not 30) gives
+    the same tensor layout: `preprocess` then sees exactly T frames (or fewer, to pad),
+    and the interval is that of the picked frames.
+    """
+    n = len(ordered.frames)
+    picks, _ = temporal_indices(n, config.frames, config.temporal)
+    step = ordered.interval * (n - 1) / (len(picks) - 1) if len(picks) > 1 and n > 1 else ordered.interval
+    return dataclasses.replace(ordered, frames=tuple(ordered.frames[i] for i in picks), interval=step)
 
 
 def prepare_series(headers: list[FileHeader], open_file: Callable[[str], IO[bytes]],
                    config: PreprocessConfig) -> tuple[OrderedSeries, Prepared]:
-    """Order and check, decode, preprocess; raises Rejected with the reason."""
+    """Order and check, decode the frames kept, preprocess; raises Rejected with the reason."""
     ordered = order_series(headers)
     if len(ordered.frames) < config.min_frames:
         raise Rejected(reasons.TOO_FEW_FRAMES, f"expected at least {config.min_frames} frames, "
                        f"found {len(ordered.frames)}")
-    volume, meta = load_series(ordered, {h.path: h for h in headers}, open_file)
+    volume, meta = load_series(frames_to_decode(ordered, config), {h.path: h for h in headers}, open_file)
     return ordered, preprocess(volume, meta, config)

@@ -33,9 +33,18 @@ def _window(volume: np.ndarray, spec: str, meta: SeriesMeta, percentiles: tuple[
     elif isinstance(parsed, tuple):
         center, width = parsed
     else:  # percentile, or header without a window in the file
-        low, high = np.percentile(volume, percentiles)
-        return np.clip((volume - low) / max(float(high - low), 1e-6), 0.0, 1.0)
-    return np.clip((volume - (center - 0.5)) / max(width - 1.0, 1e-6) + 0.5, 0.0, 1.0)
+        # Every 2nd pixel of every 2nd row: the same percentiles to within noise, 4x less sorting.
+        sample = volume[:, ::2, ::2] if volume.size > 1 << 18 else volume
+        low, high = np.percentile(sample, percentiles)
+        return _linear(volume, float(low), 1.0 / max(float(high - low), 1e-6))
+    return _linear(volume, center - 0.5 - 0.5 * (width - 1.0), 1.0 / max(width - 1.0, 1e-6))
+
+
+def _linear(volume: np.ndarray, low: float, scale: float) -> np.ndarray:
+    """clip((volume - low) * scale, 0, 1) in float32, without temporaries of float64."""
+    out = np.subtract(volume, np.float32(low), dtype=np.float32)
+    out *= np.float32(scale)
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def _channels(volume: np.ndarray, meta: SeriesMeta, config: PreprocessConfig) -> np.ndarray:
