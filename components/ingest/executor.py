@@ -78,6 +78,9 @@ def build(pipeline: beam.Pipeline, pattern: str, root: str, staging: str, key: b
         pipeline
         | "MatchFiles" >> fileio.MatchFiles(pattern)
         | "FilePaths" >> beam.Map(lambda m: m.path)
+        # The match is one element's fan-out: without a reshuffle every header read would
+        # run in the bundle (and worker) that listed the files.
+        | "SpreadFiles" >> beam.Reshuffle()
         | "ReadHeaders" >> beam.ParDo(ReadHeader(root, key)).with_outputs(ReadHeader.REJECTED, main="headers")
     )
     built = (

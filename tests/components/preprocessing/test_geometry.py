@@ -100,3 +100,18 @@ def test_cine_frames_order_by_trigger_time():
     ordered = order_series(headers)
     assert ordered.kind == "temporal" and [f.temporal for f in ordered.frames] == [0, 100, 200, 300]
     assert ordered.interval == pytest.approx(100.0)
+
+
+def test_only_the_frames_kept_by_temporal_sampling_are_decoded():
+    from medseq.components.preprocessing.geometry import OrderedSeries
+    from medseq.components.preprocessing.headers import FrameRef
+    from medseq.components.preprocessing.prepare import frames_to_decode
+    from medseq.pipeline.config import PreprocessConfig
+
+    frames = tuple(FrameRef(f"f{k}", 0, str(k), k, None, None, 40.0 * k) for k in range(30))
+    ordered = OrderedSeries(frames, "temporal", 40.0, ())
+    kept = frames_to_decode(ordered, PreprocessConfig(frames=16))
+    assert len(kept.frames) == 16 and kept.frames[0] is frames[0] and kept.frames[-1] is frames[-1]
+    assert kept.interval == pytest.approx(40.0 * 29 / 15)
+    padded = frames_to_decode(OrderedSeries(frames[:5], "temporal", 40.0, ()), PreprocessConfig(frames=16, temporal="pad"))
+    assert len(padded.frames) == 5 and padded.interval == pytest.approx(40.0)
