@@ -13,7 +13,8 @@ import json
 import logging
 import os
 import sys
-from typing import Any, Callable, NoReturn, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 from medseq.pipeline import __version__
 from medseq.pipeline.errors import InputError, MedseqError
@@ -90,12 +91,13 @@ def cmd_convert(args: argparse.Namespace, beam_args: list[str]) -> int:
     config = _config(args)
     overrides = {"input": args.input, "labels": args.labels}
     ingest_cfg = config.ingest
-    if args.num_shards is not None or args.hash_key_file:
-        ingest_cfg = dataclasses.replace(ingest_cfg, num_shards=args.num_shards if args.num_shards is not None
-                                         else ingest_cfg.num_shards, hash_key_file=args.hash_key_file or ingest_cfg.hash_key_file)
+    if args.num_shards is not None:
+        ingest_cfg = dataclasses.replace(ingest_cfg, num_shards=args.num_shards)
+    if args.hash_key_file:
+        ingest_cfg = dataclasses.replace(ingest_cfg, hash_key_file=args.hash_key_file)
     if args.split:
         ingest_cfg = dataclasses.replace(ingest_cfg, split=from_dict(
-            type(ingest_cfg.split), dict(zip(("train", "eval", "test"), args.split)), "--split"))
+            type(ingest_cfg.split), dict(zip(("train", "eval", "test"), args.split, strict=True)), "--split"))
     config = dataclasses.replace(config, ingest=ingest_cfg, **overrides)
     out = ingest.run(config, args.out, beam_args=beam_args)
     print(f"convert: records {out.records}, rejected {out.rejected} -> {out.out}")

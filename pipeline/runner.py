@@ -66,8 +66,8 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path, beam_args: list[st
     print((run / "validate" / "stats.txt").read_text(), end="")
     if checked.anomalies:
         lines = "\n".join(f"  - [{a['kind']}] {a['split']}: {a['message']}" for a in checked.anomalies)
-        raise StageFailed(f"validate found {len(checked.anomalies)} anomal{'y' if len(checked.anomalies) == 1 else 'ies'}; "
-                          f"the run stops here:\n{lines}")
+        count = len(checked.anomalies)
+        raise StageFailed(f"validate found {count} anomal{'y' if count == 1 else 'ies'}; the run stops here:\n{lines}")
     _done(t, "no anomalies")
 
     t = _stage(3, "train", f"CNN+LSTM, strategy {config.train.strategy}, {config.train.epochs} epochs")
@@ -76,7 +76,8 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path, beam_args: list[st
 
     serving_dir = run / config.push.serving_dir
     baseline = push.served_model(serving_dir, config.push.model_name)
-    t = _stage(4, "evaluate", "TFMA on held-out patients" + (f" vs. served version {baseline.name}" if baseline else ""))
+    against = f" vs. served version {baseline.name}" if baseline else ""
+    t = _stage(4, "evaluate", f"TFMA on held-out patients{against}")
     evaluated = evaluate.evaluate(str(run / "ingest"), trained.model_dir, run / "evaluate",
                                   config.evaluate.eval_config, str(baseline) if baseline else None,
                                   beam_args=[*config.evaluate.beam_args])

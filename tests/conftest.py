@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+
 from helpers import IN_PROCESS, KEY
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -20,7 +20,15 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from medseq.components.ingest.transforms import BuildRecord, ReadHeader, Record, RejectedRow, WriteShard, open_binary, shard_of
+from medseq.components.ingest.transforms import (
+    BuildRecord,
+    ReadHeader,
+    Record,
+    RejectedRow,
+    WriteShard,
+    open_binary,
+    shard_of,
+)
 from medseq.pipeline import features as F
 from medseq.pipeline.config import IngestConfig, PreprocessConfig, to_dict
 from medseq.pipeline.errors import InputError
@@ -43,7 +51,7 @@ def read_labels(path: str) -> tuple[dict[str, str], tuple[str, ...]]:
     try:
         with open_binary(path) as f:
             text = f.read().decode("utf-8-sig")
-    except (OSError, IOError):
+    except OSError:
         raise InputError(f"labels file not found or not readable: {path}") from None
     reader = csv.DictReader(io.StringIO(text))
     if not reader.fieldnames or not set(LABEL_COLUMNS) <= {c.strip() for c in reader.fieldnames}:

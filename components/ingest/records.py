@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import gzip
 import struct
-from typing import IO, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import IO
 
 import google_crc32c
 import numpy as np

@@ -10,8 +10,8 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Iterable, Iterator
 
 import apache_beam as beam
 import numpy as np
@@ -219,7 +219,8 @@ class WriteShard(beam.DoFn):
         yield path
 
 
-def shard_of(record: Record, sizes: dict[str, int], num_shards: int, shard_bytes: float) -> tuple[tuple[str, int, int], Record]:
+def shard_of(record: Record, sizes: dict[str, int], num_shards: int,
+             shard_bytes: float) -> tuple[tuple[str, int, int], Record]:
     """Stable shard choice: from the series key, so reruns put each record in the same file."""
     n = num_shards or max(1, int(np.ceil(sizes.get(record.split, 0) / shard_bytes)))
     return (record.split, int(record.series_key[:8], 16) % n, n), record

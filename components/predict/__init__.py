@@ -82,5 +82,5 @@ def predict(model_dir: str | Path, root: str | Path) -> list[Prediction]:
         out = signature(frames=tf.constant(item.frames[None]), valid_frames=tf.constant([item.valid_frames]))
         probs = out[F.PROBABILITIES].numpy()[0]
         results.append(Prediction(where, spec.classes[int(np.argmax(probs))],
-                                  {c: float(p) for c, p in zip(spec.classes, probs)}))
+                                  {c: float(p) for c, p in zip(spec.classes, probs, strict=True)}))
     return results

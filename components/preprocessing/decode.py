@@ -6,8 +6,9 @@ header values the numeric preprocessing needs (`SeriesMeta`), nothing else.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Callable
+from typing import IO
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -20,7 +21,6 @@ from medseq.components.preprocessing import reasons
 from medseq.components.preprocessing.geometry import OrderedSeries
 from medseq.components.preprocessing.headers import FileHeader, _item, read_dataset
 from medseq.components.preprocessing.reasons import Rejected
-
 
 # Measured here (256x256 int16): pyjpegls decodes JPEG-LS in 2.8 ms where the default
 # order (GDCM first) takes 4.0 ms; for the other syntaxes the default order is as fast.
@@ -74,7 +74,8 @@ def _frames_of(ds: Dataset, header: FileHeader) -> np.ndarray:
         pixels = ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - codecs raise anything on corrupt data
         syntax = ds.file_meta.TransferSyntaxUID.name
-        if isinstance(exc, NotImplementedError) or "does not support" in str(exc) or "no pixel data decoders" in str(exc).lower():
+        text = str(exc).lower()
+        if isinstance(exc, NotImplementedError) or "does not support" in text or "no pixel data decoders" in text:
             bits = ds.get("BitsStored", "?")
             raise Rejected(reasons.UNSUPPORTED_TRANSFER_SYNTAX, f"no installed, permissively licensed decoder "
                            f"handles {syntax} with {bits}-bit samples") from None

@@ -18,7 +18,6 @@ from pydicom.errors import InvalidDicomError
 from medseq.components.preprocessing import reasons
 from medseq.components.preprocessing.reasons import Rejected
 
-
 DEFER_BYTES = 4096
 # An explicit-VR element of group 0008 (identifying information) near the start of a
 # file without preamble: a data set missing its file meta, not a stranger.
@@ -180,7 +179,8 @@ def read_dataset(fileobj: IO[bytes], path: str, stop_before_pixels: bool = False
     try:
         ds = pydicom.dcmread(fileobj, stop_before_pixels=stop_before_pixels, defer_size=defer_size)
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, IndexError, OverflowError) as exc:
-        raise Rejected(reasons.UNREADABLE, f"the header cannot be parsed ({type(exc).__name__}); the file is truncated or corrupt") from None
+        raise Rejected(reasons.UNREADABLE, f"the header cannot be parsed ({type(exc).__name__}); "
+                       "the file is truncated or corrupt") from None
     if len(ds) == 0:
         raise Rejected(reasons.UNREADABLE, "the file ends before its data set begins; it is truncated")
     if "TransferSyntaxUID" not in ds.file_meta:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import IO, Callable
+from collections.abc import Callable
+from typing import IO
 
 from medseq.components.preprocessing import reasons
 from medseq.components.preprocessing.decode import load_series

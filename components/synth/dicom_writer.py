@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.pixels import get_encoder
 from pydicom.sequence import Sequence
 from pydicom.uid import (
     UID,
@@ -23,7 +24,6 @@ from pydicom.uid import (
     JPEGLSLossless,
     RLELossless,
 )
-from pydicom.pixels import get_encoder
 
 from medseq.components.synth.phantoms import Scanner
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pydicom
@@ -157,7 +157,7 @@ def generate(task: str, patients: int, seed: int, out: Path, small: bool = False
             for series_number, series in ((datasets[0].SeriesNumber, datasets),
                                           (1, _localizer(seed, study, rng, matrix, modality))):
                 paths = _paths(rng, pi, si, series_number, len(series))
-                for ds, rel in zip(series, paths):
+                for ds, rel in zip(series, paths, strict=True):
                     stats.slices += int(ds.get("NumberOfFrames", 1))
                     _write(encode(ds, syntax), dicom_root / rel)
                     stats.files += 1

@@ -132,7 +132,7 @@ def ct_slab(
     for k in range(n_slices):
         z = k * dz
         img = base.copy()
-        for (r0, c0), (sr, sc), rad in zip(starts, slopes, vradius):
+        for (r0, c0), (sr, sc), rad in zip(starts, slopes, vradius, strict=True):
             img[(rows - r0 - sr * z) ** 2 + (cols - c0 - sc * z) ** 2 <= rad * rad] = 40.0
         if nod_center is not None:
             half = nod_radius * nod_radius - (z - nod_center[2]) ** 2

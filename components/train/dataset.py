@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import tensorflow as tf
 
@@ -80,8 +80,8 @@ def make_dataset(files: list[str], spec: RecordSpec, batch_size: int, shuffle: b
     """
     ds = tf.data.TFRecordDataset(files, compression_type="GZIP")
     options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = (
-        tf.data.experimental.AutoShardPolicy.FILE if len(files) >= workers else tf.data.experimental.AutoShardPolicy.DATA)
+    policy = tf.data.experimental.AutoShardPolicy
+    options.experimental_distribute.auto_shard_policy = policy.FILE if len(files) >= workers else policy.DATA
     ds = ds.with_options(options)
     if shuffle:
         ds = ds.shuffle(1024, seed=seed, reshuffle_each_iteration=True)

@@ -87,7 +87,7 @@ class Trainer:
             per_example = self.loss_fn(labels, probs)
             loss = tf.reduce_sum(per_example) / self.global_batch
         grads = tape.gradient(loss, self.model.trainable_variables)
-        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables, strict=True))
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probs, -1, output_type=tf.int32), labels), tf.float32))
         return loss, correct, tf.cast(tf.size(labels), tf.float32)
 
@@ -139,7 +139,8 @@ def train(examples_dir: str | Path, out: str | Path, config: TrainConfig) -> Tra
         for _ in range(steps_per_epoch):
             inputs, labels = next(batches)
             loss, right, count = trainer.train_step(inputs, labels)
-            loss_sum, correct, seen, steps = loss_sum + float(loss), correct + float(right), seen + float(count), steps + 1
+            loss_sum, correct, seen = loss_sum + float(loss), correct + float(right), seen + float(count)
+            steps += 1
         metrics = {"loss": loss_sum / max(steps, 1), "accuracy": correct / max(seen, 1)}
         if eval_ds is not None:
             metrics.update(trainer.evaluate(eval_ds))
@@ -150,7 +151,7 @@ def train(examples_dir: str | Path, out: str | Path, config: TrainConfig) -> Tra
         trainer.epoch.assign(epoch + 1)
         manager.save(checkpoint_number=epoch + 1)
         history.append({"epoch": epoch + 1, **metrics})
-        print("train: epoch {}/{} ".format(epoch + 1, config.epochs)
+        print(f"train: epoch {epoch + 1}/{config.epochs} "
               + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()), flush=True)
     model_dir = _worker_dir(out / "model", strategy)
     export_saved_model(trainer.model, spec, model_dir)

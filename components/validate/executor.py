@@ -79,7 +79,7 @@ def find_anomalies(stats: dict[str, dict[str, Any]], classes: list[str], max_lab
     if train and evaluation and train["records"] and evaluation["records"]:
         def dist(s: dict[str, Any]) -> list[float]:
             return [s["labels"].get(str(i), 0) / s["records"] for i in range(len(classes))]
-        linf = max((abs(p - q) for p, q in zip(dist(train), dist(evaluation))), default=0.0)
+        linf = max((abs(p - q) for p, q in zip(dist(train), dist(evaluation), strict=True)), default=0.0)
         if linf > max_label_linf:
             add("label_skew", "train+eval", f"label distributions differ by L-inf {linf:.3f} "
                 f"(allowed {max_label_linf:.3f})")

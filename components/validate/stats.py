@@ -8,7 +8,8 @@ schema anomaly counts, and the set of patient keys (for the leakage check).
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import apache_beam as beam
 import numpy as np

@@ -67,7 +67,8 @@ def test_bad_config_is_one_line(tmp_path):
     path.write_text("trian: {}\n")
     result = medseq("run", "--config", str(path), "--out", str(tmp_path / "run"))
     assert result.returncode == 2
-    assert result.stderr.strip() == f"medseq run: {path}: unknown key 'trian' (did you mean 'train'?); expected one of " \
+    assert result.stderr.strip() == f"medseq run: {path}: unknown key 'trian' (did you mean 'train'?); " \
+        "expected one of " \
         "input, labels, preprocess, ingest, validate, train, evaluate, push"
 
 

@@ -7,9 +7,9 @@ import json
 import pytest
 import yaml
 
+from helpers import SAMPLES
 from medseq.pipeline import cli
 from medseq.pipeline import features as F
-from helpers import SAMPLES
 
 FAST = {
     "input": str(SAMPLES / "cine_ef" / "dicom"),

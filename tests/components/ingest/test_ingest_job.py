@@ -18,10 +18,10 @@ import pydicom
 import pytest
 import tensorflow as tf
 
+from helpers import IN_PROCESS, KEY, SAMPLES
 from medseq.components import ingest, synth
 from medseq.components.ingest import deid
 from medseq.pipeline import features as F
-from helpers import IN_PROCESS, KEY, SAMPLES
 
 IDENTIFIER_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "StudyDate", "AccessionNumber",
                    "InstitutionName", "ReferringPhysicianName", "StudyInstanceUID", "SeriesInstanceUID",
@@ -174,7 +174,8 @@ def test_pydicom_test_files_order_reject_and_explain(tmp_path, pydicom_files, co
     assert not any("1.2.840.113619" in p for p in rejected), "UID-like file names are hashed"
     ct5n = [pydicom.dcmread(p) for p in sorted((root / "98892001" / "CT5N").iterdir())]
     key = deid.keyed_hash(KEY, "series", str(ct5n[0].SeriesInstanceUID))
-    record = next(ex for ex in all_records(out) if ex.features.feature[F.SERIES_KEY].bytes_list.value[0].decode() == key)
+    record = next(ex for ex in all_records(out)
+                  if ex.features.feature[F.SERIES_KEY].bytes_list.value[0].decode() == key)
     f = record.features.feature
     frames = np.frombuffer(f[F.FRAMES].bytes_list.value[0], np.uint8).reshape(list(f[F.FRAMES_SHAPE].int64_list.value))
     assert f[F.VALID_FRAMES].int64_list.value[0] == 5 and not frames[5:].any()

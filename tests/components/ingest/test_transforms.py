@@ -10,11 +10,11 @@ import tensorflow as tf
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from helpers import KEY
 from medseq.components.ingest import deid
 from medseq.components.ingest.records import encode_example, write_tfrecords
 from medseq.components.ingest.transforms import BuildRecord, ReadHeader, RejectedRow
 from medseq.pipeline.config import PreprocessConfig, SplitConfig
-from helpers import KEY
 
 
 def test_read_header_keys_files_and_dead_letters_the_rest(pydicom_files):
@@ -93,5 +93,6 @@ def test_rejected_rows_are_json_lines():
 
 def test_keyed_hashes_depend_on_key_and_kind():
     a = deid.keyed_hash(KEY, "patient", "MRN1")
-    assert a != deid.keyed_hash(KEY, "series", "MRN1") and a != deid.keyed_hash(b"another-key-0123456789", "patient", "MRN1")
+    assert a != deid.keyed_hash(KEY, "series", "MRN1")
+    assert a != deid.keyed_hash(b"another-key-0123456789", "patient", "MRN1")
     assert deid.safe_relpath("/in/1.2.3.4.5/IM1", "/in", KEY).startswith("uid-")

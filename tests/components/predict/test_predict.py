@@ -8,11 +8,11 @@ import numpy as np
 import pydicom
 import tensorflow as tf
 
+from helpers import KEY, SAMPLES
 from medseq.components import predict
 from medseq.components.ingest import deid
 from medseq.components.train.dataset import split_files
 from medseq.pipeline import features as F
-from helpers import KEY, SAMPLES
 
 
 def record_frames(records_dir) -> dict[str, np.ndarray]:

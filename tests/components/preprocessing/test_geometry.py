@@ -113,5 +113,6 @@ def test_only_the_frames_kept_by_temporal_sampling_are_decoded():
     kept = frames_to_decode(ordered, PreprocessConfig(frames=16))
     assert len(kept.frames) == 16 and kept.frames[0] is frames[0] and kept.frames[-1] is frames[-1]
     assert kept.interval == pytest.approx(40.0 * 29 / 15)
-    padded = frames_to_decode(OrderedSeries(frames[:5], "temporal", 40.0, ()), PreprocessConfig(frames=16, temporal="pad"))
+    padded = frames_to_decode(OrderedSeries(frames[:5], "temporal", 40.0, ()),
+                              PreprocessConfig(frames=16, temporal="pad"))
     assert len(padded.frames) == 5 and padded.interval == pytest.approx(40.0)

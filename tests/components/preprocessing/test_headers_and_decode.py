@@ -51,7 +51,8 @@ def test_12_bit_jpeg_extended_needs_a_gpl_plugin_and_is_reported_so(pydicom_file
     assert exc.value.code == reasons.UNSUPPORTED_TRANSFER_SYNTAX and "12-bit" in exc.value.message
 
 
-@pytest.mark.parametrize("name", ("JPEG2000.dcm", "SC_rgb_jpeg_dcmtk.dcm", "SC_rgb_small_odd_jpeg.dcm", "SC_rgb_jpeg_gdcm.dcm",
+@pytest.mark.parametrize("name", ("JPEG2000.dcm", "SC_rgb_jpeg_dcmtk.dcm", "SC_rgb_small_odd_jpeg.dcm",
+                                  "SC_rgb_jpeg_gdcm.dcm",
                                   "JPEGLSNearLossless_16.dcm", "SC_rgb_rle.dcm", "image_dfl.dcm"))
 def test_lossy_and_colour_syntaxes_decode(pydicom_files, name):
     ds = pydicom.dcmread(pydicom_files / name)

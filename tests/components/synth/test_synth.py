@@ -58,7 +58,7 @@ def frames_in_time(datasets):
 
 
 def test_every_file_reads_back_and_junk_is_not_dicom(generated):
-    for task, root in generated.items():
+    for root in generated.values():
         series, junk = read_all(root)
         assert {p.name for p in junk} >= {"README.TXT", "Thumbs.db", ".DS_Store"}
         labeled = labels(root)

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 
+from helpers import IN_PROCESS
 from medseq.components.ingest.records import write_tfrecords
 from medseq.components.validate import validate
 from medseq.components.validate.schema import load_schema
 from medseq.pipeline import features as F
-from helpers import IN_PROCESS
 
 
 def copy_records(src: Path, tmp_path: Path) -> Path:
