@@ -55,7 +55,7 @@ setup(
         "google-crc32c>=1.5,<2",  # TFRecord framing in ingest workers
         "numpy>=1.26,<3",
     ],
-    extras_require={"test": ["pytest>=8,<10"]},
+    extras_require={"test": ["pytest>=8,<10", "ruff>=0.17,<0.18", "mypy>=2.4,<2.5"]},
     entry_points={"console_scripts": ["medseq=medseq.pipeline.cli:main"]},
     classifiers=[
         "License :: OSI Approved :: Apache Software License",

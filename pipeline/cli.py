@@ -49,7 +49,7 @@ def _beam_flags() -> set[str]:
         cls = pending.pop()
         pending.extend(cls.__subclasses__())
         try:
-            cls._add_argparse_args(parser)
+            cls._add_argparse_args(parser)  # type: ignore[arg-type]
         except argparse.ArgumentError:
             continue  # an option registered by two classes
     return {o for a in parser._actions for o in a.option_strings}
@@ -264,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     _quiet_libraries(args.verbose)
-    sub_parser = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
+    sub_parser = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr,index]
     if args.command in BEAM_COMMANDS:
         beam_args = split_beam_args(sub_parser, rest)
     elif rest:

@@ -185,7 +185,7 @@ def _check_choice(where: str, value: str, choices: tuple[str, ...]) -> None:
 
 def _convert(value: Any, hint: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping, found {type(value).__name__}")
         return from_dict(hint, value, where)
@@ -193,11 +193,9 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         return None if value is None else _convert(value, args[0], where)
     if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            value = [value]
-        args = typing.get_args(hint)
-        item = args[0]
-        return tuple(_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+        items = value if isinstance(value, (list, tuple)) else [value]
+        item = typing.get_args(hint)[0]
+        return tuple(_convert(v, item, f"{where}[{i}]") for i, v in enumerate(items))
     if origin in (Mapping, dict) or origin is typing.get_origin(Mapping[str, int]):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping, found {type(value).__name__}")

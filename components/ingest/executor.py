@@ -164,7 +164,7 @@ def finalize(staging: str, out: str, classes: tuple[str, ...], config: dict[str,
         FileSystems.rename([FileSystems.join(staging, name)], [FileSystems.join(out, name)])
     FileSystems.rename([FileSystems.join(staging, "qc.json.tmp")], [FileSystems.join(out, F.QC_FILE)])
     FileSystems.delete([trash, staging])
-    return IngestOutputs(out, qc["records"], len(rejected), classes, qc)
+    return IngestOutputs(out, dict(qc["records"]), len(rejected), classes, qc)
 
 
 def run_job(input_path: str, labels_path: str, out: str, key: bytes, preprocess: PreprocessConfig,

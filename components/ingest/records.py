@@ -42,7 +42,7 @@ def _feature(value: bytes | Sequence[bytes] | Sequence[int] | Sequence[float] | 
         packed = np.asarray(value, "<f4").tobytes()
         return _field(2, _field(1, packed))  # FloatList
     if value and isinstance(value[0], (bytes, bytearray)):
-        return _field(1, b"".join(_field(1, bytes(v)) for v in value))  # BytesList
+        return _field(1, b"".join(_field(1, bytes(v)) for v in value))  # type: ignore[arg-type]  # BytesList
     packed = b"".join(_varint(int(v)) for v in value)
     return _field(3, _field(1, packed))  # Int64List
 

@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
+from typing import IO
 
 import apache_beam as beam
 import numpy as np
@@ -62,7 +63,8 @@ class Record:
                            "bytes": len(self.example)}, sort_keys=True)
 
 
-def open_binary(path: str):  # noqa: ANN201 - a file object of any Beam filesystem
+def open_binary(path: str) -> IO[bytes]:
+    """A file of any Beam filesystem, read as stored (no decompression by extension)."""
     return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 
 

@@ -24,7 +24,7 @@ from medseq.components.preprocessing.reasons import Rejected
 
 # Measured here (256x256 int16): pyjpegls decodes JPEG-LS in 2.8 ms where the default
 # order (GDCM first) takes 4.0 ms; for the other syntaxes the default order is as fast.
-_PREFERRED_PLUGIN = {JPEGLSLossless: "pyjpegls", JPEGLSNearLossless: "pyjpegls"}
+_PREFERRED_PLUGIN: dict[str, str] = {str(JPEGLSLossless): "pyjpegls", str(JPEGLSNearLossless): "pyjpegls"}
 
 
 @dataclass(frozen=True)

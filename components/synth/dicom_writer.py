@@ -11,7 +11,6 @@ import hashlib
 from dataclasses import dataclass
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import get_encoder
 from pydicom.sequence import Sequence
@@ -188,7 +187,7 @@ def _normal(orientation: tuple[float, ...]) -> np.ndarray:
     return np.cross(np.asarray(orientation[:3]), np.asarray(orientation[3:]))
 
 
-def encode(ds: Dataset, transfer_syntax: UID) -> pydicom.FileDataset:
+def encode(ds: Dataset, transfer_syntax: UID) -> Dataset:
     """Adds the file meta and compresses the pixels for the chosen transfer syntax."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
