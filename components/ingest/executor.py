@@ -78,6 +78,16 @@ def input_pattern(input_path: str) -> tuple[str, str]:
     return f"{root}/**", root
 
 
+def _require_files(pattern: str, input_path: str) -> None:
+    """Fails early, in one line, when the input matches no file at all (one listing entry)."""
+    try:
+        found = FileSystems.match([pattern], limits=[1])[0].metadata_list
+    except Exception:  # noqa: BLE001 - Beam raises for an empty glob on some filesystems
+        found = []
+    if not found:
+        raise InputError(f"no files found in {input_path} (expected DICOM files in it or matching it)")
+
+
 def build(pipeline: beam.Pipeline, pattern: str, root: str, staging: str, key: bytes,
           labels: dict[str, str], classes: tuple[str, ...], preprocess: PreprocessConfig,
           ingest: IngestConfig) -> None:
@@ -172,6 +182,7 @@ def run_job(input_path: str, labels_path: str, out: str, key: bytes, preprocess:
     labels, classes = read_labels(labels_path)
     classes = ingest.classes or classes
     pattern, root = input_pattern(input_path)
+    _require_files(pattern, input_path)
     FileSystems.mkdirs(out) if not FileSystems.exists(out) else None
     staging = FileSystems.join(out, f".medseq-staging-{uuid.uuid4().hex[:8]}")
     options = PipelineOptions(beam_args)

@@ -79,3 +79,14 @@ def test_missing_hash_key_is_one_line(tmp_path):
                     key=False)
     assert result.returncode == 2
     assert "MEDSEQ_HASH_KEY" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_input_without_files_is_one_line(tmp_path):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("series_instance_uid,label\n1.2.3,a\n")
+    (tmp_path / "empty").mkdir()
+    result = medseq("convert", "--input", str(tmp_path / "empty"), "--labels", str(labels),
+                    "--out", str(tmp_path / "out"), "--runner=DirectRunner")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"medseq convert: no files found in {tmp_path / 'empty'} "
+                                                  "(expected DICOM files in it or matching it)"]
