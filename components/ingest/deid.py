@@ -17,7 +17,11 @@ from medseq.pipeline.errors import HashKeyError
 
 KEY_ENV = "MEDSEQ_HASH_KEY"
 MIN_KEY_BYTES = 16
-_UID_LIKE = re.compile(r"^\d+(\.\d+){2,}(\.dcm)?$", re.IGNORECASE)
+# Path parts that may carry an identifier: UIDs, and any run of 5+ digits (MRNs, accession
+# numbers, dates). DICOMDIR-style counters (PA000001/ST000001/SE000001/IM000001) are kept.
+_UID_LIKE = re.compile(r"\d+(\.\d+){2,}")
+_DIGIT_RUN = re.compile(r"\d{5,}")
+_DICOMDIR_NAME = re.compile(r"^(PA|PT|ST|SE|IM|I)\d{1,8}$", re.IGNORECASE)
 
 
 def load_key(key_file: str | None = None) -> bytes:
@@ -58,8 +62,31 @@ def split_fraction(salt: str, patient_id: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
-def safe_relpath(path: str, root: str, key: bytes) -> str:
-    """The path relative to the input root, with UID-named parts replaced by keyed hashes."""
+def _risky(part: str, identifiers: tuple[str, ...]) -> bool:
+    if _DICOMDIR_NAME.match(part):
+        return False
+    lowered = part.lower()
+    return bool(_UID_LIKE.search(part) or _DIGIT_RUN.search(part)
+                or any(value.lower() in lowered for value in identifiers))
+
+
+def identifier_values(*values: str) -> tuple[str, ...]:
+    """Header values (and name parts) a path must not show; short fragments are ignored."""
+    found = set()
+    for value in values:
+        for part in [value, *re.split(r"[\^ ,_.\-]+", value)]:
+            if len(part.strip()) >= 3:
+                found.add(part.strip())
+    return tuple(sorted(found))
+
+
+def safe_relpath(path: str, root: str, key: bytes, identifiers: tuple[str, ...] = ()) -> str:
+    """The path relative to the input root, every part that may identify replaced by a keyed hash.
+
+    Exports name folders after patient IDs, names or UIDs (pydicom's own dicomdirtests
+    folders are patient IDs), so a part is hashed when it holds a UID, a run of five or
+    more digits, or any of the series' header `identifiers`.
+    """
     rel = path[len(root):].lstrip("/") if path.startswith(root) else path.rsplit("/", 1)[-1]
-    parts = [f"uid-{keyed_hash(key, 'path', p)[:16]}" if _UID_LIKE.match(p) else p for p in rel.split("/")]
+    parts = [f"h-{keyed_hash(key, 'path', p)[:12]}" if _risky(p, identifiers) else p for p in rel.split("/")]
     return "/".join(parts)

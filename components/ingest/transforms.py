@@ -108,7 +108,8 @@ class ReadHeader(beam.DoFn):
             self.rejected.inc()
             _PROGRESS.add("rejected")
             yield beam.pvalue.TaggedOutput(self.REJECTED, RejectedRow(
-                deid.safe_relpath(path, self.root, self.key), "", exc.code, exc.message))
+                deid.safe_relpath(path, self.root, self.key, deid.identifier_values(*exc.identifiers)), "",
+                exc.code, exc.message))
             return
         except OSError as exc:
             self.rejected.inc()
@@ -149,7 +150,7 @@ class BuildRecord(beam.DoFn):
         where = os.path.commonpath(paths) if len(paths) > 1 else paths[0]
         if len(where.rstrip("/")) <= len(self.root.rstrip("/")):  # files of one series in several folders
             where = paths[0]
-        return RejectedRow(deid.safe_relpath(where, self.root, self.key), series_key, code,
+        return RejectedRow(deid.safe_relpath(where, self.root, self.key, _identifiers(headers)), series_key, code,
                            f"{message} ({len(paths)} file(s))", len(paths))
 
     def process(self, element: tuple[str, Iterable[FileHeader]]) -> Iterator[object]:
@@ -175,7 +176,8 @@ class BuildRecord(beam.DoFn):
             return
         for path in ordered.duplicates:
             yield beam.pvalue.TaggedOutput(self.REJECTED, RejectedRow(
-                deid.safe_relpath(path, self.root, self.key), series_key, reasons.DUPLICATE_INSTANCE,
+                deid.safe_relpath(path, self.root, self.key, _identifiers(headers)), series_key,
+                reasons.DUPLICATE_INSTANCE,
                 "an exact duplicate of another file's SOP Instance UID in this series; one copy was used"))
         first = headers[0]
         frames = prepared.frames
@@ -198,6 +200,10 @@ class BuildRecord(beam.DoFn):
         yield Record(self._split_of(first.patient_id), series_key, label, first.modality,
                      _vendor(first.manufacturer), prepared.valid_frames,
                      len(headers) - len(ordered.duplicates), example)
+
+
+def _identifiers(headers: list[FileHeader]) -> tuple[str, ...]:
+    return deid.identifier_values(*{v for h in headers for v in h.identifiers})
 
 
 def _vendor(manufacturer: str) -> str:

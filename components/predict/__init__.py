@@ -7,12 +7,14 @@ assets.extra/medseq_spec.json) and calls the model's `predict_frames` signature.
 from __future__ import annotations
 
 import os
+import secrets
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from medseq.components.ingest import deid
 from medseq.components.preprocessing.headers import FileHeader, read_header
 from medseq.components.preprocessing.prepare import prepare_series
 from medseq.components.preprocessing.reasons import Rejected
@@ -47,8 +49,14 @@ def read_series(root: Path) -> tuple[dict[str, list[FileHeader]], list[tuple[str
     return groups, rejected
 
 
-def prepare_folder(root: str | Path, config: PreprocessConfig) -> list[tuple[str, Prepared | Rejected]]:
-    """Every series under `root` through the shared preprocessing, in folder order."""
+def prepare_folder(root: str | Path, config: PreprocessConfig,
+                   key: bytes | None = None) -> list[tuple[str, Prepared | Rejected]]:
+    """Every series under `root` through the shared preprocessing, in folder order.
+
+    Series are named by their folder relative to `root`, with any part that may carry
+    an identifier replaced by a keyed hash (MEDSEQ_HASH_KEY, else a per-run random key).
+    """
+    key = key or os.environ.get(deid.KEY_ENV, "").encode() or secrets.token_bytes(32)
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"input not found: {root} (expected a folder of DICOM files)")
@@ -56,7 +64,9 @@ def prepare_folder(root: str | Path, config: PreprocessConfig) -> list[tuple[str
     out: list[tuple[str, Prepared | Rejected]] = []
     for headers in sorted(groups.values(), key=lambda hs: min(h.path for h in hs)):
         paths = sorted(h.path for h in headers)
-        where = os.path.relpath(os.path.commonpath(paths) if len(paths) > 1 else paths[0], root)
+        folder = os.path.commonpath(paths) if len(paths) > 1 else paths[0]
+        identifiers = deid.identifier_values(*{v for h in headers for v in h.identifiers})
+        where = deid.safe_relpath(folder, str(root), key, identifiers) or "."
         try:
             out.append((where, prepare_series(headers, lambda p: open(p, "rb"), config)[1]))
         except Rejected as exc:

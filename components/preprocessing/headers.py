@@ -55,6 +55,7 @@ class FileHeader:
     pixel_spacing: tuple[float, float] | None
     multiframe: bool
     frames: tuple[FrameRef, ...]
+    identifiers: tuple[str, ...] = ()  # raw identifier values, only to scrub reported paths
 
     @property
     def series_key_source(self) -> str:
@@ -156,6 +157,7 @@ def header_from_dataset(ds: Dataset, path: str) -> FileHeader:
         pixel_spacing=pixel_spacing(ds),
         multiframe=multiframe,
         frames=tuple(frames),
+        identifiers=identifying_values(ds),
     )
 
 
@@ -188,12 +190,31 @@ def read_dataset(fileobj: IO[bytes], path: str, stop_before_pixels: bool = False
     return ds
 
 
+IDENTIFYING_KEYWORDS = ("PatientID", "PatientName", "OtherPatientIDs", "AccessionNumber", "PatientBirthDate",
+                        "StudyDate", "InstitutionName", "ReferringPhysicianName", "StudyInstanceUID",
+                        "SeriesInstanceUID", "SOPInstanceUID", "StudyID")
+
+
+def identifying_values(ds: Dataset) -> tuple[str, ...]:
+    """The raw identifier values of a header, to keep them out of paths we report."""
+    values = []
+    for keyword in IDENTIFYING_KEYWORDS:
+        try:
+            value = ds.get(keyword)
+        except Exception:  # noqa: BLE001 - a malformed value is not worth failing over
+            continue
+        if value not in (None, ""):
+            values.append(str(value))
+    return tuple(values)
+
+
 def read_header(fileobj: IO[bytes], path: str) -> FileHeader:
     # Large values (the pixels) are skipped, not read, yet their presence is known.
     ds = read_dataset(fileobj, path, stop_before_pixels=False, defer_size=DEFER_BYTES)
     try:
         return header_from_dataset(ds, path)
-    except Rejected:
-        raise
+    except Rejected as exc:
+        raise Rejected(exc.code, exc.message, identifying_values(ds)) from None
     except Exception as exc:  # noqa: BLE001 - a malformed value deep in a header
-        raise Rejected(reasons.UNREADABLE, f"a header value cannot be interpreted ({type(exc).__name__})") from None
+        raise Rejected(reasons.UNREADABLE, f"a header value cannot be interpreted ({type(exc).__name__})",
+                       identifying_values(ds)) from None

@@ -36,7 +36,8 @@ ALL = (
 class Rejected(Exception):
     """An input that cannot become a record: `code` is one of ALL, `message` is for people."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, identifiers: tuple[str, ...] = ()) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self.identifiers = identifiers  # header values known when rejected; never printed

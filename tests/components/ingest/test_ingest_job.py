@@ -170,7 +170,9 @@ def test_pydicom_test_files_order_reject_and_explain(tmp_path, pydicom_files, co
     assert rejected["rtplan.dcm"] == "no_pixel_data"
     assert rejected["JPEG-lossy.dcm"] == "unsupported_transfer_syntax"
     assert rejected["CT2"] == "missing_slices"
-    assert rejected["98892003/MR700"] == "inconsistent_orientation"
+    # The parent folder is a patient ID: hashed; the series folder name is kept.
+    assert [r for p, r in rejected.items() if p.endswith("/MR700")] == ["inconsistent_orientation"]
+    assert not any(p.startswith("98892003") for p in rejected)
     assert not any("1.2.840.113619" in p for p in rejected), "UID-like file names are hashed"
     ct5n = [pydicom.dcmread(p) for p in sorted((root / "98892001" / "CT5N").iterdir())]
     key = deid.keyed_hash(KEY, "series", str(ct5n[0].SeriesInstanceUID))
@@ -217,3 +219,17 @@ def test_same_job_runs_on_the_portable_job_service(tmp_path, config):
     assert shards and shards == sorted(p.relative_to(portable) for p in portable.rglob("*.tfrecord.gz"))
     for rel in shards:
         assert (direct / rel).read_bytes() == (portable / rel).read_bytes()
+
+
+def test_folders_named_after_patients_do_not_leak(tmp_path, pydicom_files, config):
+    """pydicom's dicomdirtests folders are patient IDs (77654033): rejected.jsonl must not show them."""
+    root = tmp_path / "in"
+    shutil.copytree(pydicom_files / "dicomdirtests", root / "dicomdirtests")
+    (root / "Doe^Peter").mkdir()  # a file of patient Doe^Peter, in a folder named after him
+    shutil.copy(pydicom_files / "dicomdirtests" / "98892003" / "MR700" / "4467", root / "Doe^Peter" / "im.dcm")
+    (tmp_path / "labels.csv").write_text("series_instance_uid,label\n1.2.3,x\n")
+    cfg = dataclasses.replace(config, input=str(root), labels=str(tmp_path / "labels.csv"))
+    ingest.run(cfg, tmp_path / "out", key=KEY, beam_args=IN_PROCESS)
+    text = output_text(tmp_path / "out")
+    leaked = [v for v in identifiers(root) | {"77654033", "98892001", "98892003", "Doe"} if v.encode() in text]
+    assert not leaked

@@ -95,4 +95,8 @@ def test_keyed_hashes_depend_on_key_and_kind():
     a = deid.keyed_hash(KEY, "patient", "MRN1")
     assert a != deid.keyed_hash(KEY, "series", "MRN1")
     assert a != deid.keyed_hash(b"another-key-0123456789", "patient", "MRN1")
-    assert deid.safe_relpath("/in/1.2.3.4.5/IM1", "/in", KEY).startswith("uid-")
+    assert deid.safe_relpath("/in/1.2.3.4.5/IM1", "/in", KEY).startswith("h-")
+    assert deid.safe_relpath("/in/PA000001/ST000002/IM000003", "/in", KEY) == "PA000001/ST000002/IM000003"
+    scrubbed = deid.safe_relpath("/in/Doe_Peter/77654033/x.dcm", "/in", KEY, deid.identifier_values("Doe^Peter"))
+    assert "Doe" not in scrubbed and "Peter" not in scrubbed and "77654033" not in scrubbed
+    assert scrubbed.endswith("/x.dcm")
