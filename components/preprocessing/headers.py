@@ -8,7 +8,7 @@ Identifiers stay in memory here; they are hashed before anything is written.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 import pydicom
@@ -30,7 +30,7 @@ class FrameRef:
 
     path: str
     frame: int  # index inside the file (0 for single-frame files)
-    sop_uid: str
+    sop_uid: str = field(repr=False)
     instance_number: int
     position: tuple[float, float, float] | None
     orientation: tuple[float, ...] | None
@@ -40,13 +40,14 @@ class FrameRef:
 @dataclass(frozen=True)
 class FileHeader:
     path: str
-    series_uid: str
-    sop_uid: str
-    patient_id: str
-    institution: str
+    # Identifiers stay out of repr(): a header never reaches a log line by accident.
+    series_uid: str = field(repr=False)
+    sop_uid: str = field(repr=False)
+    patient_id: str = field(repr=False)
+    institution: str = field(repr=False)
     modality: str
     manufacturer: str
-    frame_of_reference: str
+    frame_of_reference: str = field(repr=False)
     rows: int
     columns: int
     samples_per_pixel: int
@@ -55,7 +56,7 @@ class FileHeader:
     pixel_spacing: tuple[float, float] | None
     multiframe: bool
     frames: tuple[FrameRef, ...]
-    identifiers: tuple[str, ...] = ()  # raw identifier values, only to scrub reported paths
+    identifiers: tuple[str, ...] = field(default=(), repr=False)  # only to scrub reported paths
 
     @property
     def series_key_source(self) -> str:

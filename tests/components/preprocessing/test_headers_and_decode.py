@@ -153,3 +153,10 @@ def test_ultrasound_style_colour_multiframe_orders_by_stored_frames(pydicom_file
     ds = pydicom.dcmread(pydicom_files / "SC_rgb_rle_2frame.dcm")
     np.testing.assert_array_equal(volume, ds.pixel_array.astype(np.float32))
     assert meta.rgb and volume.shape == (2, ds.Rows, ds.Columns, 3)
+
+
+def test_header_repr_shows_no_identifier(pydicom_files):
+    ds = pydicom.dcmread(pydicom_files / "CT_small.dcm", stop_before_pixels=True)
+    text = repr(header(pydicom_files / "CT_small.dcm"))
+    for value in (ds.PatientID, str(ds.PatientName), ds.SeriesInstanceUID, ds.SOPInstanceUID):
+        assert str(value) not in text
