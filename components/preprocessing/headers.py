@@ -91,10 +91,22 @@ def _frame_geometry(ds: Dataset, index: int) -> tuple[Any, Any, Any]:
         (_item(shared, "PlaneOrientationSequence") if shared is not None else None)
     cardiac = _item(item, "CardiacSynchronizationSequence") if item is not None else None
     temporal = cardiac.get("NominalCardiacTriggerDelayTime") if cardiac is not None else None
-    if temporal is None and ds.get("FrameTime") is not None:
-        temporal = float(ds.FrameTime) * index
+    content = _item(item, "FrameContentSequence") if item is not None else None
+    if temporal is None and content is not None and content.get("TemporalPositionIndex") is not None:
+        temporal = float(content.TemporalPositionIndex)  # an index: orders, carries no ms
+    if temporal is None:
+        temporal = _frame_time_offset(ds, index)
     return (pos.get("ImagePositionPatient") if pos is not None else None,
             orient.get("ImageOrientationPatient") if orient is not None else None, temporal)
+
+
+def _frame_time_offset(ds: Dataset, index: int) -> float | None:
+    """ms from the first frame of a cine/ultrasound clip: FrameTimeVector, else FrameTime."""
+    vector = ds.get("FrameTimeVector")
+    if vector is not None and len(vector) > index:
+        return float(sum(float(v) for v in list(vector)[1:index + 1]))
+    frame_time = ds.get("FrameTime")
+    return float(frame_time) * index if frame_time not in (None, "") else None
 
 
 def pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
@@ -105,6 +117,14 @@ def pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
                 spacing = _floats(source.get(name), 2)
                 if spacing:
                     return (spacing[0], spacing[1])
+    return None
+
+
+def _classic_temporal(ds: Dataset) -> Any:
+    """Trigger time (cine MR), else the temporal position of a dynamic series."""
+    for keyword in ("TriggerTime", "TemporalPositionIdentifier"):
+        if ds.get(keyword) not in (None, ""):
+            return ds.get(keyword)
     return None
 
 
@@ -134,7 +154,7 @@ def header_from_dataset(ds: Dataset, path: str) -> FileHeader:
             position, orientation, temporal = _frame_geometry(ds, i)
         else:
             position, orientation = ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient")
-            temporal = ds.get("TriggerTime")
+            temporal = _classic_temporal(ds)
         frames.append(FrameRef(
             path=path, frame=i, sop_uid=str(ds.SOPInstanceUID),
             instance_number=_int(ds.get("InstanceNumber")),

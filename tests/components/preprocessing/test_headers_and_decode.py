@@ -160,3 +160,13 @@ def test_header_repr_shows_no_identifier(pydicom_files):
     text = repr(header(pydicom_files / "CT_small.dcm"))
     for value in (ds.PatientID, str(ds.PatientName), ds.SeriesInstanceUID, ds.SOPInstanceUID):
         assert str(value) not in text
+
+
+def test_frame_time_vector_orders_an_ultrasound_style_clip(tmp_path, pydicom_files):
+    ds = pydicom.dcmread(pydicom_files / "SC_rgb_rle_2frame.dcm")
+    ds.FrameTimeVector = [0, 33.3]
+    ds.save_as(tmp_path / "clip.dcm")
+    h = header(tmp_path / "clip.dcm")
+    assert [f.temporal for f in h.frames] == pytest.approx([0.0, 33.3])
+    ordered = order_series([h])
+    assert ordered.kind == "stack" and ordered.interval == pytest.approx(33.3)
