@@ -29,6 +29,7 @@ DTYPES = ("uint8", "float16", "float32")
 TEMPORAL_MODES = ("sample", "pad")
 COLOR_MODES = ("gray", "rgb")
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "tpu")
+AUGMENTATIONS = ("flip", "rot90", "roll")
 
 
 @dataclass(frozen=True)
@@ -145,9 +146,12 @@ class TrainConfig:
     dropout: float = 0.2
     seed: int = 0
     tpu: str | None = None
+    augment: tuple[str, ...] = ()  # flip, rot90, roll (see components/train/augment.py)
 
     def __post_init__(self) -> None:
         _check_choice("train.strategy", self.strategy, STRATEGIES)
+        for op in self.augment:
+            _check_choice("train.augment", op, AUGMENTATIONS)
         if self.epochs < 1 or self.batch_size < 1 or not self.conv_filters:
             raise ConfigError("train: epochs, batch_size and conv_filters must be positive")
 

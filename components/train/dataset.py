@@ -13,6 +13,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from medseq.components.train.augment import augment
 from medseq.pipeline import features as F
 from medseq.pipeline.errors import InputError
 
@@ -72,7 +73,7 @@ def parse_examples(serialized: tf.Tensor, spec: RecordSpec) -> dict[str, tf.Tens
 
 
 def make_dataset(files: list[str], spec: RecordSpec, batch_size: int, shuffle: bool, seed: int,
-                 repeat: bool = False, workers: int = 1) -> tf.data.Dataset:
+                 repeat: bool = False, workers: int = 1, augmentations: tuple[str, ...] = ()) -> tf.data.Dataset:
     """(inputs dict, labels) batches; files are read in a fixed order for reproducibility.
 
     Across several workers, each reads its own files when there are enough of them,
@@ -89,4 +90,6 @@ def make_dataset(files: list[str], spec: RecordSpec, batch_size: int, shuffle: b
         ds = ds.repeat()
     ds = ds.batch(batch_size).map(lambda s: parse_examples(s, spec), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.map(lambda d: ({F.FRAMES: d[F.FRAMES], F.VALID_FRAMES: d[F.VALID_FRAMES]}, d[F.LABEL]))
+    if augmentations:
+        ds = ds.map(lambda x, y: (augment(x, augmentations), y), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -128,7 +128,7 @@ def train(examples_dir: str | Path, out: str | Path, config: TrainConfig) -> Tra
     steps_per_epoch = max(1, -(-split_count(examples_dir, "train") // trainer.global_batch))
     train_ds = strategy.experimental_distribute_dataset(make_dataset(
         train_files, spec, trainer.global_batch, shuffle=True, seed=config.seed, repeat=True,
-        workers=_workers(strategy)))
+        workers=_workers(strategy), augmentations=config.augment))
     batches = iter(train_ds)
     eval_ds = make_dataset(eval_files, spec, config.batch_size, shuffle=False, seed=config.seed) if eval_files else None
     logs = _worker_dir(out / "logs", strategy)
