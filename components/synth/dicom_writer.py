@@ -7,6 +7,7 @@ geometry, timing, rescale and identifiers. All UIDs derive from the generator's 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from dataclasses import dataclass
 
@@ -115,26 +116,37 @@ def _pixel_module(ds: Dataset, stored: np.ndarray, bits_stored: int) -> None:
 def classic_series(study: Study, series_uid: str, number: int, description: str, modality: str,
                    stored: np.ndarray, geometry: SeriesGeometry, rescale: tuple[float, float],
                    seed: int, extra: dict[str, object]) -> list[Dataset]:
-    """One single-frame dataset per slice or frame."""
+    """One single-frame dataset per slice or frame.
+
+    What the frames share is built once and copied element by element (setting a
+    pydicom attribute costs far more than copying its element), then each frame gets
+    its own UID, number, position, timing and pixels.
+    """
     sop_class = CT_IMAGE if modality == "CT" else MR_IMAGE
+    template = _base_dataset(study, series_uid, sop_class, "", modality)
+    template.SeriesNumber, template.SeriesDescription = number, description
+    template.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL" if modality == "CT" else "OTHER"]
+    template.ImageOrientationPatient = [round(x, 6) for x in geometry.orientation]
+    template.PixelSpacing = [round(geometry.pixel_spacing, 6)] * 2
+    template.SliceThickness = geometry.slice_thickness
+    if modality == "CT":
+        template.RescaleIntercept, template.RescaleSlope, template.RescaleType = rescale[0], rescale[1], "HU"
+        template.WindowCenter, template.WindowWidth = -600, 1500
+    for key, value in extra.items():
+        setattr(template, key, value)
+    _pixel_module(template, stored[0], 12 if stored.dtype == np.uint16 else 16)
+    del template.PixelData
+    normal = _normal(geometry.orientation)
     out = []
     for k in range(stored.shape[0]):
-        ds = _base_dataset(study, series_uid, sop_class, uid(seed, series_uid, k), modality)
-        ds.SeriesNumber, ds.InstanceNumber, ds.SeriesDescription = number, k + 1, description
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL" if modality == "CT" else "OTHER"]
-        ds.ImageOrientationPatient = [round(x, 6) for x in geometry.orientation]
+        ds = Dataset({tag: copy.copy(element) for tag, element in template.items()})
+        ds.SOPInstanceUID = uid(seed, series_uid, k)
+        ds.InstanceNumber = k + 1
         ds.ImagePositionPatient = [round(x, 4) for x in geometry.positions[k]]
-        ds.PixelSpacing = [round(geometry.pixel_spacing, 6)] * 2
-        ds.SliceThickness = geometry.slice_thickness
-        ds.SliceLocation = round(float(np.dot(_normal(geometry.orientation), geometry.positions[k])), 4)
+        ds.SliceLocation = round(float(np.dot(normal, geometry.positions[k])), 4)
         if geometry.trigger_times is not None:
             ds.TriggerTime = round(geometry.trigger_times[k], 2)
-        if modality == "CT":
-            ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = rescale[0], rescale[1], "HU"
-            ds.WindowCenter, ds.WindowWidth = -600, 1500
-        for key, value in extra.items():
-            setattr(ds, key, value)
-        _pixel_module(ds, stored[k], 12 if stored.dtype == np.uint16 else 16)
+        ds.PixelData = np.ascontiguousarray(stored[k]).tobytes()
         out.append(ds)
     return out
 

@@ -78,14 +78,12 @@ def cine_frames(
     body = (rows / body_a) ** 2 + (cols / body_b) ** 2 <= 1.0
     lung = ((rows / 70.0) ** 2 + ((np.abs(cols) - 55.0) / 35.0) ** 2 <= 1.0) & ~(radius_map < ed_radius + 15)
     background = (np.where(body, 0.25, 0.0) - np.where(body & lung, 0.2, 0.0)).astype(np.float32)
-    frames = np.empty((n_frames, matrix, matrix), np.float32)
-    for t, r in enumerate(radii):
-        outer = np.sqrt(r * r + myo_area / np.pi)
-        img = background.copy()
-        img[radius_map <= outer] = 0.12
-        img[radius_map <= r] = 1.0
-        noise = rng.standard_normal((2, matrix, matrix), dtype=np.float32) * np.float32(scanner.noise)
-        frames[t] = np.hypot(img + noise[0], noise[1]) * scale  # Rician magnitude
+    # All frames at once: the same draws, in the same order, as one frame at a time.
+    noise = rng.standard_normal((n_frames, 2, matrix, matrix), dtype=np.float32) * np.float32(scanner.noise)
+    outer = np.sqrt(radii * radii + myo_area / np.pi)
+    img = np.where(radius_map[None] <= radii[:, None, None], np.float32(1.0),
+                   np.where(radius_map[None] <= outer[:, None, None], np.float32(0.12), background[None]))
+    frames = (np.hypot(img + noise[:, 0], noise[:, 1]) * scale).astype(np.float32)  # Rician magnitude
     truth = CineTruth(float(ef), float(ed_radius), tuple(float(r) for r in radii), center, float(spacing))
     return frames, truth
 
