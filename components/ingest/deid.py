@@ -11,9 +11,14 @@ import hmac
 import os
 import re
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from medseq.pipeline.errors import HashKeyError
+
+if TYPE_CHECKING:
+    from medseq.components.preprocessing.headers import FileHeader
 
 KEY_ENV = "MEDSEQ_HASH_KEY"
 MIN_KEY_BYTES = 16
@@ -78,6 +83,11 @@ def identifier_values(*values: str) -> tuple[str, ...]:
             if len(part.strip()) >= 3:
                 found.add(part.strip())
     return tuple(sorted(found))
+
+
+def series_identifiers(headers: Iterable[FileHeader]) -> tuple[str, ...]:
+    """Every identifier value of a series' headers, ready for `safe_relpath`."""
+    return identifier_values(*{value for header in headers for value in header.identifiers})
 
 
 def safe_relpath(path: str, root: str, key: bytes, identifiers: tuple[str, ...] = ()) -> str:

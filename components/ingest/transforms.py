@@ -105,25 +105,23 @@ class ReadHeader(beam.DoFn):
             with open_binary(path) as f:
                 header = read_header(f, path)
         except Rejected as exc:
-            self.rejected.inc()
-            _PROGRESS.add("rejected")
-            yield beam.pvalue.TaggedOutput(self.REJECTED, RejectedRow(
-                deid.safe_relpath(path, self.root, self.key, deid.identifier_values(*exc.identifiers)), "",
-                exc.code, exc.message))
+            yield self._dead_letter(path, exc)
             return
         except OSError as exc:
-            self.rejected.inc()
-            yield beam.pvalue.TaggedOutput(self.REJECTED, RejectedRow(
-                deid.safe_relpath(path, self.root, self.key), "", reasons.UNREADABLE,
-                f"the file cannot be opened ({type(exc).__name__})"))
+            yield self._dead_letter(path, Rejected(reasons.UNREADABLE,
+                                                   f"the file cannot be opened ({type(exc).__name__})"))
             return
         except Exception as exc:  # noqa: BLE001 - one file must never fail the job
-            self.rejected.inc()
-            yield beam.pvalue.TaggedOutput(self.REJECTED, RejectedRow(
-                deid.safe_relpath(path, self.root, self.key), "", reasons.PROCESSING_ERROR,
-                f"unexpected {type(exc).__name__} while reading the header"))
+            yield self._dead_letter(path, Rejected(reasons.PROCESSING_ERROR,
+                                                   f"unexpected {type(exc).__name__} while reading the header"))
             return
         yield header.series_key_source, header
+
+    def _dead_letter(self, path: str, exc: Rejected) -> beam.pvalue.TaggedOutput:
+        self.rejected.inc()
+        _PROGRESS.add("rejected")
+        where = deid.safe_relpath(path, self.root, self.key, deid.identifier_values(*exc.identifiers))
+        return beam.pvalue.TaggedOutput(self.REJECTED, RejectedRow(where, "", exc.code, exc.message))
 
 
 class BuildRecord(beam.DoFn):
@@ -150,8 +148,8 @@ class BuildRecord(beam.DoFn):
         where = os.path.commonpath(paths) if len(paths) > 1 else paths[0]
         if len(where.rstrip("/")) <= len(self.root.rstrip("/")):  # files of one series in several folders
             where = paths[0]
-        return RejectedRow(deid.safe_relpath(where, self.root, self.key, _identifiers(headers)), series_key, code,
-                           f"{message} ({len(paths)} file(s))", len(paths))
+        where = deid.safe_relpath(where, self.root, self.key, deid.series_identifiers(headers))
+        return RejectedRow(where, series_key, code, f"{message} ({len(paths)} file(s))", len(paths))
 
     def process(self, element: tuple[str, Iterable[FileHeader]]) -> Iterator[object]:
         source, grouped = element
@@ -176,7 +174,7 @@ class BuildRecord(beam.DoFn):
             return
         for path in ordered.duplicates:
             yield beam.pvalue.TaggedOutput(self.REJECTED, RejectedRow(
-                deid.safe_relpath(path, self.root, self.key, _identifiers(headers)), series_key,
+                deid.safe_relpath(path, self.root, self.key, deid.series_identifiers(headers)), series_key,
                 reasons.DUPLICATE_INSTANCE,
                 "an exact duplicate of another file's SOP Instance UID in this series; one copy was used"))
         first = headers[0]
@@ -200,10 +198,6 @@ class BuildRecord(beam.DoFn):
         yield Record(self._split_of(first.patient_id), series_key, label, first.modality,
                      _vendor(first.manufacturer), prepared.valid_frames,
                      len(headers) - len(ordered.duplicates), example)
-
-
-def _identifiers(headers: list[FileHeader]) -> tuple[str, ...]:
-    return deid.identifier_values(*{v for h in headers for v in h.identifiers})
 
 
 def _vendor(manufacturer: str) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from medseq.components.ingest import deid
+from medseq.components.preprocessing import reasons
 from medseq.components.preprocessing.headers import FileHeader, read_header
 from medseq.components.preprocessing.prepare import prepare_series
 from medseq.components.preprocessing.reasons import Rejected
@@ -65,14 +66,13 @@ def prepare_folder(root: str | Path, config: PreprocessConfig,
     for headers in sorted(groups.values(), key=lambda hs: min(h.path for h in hs)):
         paths = sorted(h.path for h in headers)
         folder = os.path.commonpath(paths) if len(paths) > 1 else paths[0]
-        identifiers = deid.identifier_values(*{v for h in headers for v in h.identifiers})
-        where = deid.safe_relpath(folder, str(root), key, identifiers) or "."
+        where = deid.safe_relpath(folder, str(root), key, deid.series_identifiers(headers)) or "."
         try:
             out.append((where, prepare_series(headers, lambda p: open(p, "rb"), config)[1]))
         except Rejected as exc:
             out.append((where, exc))
         except Exception as exc:  # noqa: BLE001 - one series must not hide the others
-            out.append((where, Rejected("processing_error", f"unexpected {type(exc).__name__}")))
+            out.append((where, Rejected(reasons.PROCESSING_ERROR, f"unexpected {type(exc).__name__}")))
     return out
 
 

@@ -81,8 +81,8 @@ def _item(ds: Dataset, *path: str) -> Dataset | None:
     return node
 
 
-def _frame_geometry(ds: Dataset, index: int) -> tuple[Any, Any, Any]:
-    """(position, orientation, temporal) of frame `index` of an enhanced multi-frame object."""
+def _frame_geometry(ds: Dataset, index: int, time_offset: float | None) -> tuple[Any, Any, Any]:
+    """(position, orientation, temporal) of frame `index` of a multi-frame object."""
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     item = per_frame[index] if per_frame and index < len(per_frame) else None
     shared = _item(ds, "SharedFunctionalGroupsSequence")
@@ -95,18 +95,26 @@ def _frame_geometry(ds: Dataset, index: int) -> tuple[Any, Any, Any]:
     if temporal is None and content is not None and content.get("TemporalPositionIndex") is not None:
         temporal = float(content.TemporalPositionIndex)  # an index: orders, carries no ms
     if temporal is None:
-        temporal = _frame_time_offset(ds, index)
+        temporal = time_offset
     return (pos.get("ImagePositionPatient") if pos is not None else None,
             orient.get("ImageOrientationPatient") if orient is not None else None, temporal)
 
 
-def _frame_time_offset(ds: Dataset, index: int) -> float | None:
-    """ms from the first frame of a cine/ultrasound clip: FrameTimeVector, else FrameTime."""
-    vector = ds.get("FrameTimeVector")
-    if vector is not None and len(vector) > index:
-        return float(sum(float(v) for v in list(vector)[1:index + 1]))
+def _frame_time_offsets(ds: Dataset, n_frames: int) -> list[float | None]:
+    """ms of each frame from the first of a cine/ultrasound clip: FrameTimeVector (its
+    increments, summed once), else FrameTime; None where the file gives neither."""
+    vector = [float(v) for v in (ds.get("FrameTimeVector") or [])]
     frame_time = ds.get("FrameTime")
-    return float(frame_time) * index if frame_time not in (None, "") else None
+    step = float(frame_time) if frame_time not in (None, "") else None
+    offsets: list[float | None] = []
+    elapsed = 0.0
+    for index in range(n_frames):
+        if index < len(vector):
+            elapsed += vector[index] if index else 0.0
+            offsets.append(elapsed)
+        else:
+            offsets.append(step * index if step is not None else None)
+    return offsets
 
 
 def pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
@@ -149,9 +157,10 @@ def header_from_dataset(ds: Dataset, path: str) -> FileHeader:
     n_frames = _int(ds.get("NumberOfFrames"), 1) or 1
     multiframe = n_frames > 1 or "PerFrameFunctionalGroupsSequence" in ds
     frames = []
+    time_offsets = _frame_time_offsets(ds, n_frames) if multiframe else []
     for i in range(n_frames):
         if multiframe:
-            position, orientation, temporal = _frame_geometry(ds, i)
+            position, orientation, temporal = _frame_geometry(ds, i, time_offsets[i])
         else:
             position, orientation = ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient")
             temporal = _classic_temporal(ds)

@@ -135,13 +135,12 @@ def train(examples_dir: str | Path, out: str | Path, config: TrainConfig) -> Tra
     writer = tf.summary.create_file_writer(str(logs / "train"))
     history: list[dict[str, float]] = []
     for epoch in range(resumed, config.epochs):
-        loss_sum = correct = steps = seen = 0.0
+        loss_sum = correct = seen = 0.0
         for _ in range(steps_per_epoch):
             inputs, labels = next(batches)
             loss, right, count = trainer.train_step(inputs, labels)
             loss_sum, correct, seen = loss_sum + float(loss), correct + float(right), seen + float(count)
-            steps += 1
-        metrics = {"loss": loss_sum / max(steps, 1), "accuracy": correct / max(seen, 1)}
+        metrics = {"loss": loss_sum / steps_per_epoch, "accuracy": correct / max(seen, 1)}
         if eval_ds is not None:
             metrics.update(trainer.evaluate(eval_ds))
         with writer.as_default():
