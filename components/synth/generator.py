@@ -28,9 +28,8 @@ from medseq.components.synth.dicom_writer import (
     enhanced_series,
     uid,
 )
+from medseq.components.synth.tasks import EF_RANGES
 
-TASKS = ("cine_ef", "ct_nodule")
-CLASSES = {"cine_ef": ("normal", "reduced_ef"), "ct_nodule": ("clear", "nodule")}
 SITES = ("St. Elsewhere General Hospital", "Northfield University Medical Center",
          "Lakeside Imaging Clinic")
 _FIRST = ("ANNA", "JOHN", "MARIA", "PETER", "LINDA", "OMAR", "CHEN", "SOFIA", "IVAN", "GRACE",
@@ -72,9 +71,11 @@ def _study(seed: int, task: str, patient: Patient, k: int) -> Study:
                  SITES[patient.site], uid(seed, task, "for", patient.patient_id, k))
 
 
-def _cine(seed: int, study: Study, rng: np.random.Generator, matrix: int) -> tuple[list[Dataset] | Dataset, str]:
-    label = "reduced_ef" if rng.random() < 0.5 else "normal"
-    ef = rng.uniform(0.18, 0.37) if label == "reduced_ef" else rng.uniform(0.45, 0.70)
+def _cine(seed: int, study: Study, rng: np.random.Generator, matrix: int,
+          task: str) -> tuple[list[Dataset] | Dataset, str]:
+    ranges = EF_RANGES[task]
+    label = sorted(ranges)[int(rng.random() * len(ranges))]
+    ef = rng.uniform(*ranges[label])
     n = int(rng.integers(16, 31))
     frames, truth = phantoms.cine_frames(rng, study.scanner, matrix, n, ef)
     stored = np.clip(np.rint(frames), 0, 4095).astype(np.uint16)
@@ -94,7 +95,8 @@ def _cine(seed: int, study: Study, rng: np.random.Generator, matrix: int) -> tup
     return make(study, series_uid, 3, "CINE SAX", "MR", stored, geometry, (0.0, 1.0), seed, extra), label
 
 
-def _ct(seed: int, study: Study, rng: np.random.Generator, matrix: int) -> tuple[list[Dataset] | Dataset, str]:
+def _ct(seed: int, study: Study, rng: np.random.Generator, matrix: int,
+        task: str) -> tuple[list[Dataset] | Dataset, str]:
     label = "nodule" if rng.random() < 0.5 else "clear"
     n = int(rng.integers(16, 49))
     hu, truth = phantoms.ct_slab(rng, study.scanner, matrix, n, label == "nodule")
@@ -136,8 +138,8 @@ def _paths(rng: np.random.Generator, patient_index: int, study_index: int, serie
 
 def generate(task: str, patients: int, seed: int, out: Path, small: bool = False) -> SynthStats:
     """Writes `out/dicom/...` and `out/labels.csv` for `patients` patients."""
-    make_series = {"cine_ef": _cine, "ct_nodule": _ct}[task]
-    modality = "MR" if task == "cine_ef" else "CT"
+    make_series = _ct if task == "ct_nodule" else _cine
+    modality = "CT" if task == "ct_nodule" else "MR"
     dicom_root = out / "dicom"
     dicom_root.mkdir(parents=True, exist_ok=True)
     stats = SynthStats()
@@ -149,7 +151,7 @@ def generate(task: str, patients: int, seed: int, out: Path, small: bool = False
         for si in range(n_studies):
             study = _study(seed, task, patient, si)
             matrix = phantoms.SMALL_MATRIX[study.scanner.matrix] if small else study.scanner.matrix
-            made, label = make_series(seed, study, rng, matrix)
+            made, label = make_series(seed, study, rng, matrix, task)
             datasets = made if isinstance(made, list) else [made]
             labels.append((datasets[0].SeriesInstanceUID, label))
             stats.labeled[label] = stats.labeled.get(label, 0) + 1

@@ -45,30 +45,50 @@ def _grid(matrix: int, spacing: float) -> tuple[np.ndarray, np.ndarray]:
     return np.meshgrid(coords, coords, indexing="ij")  # (row mm, col mm)
 
 
+# Heart size. Real end-systolic size tells the ejection fraction almost by itself, so a
+# model shown one frame could pass for one that reads the cycle. Here the size of the
+# cavity at a random point between end-diastole and end-systole (`anchor`: 0 is ED, 1
+# is ES) is drawn from a wide log-uniform range whatever the class, so the ED and the
+# ES sizes overlap between classes and only their ratio tells the EF. The best possible
+# classifier of one frame's exact cavity radius reaches AUC 0.62 on ED or ES frames
+# (benchmarks/bench_quality.py computes it), where the earlier draw gave 0.97 for ES.
+CAVITY_MM = (15.0, 38.0)
+ANCHOR = (0.1, 0.9)
+FOV_MM = (170.0, 260.0)  # a cardiac field of view: the heart fills enough of a 64-pixel frame
+
+
+def _cycle(n_frames: int, systole: float) -> np.ndarray:
+    """0 at end-diastole, 1 at end-systole: contraction, then slower relaxation."""
+    phase = np.arange(n_frames) / n_frames
+    return np.where(phase < systole, 0.5 - 0.5 * np.cos(np.pi * phase / systole),
+                    0.5 + 0.5 * np.cos(np.pi * (phase - systole) / (1 - systole)))
+
+
 def cine_frames(
     rng: np.random.Generator, scanner: Scanner, matrix: int, n_frames: int, ef: float
 ) -> tuple[np.ndarray, CineTruth]:
     """Short-axis cine over one heartbeat: a bright blood pool in a myocardial ring.
 
-    The end-diastolic size is drawn independently of the class, so only the change
-    between frames tells the ejection fraction.
+    Neither the end-diastolic nor the end-systolic size alone tells the class (see
+    CAVITY_MM); the wall thickens in systole by a fraction drawn apart from the EF. Only
+    the change of the blood pool between frames tells the ejection fraction.
     """
-    fov = rng.uniform(300.0, 360.0)
-    spacing = fov / matrix
+    spacing = rng.uniform(*FOV_MM) / matrix
     rows, cols = _grid(matrix, spacing)
-    ed_radius = rng.uniform(22.0, 32.0)
+    cavity = float(np.exp(rng.uniform(*np.log(CAVITY_MM))))
+    anchor = rng.uniform(*ANCHOR)
+    ed_radius = cavity * (1.0 - ef) ** (-anchor / 2)  # area scales by (1 - ef) from ED to ES
     es_radius = ed_radius * np.sqrt(1.0 - ef)
-    myo_area = np.pi * ((ed_radius + rng.uniform(8.0, 11.0)) ** 2 - ed_radius**2)
+    wall, thickening = rng.uniform(6.0, 12.0), rng.uniform(0.2, 0.6)
+    mediastinum = rng.uniform(30.0, 70.0)
     center = (rng.uniform(-25, 25), rng.uniform(-25, 25))
     ecc, angle = rng.uniform(0.0, 0.15), rng.uniform(0, np.pi)
     systole = rng.uniform(0.3, 0.4)  # fraction of the cycle spent contracting
     body_a, body_b = rng.uniform(120, 140), rng.uniform(90, 110)
     scale = 1000.0 * scanner.gain
-    phase = np.arange(n_frames) / n_frames
-    # Contraction to end-systole, then slower relaxation back to end-diastole.
-    shape = np.where(phase < systole, 0.5 - 0.5 * np.cos(np.pi * phase / systole),
-                     0.5 + 0.5 * np.cos(np.pi * (phase - systole) / (1 - systole)))
+    shape = _cycle(n_frames, systole)
     radii = ed_radius - (ed_radius - es_radius) * shape
+    outer = radii + wall * (1.0 + thickening * shape)
 
     cos_a, sin_a = np.cos(angle), np.sin(angle)
     dr, dc = rows - center[0], cols - center[1]
@@ -76,16 +96,21 @@ def cine_frames(
     v = (-dr * sin_a + dc * cos_a) / (1 - ecc)
     radius_map = np.sqrt(u * u + v * v)
     body = (rows / body_a) ** 2 + (cols / body_b) ** 2 <= 1.0
-    lung = ((rows / 70.0) ** 2 + ((np.abs(cols) - 55.0) / 35.0) ** 2 <= 1.0) & ~(radius_map < ed_radius + 15)
+    # The lungs stop at the mediastinum, whose size is drawn on its own: a cut-out that
+    # followed the end-diastolic heart would show its size in every frame.
+    lung = ((rows / 70.0) ** 2 + ((np.abs(cols) - 55.0) / 35.0) ** 2 <= 1.0) & ~(radius_map < mediastinum)
     background = (np.where(body, 0.25, 0.0) - np.where(body & lung, 0.2, 0.0)).astype(np.float32)
     # All frames at once: the same draws, in the same order, as one frame at a time.
     noise = rng.standard_normal((n_frames, 2, matrix, matrix), dtype=np.float32) * np.float32(scanner.noise)
-    outer = np.sqrt(radii * radii + myo_area / np.pi)
     img = np.where(radius_map[None] <= radii[:, None, None], np.float32(1.0),
                    np.where(radius_map[None] <= outer[:, None, None], np.float32(0.12), background[None]))
     frames = (np.hypot(img + noise[:, 0], noise[:, 1]) * scale).astype(np.float32)  # Rician magnitude
     truth = CineTruth(float(ef), float(ed_radius), tuple(float(r) for r in radii), center, float(spacing))
     return frames, truth
+
+
+SLICE_MM = (3.0, 5.0)
+MIN_NODULE_MM = 12.0  # diameter: solid nodules from here on are followed up
 
 
 @dataclass(frozen=True)
@@ -100,10 +125,15 @@ class CtTruth:
 def ct_slab(
     rng: np.random.Generator, scanner: Scanner, matrix: int, n_slices: int, nodule: bool
 ) -> tuple[np.ndarray, CtTruth]:
-    """Axial chest slab in HU: vessels run through many slices, a nodule shows on 2-4."""
+    """Axial chest slab in HU: vessels run through many slices, a nodule shows on 2-4.
+
+    Thick-slice reconstructions (3 or 5 mm): the nodule is then 12-20 mm across, the
+    sizes that are followed up, and 2-3 pixels wide in a 64-pixel frame of the whole
+    chest. (With 1-2.5 mm slices it was 2-10 mm, a pixel or less there.)
+    """
     fov = rng.uniform(320.0, 380.0)
     spacing = fov / matrix
-    dz = float(rng.choice([1.0, 1.25, 2.0, 2.5]))
+    dz = float(rng.choice(SLICE_MM))
     rows, cols = _grid(matrix, spacing)
     body_a, body_b = rng.uniform(120, 140), rng.uniform(150, 175)
     body = (rows / body_a) ** 2 + (cols / body_b) ** 2 <= 1.0
@@ -119,7 +149,7 @@ def ct_slab(
     nod_radius = 0.0
     nod_center: tuple[float, float, float] | None = None
     if nodule:
-        span = int(rng.integers(2, 5))  # slices the nodule covers
+        span = int(rng.integers(max(2, int(np.ceil(MIN_NODULE_MM / dz))), 5))  # slices the nodule covers
         nod_radius = span * dz / 2.0
         first = int(rng.integers(n_slices // 4, 3 * n_slices // 4 - span + 1))
         z0 = (first + (span - 1) / 2.0) * dz  # centred so exactly `span` slices cut it

@@ -136,7 +136,7 @@ def test_nodule_shows_on_two_to_four_slices_and_looks_like_a_vessel_on_one():
         assert truth.nodule_slices == tuple(range(truth.nodule_slices[0], truth.nodule_slices[-1] + 1))
         _, clear = phantoms.ct_slab(np.random.default_rng(trial), phantoms.SCANNERS[0], 64, 32, nodule=False)
         assert clear.nodule_slices == ()
-        assert truth.nodule_radius_mm <= 4 * 2.5 / 2
+        assert truth.nodule_radius_mm <= 4 * max(phantoms.SLICE_MM) / 2
 
 
 def test_same_seed_same_bytes(tmp_path):

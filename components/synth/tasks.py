@@ -1,0 +1,13 @@
+"""The synthetic tasks and their classes (light: the CLI reads it for --help)."""
+
+from __future__ import annotations
+
+TASKS = ("cine_ef", "cine_ef3", "ct_nodule")
+CLASSES = {"cine_ef": ("normal", "reduced_ef"), "cine_ef3": ("normal", "mildly_reduced_ef", "reduced_ef"),
+           "ct_nodule": ("clear", "nodule")}
+# Ejection fraction drawn per class, with gaps at the class borders (40 % for two
+# classes; 40 and 50 % for three, after the HFrEF / HFmrEF / HFpEF ranges).
+EF_RANGES = {
+    "cine_ef": {"reduced_ef": (0.18, 0.37), "normal": (0.45, 0.70)},
+    "cine_ef3": {"reduced_ef": (0.15, 0.37), "mildly_reduced_ef": (0.42, 0.48), "normal": (0.53, 0.70)},
+}
