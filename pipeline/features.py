@@ -13,8 +13,16 @@ MODALITY = "modality"
 MANUFACTURER = "manufacturer"
 SITE = "site"
 SPACING = "spacing"
+FRAME_AXIS = "frame_axis"
 
-BYTES_FEATURES = (FRAMES, FRAMES_DTYPE, SERIES_KEY, PATIENT_KEY, MODALITY, MANUFACTURER, SITE)
+# Values of FRAME_AXIS: what consecutive frames step through. Training augments by
+# it (a cine may start at any phase, a slice stack may not be rolled).
+AXIS_TIME = "time"
+AXIS_SPACE = "space"
+AXIS_INDEX = "index"  # ordered by instance number only (no geometry, no timing)
+AXES = (AXIS_TIME, AXIS_SPACE, AXIS_INDEX)
+
+BYTES_FEATURES = (FRAMES, FRAMES_DTYPE, SERIES_KEY, PATIENT_KEY, MODALITY, MANUFACTURER, SITE, FRAME_AXIS)
 INT_FEATURES = (FRAMES_SHAPE, VALID_FRAMES, LABEL)
 FLOAT_FEATURES = (SPACING,)
 ALL_FEATURES = BYTES_FEATURES + INT_FEATURES + FLOAT_FEATURES

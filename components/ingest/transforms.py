@@ -6,6 +6,7 @@ is dropped silently and no header text is put in a message.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from medseq.components.preprocessing import reasons
 from medseq.components.preprocessing.headers import FileHeader, read_header
 from medseq.components.preprocessing.prepare import prepare_series
 from medseq.components.preprocessing.reasons import Rejected
+from medseq.components.preprocessing.transform import Prepared
 from medseq.pipeline import features as F
 from medseq.pipeline.config import PreprocessConfig, SplitConfig
 
@@ -55,6 +57,10 @@ class Record:
     valid_frames: int
     files: int
     example: bytes
+    # Places the record in its shard and the shard in its split. A hash of the content
+    # the model reads, not of the keyed series_key: the same data trains in the same
+    # order (the same weights) whatever the secret key.
+    order_key: str = ""
 
     def index_line(self) -> str:
         return json.dumps({"split": self.split, "series_key": self.series_key, "label": self.label,
@@ -191,13 +197,21 @@ class BuildRecord(beam.DoFn):
             F.MANUFACTURER: _vendor(first.manufacturer).encode(),
             F.SITE: deid.keyed_hash(self.key, "site", first.institution)[:16].encode(),
             F.SPACING: np.asarray(prepared.spacing, np.float32),
+            F.FRAME_AXIS: ordered.axis.encode(),
         })
         self.written.inc()
         self.frames.update(prepared.valid_frames)
         _PROGRESS.add("series")
         yield Record(self._split_of(first.patient_id), series_key, label, first.modality,
                      _vendor(first.manufacturer), prepared.valid_frames,
-                     len(headers) - len(ordered.duplicates), example)
+                     len(headers) - len(ordered.duplicates), example, content_key(prepared, label))
+
+
+def content_key(prepared: Prepared, label: str) -> str:
+    """SHA-256 of what training reads of a record: independent of the key and of any identifier."""
+    digest = hashlib.sha256(prepared.frames.tobytes())
+    digest.update(f"{prepared.frames.shape}/{prepared.frames.dtype}/{prepared.valid_frames}/{label}".encode())
+    return digest.hexdigest()
 
 
 def _vendor(manufacturer: str) -> str:
@@ -207,7 +221,7 @@ def _vendor(manufacturer: str) -> str:
 
 
 class WriteShard(beam.DoFn):
-    """((split, shard, n), records) -> one gzip TFRecord file, records in series_key order."""
+    """((split, shard, n), records) -> one gzip TFRecord file, records in order_key order."""
 
     def __init__(self, staging: str) -> None:
         self.staging = staging
@@ -215,7 +229,7 @@ class WriteShard(beam.DoFn):
     def process(self, element: tuple[tuple[str, int, int], Iterable[Record]]) -> Iterator[str]:
         (split, shard, n), records = element
         path = FileSystems.join(self.staging, split, f"{split}-{shard:05d}-of-{n:05d}.tfrecord.gz")
-        ordered = sorted(records, key=lambda r: r.series_key)
+        ordered = sorted(records, key=lambda r: (r.order_key, r.series_key))
         with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
             write_tfrecords(f, (r.example for r in ordered))
         yield path
@@ -223,6 +237,6 @@ class WriteShard(beam.DoFn):
 
 def shard_of(record: Record, sizes: dict[str, int], num_shards: int,
              shard_bytes: float) -> tuple[tuple[str, int, int], Record]:
-    """Stable shard choice: from the series key, so reruns put each record in the same file."""
+    """Stable shard choice: from the order key, so reruns put each record in the same file."""
     n = num_shards or max(1, int(np.ceil(sizes.get(record.split, 0) / shard_bytes)))
-    return (record.split, int(record.series_key[:8], 16) % n, n), record
+    return (record.split, int(record.order_key[:8], 16) % n, n), record

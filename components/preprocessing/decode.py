@@ -21,6 +21,7 @@ from medseq.components.preprocessing import reasons
 from medseq.components.preprocessing.geometry import OrderedSeries
 from medseq.components.preprocessing.headers import FileHeader, _item, read_dataset
 from medseq.components.preprocessing.reasons import Rejected
+from medseq.pipeline import features as F
 
 # Measured here (256x256 int16): pyjpegls decodes JPEG-LS in 2.8 ms where the default
 # order (GDCM first) takes 4.0 ms; for the other syntaxes the default order is as fast.
@@ -38,6 +39,7 @@ class SeriesMeta:
     pixel_spacing: tuple[float, float] | None
     interval: float  # mm between slices or ms between frames; 0 when unknown
     max_value: float  # of the stored range, for RGB scaling
+    axis: str = F.AXIS_INDEX  # what the frames step through: time, space (slices) or index only
 
 
 def _rescale(ds: Dataset, frame: int) -> tuple[float, float] | None:
@@ -133,5 +135,6 @@ def load_series(ordered: OrderedSeries, headers: dict[str, FileHeader],
         pixel_spacing=header.pixel_spacing,
         interval=ordered.interval,
         max_value=_max_value(first_ds, header),
+        axis=ordered.axis,
     )
     return volume, meta

@@ -16,6 +16,7 @@ import numpy as np
 from medseq.components.preprocessing import reasons
 from medseq.components.preprocessing.headers import FileHeader, FrameRef
 from medseq.components.preprocessing.reasons import Rejected
+from medseq.pipeline import features as F
 
 ORIENTATION_TOL = 1e-3  # direction cosines
 POSITION_TOL_MM = 0.01
@@ -28,6 +29,15 @@ class OrderedSeries:
     kind: str  # "spatial" (slices), "temporal" (cine at one position) or "stack" (no geometry)
     interval: float  # mm between slices, ms between frames, 0 when unknown
     duplicates: tuple[str, ...]  # paths of files dropped as exact duplicate instances
+
+    @property
+    def axis(self) -> str:
+        """What the frames step through: slice positions, time, or only their numbers."""
+        if self.kind == "spatial":
+            return F.AXIS_SPACE
+        if self.kind == "temporal" or any(f.temporal is not None for f in self.frames):
+            return F.AXIS_TIME
+        return F.AXIS_INDEX
 
 
 def drop_duplicates(headers: list[FileHeader]) -> tuple[list[FileHeader], list[str]]:

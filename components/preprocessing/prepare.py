@@ -12,6 +12,7 @@ from medseq.components.preprocessing.geometry import OrderedSeries, order_series
 from medseq.components.preprocessing.headers import FileHeader
 from medseq.components.preprocessing.reasons import Rejected
 from medseq.components.preprocessing.transform import Prepared, preprocess, temporal_indices
+from medseq.pipeline import features as F
 from medseq.pipeline.config import PreprocessConfig
 
 
@@ -20,10 +21,10 @@ def frames_to_decode(ordered: OrderedSeries, config: PreprocessConfig) -> Ordere
 
     Decoding only these (a 30-frame cine sampled to 16 reads 16 files, not 30) gives
     the same tensor layout: `preprocess` then sees exactly T frames (or fewer, to pad),
-    and the interval is that of the picked frames.
+    and the interval is that of the picked frames. Stacks to `average` keep them all.
     """
     n = len(ordered.frames)
-    picks, _ = temporal_indices(n, config.frames, config.temporal)
+    picks, _ = temporal_indices(n, config.frames, config.stack if ordered.axis == F.AXIS_SPACE else config.temporal)
     step = ordered.interval * (n - 1) / (len(picks) - 1) if len(picks) > 1 and n > 1 else ordered.interval
     return dataclasses.replace(ordered, frames=tuple(ordered.frames[i] for i in picks), interval=step)
 

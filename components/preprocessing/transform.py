@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from medseq.components.preprocessing.decode import SeriesMeta
+from medseq.pipeline import features as F
 from medseq.pipeline.config import PreprocessConfig, parse_window
 
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
@@ -81,11 +82,28 @@ def temporal_indices(n: int, target: int, mode: str) -> tuple[np.ndarray, int]:
     """Which source frames fill the T output slots, and how many slots are real.
 
     `sample` spreads T picks uniformly over the whole sequence (up or down);
-    `pad` keeps every frame when n <= T and leaves the rest as masked padding.
+    `pad` and `average` keep every frame when n <= T and leave the rest as masked
+    padding. Past T, `pad` samples, and `average` uses every frame (see `frame_weights`).
     """
-    if mode == "pad" and n <= target:
+    if mode in ("pad", "average") and n <= target:
         return np.arange(n), n
+    if mode == "average":
+        return np.arange(n), target
     return np.round(np.linspace(0, n - 1, target)).astype(np.int64), target
+
+
+def frame_weights(n: int, target: int) -> np.ndarray:
+    """(T, n) area weights of thick-slab averaging: slot t is the mean of the source
+    interval [t n/T, (t+1) n/T), so a structure on two of 48 slices still shows."""
+    edges = np.arange(target + 1) * (n / target)
+    source = np.arange(n)
+    overlap = np.minimum(edges[1:, None], source[None, :] + 1) - np.maximum(edges[:-1, None], source[None, :])
+    return (np.clip(overlap, 0.0, None) * (target / n)).astype(np.float32)
+
+
+def frame_mode(meta: SeriesMeta, config: PreprocessConfig) -> str:
+    """The resampling along the frame axis: `stack` for slice stacks, `temporal` otherwise."""
+    return config.stack if meta.axis == F.AXIS_SPACE else config.temporal
 
 
 def preprocess(volume: np.ndarray, meta: SeriesMeta, config: PreprocessConfig) -> Prepared:
@@ -93,8 +111,15 @@ def preprocess(volume: np.ndarray, meta: SeriesMeta, config: PreprocessConfig) -
     if volume.ndim == 3 and meta.rgb:
         volume = volume[None]
     n, h, w = volume.shape[:3]
-    picks, valid = temporal_indices(n, config.frames, config.temporal)
-    channels = _channels(volume[picks], meta, config)
+    mode = frame_mode(meta, config)
+    picks, valid = temporal_indices(n, config.frames, mode)
+    if mode == "average" and n > config.frames:
+        volume = np.tensordot(frame_weights(n, config.frames), volume, axes=1)
+        step = meta.interval * n / config.frames
+    else:
+        volume = volume[picks]
+        step = meta.interval * (n - 1) / (len(picks) - 1) if len(picks) > 1 and n > 1 else meta.interval
+    channels = _channels(volume, meta, config)
     resized = np.clip(_resize(channels, config.height, config.width), 0.0, 1.0)
     frames = np.zeros((config.frames, config.height, config.width, resized.shape[-1]), np.float32)
     frames[:valid] = resized
@@ -103,6 +128,5 @@ def preprocess(volume: np.ndarray, meta: SeriesMeta, config: PreprocessConfig) -
     else:
         out = frames.astype(config.dtype)
     row, col = meta.pixel_spacing or (1.0, 1.0)
-    step = meta.interval * (n - 1) / (len(picks) - 1) if len(picks) > 1 and n > 1 else meta.interval
     spacing = (row * h / config.height, col * w / config.width, float(step))
     return Prepared(out, valid, spacing)

@@ -68,6 +68,9 @@ def find_anomalies(stats: dict[str, dict[str, Any]], classes: list[str], max_lab
             add("schema", split, f"{count} record(s): feature '{feature}' {kind.replace('_', ' ')}")
         if len(s["shapes"]) > 1:
             add("schema", split, f"frames shapes differ between records: {sorted(s['shapes'])}")
+        unknown = sorted(k for k in s["labels"] if not 0 <= int(k) < len(classes))
+        if unknown:
+            add("schema", split, f"label(s) {', '.join(unknown)} outside the {len(classes)} classes of qc.json")
     patients = {split: set(stats[split]["patients"]) for split in F.SPLITS if split in stats}
     names = list(patients)
     for i, a in enumerate(names):

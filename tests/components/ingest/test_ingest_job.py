@@ -126,6 +126,25 @@ def test_same_input_and_key_give_identical_bytes_and_a_rerun_replaces(tmp_path, 
     for rel in files:
         assert (first / rel).read_bytes() == (second / rel).read_bytes(), rel
     assert not list(second.glob(".medseq-*")), "no staging or trash left behind"
+    axes = {ex.features.feature[F.FRAME_AXIS].bytes_list.value[0] for ex in all_records(first)}
+    assert axes == {F.AXIS_SPACE.encode()}  # slice stacks: averaged along the slices, never rolled
+
+
+def test_cine_records_step_through_time(cine_records):
+    axes = {ex.features.feature[F.FRAME_AXIS].bytes_list.value[0] for ex in all_records(cine_records)}
+    assert axes == {F.AXIS_TIME.encode()}
+
+
+def test_records_lie_in_an_order_the_secret_key_does_not_change(tmp_path, config):
+    small = dataclasses.replace(config, input=str(SAMPLES / "ct_nodule" / "dicom"),
+                                labels=str(SAMPLES / "ct_nodule" / "labels.csv"),
+                                ingest=dataclasses.replace(config.ingest, num_shards=2))
+    frames = []
+    for name, key in (("a", KEY), ("b", b"some-other-key-0123456789")):
+        ingest.run(small, tmp_path / name, key=key, beam_args=IN_PROCESS)
+        frames.append([[ex.features.feature[F.FRAMES].bytes_list.value[0] for ex in read_records(tmp_path / name, s)]
+                       for s in F.SPLITS])
+    assert frames[0] == frames[1]
 
 
 def test_split_is_stable_when_patients_are_added(tmp_path, config):

@@ -116,3 +116,16 @@ def test_only_the_frames_kept_by_temporal_sampling_are_decoded():
     padded = frames_to_decode(OrderedSeries(frames[:5], "temporal", 40.0, ()),
                               PreprocessConfig(frames=16, temporal="pad"))
     assert len(padded.frames) == 5 and padded.interval == pytest.approx(40.0)
+
+
+def test_what_the_frames_step_through():
+    from medseq.components.preprocessing.geometry import OrderedSeries
+    from medseq.components.preprocessing.headers import FrameRef
+    from medseq.pipeline import features as F
+
+    timed = tuple(FrameRef(f"f{k}", 0, str(k), k, None, None, 40.0 * k) for k in range(3))
+    numbered = tuple(FrameRef(f"f{k}", 0, str(k), k, None, None, None) for k in range(3))
+    assert order_series(_stack()).axis == F.AXIS_SPACE
+    assert OrderedSeries(timed, "temporal", 40.0, ()).axis == F.AXIS_TIME
+    assert OrderedSeries(timed, "stack", 40.0, ()).axis == F.AXIS_TIME  # a clip with frame times
+    assert OrderedSeries(numbered, "stack", 0.0, ()).axis == F.AXIS_INDEX

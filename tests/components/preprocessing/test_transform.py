@@ -9,6 +9,7 @@ import pytest
 
 from medseq.components.preprocessing.decode import SeriesMeta
 from medseq.components.preprocessing.transform import preprocess, temporal_indices
+from medseq.pipeline import features as F
 from medseq.pipeline.config import PreprocessConfig
 
 META = SeriesMeta("CT", "MONOCHROME2", False, (40.0, 400.0), (0.5, 0.5), 2.0, 4095.0)
@@ -76,3 +77,41 @@ def test_uint8_output_and_spacing_of_the_output_grid():
     out = preprocess(volume, META, config(dtype="uint8", frames=4, height=8, width=8))
     assert out.frames.dtype == np.uint8 and out.frames.shape == (4, 8, 8, 1)
     assert out.spacing == pytest.approx((1.0, 2.0, 2.0 * 7 / 3))
+
+
+def test_thick_slab_averaging_weights_cover_every_slice_once():
+    from medseq.components.preprocessing.transform import frame_weights
+
+    w = frame_weights(48, 16)
+    np.testing.assert_allclose(w.sum(axis=1), 1.0, atol=1e-6)  # each slot a mean
+    np.testing.assert_allclose(w.sum(axis=0), 16 / 48, atol=1e-6)  # each slice counted once in all
+    np.testing.assert_allclose(frame_weights(20, 8)[0], [0.4, 0.4, 0.2] + [0.0] * 17, atol=1e-6)
+
+
+def test_a_structure_on_two_of_48_slices_survives_averaging_and_sampling_misses_it():
+    hu = np.full((48, 16, 16), -850.0, np.float32)  # lung
+    hu[10:12, 6:10, 6:10] = 30.0  # a nodule on slices 10 and 11
+    stack = dataclasses.replace(META, axis=F.AXIS_SPACE)
+    lung = config(frames=16, height=16, width=16, windows={"CT": ("-600/1500",), "default": ("header",)})
+    averaged = preprocess(hu, stack, lung).frames[..., 0]
+    sampled = preprocess(hu, stack, dataclasses.replace(lung, stack="sample")).frames[..., 0]
+    background = averaged[0, 0, 0]
+    full = (30.0 + 850.0) / 1499.0  # the nodule's contrast in the lung window
+    assert averaged[3, 8, 8] - background == pytest.approx(full * 2 / 3, abs=0.01)  # slot 3: slices 9-11
+    assert np.abs(sampled - background).max() < 1e-6  # picks 0, 3, 6, 9, 13, ... step over slices 10 and 11
+    assert preprocess(hu, stack, lung).spacing[2] == pytest.approx(2.0 * 3)
+
+
+def test_stacks_shorter_than_t_keep_every_slice_and_mask_the_rest():
+    hu = np.arange(5, dtype=np.float32)[:, None, None] * np.ones((5, 8, 8), np.float32) * 50
+    out = preprocess(hu, dataclasses.replace(META, axis=F.AXIS_SPACE), config(frames=8))
+    assert out.valid_frames == 5 and np.all(out.frames[5:] == 0)
+    assert np.all(np.diff(out.frames[:5, 0, 0, 0]) > 0)  # every slice, in order
+
+
+def test_series_in_time_follow_the_temporal_setting_not_the_stack_one():
+    volume = np.arange(30, dtype=np.float32)[:, None, None] * np.ones((30, 8, 8), np.float32) * 10
+    cine = dataclasses.replace(META, modality="MR", axis=F.AXIS_TIME, window=None)
+    out = preprocess(volume, cine, config(frames=4, stack="average"))  # temporal: sample
+    ramp = out.frames[:, 0, 0, 0]
+    assert ramp[0] == pytest.approx(0.0, abs=0.02) and ramp[-1] == pytest.approx(1.0, abs=0.02)

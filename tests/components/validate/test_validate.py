@@ -81,7 +81,7 @@ def test_schema_violations_are_reported(cine_records, tmp_path):
     rewrite(planted / "train", [*items[1:], bad.SerializeToString()])
     result = validate(str(planted), tmp_path / "v", beam_args=IN_PROCESS)
     messages = " | ".join(a["message"] for a in result.anomalies if a["kind"] == "schema")
-    for expected in ("'label' out of domain", "'site' missing", "'modality' unknown value",
+    for expected in ("label(s) 7 outside the 2 classes of qc.json", "'site' missing", "'modality' unknown value",
                      "'surprise' unexpected feature"):
         assert expected in messages
 
