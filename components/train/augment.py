@@ -1,32 +1,55 @@
 """Label-preserving augmentation of whole sequences, on the training batches only.
 
 - `flip`: mirror every frame of a sequence left-right (the same for all its frames).
-- `rot90`: rotate every frame by the same multiple of 90 degrees (square frames only).
-- `roll`: start a periodic sequence at another phase (cine over one heartbeat); only
-  sequences without padding are rolled. Not for slice stacks, whose order is anatomy.
+- `rot90`: rotate every frame of a sequence by the same multiple of 90 degrees
+  (square frames only). With `flip`, the eight symmetries of the square.
+- `roll`: start a periodic sequence at another phase: cine over one heartbeat, i.e.
+  records whose `frame_axis` is time. Only the valid frames turn; padding stays put.
+  Never applied to slice stacks or to frames ordered by number only.
+
+Every draw is stateless, from the seed of the batch: the same batch of the same run is
+augmented the same way, also after a restart (see dataset.train_stream).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 from medseq.pipeline import features as F
 
 
-def augment(inputs: dict[str, tf.Tensor], ops: tuple[str, ...]) -> dict[str, tf.Tensor]:
-    frames, valid = inputs[F.FRAMES], inputs[F.VALID_FRAMES]
-    batch, steps = tf.shape(frames)[0], tf.shape(frames)[1]
+def spatial_permutations(height: int, width: int, ops: tuple[str, ...]) -> np.ndarray:
+    """(K, H*W) source pixel of every output pixel, for each transform the ops allow:
+    the identity, its mirror image (flip), the four rotations (rot90), or all eight."""
+    grid = np.arange(height * width).reshape(height, width)
+    shapes = [np.rot90(grid, k) for k in range(4)] if "rot90" in ops and height == width else [grid]
     if "flip" in ops:
-        mirror = tf.random.uniform([batch]) < 0.5
-        frames = tf.where(mirror[:, None, None, None, None], tf.reverse(frames, axis=[3]), frames)
-    if "rot90" in ops and frames.shape[2] == frames.shape[3]:
-        shape = tf.shape(frames)
-        flat = tf.reshape(frames, tf.concat([[-1], shape[2:]], 0))
-        turns = tf.random.uniform([], 0, 4, dtype=tf.int32)
-        frames = tf.reshape(tf.image.rot90(flat, turns), shape)
+        shapes += [np.fliplr(g) for g in shapes]
+    return np.stack([g.ravel() for g in shapes]).astype(np.int32)
+
+
+def augment(parsed: dict[str, tf.Tensor], ops: tuple[str, ...], seed: tf.Tensor) -> dict[str, tf.Tensor]:
+    """`parsed` holds frames (B, T, H, W, C), valid_frames, frame_axis; returns it augmented.
+
+    Flips and rotations are one gather of every frame's pixels through a drawn
+    permutation (cheaper than transforming the whole batch once per choice).
+    """
+    frames, valid = parsed[F.FRAMES], parsed[F.VALID_FRAMES]
+    batch, steps = tf.shape(frames)[0], tf.shape(frames)[1]
+    spatial_seed, roll_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    _, _, height, width, channels = frames.shape
+    table = spatial_permutations(height, width, ops)
+    if len(table) > 1:
+        choice = tf.random.stateless_uniform([batch], spatial_seed, 0, len(table), dtype=tf.int32)
+        flat = tf.reshape(frames, [batch, steps, height * width, channels])
+        moved = tf.gather(flat, tf.gather(tf.constant(table), choice), axis=2, batch_dims=1)
+        frames = tf.reshape(moved, tf.shape(frames))
     if "roll" in ops:
-        shift = tf.random.uniform([batch], 0, steps, dtype=tf.int32)
-        shift = tf.where(valid >= steps, shift, tf.zeros_like(shift))  # padded sequences stay put
-        order = (tf.range(steps)[None, :] + shift[:, None]) % steps
+        shift = tf.random.stateless_uniform([batch], roll_seed, 0, 2**30, dtype=tf.int32) % tf.maximum(valid, 1)
+        periodic = tf.equal(parsed[F.FRAME_AXIS], F.AXIS_TIME)
+        shift = tf.where(periodic, shift, tf.zeros_like(shift))
+        t = tf.range(steps)[None, :]
+        order = tf.where(t < valid[:, None], (t + shift[:, None]) % tf.maximum(valid[:, None], 1), t)
         frames = tf.gather(frames, order, axis=1, batch_dims=1)
-    return {F.FRAMES: frames, F.VALID_FRAMES: valid}
+    return {**parsed, F.FRAMES: frames}

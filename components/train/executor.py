@@ -1,50 +1,53 @@
-"""Training under tf.distribute with checkpoints that survive a kill.
+"""Training under tf.distribute: epochs of fixed steps, evaluation after each, the best
+checkpoint exported, and checkpoints that make a killed job end as if never killed.
 
-One custom loop (`strategy.run` + GradientTape + the Keras optimizer) serves every
-strategy: Keras 3 `fit` fails under MultiWorkerMirroredStrategy (DESIGN.md), the loop
-does not. A checkpoint is written after every epoch; a restarted job resumes from the
-last one and ends with the same number of epochs.
+A checkpoint is written every `checkpoint_every_steps` steps and at every epoch end.
+A restarted job (same command) restores the newest one and replays nothing: the input
+stream starts where the checkpoint's step says (dataset.py), so on the default strategy
+it ends with the same weights as a job that was never killed; on any strategy with the
+same number of steps and the same epoch boundaries.
 """
 
 from __future__ import annotations
 
-import json
-import os
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import keras
-import numpy as np
 import tensorflow as tf
+from tensorflow.python.framework import config as tf_framework_config
 
-from medseq.components.train.dataset import RecordSpec, make_dataset, record_spec, split_count, split_files
+from medseq.components.train.dataset import (
+    RecordSpec,
+    StreamPosition,
+    eval_dataset,
+    label_counts,
+    record_spec,
+    split_count,
+    split_files,
+    train_stream,
+)
 from medseq.components.train.export import export_saved_model
-from medseq.components.train.model import build_model
+from medseq.components.train.loop import Trainer, make_strategy
+from medseq.components.train.metrics import auc_from_histograms, class_weights
+from medseq.components.train.progress import EpochProgress, History
+from medseq.components.train.state import Checkpoints, agreed_step
 from medseq.pipeline.config import TrainConfig
 from medseq.pipeline.errors import ConfigError, InputError
+
+__all__ = ["TrainOutputs", "Trainer", "make_strategy", "train"]
 
 
 @dataclass(frozen=True)
 class TrainOutputs:
     model_dir: str
-    epochs_run: int
+    epochs_run: int  # by this call
     resumed_from_epoch: int
+    resumed_from_step: int
+    steps: int  # global steps done, in all calls
+    best_epoch: int  # the epoch whose weights were exported (0: no eval split, the last)
+    stopped_early: bool
     history: list[dict[str, float]]
-
-
-def make_strategy(config: TrainConfig) -> tf.distribute.Strategy:
-    if config.strategy == "default":
-        return tf.distribute.get_strategy()
-    if config.strategy == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if config.strategy == "multi_worker_mirrored":
-        if "TF_CONFIG" not in os.environ:
-            raise ConfigError("train.strategy multi_worker_mirrored: expected a TF_CONFIG cluster in the environment")
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=config.tpu or "")
-    tf.config.experimental_connect_to_cluster(resolver)
-    tf.tpu.experimental.initialize_tpu_system(resolver)
-    return tf.distribute.TPUStrategy(resolver)
 
 
 def _is_chief(strategy: tf.distribute.Strategy) -> bool:
@@ -69,90 +72,114 @@ def _worker_dir(path: Path, strategy: tf.distribute.Strategy) -> Path:
     return path.parent / f"{path.name}.worker-{resolver.task_type}-{resolver.task_id}"
 
 
-class Trainer:
-    def __init__(self, spec: RecordSpec, config: TrainConfig, strategy: tf.distribute.Strategy) -> None:
-        self.spec, self.config, self.strategy = spec, config, strategy
-        keras.utils.set_random_seed(config.seed)
-        with strategy.scope():
-            self.model = build_model(spec, config)
-            self.optimizer = keras.optimizers.Adam(config.learning_rate)
-            self.optimizer.build(self.model.trainable_variables)
-            self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        self.loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction="none")
-        self.global_batch = config.batch_size * strategy.num_replicas_in_sync
+def _batches(strategy: tf.distribute.Strategy, files: list[str], spec: RecordSpec, config: TrainConfig,
+             records: int, start_step: int) -> tf.distribute.DistributedIterator:
+    """The training stream of every input pipeline, from `start_step` on."""
+    replicas = strategy.num_replicas_in_sync
 
-    def _step(self, inputs: dict[str, tf.Tensor], labels: tf.Tensor) -> tuple[tf.Tensor, ...]:
-        with tf.GradientTape() as tape:
-            probs = self.model(inputs, training=True)
-            per_example = self.loss_fn(labels, probs)
-            loss = tf.reduce_sum(per_example) / self.global_batch
-        grads = tape.gradient(loss, self.model.trainable_variables)
-        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables, strict=True))
-        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probs, -1, output_type=tf.int32), labels), tf.float32))
-        return loss, correct, tf.cast(tf.size(labels), tf.float32)
+    def stream(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        per_pipeline = replicas // context.num_input_pipelines  # batches one step takes
+        position = StreamPosition(records, context.num_input_pipelines, context.input_pipeline_id,
+                                  start_step * per_pipeline)
+        return train_stream(files, spec, config.batch_size, config.seed, position, config.augment)
 
-    @tf.function
-    def train_step(self, inputs: dict[str, tf.Tensor], labels: tf.Tensor) -> tuple[tf.Tensor, ...]:
-        per_replica = self.strategy.run(self._step, args=(inputs, labels))
-        return tuple(self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for v in per_replica)
+    return iter(strategy.distribute_datasets_from_function(stream))
 
-    def evaluate(self, dataset: tf.data.Dataset) -> dict[str, float]:
-        total = correct = loss = 0.0
-        for inputs, labels in dataset:
-            probs = self.model(inputs, training=False).numpy()
-            y = labels.numpy()
-            loss += float(np.sum(self.loss_fn(y, probs)))
-            correct += float(np.sum(np.argmax(probs, -1) == y))
-            total += len(y)
-        return {"eval_loss": loss / max(total, 1), "eval_accuracy": correct / max(total, 1)}
+
+def _train_metrics(trainer: Trainer, steps: int) -> dict[str, float]:
+    state = trainer.state
+    return {"loss": float(state.loss_sum.numpy()) / steps,
+            "accuracy": float(state.correct.numpy()) / max(float(state.seen.numpy()), 1.0),
+            "auc": auc_from_histograms(state.histograms.numpy()),
+            "learning_rate": trainer.learning_rate()}
+
+
+def _train_epoch(trainer: Trainer, batches: tf.distribute.DistributedIterator, checkpoints: Checkpoints,
+                 config: TrainConfig, progress: EpochProgress, step: int) -> int:
+    """The remaining steps of `progress.epoch` (all of them, or those after a resumed
+    checkpoint), with a checkpoint every `checkpoint_every_steps`; returns the step."""
+    end = progress.epoch * progress.steps
+    while step < end:
+        trainer.train_step(batches)
+        step += 1
+        done = step - (progress.epoch - 1) * progress.steps
+        if progress.interactive:
+            progress.step(done, float(trainer.state.loss_sum.numpy()) / done)
+        if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and step < end:
+            checkpoints.save(step)
+    return step
+
+
+def _evaluate_epoch(trainer: Trainer, eval_ds: tf.data.Dataset, checkpoints: Checkpoints, config: TrainConfig,
+                    epoch: int, metrics: dict[str, float]) -> str:
+    """Adds the eval metrics to `metrics`, keeps the best epoch, decides early stopping;
+    returns what to say about it."""
+    state = trainer.state
+    metrics.update(trainer.evaluate(eval_ds))
+    if config.monitor not in metrics:
+        raise ConfigError(f"train.monitor: expected one of {', '.join(k for k in metrics if 'eval' in k)}, "
+                          f"found {config.monitor!r}")
+    note = ""
+    if state.improved(metrics[config.monitor], config.monitor_mode):
+        state.best_value.assign(metrics[config.monitor])
+        state.best_epoch.assign(epoch)
+        checkpoints.save_best(epoch)
+        note = f"best {config.monitor} so far"
+    if config.patience and epoch - int(state.best_epoch.numpy()) >= config.patience:
+        state.stopped.assign(True)
+        note = f"early stop: no better {config.monitor} for {config.patience} epoch(s)"
+    return note
 
 
 def train(examples_dir: str | Path, out: str | Path, config: TrainConfig) -> TrainOutputs:
-    """Trains on `examples_dir/train`, validates on `eval`, exports `out/model`."""
+    """Trains on `examples_dir/train`, evaluates on `eval` each epoch, exports the best to `out/model`."""
     out = Path(out)
     spec = record_spec(examples_dir)
     train_files, eval_files = split_files(examples_dir, "train"), split_files(examples_dir, "eval")
     if not train_files:
         raise InputError(f"{examples_dir}/train: no *.tfrecord.gz files; run `medseq convert` first")
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    else:  # global to the process, and an earlier job may have set it; TF exports no public switch off
+        tf_framework_config.disable_op_determinism()
     strategy = make_strategy(config)
-    trainer = Trainer(spec, config, strategy)
-    checkpoint = tf.train.Checkpoint(model=trainer.model, optimizer=trainer.optimizer, epoch=trainer.epoch)
-    manager = tf.train.CheckpointManager(checkpoint, str(_worker_dir(out / "checkpoints", strategy)), max_to_keep=3)
-    resumed = 0
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        resumed = int(trainer.epoch.numpy())
-        print(f"train: resuming from epoch {resumed} ({Path(manager.latest_checkpoint).name})", flush=True)
-    # A fixed number of steps over a repeated dataset: every worker runs the same steps,
-    # so no collective waits for a worker whose shard ran out.
-    steps_per_epoch = max(1, -(-split_count(examples_dir, "train") // trainer.global_batch))
-    train_ds = strategy.experimental_distribute_dataset(make_dataset(
-        train_files, spec, trainer.global_batch, shuffle=True, seed=config.seed, repeat=True,
-        workers=_workers(strategy), augmentations=config.augment))
-    batches = iter(train_ds)
-    eval_ds = make_dataset(eval_files, spec, config.batch_size, shuffle=False, seed=config.seed) if eval_files else None
-    logs = _worker_dir(out / "logs", strategy)
-    writer = tf.summary.create_file_writer(str(logs / "train"))
-    history: list[dict[str, float]] = []
-    for epoch in range(resumed, config.epochs):
-        loss_sum = correct = seen = 0.0
-        for _ in range(steps_per_epoch):
-            inputs, labels = next(batches)
-            loss, right, count = trainer.train_step(inputs, labels)
-            loss_sum, correct, seen = loss_sum + float(loss), correct + float(right), seen + float(count)
-        metrics = {"loss": loss_sum / steps_per_epoch, "accuracy": correct / max(seen, 1)}
-        if eval_ds is not None:
-            metrics.update(trainer.evaluate(eval_ds))
-        with writer.as_default():
-            for name, value in metrics.items():
-                tf.summary.scalar(name, value, step=epoch + 1)
-        writer.flush()
-        trainer.epoch.assign(epoch + 1)
-        manager.save(checkpoint_number=epoch + 1)
-        history.append({"epoch": epoch + 1, **metrics})
-        print(f"train: epoch {epoch + 1}/{config.epochs} "
-              + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()), flush=True)
+    records = split_count(examples_dir, "train")
+    global_batch = config.batch_size * strategy.num_replicas_in_sync
+    steps_per_epoch = max(1, math.ceil(records / global_batch))
+    weights = class_weights(config.class_weight, spec.classes, label_counts(examples_dir, "train"))
+    trainer = Trainer(spec, config, strategy, weights, config.epochs * steps_per_epoch)
+    state = trainer.state
+    checkpoints = Checkpoints(_worker_dir(out / "checkpoints", strategy), state, model=trainer.model,
+                              optimizer=trainer.optimizer)
+    start = agreed_step(strategy, checkpoints.available_steps(), _workers(strategy))
+    if start is not None:
+        checkpoints.restore(start)
+        print(f"train: resuming at step {start} (epoch {int(state.epochs_done.numpy())} done)", flush=True)
+    resumed_epoch, resumed_step = int(state.epochs_done.numpy()), int(state.step.numpy())
+    chief = _is_chief(strategy)
+    history = History(out, _worker_dir(out / "logs", strategy), chief, resumed_epoch)
+    batches = _batches(strategy, train_files, spec, config, records, resumed_step)
+    eval_ds = eval_dataset(eval_files, spec, config.batch_size) if eval_files else None
+    if eval_ds is None and config.patience:
+        raise ConfigError("train.patience: early stopping needs an eval split, found no eval records")
+    step = resumed_step
+    while int(state.epochs_done.numpy()) < config.epochs and not bool(state.stopped.numpy()):
+        epoch = int(state.epochs_done.numpy()) + 1
+        progress = EpochProgress(epoch, config.epochs, steps_per_epoch)
+        step = _train_epoch(trainer, batches, checkpoints, config, progress, step)
+        metrics = {"epoch": float(epoch), **_train_metrics(trainer, steps_per_epoch)}
+        note = _evaluate_epoch(trainer, eval_ds, checkpoints, config, epoch, metrics) if eval_ds is not None else ""
+        history.add(metrics)
+        state.epochs_done.assign(epoch)
+        state.reset_epoch()
+        checkpoints.save(step)
+        progress.end(metrics, note)
+    best = checkpoints.restore_best()
     model_dir = _worker_dir(out / "model", strategy)
     export_saved_model(trainer.model, spec, model_dir)
-    (out / "history.json").write_text(json.dumps(history, indent=2)) if _is_chief(strategy) else None
-    return TrainOutputs(str(model_dir), config.epochs - resumed, resumed, history)
+    if best and chief:
+        print(f"train: exported epoch {int(state.best_epoch.numpy())} ({config.monitor} "
+              f"{float(state.best_value.numpy()):.4f}) -> {model_dir}", flush=True)
+    return TrainOutputs(str(model_dir), int(state.epochs_done.numpy()) - resumed_epoch, resumed_epoch, resumed_step,
+                        step, int(state.best_epoch.numpy()) if best else 0, bool(state.stopped.numpy()),
+                        list(history.entries))

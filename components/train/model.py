@@ -1,9 +1,17 @@
-"""The sequence classifier: TimeDistributed CNN per frame -> (Bi)LSTM over time -> head.
+"""The sequence classifier: TimeDistributed frame encoder -> (Bi)LSTM over time -> head.
 
 Padded frames (beyond `valid_frames`) are masked, so the LSTM reads only real frames.
+The mask is right-padded and the LSTM has no recurrent dropout, so on a GPU Keras runs
+it on the fused cuDNN kernel. Frame features are standardized per sequence before the
+LSTM (SequenceStandardization), which lets it read change between frames at once.
+Under a mixed precision policy the layers compute in float16/bfloat16 and the softmax
+head stays in float32.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
 
 import keras
 from keras import layers, ops
@@ -11,30 +19,132 @@ from keras import layers, ops
 from medseq.components.train.dataset import RecordSpec
 from medseq.pipeline import features as F
 from medseq.pipeline.config import TrainConfig
+from medseq.pipeline.errors import ConfigError
+
+# keras.applications backbones (always built with weights=None: nothing is downloaded).
+# They expect three channels in [0, 255], like the ImageNet weights a user may load.
+BACKBONES: dict[str, Callable[..., keras.Model]] = {
+    "mobilenet_v3_small": lambda shape: keras.applications.MobileNetV3Small(
+        input_shape=shape, include_top=False, weights=None, pooling="avg", include_preprocessing=True),
+    "efficientnet_b0": lambda shape: keras.applications.EfficientNetB0(
+        input_shape=shape, include_top=False, weights=None, pooling="avg"),
+}
 
 
-def frame_encoder(spec: RecordSpec, config: TrainConfig) -> keras.Model:
-    """A small CNN applied to each frame: (H, W, C) -> feature vector."""
-    inputs = keras.Input((spec.height, spec.width, spec.channels))
+def small_cnn(spec: RecordSpec, config: TrainConfig, channels: int) -> keras.Model:
+    """Conv-ReLU-pool blocks, then global average pooling: (H, W, C) in [0, 1] -> features.
+
+    No BatchNorm: a batch of 4 series is 4 samples to it (a series' frames are near
+    copies), and a model trained on such batch statistics predicted one class for every
+    eval series with the moving statistics (eval AUC 0.96, accuracy at the majority
+    share). SequenceStandardization normalizes per sequence instead, the same in
+    training and serving, and trains 2x faster than the BatchNorm encoder on 2 cores.
+    """
+    inputs = keras.Input((spec.height, spec.width, channels))
     x = inputs
     for filters in config.conv_filters:
-        x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-        x = layers.BatchNormalization()(x)
-        x = layers.Activation("relu")(x)
+        x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
         x = layers.MaxPooling2D(2)(x)
     x = layers.GlobalAveragePooling2D()(x)
     return keras.Model(inputs, x, name="frame_encoder")
 
 
+def backbone(spec: RecordSpec, config: TrainConfig, channels: int) -> keras.Model:
+    """A keras.applications network as frame encoder, optionally with local weights.
+
+    Its stem takes three channels in [0, 255]: grey (the mean of the channels) three
+    times, or with `frame_difference` grey, difference (centred on mid-grey), grey.
+    """
+    inputs = keras.Input((spec.height, spec.width, channels))
+    grey = ops.mean(inputs[..., :spec.channels], axis=-1, keepdims=True)
+    middle = grey
+    if channels != spec.channels:
+        middle = 0.5 + 0.5 * ops.mean(inputs[..., spec.channels:], axis=-1, keepdims=True)
+    x = layers.Concatenate()([grey, middle, grey]) * 255.0
+    net = BACKBONES[config.encoder]((spec.height, spec.width, 3))
+    if config.encoder_weights:
+        path = Path(config.encoder_weights)
+        if not path.is_file():
+            raise ConfigError(f"train.encoder_weights: expected a local weights file for {config.encoder}, "
+                              f"found no file at {path}")
+        try:
+            net.load_weights(str(path))
+        except ValueError as exc:
+            raise ConfigError(f"train.encoder_weights: {path} does not fit {config.encoder} "
+                              f"without its top ({str(exc).splitlines()[0]})") from None
+    return keras.Model(inputs, net(x), name="frame_encoder")
+
+
+class FrameDifference(layers.Layer):
+    """Appends to each frame its difference from the previous frame (zero for the first).
+
+    A nodule that shows on three of forty slices, or a wall that moves, is a local
+    change between neighbouring frames; the CNN sees it directly instead of having to
+    compare pooled features. Measured on synthetic ct_nodule: eval AUC 0.97 with it,
+    0.90 without (benchmarks/bench_quality.py).
+    """
+
+    def call(self, frames: keras.KerasTensor) -> keras.KerasTensor:
+        previous = ops.concatenate([frames[:, :1], frames[:, :-1]], axis=1)
+        return ops.concatenate([frames, frames - previous], axis=-1)
+
+
+class SequenceStandardization(layers.Layer):
+    """Frame features standardized over the valid frames of their sequence, plus what
+    the standardization took out: the sequence's mean and log standard deviation.
+
+    (B, T, F) -> z (B, T, F) and context (B, T, 2F), the context repeated over time.
+    Nothing is lost (x = mean + std * z), but how a feature changes between frames (a
+    contracting blood pool, a nodule on three slices) reaches the LSTM at a common
+    scale, and the statistics are each sequence's own: training and serving compute
+    exactly the same thing, whatever the batch. Computed in float32.
+    """
+
+    def call(self, features: keras.KerasTensor, mask: keras.KerasTensor) -> tuple[keras.KerasTensor, ...]:
+        x = ops.cast(features, "float32")
+        weights = ops.expand_dims(ops.cast(mask, "float32"), -1)
+        count = ops.maximum(ops.sum(weights, axis=1, keepdims=True), 1.0)
+        mean = ops.sum(x * weights, axis=1, keepdims=True) / count
+        var = ops.sum(ops.square(x - mean) * weights, axis=1, keepdims=True) / count
+        z = (x - mean) * ops.rsqrt(var + 1e-6) * weights
+        context = ops.concatenate([mean, 0.5 * ops.log(var + 1e-6)], axis=-1)
+        return z, ops.repeat(context, ops.shape(x)[1], axis=1)
+
+
 def build_model(spec: RecordSpec, config: TrainConfig) -> keras.Model:
+    """frames (B, T, H, W, C) + valid_frames (B,) -> class probabilities (B, K), float32."""
+    policy = "float32" if config.mixed_precision == "off" else config.mixed_precision
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        return _build(spec, config)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _build(spec: RecordSpec, config: TrainConfig) -> keras.Model:
     frames = keras.Input(spec.shape, dtype=spec.dtype, name=F.FRAMES)
     valid = keras.Input((), dtype="int32", name=F.VALID_FRAMES)
     scale = 1.0 / 255.0 if spec.dtype == "uint8" else 1.0
     x = layers.Rescaling(scale, name="to_unit_range")(ops.cast(frames, "float32"))
-    x = layers.TimeDistributed(frame_encoder(spec, config), name="per_frame_cnn")(x)
+    channels = spec.channels
+    if config.frame_difference:
+        x = FrameDifference(name="frame_difference")(x)
+        channels *= 2
+    encoder = small_cnn(spec, config, channels) if config.encoder == "small_cnn" else backbone(spec, config, channels)
+    x = layers.TimeDistributed(encoder, name="per_frame_cnn")(x)
+    # The same features are dropped in every frame of a sequence: dropping them frame by
+    # frame would fake the very changes between frames that the LSTM has to read.
+    x = layers.Dropout(config.dropout, noise_shape=(None, 1, x.shape[-1]), name="feature_dropout")(x)
     mask = ops.less(ops.expand_dims(ops.arange(spec.frames, dtype="int32"), 0), ops.expand_dims(valid, -1))
-    lstm = layers.LSTM(config.lstm_units, name="lstm")
-    x = (layers.Bidirectional(lstm, name="bilstm") if config.bidirectional else lstm)(x, mask=mask)
-    x = layers.Dropout(config.dropout)(x)
-    probabilities = layers.Dense(len(spec.classes), activation="softmax", name=F.PROBABILITIES)(x)
+    if config.sequence_norm:
+        z, context = SequenceStandardization(dtype="float32", name="sequence_standardization")(x, mask)
+        context = layers.LayerNormalization(dtype="float32", name="sequence_context")(context)
+        x = layers.Concatenate(name="standardized_and_context")([z, context])
+    for i in range(config.lstm_layers):
+        last = i == config.lstm_layers - 1
+        lstm = layers.LSTM(config.lstm_units, return_sequences=not last, name=f"lstm_{i}")
+        x = (layers.Bidirectional(lstm, name=f"bilstm_{i}") if config.bidirectional else lstm)(x, mask=mask)
+        x = layers.Dropout(config.dropout, name=f"dropout_{i}")(x)
+    probabilities = layers.Dense(len(spec.classes), activation="softmax", dtype="float32", name=F.PROBABILITIES)(x)
     return keras.Model({F.FRAMES: frames, F.VALID_FRAMES: valid}, probabilities, name="medseq_cnn_lstm")

@@ -1,4 +1,5 @@
-"""Augmentations keep what a label depends on: the set of frames and their cyclic order."""
+"""Augmentations keep what a label depends on, are drawn from the batch seed alone, and
+turn only sequences in time."""
 
 from __future__ import annotations
 
@@ -8,26 +9,55 @@ import tensorflow as tf
 from medseq.components.train.augment import augment
 from medseq.pipeline import features as F
 
+ALL = ("flip", "rot90", "roll")
 
-def test_flip_rot90_roll_permute_pixels_and_phases_only():
+
+def batch(axes: list[str], valid: list[int]) -> dict[str, tf.Tensor]:
     rng = np.random.default_rng(0)
-    frames = rng.integers(0, 255, (4, 6, 8, 8, 1)).astype(np.uint8)
-    valid = np.array([6, 6, 3, 6], np.int32)
-    tf.random.set_seed(1)
-    out = augment({F.FRAMES: tf.constant(frames), F.VALID_FRAMES: tf.constant(valid)}, ("flip", "rot90", "roll"))
-    got = out[F.FRAMES].numpy()
-    np.testing.assert_array_equal(out[F.VALID_FRAMES].numpy(), valid)
-    for b in range(4):
-        # Same pixel values per frame (a flip/rotation moves them), frames as a cyclic shift.
-        before = [np.sort(f.ravel()).tolist() for f in frames[b]]
-        after = [np.sort(f.ravel()).tolist() for f in got[b]]
-        shifts = [k for k in range(6) if after == before[k:] + before[:k]]
-        assert shifts, f"sequence {b} is not a cyclic shift of its frames"
-        if valid[b] < 6:
-            assert shifts == [0], "padded sequences must not be rolled"
+    frames = rng.integers(0, 255, (len(axes), 6, 8, 8, 1)).astype(np.uint8)
+    return {F.FRAMES: tf.constant(frames), F.VALID_FRAMES: tf.constant(valid, tf.int32),
+            F.FRAME_AXIS: tf.constant(axes)}
+
+
+def sorted_frames(frames: np.ndarray) -> list[list[int]]:
+    return [np.sort(f.ravel()).tolist() for f in frames]
+
+
+def test_cine_is_rolled_within_its_valid_frames_and_pixels_only_move():
+    inputs = batch([F.AXIS_TIME] * 4, [6, 6, 3, 6])
+    before, valid = inputs[F.FRAMES].numpy(), inputs[F.VALID_FRAMES].numpy()
+    shifted = 0
+    for seed in range(8):
+        got = augment(inputs, ALL, tf.constant([seed, 1], tf.int64))[F.FRAMES].numpy()
+        for b in range(4):
+            n = valid[b]
+            a, z = sorted_frames(before[b][:n]), sorted_frames(got[b][:n])
+            shifts = [k for k in range(n) if z == a[k:] + a[:k]]
+            assert shifts, f"sequence {b}: its valid frames are not a cyclic shift of themselves"
+            shifted += shifts[0] != 0
+            assert sorted_frames(got[b][n:]) == sorted_frames(before[b][n:])  # padding stays in its slots
+    assert shifted > 0
+
+
+def test_slice_stacks_and_unordered_frames_keep_their_order():
+    inputs = batch([F.AXIS_SPACE, F.AXIS_INDEX, F.AXIS_SPACE], [6, 6, 4])
+    before = inputs[F.FRAMES].numpy()
+    for seed in range(8):
+        got = augment(inputs, ALL, tf.constant([seed, 2], tf.int64))[F.FRAMES].numpy()
+        for b in range(3):  # flipped or rotated frames, but each in its own place
+            assert sorted_frames(got[b]) == sorted_frames(before[b])
+
+
+def test_the_same_seed_gives_the_same_batch_and_another_seed_another():
+    inputs = batch([F.AXIS_TIME] * 4, [6, 6, 6, 6])
+    one = augment(inputs, ALL, tf.constant([7, 3], tf.int64))[F.FRAMES].numpy()
+    again = augment(inputs, ALL, tf.constant([7, 3], tf.int64))[F.FRAMES].numpy()
+    other = augment(inputs, ALL, tf.constant([7, 4], tf.int64))[F.FRAMES].numpy()
+    np.testing.assert_array_equal(one, again)
+    assert not np.array_equal(one, other)
 
 
 def test_no_augmentation_is_identity():
-    frames = tf.zeros((2, 3, 4, 4, 1), tf.uint8)
-    out = augment({F.FRAMES: frames, F.VALID_FRAMES: tf.constant([3, 3])}, ())
-    assert out[F.FRAMES] is frames
+    inputs = batch([F.AXIS_TIME, F.AXIS_SPACE], [6, 6])
+    out = augment(inputs, (), tf.constant([0, 0], tf.int64))
+    assert out[F.FRAMES] is inputs[F.FRAMES]

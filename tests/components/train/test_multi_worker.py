@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -37,6 +38,8 @@ def test_two_workers_train_in_step(cine_records, tmp_path):
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
+    steps = [re.search(r"\((\d+) steps in all", out) for out in outputs]
+    assert all(steps) and steps[0].group(1) == steps[1].group(1), outputs  # the same steps on both
     chief = tf.train.load_checkpoint(str(tmp_path / "train" / "checkpoints"))
     other = tf.train.load_checkpoint(str(tmp_path / "train" / "checkpoints.worker-worker-1"))
     names = [n for n, _ in tf.train.list_variables(str(tmp_path / "train" / "checkpoints"))

@@ -1,73 +1,164 @@
-"""Real training on tiny shapes: loop, checkpoints that survive a kill, export round trip."""
+"""Real training on tiny shapes: the loop, the best epoch, checkpoints that survive a kill,
+the same weights whatever the hash key, and the export round trip."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
+import yaml
 
-from medseq.components import train
-from medseq.components.train.dataset import make_dataset, record_spec, split_files
+from helpers import IN_PROCESS
+from medseq.components import ingest, train
+from medseq.components.train.dataset import eval_dataset, record_spec, split_files
 from medseq.components.train.executor import Trainer, make_strategy
 from medseq.components.train.export import export_saved_model, load_spec
+from medseq.components.train.progress import HISTORY_FILE
 from medseq.pipeline import features as F
 from medseq.pipeline.config import TrainConfig
 
 TINY = TrainConfig(epochs=1, batch_size=4, conv_filters=(4,), lstm_units=4)
+CURVES = ("loss", "accuracy", "auc", "learning_rate", "eval_loss", "eval_accuracy", "eval_auc")
 
 
-def test_training_writes_checkpoints_logs_and_a_model(trained):
-    assert trained.epochs_run == 2 and len(trained.history) == 2
-    assert all(np.isfinite(h["loss"]) for h in trained.history)
-    out = os.path.dirname(trained.model_dir)
-    assert tf.train.latest_checkpoint(os.path.join(out, "checkpoints")).endswith("ckpt-2")
-    assert any("tfevents" in name for _, _, names in os.walk(os.path.join(out, "logs")) for name in names)
+def checkpoint_values(directory: Path) -> dict[str, np.ndarray]:
+    """Every variable of the newest checkpoint in `directory` (model, optimizer, loop state)."""
+    reader = tf.train.load_checkpoint(str(directory))
+    return {name: reader.get_tensor(name) for name, _ in tf.train.list_variables(str(directory))
+            if name not in ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter/.ATTRIBUTES/VARIABLE_VALUE")}
+
+
+def assert_same_values(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert a.keys() == b.keys() and any("_trainable_variables" in n for n in a)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def scalars(logdir: Path) -> dict[str, list[float]]:
+    found: dict[str, list[float]] = {}
+    for path in logdir.rglob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                found.setdefault(value.tag, []).append(float(tf.make_ndarray(value.tensor)))
+    return found
+
+
+def test_training_keeps_history_curves_and_exports_the_best_epoch(trained):
+    out = Path(trained.model_dir).parent
+    history = json.loads((out / HISTORY_FILE).read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3] and history == trained.history
+    for entry in history:
+        assert set(CURVES) <= set(entry) and all(np.isfinite(entry[k]) for k in CURVES if k != "eval_auc")
+    best = max(history, key=lambda h: h["eval_auc"])  # the first of equal values, as the loop keeps it
+    assert trained.best_epoch == best["epoch"]
+    assert (out / "checkpoints" / "best" / f"ckpt-{trained.best_epoch}.index").exists()
+    # TensorBoard: the same curve names for train and eval, one point per epoch.
+    for split in ("train", "eval"):
+        curves = scalars(out / "logs" / split)
+        for name in ("loss", "accuracy", "auc"):
+            assert len(curves[name]) == 3, (split, name)
+    assert scalars(out / "logs" / "train")["learning_rate"][0] == pytest.approx(history[0]["learning_rate"])
     loaded = tf.saved_model.load(trained.model_dir)
     assert set(loaded.signatures) == {F.SERVING_SIGNATURE, F.FRAMES_SIGNATURE}
     assert load_spec(trained.model_dir).classes == ("normal", "reduced_ef")
+
+
+def test_the_exported_model_scores_the_eval_split_as_its_best_epoch_did(trained, cine_records):
+    spec = record_spec(cine_records)
+    signature = tf.saved_model.load(trained.model_dir).signatures[F.FRAMES_SIGNATURE]
+    probs, labels = [], []
+    for inputs, y in eval_dataset(split_files(cine_records, "eval"), spec, 8):
+        probs.append(signature(**inputs)[F.PROBABILITIES].numpy())
+        labels.append(y.numpy())
+    p, y = np.concatenate(probs), np.concatenate(labels)
+    best = trained.history[trained.best_epoch - 1]
+    assert np.mean(p.argmax(-1) == y) == pytest.approx(best["eval_accuracy"])
 
 
 def test_resume_runs_only_the_missing_epochs(cine_records, tmp_path):
     first = train.run(cine_records, tmp_path, TINY)
     assert (first.epochs_run, first.resumed_from_epoch) == (1, 0)
     second = train.run(cine_records, tmp_path, dataclasses.replace(TINY, epochs=2))
-    assert (second.epochs_run, second.resumed_from_epoch) == (1, 1)
+    assert (second.epochs_run, second.resumed_from_epoch, second.resumed_from_step) == (1, 1, first.steps)
+    assert second.steps == 2 * first.steps
+    assert len(json.loads((tmp_path / HISTORY_FILE).read_text())) == 2
+
+
+def test_early_stopping_keeps_the_best_epoch(cine_records, tmp_path):
+    # A learning rate this small changes nothing a metric can see: no epoch beats the first.
+    config = dataclasses.replace(TINY, epochs=6, patience=2, learning_rate=1e-12, dropout=0.0)
+    result = train.run(cine_records, tmp_path, config)
+    assert result.stopped_early and result.epochs_run == 3 and result.best_epoch == 1
+    again = train.run(cine_records, tmp_path, config)  # the same command does not train on
+    assert again.epochs_run == 0 and again.stopped_early
+
+
+def _train_command(examples: Path, out: Path, config: Path) -> list[str]:
+    return [sys.executable, "-m", "medseq.pipeline.cli", "train", "--examples", str(examples), "--out", str(out),
+            "--config", str(config)]
 
 
 @pytest.mark.slow
-def test_a_killed_training_resumes_from_its_last_checkpoint(cine_records, tmp_path, config):
-    out = tmp_path / "train"
-    proc = subprocess.Popen([sys.executable, "-m", "medseq.pipeline.cli", "train", "--examples", str(cine_records),
-                             "--out", str(out), "--epochs", "200"], stdout=subprocess.DEVNULL,
+def test_a_job_killed_mid_epoch_ends_with_the_weights_of_one_never_killed(cine_records, tmp_path):
+    settings = {"epochs": 3, "batch_size": 1, "conv_filters": [4], "lstm_units": 4, "dropout": 0.2,
+                "augment": ["flip", "rot90", "roll"], "checkpoint_every_steps": 1, "seed": 3}
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump({"train": settings}))
+    steps_per_epoch = json.loads((cine_records / F.QC_FILE).read_text())["records"]["train"]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_train_command(cine_records, killed, config), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 240
-        while time.time() < deadline and not (out / "checkpoints" / "ckpt-2.index").exists():
-            time.sleep(0.5)
-        assert (out / "checkpoints" / "ckpt-2.index").exists(), "no checkpoint within the time limit"
+        while time.time() < deadline and not (killed / "checkpoints" / f"ckpt-{steps_per_epoch + 3}.index").exists():
+            time.sleep(0.05)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    done = int(tf.train.latest_checkpoint(str(out / "checkpoints")).rsplit("-", 1)[1])
-    resumed = train.run(cine_records, out, dataclasses.replace(config.train, epochs=done + 1))
-    assert resumed.resumed_from_epoch == done and resumed.epochs_run == 1
+    steps = sorted(int(p.name.split("-")[1].split(".")[0]) for p in (killed / "checkpoints").glob("ckpt-*.index"))
+    assert steps and steps_per_epoch < steps[-1] < 3 * steps_per_epoch, "killed outside the second epoch"
+    resumed = subprocess.run(_train_command(cine_records, killed, config), capture_output=True, text=True, check=True)
+    assert f"resuming at step {steps[-1]}" in resumed.stdout
+    clean = tmp_path / "clean"
+    subprocess.run(_train_command(cine_records, clean, config), capture_output=True, text=True, check=True)
+    assert_same_values(checkpoint_values(clean / "checkpoints"), checkpoint_values(killed / "checkpoints"))
+    assert json.loads((clean / HISTORY_FILE).read_text()) == json.loads((killed / HISTORY_FILE).read_text())
+
+
+@pytest.mark.slow
+def test_the_same_data_under_two_hash_keys_trains_the_same_weights(config, tmp_path):
+    runs = []
+    for name, key in (("a", b"first-key-0123456789abcdef"), ("b", b"another-secret-key-9876543210")):
+        records = tmp_path / f"records-{name}"
+        ingest.run(config, records, key=key, beam_args=IN_PROCESS)
+        result = train.run(records, tmp_path / f"train-{name}", dataclasses.replace(TINY, epochs=2, augment=("flip",)))
+        runs.append((records, result))
+    (a, first), (b, second) = runs
+    keys = [[tf.train.Example.FromString(r.numpy()).features.feature[F.SERIES_KEY].bytes_list.value[0]
+             for r in tf.data.TFRecordDataset(split_files(rec, "train"), compression_type="GZIP")] for rec in (a, b)]
+    assert set(keys[0]).isdisjoint(keys[1])  # the keyed hashes differ ...
+    assert first.history == second.history  # ... the training does not
+    assert_same_values(checkpoint_values(Path(first.model_dir).parent / "checkpoints"),
+                       checkpoint_values(Path(second.model_dir).parent / "checkpoints"))
 
 
 def test_exported_signatures_match_the_in_memory_model(cine_records, tmp_path):
     spec = record_spec(cine_records)
-    trainer = Trainer(spec, TINY, make_strategy(TINY))
+    trainer = Trainer(spec, TINY, make_strategy(TINY), np.ones(2, np.float32), 1)
     path = export_saved_model(trainer.model, spec, tmp_path / "model")
     loaded = tf.saved_model.load(str(path))
     serialized = next(iter(tf.data.TFRecordDataset(split_files(cine_records, "eval"), compression_type="GZIP")
                            .batch(4)))
-    (inputs, _), = make_dataset(split_files(cine_records, "eval"), spec, 4, shuffle=False, seed=0).take(1)
+    inputs, _ = next(iter(eval_dataset(split_files(cine_records, "eval"), spec, 4)))
     expected = trainer.model(inputs, training=False).numpy()
     by_examples = loaded.signatures[F.SERVING_SIGNATURE](examples=serialized)
     by_frames = loaded.signatures[F.FRAMES_SIGNATURE](frames=inputs[F.FRAMES], valid_frames=inputs[F.VALID_FRAMES])
@@ -78,7 +169,7 @@ def test_exported_signatures_match_the_in_memory_model(cine_records, tmp_path):
 
 def test_padding_is_masked(cine_records):
     spec = record_spec(cine_records)
-    trainer = Trainer(spec, TINY, make_strategy(TINY))
+    trainer = Trainer(spec, TINY, make_strategy(TINY), np.ones(2, np.float32), 1)
     frames = np.random.default_rng(0).integers(0, 255, (1, *spec.shape), dtype=np.uint8)
     noisy = frames.copy()
     noisy[:, 8:] = 255 - noisy[:, 8:]  # changes only frames beyond valid_frames
@@ -88,6 +179,64 @@ def test_padding_is_masked(cine_records):
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-def test_mirrored_strategy_trains(cine_records, tmp_path):
-    result = train.run(cine_records, tmp_path, dataclasses.replace(TINY, strategy="mirrored"))
-    assert result.epochs_run == 1 and np.isfinite(result.history[0]["loss"])
+def test_mirrored_strategy_runs_the_same_steps(cine_records, tmp_path):
+    default = train.run(cine_records, tmp_path / "default", TINY)
+    mirrored = train.run(cine_records, tmp_path / "mirrored", dataclasses.replace(TINY, strategy="mirrored"))
+    assert mirrored.steps == default.steps and np.isfinite(mirrored.history[0]["loss"])
+
+
+def test_class_weights_change_the_loss(cine_records, tmp_path):
+    plain = train.run(cine_records, tmp_path / "plain", dataclasses.replace(TINY, dropout=0.0))
+    counts = json.loads((cine_records / F.QC_FILE).read_text())["labels"]["train"]
+    heavier = max(counts, key=lambda c: counts[c])  # weighting the majority class up raises the loss
+    weighted = train.run(cine_records, tmp_path / "weighted",
+                         dataclasses.replace(TINY, dropout=0.0, class_weight={heavier: 3.0}))
+    assert weighted.history[0]["loss"] > plain.history[0]["loss"]
+    assert weighted.history[0]["eval_loss"] != plain.history[0]["eval_loss"]
+
+
+@pytest.mark.slow
+def test_three_classes_train_export_evaluate_and_predict(tmp_path, key):
+    from medseq.components import evaluate, predict, synth
+    from medseq.pipeline.config import load_config
+
+    synth.run("cine_ef3", patients=24, seed=5, out=tmp_path / "data", small=True)
+    config = load_config().on_input(str(tmp_path / "data" / "dicom"), str(tmp_path / "data" / "labels.csv"))
+    ingest.run(config, tmp_path / "records", key=key, beam_args=IN_PROCESS)
+    trained = train.run(tmp_path / "records", tmp_path / "train", dataclasses.replace(TINY, epochs=2))
+    assert load_spec(trained.model_dir).classes == ("mildly_reduced_ef", "normal", "reduced_ef")
+    assert 0.0 <= trained.history[-1]["eval_auc"] <= 1.0  # macro one-vs-rest
+    result = evaluate.evaluate(str(tmp_path / "records"), trained.model_dir, tmp_path / "evaluate",
+                               beam_args=IN_PROCESS)
+    assert {"macro_auc", "auc_class_0", "auc_class_1", "auc_class_2"} <= set(result.metrics)
+    assert result.blessed == (result.metrics["macro_auc"] >= 0.6)
+    series = sorted((tmp_path / "data" / "dicom").rglob("SE000003"))[0]  # a cine series (SE000001: localizer)
+    predictions = predict.predict(trained.model_dir, series)
+    assert [len(p.probabilities) for p in predictions] == [3]
+    assert sum(predictions[0].probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_the_progress_is_a_bar_on_a_terminal_and_a_line_in_a_log(capsys):
+    from medseq.components.train.progress import EpochProgress
+
+    line = EpochProgress(2, 5, steps=3, interactive=False)
+    line.step(1, 0.5)
+    line.end({"epoch": 2, "loss": 0.25, "eval_auc": 0.75}, "best eval_auc so far")
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith("train: epoch 2/5 loss=0.2500 eval_auc=0.7500")
+    bar = EpochProgress(2, 5, steps=3, interactive=True)
+    for done in (1, 2, 3):
+        bar.step(done, 0.5)
+    bar.end({"epoch": 2, "loss": 0.25})
+    shown = capsys.readouterr().out
+    assert "Epoch 2/5" in shown and "3/3" in shown and "loss: 0.2500" in shown
+
+
+def test_history_of_a_resumed_job_is_cut_back_to_its_checkpoint(tmp_path):
+    from medseq.components.train.progress import History
+
+    (tmp_path / HISTORY_FILE).write_text(json.dumps([{"epoch": 1, "loss": 1.0}, {"epoch": 2, "loss": 0.5}]))
+    history = History(tmp_path, tmp_path / "logs", write=True, epochs_done=1)
+    history.add({"epoch": 2, "loss": 0.4})
+    assert [h["loss"] for h in json.loads((tmp_path / HISTORY_FILE).read_text())] == [1.0, 0.4]
+    assert sorted(os.listdir(tmp_path / "logs")) == ["eval", "train"]

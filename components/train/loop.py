@@ -1,0 +1,117 @@
+"""The model, its optimizer and the distributed train step; evaluation on a split.
+
+One custom loop (`strategy.run` + GradientTape + the Keras optimizer) serves every
+strategy: Keras 3 `fit` fails under MultiWorkerMirroredStrategy (DESIGN.md), the loop
+does not. Each step adds its loss, accuracy and AUC histograms to `TrainState`, on the
+device, so no step waits for the host.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from medseq.components.train.dataset import RecordSpec
+from medseq.components.train.metrics import auc, histograms
+from medseq.components.train.model import build_model
+from medseq.components.train.state import TrainState
+from medseq.pipeline.config import TrainConfig
+from medseq.pipeline.errors import ConfigError
+
+
+def make_strategy(config: TrainConfig) -> tf.distribute.Strategy:
+    if config.strategy == "default":
+        return tf.distribute.get_strategy()
+    if config.strategy == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if config.strategy == "multi_worker_mirrored":
+        if "TF_CONFIG" not in os.environ:
+            raise ConfigError("train.strategy multi_worker_mirrored: expected a TF_CONFIG cluster in the environment")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=config.tpu or "")
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def make_optimizer(config: TrainConfig, total_steps: int) -> keras.optimizers.Optimizer:
+    rate: float | keras.optimizers.schedules.LearningRateSchedule = config.learning_rate
+    if config.lr_schedule == "cosine":
+        rate = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=max(total_steps, 1))
+    optimizer: keras.optimizers.Optimizer = keras.optimizers.Adam(rate)
+    if config.mixed_precision == "mixed_float16":  # bfloat16 has float32's range: no loss scaling
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def use_xla(config: TrainConfig) -> bool:
+    """XLA for the forward and backward pass, unless the LSTM runs on cuDNN (a GPU),
+    whose fused kernel XLA cannot compile (Keras turns jit_compile="auto" off then too)."""
+    if config.jit_compile and tf.config.list_physical_devices("GPU"):
+        print("train: jit_compile is off: the LSTM runs on the fused cuDNN kernel, which XLA cannot compile",
+              flush=True)
+        return False
+    return config.jit_compile
+
+
+class Trainer:
+    def __init__(self, spec: RecordSpec, config: TrainConfig, strategy: tf.distribute.Strategy,
+                 class_weights: np.ndarray, total_steps: int) -> None:
+        self.spec, self.config, self.strategy = spec, config, strategy
+        keras.utils.set_random_seed(config.seed)
+        with strategy.scope():
+            self.model = build_model(spec, config)
+            self.optimizer = make_optimizer(config, total_steps)
+            self.optimizer.build(self.model.trainable_variables)
+        self.state = TrainState(len(spec.classes))
+        self.class_weights = tf.constant(class_weights, tf.float32)
+        self.loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction="none")
+        self.global_batch = config.batch_size * strategy.num_replicas_in_sync
+        self._gradients = tf.function(self._forward_backward, jit_compile=True) if use_xla(config) \
+            else self._forward_backward
+
+    def _forward_backward(self, inputs: dict[str, tf.Tensor], labels: tf.Tensor) -> tuple[Any, ...]:
+        weights = tf.gather(self.class_weights, labels)
+        with tf.GradientTape() as tape:
+            probs = self.model(inputs, training=True)
+            loss = tf.reduce_sum(self.loss_fn(labels, probs) * weights) / self.global_batch
+            scaled = self.optimizer.scale_loss(loss)
+        return loss, probs, tape.gradient(scaled, self.model.trainable_variables)
+
+    def _replica_step(self, inputs: dict[str, tf.Tensor], labels: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        loss, probs, grads = self._gradients(inputs, labels)
+        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables, strict=True))
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probs, -1, output_type=tf.int32), labels), tf.float32))
+        return loss, correct, tf.cast(tf.size(labels), tf.float32), histograms(probs, labels)
+
+    @tf.function
+    def train_step(self, batches: Iterator[Any]) -> tf.Tensor:
+        inputs, labels = next(batches)
+        per_replica = self.strategy.run(self._replica_step, args=(inputs, labels))
+        loss, correct, seen, hist = (self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+                                     for v in per_replica)
+        self.state.accumulate(loss, correct, seen, hist)
+        return loss
+
+    @tf.function
+    def _predict(self, inputs: dict[str, tf.Tensor]) -> tf.Tensor:
+        return self.model(inputs, training=False)
+
+    def learning_rate(self) -> float:
+        return float(np.asarray(self.optimizer.learning_rate))
+
+    def evaluate(self, dataset: tf.data.Dataset) -> dict[str, float]:
+        """Loss (without class weights), accuracy and exact AUC over every record of `dataset`."""
+        probs, labels = [], []
+        for inputs, y in dataset:
+            probs.append(self._predict(inputs).numpy())
+            labels.append(y.numpy())
+        p, y = np.concatenate(probs), np.concatenate(labels)
+        chosen = np.clip(p[np.arange(len(y)), y], 1e-7, 1.0)
+        return {"eval_loss": float(-np.mean(np.log(chosen))), "eval_accuracy": float(np.mean(p.argmax(-1) == y)),
+                "eval_auc": auc(p, y)}

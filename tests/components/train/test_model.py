@@ -1,0 +1,100 @@
+"""The model options: per-sequence standardization, frame differences, LSTM stacks,
+keras.applications encoders with local weights, mixed precision and XLA."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+
+from medseq.components.train import train
+from medseq.components.train.dataset import RecordSpec
+from medseq.components.train.model import build_model
+from medseq.pipeline import features as F
+from medseq.pipeline.config import TrainConfig
+from medseq.pipeline.errors import ConfigError
+
+SPEC = RecordSpec(4, 32, 32, 1, "uint8", ("a", "b", "c"))
+TINY = TrainConfig(epochs=1, batch_size=2, conv_filters=(4,), lstm_units=4)
+
+
+def inputs(batch: int = 2, valid: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
+    frames = np.random.default_rng(seed).integers(0, 255, (batch, *SPEC.shape), dtype=np.uint8)
+    return {F.FRAMES: frames, F.VALID_FRAMES: np.full(batch, valid, np.int32)}
+
+
+def test_a_prediction_does_not_depend_on_the_rest_of_the_batch():
+    model = build_model(SPEC, TINY)
+    alone = model(inputs(1), training=False).numpy()
+    together = inputs(3)
+    together[F.FRAMES][0] = inputs(1)[F.FRAMES][0]
+    np.testing.assert_allclose(model(together, training=False).numpy()[:1], alone, rtol=1e-5, atol=1e-6)
+
+
+def test_lstm_stacks_and_bidirectional_layers_keep_the_cudnn_path():
+    model = build_model(SPEC, dataclasses.replace(TINY, lstm_layers=2, bidirectional=True))
+    lstms = [layer.forward_layer for layer in model.layers if isinstance(layer, keras.layers.Bidirectional)]
+    assert len(lstms) == 2
+    for lstm in lstms:  # what Keras' TF backend requires of an LSTM to run it on cuDNN
+        assert lstm.recurrent_dropout == 0 and not lstm.unroll and lstm.cell.use_bias
+        assert lstm.cell.activation is keras.activations.tanh
+        assert lstm.cell.recurrent_activation is keras.activations.sigmoid
+    assert model(inputs(), training=False).shape == (2, 3)
+
+
+def test_the_lstm_sees_a_change_between_frames_whatever_its_scale():
+    from medseq.components.train.model import SequenceStandardization
+
+    features = np.array([[[1.0], [2.0], [3.0], [0.0]], [[10.0], [20.0], [30.0], [0.0]]], np.float32)
+    mask = np.array([[True, True, True, False]] * 2)
+    z, context = SequenceStandardization()(features, mask)
+    np.testing.assert_allclose(z.numpy()[0], z.numpy()[1], atol=1e-5)  # the same shape of change
+    np.testing.assert_allclose(z.numpy()[0, :3, 0], [-1.2247, 0.0, 1.2247], atol=1e-3)
+    assert z.numpy()[0, 3, 0] == 0.0  # padding
+    assert context.numpy()[1, 0, 0] == pytest.approx(20.0) and context.numpy()[0, 0, 0] == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("encoder", ["mobilenet_v3_small", "efficientnet_b0"])
+def test_keras_application_encoders_build_without_weights_and_load_a_local_file(encoder, tmp_path):
+    config = dataclasses.replace(TINY, encoder=encoder)
+    model = build_model(SPEC, config)
+    assert model(inputs(), training=False).shape == (2, 3)
+    net = model.get_layer("per_frame_cnn").layer.layers[-1]
+    for w in net.weights:
+        w.assign(np.full(w.shape, 0.01, w.dtype))
+    weights = tmp_path / f"{encoder}.weights.h5"
+    net.save_weights(weights)
+    loaded = build_model(SPEC, dataclasses.replace(config, encoder_weights=str(weights)))
+    first = loaded.get_layer("per_frame_cnn").layer.layers[-1].weights[0].numpy()
+    np.testing.assert_allclose(first, 0.01)
+
+
+def test_a_missing_weights_file_is_one_line():
+    with pytest.raises(ConfigError, match="expected a local weights file for mobilenet_v3_small, found no file at"):
+        build_model(SPEC, dataclasses.replace(TINY, encoder="mobilenet_v3_small", encoder_weights="/nowhere.h5"))
+
+
+def test_mixed_bfloat16_with_xla_trains_and_keeps_float32_probabilities(cine_records, tmp_path):
+    config = dataclasses.replace(TINY, mixed_precision="mixed_bfloat16", jit_compile=True, deterministic=False,
+                                 batch_size=4)
+    result = train(cine_records, tmp_path, config)
+    assert np.isfinite(result.history[0]["loss"])
+    model = build_model(SPEC, config)
+    assert model.get_layer("per_frame_cnn").layer.layers[1].compute_dtype == "bfloat16"
+    assert model.output.dtype == "float32"
+
+
+def test_xla_and_determinism_exclude_each_other_at_load():
+    with pytest.raises(ConfigError, match="expected deterministic: false beside jit_compile: true"):
+        dataclasses.replace(TINY, jit_compile=True)
+
+
+def test_mixed_float16_scales_the_loss(cine_records, tmp_path):
+    from medseq.components.train.loop import make_optimizer
+
+    assert isinstance(make_optimizer(dataclasses.replace(TINY, mixed_precision="mixed_float16"), 10),
+                      keras.optimizers.LossScaleOptimizer)
+    result = train(cine_records, tmp_path, dataclasses.replace(TINY, mixed_precision="mixed_float16"))
+    assert np.isfinite(result.history[0]["loss"])
