@@ -14,14 +14,11 @@ from pathlib import Path
 
 import tensorflow_model_analysis as tfma
 from google.protobuf import text_format
-from tensorflow_model_analysis.proto import config_pb2
 
-from medseq.components.train.dataset import split_files
+from medseq.components.evaluate.eval_config import BASELINE, CANDIDATE, has_thresholds, load_eval_config, prepare_config
+from medseq.components.train.dataset import record_spec, split_files
 from medseq.pipeline import features as F
-from medseq.pipeline.config import DEFAULT_EVAL_CONFIG
-from medseq.pipeline.errors import ConfigError, InputError
-
-CANDIDATE, BASELINE = "candidate", "baseline"
+from medseq.pipeline.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -32,58 +29,20 @@ class EvaluateOutputs:
     metrics: dict[str, float]  # overall slice, candidate
 
 
-def load_eval_config(path: str | None) -> config_pb2.EvalConfig:
-    path = path or str(DEFAULT_EVAL_CONFIG)
-    try:
-        return text_format.Parse(Path(path).read_text(), config_pb2.EvalConfig())
-    except FileNotFoundError:
-        raise ConfigError(f"eval config not found: {path}") from None
-    except text_format.ParseError as exc:
-        raise ConfigError(f"{path}: not a valid TFMA EvalConfig text proto ({exc})") from None
-
-
-def has_thresholds(config: config_pb2.EvalConfig) -> bool:
-    return any(m.HasField("threshold") or m.per_slice_thresholds or m.cross_slice_thresholds
-               for spec in config.metrics_specs for m in spec.metrics)
-
-
-def prepare_config(base: config_pb2.EvalConfig, baseline: bool) -> config_pb2.EvalConfig:
-    """Names the candidate (and baseline) model specs; without a baseline, drops change thresholds."""
-    config = config_pb2.EvalConfig()
-    config.CopyFrom(base)
-    template = base.model_specs[0] if base.model_specs else config_pb2.ModelSpec(signature_name=F.SERVING_SIGNATURE)
-    del config.model_specs[:]
-    candidate = config.model_specs.add()
-    candidate.CopyFrom(template)
-    candidate.name = CANDIDATE
-    if baseline:
-        spec = config.model_specs.add()
-        spec.CopyFrom(template)
-        spec.name, spec.is_baseline = BASELINE, True
-    else:
-        for metrics_spec in config.metrics_specs:
-            for metric in metrics_spec.metrics:
-                _drop_change_thresholds(metric)
-    return config
-
-
-def _drop_change_thresholds(metric: config_pb2.MetricConfig) -> None:
-    metric.threshold.ClearField("change_threshold")
-    if not metric.threshold.HasField("value_threshold"):
-        metric.ClearField("threshold")
-    for per_slice in list(metric.per_slice_thresholds):
-        per_slice.threshold.ClearField("change_threshold")
-        if not per_slice.threshold.HasField("value_threshold"):
-            metric.per_slice_thresholds.remove(per_slice)
-
-
 def _overall_metrics(result_path: str, multi_model: bool) -> dict[str, float]:
     result = tfma.load_eval_result(result_path, model_name=CANDIDATE if multi_model else None)
     for slice_key, metrics in result.slicing_metrics:
         if slice_key == ():
-            values = next(iter(metrics.values())).get("", {})
-            return {name: float(v.get("doubleValue", 0.0)) for name, v in values.items() if "doubleValue" in v}
+            by_sub_key = next(iter(metrics.values()))
+            return {_metric_name(name, sub_key): float(v["doubleValue"])
+                    for sub_key, values in by_sub_key.items() for name, v in values.items() if "doubleValue" in v}
     return {}
+
+
+def _metric_name(key: str, sub_key: str = "") -> str:
+    """auc, macro_auc (TFMA names it 'macro_average: true\\n_auc'), auc_class_1 (sub key 'classId:1')."""
+    name = "macro_" + key.rsplit("_", 1)[-1] if key.startswith("macro_average") else key
+    return f"{name}_class_{sub_key.split(':', 1)[1]}" if sub_key.startswith("classId:") else name
 
 
 def _failures(validation: object) -> tuple[str, ...]:
@@ -96,7 +55,8 @@ def _failures(validation: object) -> tuple[str, ...]:
             expected = (f"expected >= {bound.lower_bound.value:g}" if bound.HasField("lower_bound")
                         else f"expected <= {bound.upper_bound.value:g}" if bound.HasField("upper_bound")
                         else "expected no regression against the served model")
-            lines.append(f"{f.metric_key.name} on {slice_name}: {expected}, found "
+            name = ("macro_" if f.metric_key.aggregation_type.macro_average else "") + f.metric_key.name
+            lines.append(f"{name} on {slice_name}: {expected}, found "
                          f"{f.metric_value.double_value.value:.4f} {f.message.strip()}".strip())
     return tuple(lines)
 
@@ -119,7 +79,7 @@ def evaluate(examples_dir: str, model_dir: str, out: str | Path, eval_config_pat
     files = split_files(examples_dir, "eval")
     if not files:
         raise InputError(f"{examples_dir}/eval: no records to evaluate on")
-    base = load_eval_config(eval_config_path)
+    base = load_eval_config(eval_config_path, len(record_spec(examples_dir).classes))
     config = prepare_config(base, baseline=baseline_dir is not None)
     models = [tfma.default_eval_shared_model(model_dir, eval_config=config, model_name=CANDIDATE)]
     if baseline_dir:
