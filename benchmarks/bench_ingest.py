@@ -12,7 +12,6 @@ goal is 1.6x with 2 workers).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -43,7 +42,7 @@ def main() -> None:
         root = Path(tmp) / "data"
         synth.run(args.task, args.patients, seed=1, out=root)
         files = [p for p in (root / "dicom").rglob("*") if p.is_file()]
-        config = dataclasses.replace(load_config(), input=str(root / "dicom"), labels=str(root / "labels.csv"))
+        config = load_config().on_input(str(root / "dicom"), str(root / "labels.csv"))
         floor = decode_floor(files)
         start = time.perf_counter()
         ingest.run(config, Path(tmp) / "out", key=b"benchmark-key-0123456789", beam_args=[

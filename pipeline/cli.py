@@ -88,8 +88,7 @@ def cmd_convert(args: argparse.Namespace, beam_args: list[str]) -> int:
     from medseq.components import ingest
     from medseq.pipeline.config import from_dict
 
-    config = _config(args)
-    overrides = {"input": args.input, "labels": args.labels}
+    config = _config(args).on_input(args.input, args.labels)
     ingest_cfg = config.ingest
     if args.num_shards is not None:
         ingest_cfg = dataclasses.replace(ingest_cfg, num_shards=args.num_shards)
@@ -98,7 +97,7 @@ def cmd_convert(args: argparse.Namespace, beam_args: list[str]) -> int:
     if args.split:
         ingest_cfg = dataclasses.replace(ingest_cfg, split=from_dict(
             type(ingest_cfg.split), dict(zip(("train", "eval", "test"), args.split, strict=True)), "--split"))
-    config = dataclasses.replace(config, ingest=ingest_cfg, **overrides)
+    config = dataclasses.replace(config, ingest=ingest_cfg)
     out = ingest.run(config, args.out, beam_args=beam_args)
     print(f"convert: records {out.records}, rejected {out.rejected} -> {out.out}")
     for reason, count in out.qc["rejected"].items():
@@ -131,7 +130,9 @@ def cmd_train(args: argparse.Namespace, _: list[str]) -> int:
     changes = {k: v for k, v in (("epochs", args.epochs), ("strategy", args.strategy),
                                  ("batch_size", args.batch_size)) if v is not None}
     out = train.run(args.examples, args.out, dataclasses.replace(config.train, **changes))
-    print(f"train: {out.epochs_run} epoch(s) run, resumed from epoch {out.resumed_from_epoch} -> {out.model_dir}")
+    exported = f"epoch {out.best_epoch} (best {config.train.monitor})" if out.best_epoch else "the last epoch"
+    print(f"train: {out.epochs_run} epoch(s) run ({out.steps} steps in all, resumed from epoch "
+          f"{out.resumed_from_epoch}); exported {exported} -> {out.model_dir}")
     return 0
 
 
@@ -194,8 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--config", help="pipeline config YAML (default: the shipped schemas/pipeline.yaml)")
         return p
 
+    from medseq.components.synth.tasks import TASKS
+
     p = add("synth", cmd_synth, "Write synthetic DICOM studies and labels.csv.", config=False)
-    p.add_argument("--task", required=True, choices=("cine_ef", "ct_nodule"))
+    p.add_argument("--task", required=True, choices=TASKS)
     p.add_argument("--patients", type=int, required=True, help="number of patients (some have two studies)")
     p.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
     p.add_argument("--out", required=True, help="writes OUT/dicom/... and OUT/labels.csv")
@@ -217,9 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schema", help="tensorflow_metadata Schema text proto (default: schemas/record_schema.pbtxt)")
     p.add_argument("--infer-schema", action="store_true", help="also write OUT/schema.pbtxt inferred from train")
 
-    p = add("train", cmd_train, "Train the TimeDistributed CNN + LSTM under tf.distribute.")
+    p = add("train", cmd_train, "Train the TimeDistributed CNN + LSTM under tf.distribute, evaluate after "
+            "every epoch and export the best epoch. After a crash or a kill, the same command resumes at the "
+            "last checkpoint and ends as if never stopped.")
     p.add_argument("--examples", required=True, help="the output folder of `medseq convert`")
-    p.add_argument("--out", required=True, help="writes checkpoints/, logs/, model/ (resumes from checkpoints)")
+    p.add_argument("--out", required=True,
+                   help="writes model/, history.json, checkpoints/, logs/ (TensorBoard); resumes from checkpoints/")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--strategy", choices=("default", "mirrored", "multi_worker_mirrored", "tpu"))
@@ -228,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--examples", required=True, help="the output folder of `medseq convert` (eval split)")
     p.add_argument("--model", required=True, help="candidate SavedModel")
     p.add_argument("--baseline", help="SavedModel now served (change thresholds apply)")
-    p.add_argument("--eval-config", help="TFMA EvalConfig text proto (default: schemas/eval_config.pbtxt)")
+    p.add_argument("--eval-config", help="TFMA EvalConfig text proto (default: schemas/eval_config.pbtxt for two "
+                   "classes, schemas/eval_config_multiclass.pbtxt for more)")
     p.add_argument("--out", required=True, help="writes metrics/, report.html, BLESSED or NOT_BLESSED")
 
     p = add("push", cmd_push, "Copy a BLESSED model into the next integer version for TF Serving.", config=False)
@@ -242,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="SavedModel written by `medseq train` or `push`")
     p.add_argument("--input", required=True, help="folder of DICOM files (one or more series)")
 
-    p = add("run", cmd_run, "Run every stage on the defaults (data_samples/) into one run folder.")
+    p = add("run", cmd_run, "Run every stage into one run folder: by default on synthetic cine MR that the "
+            "shipped config's `synth` section generates there; `input`/`labels` in a --config for your DICOM.")
     p.add_argument("--out", default="runs/latest", help="run folder (default: runs/latest)")
     return parser
 

@@ -18,18 +18,26 @@ from typing import Any
 
 import yaml
 
+from medseq.components.synth.tasks import TASKS as SYNTH_TASKS
 from medseq.pipeline.errors import ConfigError
 
 SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
 DEFAULT_CONFIG = SCHEMAS_DIR / "pipeline.yaml"
 DEFAULT_SCHEMA = SCHEMAS_DIR / "record_schema.pbtxt"
-DEFAULT_EVAL_CONFIG = SCHEMAS_DIR / "eval_config.pbtxt"
+DEFAULT_EVAL_CONFIG = SCHEMAS_DIR / "eval_config.pbtxt"  # two classes
+DEFAULT_EVAL_CONFIG_MULTICLASS = SCHEMAS_DIR / "eval_config_multiclass.pbtxt"  # three or more
 
 DTYPES = ("uint8", "float16", "float32")
 TEMPORAL_MODES = ("sample", "pad")
+STACK_MODES = ("average", "sample", "pad")
 COLOR_MODES = ("gray", "rgb")
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "tpu")
 AUGMENTATIONS = ("flip", "rot90", "roll")
+ENCODERS = ("small_cnn", "mobilenet_v3_small", "efficientnet_b0")
+LR_SCHEDULES = ("constant", "cosine")
+MONITOR_MODES = ("max", "min")
+MIXED_PRECISION = ("off", "mixed_float16", "mixed_bfloat16")
+CLASS_WEIGHTS = ("none", "auto")
 
 
 @dataclass(frozen=True)
@@ -39,7 +47,12 @@ class PreprocessConfig:
     frames: int = 16
     height: int = 64
     width: int = 64
+    # Along the frame axis. Series in time (cine, clips): `temporal`. Slice stacks
+    # (frames at distinct positions along the slice normal): `stack`, where picking
+    # slices would step over a structure a few slices thick; `average` is thick-slab
+    # averaging (area weights) down to T and keeps every slice (padded, masked) up to T.
     temporal: str = "sample"
+    stack: str = "average"
     dtype: str = "uint8"
     color: str = "gray"
     # Per modality, one entry per output channel: "C/W" (fixed window, e.g. "40/400"),
@@ -56,6 +69,7 @@ class PreprocessConfig:
                 raise ConfigError(f"preprocess.{name}: expected a positive integer, found {getattr(self, name)}")
         _check_choice("preprocess.dtype", self.dtype, DTYPES)
         _check_choice("preprocess.temporal", self.temporal, TEMPORAL_MODES)
+        _check_choice("preprocess.stack", self.stack, STACK_MODES)
         _check_choice("preprocess.color", self.color, COLOR_MODES)
         if "default" not in self.windows:
             raise ConfigError("preprocess.windows: expected a 'default' entry for other modalities")
@@ -136,29 +150,75 @@ class ValidateConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """The model and its training loop (components/train). Defaults: schemas/pipeline.yaml."""
+
     epochs: int = 8
     batch_size: int = 8
     learning_rate: float = 1e-3
+    lr_schedule: str = "constant"  # constant | cosine (decays to 0 over all steps)
     strategy: str = "default"
+    tpu: str | None = None
+    # Frame encoder: the small CNN (conv_filters) or a keras.applications backbone built
+    # with weights=None; `encoder_weights` loads a local weights file (never a download).
+    encoder: str = "small_cnn"
+    encoder_weights: str | None = None
     conv_filters: tuple[int, ...] = (16, 32, 64)
+    # Each frame also carries its difference from the previous frame (model.FrameDifference).
+    frame_difference: bool = True
+    # The LSTM reads frame features standardized over their sequence, plus the
+    # sequence's mean and spread of them (model.SequenceStandardization).
+    sequence_norm: bool = True
+    lstm_layers: int = 1
     lstm_units: int = 32
     bidirectional: bool = False
-    dropout: float = 0.2
+    dropout: float = 0.2  # on the frame features and between/after the LSTM layers
+    # none | auto (inverse class frequency of the train split) | {class name: weight}
+    class_weight: str | Mapping[str, float] = "none"
     seed: int = 0
-    tpu: str | None = None
     augment: tuple[str, ...] = ()  # flip, rot90, roll (see components/train/augment.py)
+    checkpoint_every_steps: int = 50  # also at every epoch end; 0: epoch ends only
+    monitor: str = "eval_auc"  # the eval metric that picks the exported checkpoint
+    monitor_mode: str = "max"
+    patience: int = 0  # epochs without improvement before stopping; 0: never stop early
+    mixed_precision: str = "off"
+    jit_compile: bool = False
+    deterministic: bool = True  # tf.config.experimental.enable_op_determinism()
 
     def __post_init__(self) -> None:
         _check_choice("train.strategy", self.strategy, STRATEGIES)
+        _check_choice("train.encoder", self.encoder, ENCODERS)
+        _check_choice("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _check_choice("train.monitor_mode", self.monitor_mode, MONITOR_MODES)
+        _check_choice("train.mixed_precision", self.mixed_precision, MIXED_PRECISION)
         for op in self.augment:
             _check_choice("train.augment", op, AUGMENTATIONS)
-        if self.epochs < 1 or self.batch_size < 1 or not self.conv_filters:
-            raise ConfigError("train: epochs, batch_size and conv_filters must be positive")
+        if isinstance(self.class_weight, str):
+            _check_choice("train.class_weight", self.class_weight, CLASS_WEIGHTS)
+        elif any(w < 0 for w in self.class_weight.values()):
+            raise ConfigError(f"train.class_weight: expected weights >= 0, found {dict(self.class_weight)}")
+        for name in ("epochs", "batch_size", "lstm_layers", "lstm_units"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name}: expected a positive integer, found {getattr(self, name)}")
+        if not self.conv_filters or min(self.conv_filters) < 1:
+            raise ConfigError(f"train.conv_filters: expected positive filter counts, found {self.conv_filters}")
+        if self.checkpoint_every_steps < 0 or self.patience < 0:
+            raise ConfigError("train: checkpoint_every_steps and patience must be >= 0")
+        if not 0 <= self.dropout < 1 or self.learning_rate <= 0:
+            raise ConfigError(f"train: expected 0 <= dropout < 1 and learning_rate > 0, found "
+                              f"dropout {self.dropout}, learning_rate {self.learning_rate}")
+        if self.jit_compile and self.deterministic:
+            raise ConfigError("train.jit_compile: XLA has no deterministic kernels for this model (MaxPool "
+                              "gradients); expected deterministic: false beside jit_compile: true")
+        if not self.monitor.startswith("eval_"):
+            raise ConfigError(f"train.monitor: expected an eval metric (eval_auc, eval_loss, eval_accuracy), "
+                              f"found {self.monitor!r}")
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    eval_config: str | None = None  # a TFMA EvalConfig text proto; None: schemas/eval_config.pbtxt
+    # A TFMA EvalConfig text proto; None: schemas/eval_config.pbtxt for two classes,
+    # schemas/eval_config_multiclass.pbtxt for more (by the classes in qc.json).
+    eval_config: str | None = None
     beam_args: tuple[str, ...] = ()
 
 
@@ -169,15 +229,46 @@ class PushConfig:
 
 
 @dataclass(frozen=True)
+class SynthConfig:
+    """`medseq run` on synthetic data: `medseq synth` writes it into RUN/synth first."""
+
+    task: str = "cine_ef"
+    patients: int = 200
+    seed: int = 0
+    small: bool = True
+
+    def __post_init__(self) -> None:
+        _check_choice("synth.task", self.task, SYNTH_TASKS)
+        if self.patients < 1:
+            raise ConfigError(f"synth.patients: expected a positive integer, found {self.patients}")
+
+    def command(self, out: str) -> str:
+        return (f"medseq synth --task {self.task} --patients {self.patients} --seed {self.seed}"
+                f"{' --small' if self.small else ''} --out {out}")
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
+    # The DICOM input of `medseq run`: a folder (or glob) and its labels.csv, or else
+    # `synth`, synthetic data generated into the run folder (the Quickstart's default).
     input: str = ""
     labels: str = ""
+    synth: SynthConfig | None = None
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     push: PushConfig = field(default_factory=PushConfig)
+
+    def __post_init__(self) -> None:
+        if self.synth is not None and (self.input or self.labels):
+            raise ConfigError("expected either `synth` (synthetic data) or `input` and `labels` (your DICOM), "
+                              "found both")
+
+    def on_input(self, input_path: str, labels: str) -> PipelineConfig:
+        """This config on the DICOM at `input_path` (its `synth` section, if any, set aside)."""
+        return dataclasses.replace(self, synth=None, input=input_path, labels=labels)
 
 
 def _check_choice(where: str, value: str, choices: tuple[str, ...]) -> None:
@@ -194,8 +285,15 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a mapping, found {type(value).__name__}")
         return from_dict(hint, value, where)
     if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        return None if value is None else _convert(value, args[0], where)
+        for arg in args[:-1]:
+            try:
+                return _convert(value, arg, where)
+            except ConfigError:
+                continue
+        return _convert(value, args[-1], where)
     if origin is tuple:
         items = value if isinstance(value, (list, tuple)) else [value]
         item = typing.get_args(hint)[0]
@@ -226,9 +324,7 @@ def from_dict(cls: type, data: Mapping[str, Any], where: str = "") -> Any:
     return cls(**kwargs)
 
 
-def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> PipelineConfig:
-    """Loads a YAML config (default: the shipped one) and resolves its relative paths."""
-    path = Path(path) if path else DEFAULT_CONFIG
+def _read(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
@@ -237,6 +333,42 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
         raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, found {type(data).__name__}")
+    return data
+
+
+def _section(hint: Any) -> type | None:
+    """The dataclass a field holds (also through `X | None`), else None."""
+    for candidate in (hint, *typing.get_args(hint)):
+        if isinstance(candidate, type) and dataclasses.is_dataclass(candidate):
+            return candidate
+    return None
+
+
+def overlay(base: Mapping[str, Any], top: Mapping[str, Any], cls: type = PipelineConfig) -> dict[str, Any]:
+    """`top` over `base`: sections merge key by key, any other value (a list, a mapping
+    such as preprocess.windows) is replaced whole. A `top` naming `input` or `labels`
+    sets aside a `synth` section of `base`: the two are alternatives."""
+    hints = typing.get_type_hints(cls)
+    merged = dict(base)
+    if cls is PipelineConfig and ("input" in top or "labels" in top) and "synth" not in top:
+        merged.pop("synth", None)
+    for key, value in top.items():
+        section = _section(hints.get(key))
+        if section and isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = overlay(merged[key], value, section)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> PipelineConfig:
+    """The shipped config with the YAML file at `path` over it (it sets only the keys it
+    names), then `overrides`; relative paths resolve against the file's folder (the
+    shipped config holds none)."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    data = _read(DEFAULT_CONFIG)
+    if path.resolve() != DEFAULT_CONFIG.resolve():
+        data = overlay(data, _read(path))
     data.update(overrides or {})
     try:
         config: PipelineConfig = from_dict(PipelineConfig, data)
@@ -248,7 +380,8 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
         config, input=resolve(config.input), labels=resolve(config.labels),
         ingest=dataclasses.replace(config.ingest, hash_key_file=resolve(config.ingest.hash_key_file)),
         validate=dataclasses.replace(config.validate, schema=resolve(config.validate.schema)),
-        evaluate=dataclasses.replace(config.evaluate, eval_config=resolve(config.evaluate.eval_config)))
+        evaluate=dataclasses.replace(config.evaluate, eval_config=resolve(config.evaluate.eval_config)),
+        train=dataclasses.replace(config.train, encoder_weights=resolve(config.train.encoder_weights)))
 
 
 def to_dict(config: Any) -> Any:

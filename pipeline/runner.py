@@ -12,16 +12,20 @@ Each stage reads only the folders of the stages before it.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from medseq.pipeline.config import PipelineConfig, to_dict
-from medseq.pipeline.errors import StageFailed
+from medseq.pipeline.config import PipelineConfig, SynthConfig, to_dict
+from medseq.pipeline.errors import ConfigError, StageFailed
 
 KEY_FILE = "hash.key"
+SYNTH_DIR = "synth"
+SYNTH_RECORD = "synth.json"  # the synth section that made RUN/synth: reused while it matches
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,25 @@ def _done(started: float, summary: str) -> None:
     print(f"      {summary} ({time.monotonic() - started:.1f} s)", flush=True)
 
 
+def synthetic_input(synth: SynthConfig, run: Path) -> tuple[Path, bool]:
+    """RUN/synth with `medseq synth`'s output for the config's `synth` section; reused when
+    it was made from the same section. Returns (folder, reused)."""
+    from medseq.components import synth as synthesize
+
+    target = run / SYNTH_DIR
+    wanted = to_dict(synth)
+    record = target / SYNTH_RECORD
+    if record.exists() and json.loads(record.read_text()) == wanted:
+        return target, True
+    staging = run / f".{SYNTH_DIR}-partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    synthesize.run(synth.task, synth.patients, synth.seed, staging, small=synth.small)
+    (staging / SYNTH_RECORD).write_text(json.dumps(wanted, indent=2) + "\n")
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staging, target)
+    return target, False
+
+
 def run_pipeline(config: PipelineConfig, run_dir: str | Path, beam_args: list[str] | None = None) -> RunOutputs:
     """Runs ingest -> validate -> train -> evaluate -> push; raises StageFailed on anomalies."""
     from medseq.components import evaluate, ingest, push, train, validate
@@ -54,6 +77,19 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path, beam_args: list[st
         deid.new_key_file(key_file)
     key = deid.load_key(str(key_file))
     extra = list(beam_args or [])
+
+    if config.synth is not None:
+        where = run / SYNTH_DIR
+        print(f"medseq run: SYNTHETIC DATA, no patient's images: the config's `synth` section runs\n"
+              f"  {config.synth.command(str(where))}\n"
+              f"  To run on your DICOM, give a --config with `input` and `labels` instead.", flush=True)
+        t = _stage(0, "synth", f"{config.synth.task}, {config.synth.patients} patients, seed {config.synth.seed}")
+        folder, reused = synthetic_input(config.synth, run)
+        _done(t, f"reused {folder} (same synth section)" if reused else f"written to {folder}")
+        config = config.on_input(str(folder / "dicom"), str(folder / "labels.csv"))
+    if not (config.input and config.labels):
+        raise ConfigError("expected `input` and `labels` (your DICOM and its labels.csv) or a `synth` section in "
+                          "the config, found neither")
 
     t = _stage(1, "ingest", "DICOM -> TFRecords (Apache Beam)")
     ingested = ingest.run(config, run / "ingest", key=key, beam_args=extra)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from helpers import IN_PROCESS, KEY
+from helpers import IN_PROCESS, KEY, SAMPLES
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -27,9 +27,10 @@ def key() -> bytes:
 
 @pytest.fixture(scope="session")
 def config():
+    """The shipped config, on the committed cine samples instead of its synthetic set."""
     from medseq.pipeline.config import load_config
 
-    return load_config()
+    return load_config().on_input(str(SAMPLES / "cine_ef" / "dicom"), str(SAMPLES / "cine_ef" / "labels.csv"))
 
 
 @pytest.fixture(scope="session")
@@ -47,4 +48,4 @@ def trained(tmp_path_factory, cine_records, config):
     from medseq.components import train
 
     out = tmp_path_factory.mktemp("train")
-    return train.run(cine_records, out, dataclasses.replace(config.train, epochs=2, conv_filters=(8, 8)))
+    return train.run(cine_records, out, dataclasses.replace(config.train, epochs=3, conv_filters=(8, 8)))

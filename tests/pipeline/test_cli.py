@@ -69,7 +69,7 @@ def test_bad_config_is_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == f"medseq run: {path}: unknown key 'trian' (did you mean 'train'?); " \
         "expected one of " \
-        "input, labels, preprocess, ingest, validate, train, evaluate, push"
+        "input, labels, synth, preprocess, ingest, validate, train, evaluate, push"
 
 
 def test_missing_hash_key_is_one_line(tmp_path):

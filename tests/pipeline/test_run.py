@@ -51,3 +51,26 @@ def test_run_stops_at_validate_on_anomalies(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "validate found 1 anomaly; the run stops here" in err and "label_skew" in err
     assert not (tmp_path / "run" / "train").exists()
+
+
+def test_synthetic_input_is_written_once_and_reused_while_its_section_is_unchanged(tmp_path):
+    from medseq.pipeline.config import SynthConfig
+    from medseq.pipeline.runner import synthetic_input
+
+    section = SynthConfig(task="ct_nodule", patients=2, seed=4, small=True)
+    folder, reused = synthetic_input(section, tmp_path)
+    assert not reused and (folder / "labels.csv").exists() and any((folder / "dicom").rglob("IM*"))
+    stamp, two = (folder / "labels.csv").stat().st_mtime_ns, (folder / "labels.csv").read_text().splitlines()
+    assert synthetic_input(section, tmp_path) == (folder, True)
+    assert (folder / "labels.csv").stat().st_mtime_ns == stamp
+    _, reused = synthetic_input(SynthConfig(task="ct_nodule", patients=3, seed=4, small=True), tmp_path)
+    assert not reused and len((folder / "labels.csv").read_text().splitlines()) > len(two)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["synth"]  # no partial folder left
+
+
+def test_a_config_without_input_or_synth_is_one_line(tmp_path, capsys):
+    config = tmp_path / "config.yaml"
+    config.write_text("synth: null\ntrain: {epochs: 1}\n")  # the shipped synth section set aside, no input
+    assert cli.main(["run", "--config", str(config), "--out", str(tmp_path / "run")]) == 2
+    assert "expected `input` and `labels` (your DICOM and its labels.csv) or a `synth` section" in \
+        capsys.readouterr().err

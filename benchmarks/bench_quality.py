@@ -1,0 +1,202 @@
+"""Does the model read the sequence? Held-out quality of the shipped pipeline, against
+the same pipeline shown one frame per series, side by side in one run.
+
+    python benchmarks/bench_quality.py [--patients 1000] [--ct-patients 300] [--epochs 30] [--split 0.5 0.1 0.4]
+
+cine_ef (synthetic short-axis cine, `medseq synth --small`), converted and trained with
+the shipped config; AUC on the test split (patients never used for training or for
+picking the epoch) with a bootstrap 95 % interval over series:
+- the sequence model (goal: AUC >= 0.95), and the same model with its frames shuffled;
+- the temporal control: the same pipeline trained and tested on one frame per series,
+  the end-diastolic (first) frame, the end-systolic (smallest blood pool) frame and a
+  random one (goal: AUC <= 0.65 each: no single frame tells the ejection fraction);
+- the Bayes-optimal AUC of one frame from the phantom's exact cavity radius, the bound
+  the synthetic task puts on any single-frame model;
+- ct_nodule with the shipped config (goal: AUC >= 0.90), and with uniform slice
+  picking instead of thick-slab averaging (`preprocess.stack: sample`).
+Prints a table and writes JSON (benchmarks/results/bench_quality.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from medseq.components import ingest, synth, train
+from medseq.components.synth import phantoms
+from medseq.components.synth.tasks import EF_RANGES
+from medseq.components.train.dataset import eval_dataset, record_spec, split_files
+from medseq.components.train.metrics import auc, binary_auc, bootstrap_interval
+from medseq.pipeline import features as F
+from medseq.pipeline.config import PipelineConfig, load_config
+
+RESULTS = Path(__file__).resolve().parent / "results" / "bench_quality.json"
+KEY = b"benchmark-key-0123456789"
+Picker = Callable[[np.ndarray, int], int]
+
+
+def convert(task: str, patients: int, seed: int, tmp: Path, config: PipelineConfig) -> Path:
+    data, records = tmp / f"{task}-data", tmp / f"{task}-records-{config.preprocess.stack}"
+    if not (data / "labels.csv").exists():
+        synth.run(task, patients, seed, data, small=True)
+    ingest.run(config.on_input(str(data / "dicom"), str(data / "labels.csv")), records, key=KEY)
+    return records
+
+
+def predictions(model_dir: str, records: Path, split: str = "test",
+                shuffle: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+    signature = tf.saved_model.load(model_dir).signatures[F.FRAMES_SIGNATURE]
+    probs, labels = [], []
+    for inputs, y in eval_dataset(split_files(records, split), record_spec(records), 32):
+        frames = inputs[F.FRAMES].numpy()
+        if shuffle is not None:  # a fresh order of the valid frames of every series
+            for b, n in enumerate(inputs[F.VALID_FRAMES].numpy()):
+                frames[b, :n] = frames[b, shuffle.permutation(n)]
+        probs.append(signature(frames=tf.constant(frames), valid_frames=inputs[F.VALID_FRAMES])[F.PROBABILITIES]
+                     .numpy())
+        labels.append(y.numpy())
+    return np.concatenate(probs), np.concatenate(labels)
+
+
+def scored(name: str, probs: np.ndarray, labels: np.ndarray, **extra: object) -> dict[str, object]:
+    low, high = bootstrap_interval(probs, labels)
+    return {"model": name, "auc": auc(probs, labels), "ci95": [low, high], "series": int(len(labels)), **extra}
+
+
+def trained(records: Path, out: Path, config: PipelineConfig) -> tuple[str, float]:
+    start = time.perf_counter()
+    result = train.run(records, out, config.train)
+    return result.model_dir, time.perf_counter() - start
+
+
+def end_systole(frames: np.ndarray, valid: int) -> int:
+    """The frame whose blood pool (the brightest pixels) is smallest."""
+    bright = frames[:valid] > 0.5 * np.percentile(frames[:valid], 99.5)
+    return int(np.argmin(bright.reshape(valid, -1).sum(1)))
+
+
+def one_frame_records(records: Path, out: Path, pick: Picker) -> Path:
+    """The records with only the frame `pick(frames, valid_frames)` of each series (T=1)."""
+    spec = record_spec(records)
+    for split in F.SPLITS:
+        (out / split).mkdir(parents=True, exist_ok=True)
+        with tf.io.TFRecordWriter(str(out / split / f"{split}-00000-of-00001.tfrecord.gz"), "GZIP") as writer:
+            for raw in tf.data.TFRecordDataset(split_files(records, split), compression_type="GZIP"):
+                example = tf.train.Example.FromString(raw.numpy())
+                feature = example.features.feature
+                frames = np.frombuffer(feature[F.FRAMES].bytes_list.value[0], spec.dtype).reshape(spec.shape)
+                k = pick(frames, int(feature[F.VALID_FRAMES].int64_list.value[0]))
+                feature[F.FRAMES].bytes_list.value[0] = frames[k:k + 1].tobytes()
+                feature[F.FRAMES_SHAPE].int64_list.value[0] = 1
+                feature[F.VALID_FRAMES].int64_list.value[0] = 1
+                writer.write(example.SerializeToString())
+    qc = json.loads((records / F.QC_FILE).read_text())
+    qc["config"]["preprocess"]["frames"] = 1
+    (out / F.QC_FILE).write_text(json.dumps(qc))
+    return out
+
+
+def single_frame_bayes_auc(samples: int = 200_000, seed: int = 0) -> dict[str, float]:
+    """AUC of the best possible classifier of one frame's exact cavity radius in pixels
+    (a likelihood ratio over a fine histogram), drawn as phantoms.cine_frames draws it."""
+    rng = np.random.default_rng(seed)
+
+    def draw(n: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        reduced = rng.random(n) < 0.5
+        (r_lo, r_hi), (n_lo, n_hi) = EF_RANGES["cine_ef"]["reduced_ef"], EF_RANGES["cine_ef"]["normal"]
+        ef = np.where(reduced, rng.uniform(r_lo, r_hi, n), rng.uniform(n_lo, n_hi, n))
+        cavity = np.exp(rng.uniform(*np.log(phantoms.CAVITY_MM), n))
+        anchor = rng.uniform(*phantoms.ANCHOR, n)
+        ed = cavity * (1 - ef) ** (-anchor / 2)
+        es = ed * np.sqrt(1 - ef)
+        pixel = rng.uniform(*phantoms.FOV_MM, n) / 64
+        systole = rng.uniform(0.3, 0.4, n)
+        phase = rng.random(n)
+        shape = np.where(phase < systole, 0.5 - 0.5 * np.cos(np.pi * phase / systole),
+                         0.5 + 0.5 * np.cos(np.pi * (phase - systole) / (1 - systole)))
+        return reduced, {"end-diastolic": np.log(ed / pixel), "end-systolic": np.log(es / pixel),
+                         "random": np.log((ed - (ed - es) * shape) / pixel)}
+
+    y_fit, fit = draw(samples)
+    y_test, test = draw(samples // 10)
+    found = {}
+    for frame in fit:
+        edges = np.quantile(fit[frame], np.linspace(0, 1, 41))
+        bins = np.clip(np.searchsorted(edges, fit[frame]) - 1, 0, 39)
+        ratio = (np.bincount(bins[y_fit], minlength=40) + 1) / (np.bincount(bins[~y_fit], minlength=40) + 1)
+        found[frame] = binary_auc(ratio[np.clip(np.searchsorted(edges, test[frame]) - 1, 0, 39)], y_test)
+    return found
+
+
+def cine(args: argparse.Namespace, tmp: Path, config: PipelineConfig) -> list[dict[str, object]]:
+    records = convert("cine_ef", args.patients, args.seed, tmp, config)
+    model, seconds = trained(records, tmp / "cine-train", config)
+    probs, labels = predictions(model, records)
+    rows = [scored("sequence (T=16)", probs, labels, train_seconds=round(seconds))]
+    rows.append(scored("sequence, frames shuffled at test", *predictions(model, records,
+                                                                          shuffle=np.random.default_rng(1))))
+    rng = np.random.default_rng(2)
+    pickers: dict[str, Picker] = {"end-diastolic": lambda f, n: 0, "end-systolic": end_systole,
+                                  "random": lambda f, n: int(rng.integers(n))}
+    for name, pick in pickers.items():
+        one = one_frame_records(records, tmp / f"one-{name}", pick)
+        model, seconds = trained(one, tmp / f"train-one-{name}", config)
+        rows.append(scored(f"one {name} frame (T=1)", *predictions(model, one), train_seconds=round(seconds)))
+    for frame, value in single_frame_bayes_auc().items():
+        rows.append({"model": f"Bayes-optimal, one {frame} frame (phantom radius)", "auc": value, "ci95": None,
+                     "series": None})
+    return rows
+
+
+def ct(args: argparse.Namespace, tmp: Path, config: PipelineConfig) -> list[dict[str, object]]:
+    rows = []
+    for stack in ("average", "sample"):
+        variant = dataclasses.replace(config, preprocess=dataclasses.replace(config.preprocess, stack=stack))
+        records = convert("ct_nodule", args.ct_patients, args.seed, tmp, variant)
+        model, seconds = trained(records, tmp / f"ct-train-{stack}", variant)
+        rows.append(scored(f"ct_nodule, stack: {stack}", *predictions(model, records), train_seconds=round(seconds)))
+        shutil.rmtree(records)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--patients", type=int, default=1000, help="cine_ef patients (about 1.3 series each)")
+    parser.add_argument("--ct-patients", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0, help="synth seed")
+    parser.add_argument("--epochs", type=int, help="override train.epochs of the shipped config")
+    parser.add_argument("--split", type=float, nargs=3, default=(0.5, 0.1, 0.4), metavar=("TRAIN", "EVAL", "TEST"),
+                        help="patient split; a large test share narrows the intervals of the controls")
+    parser.add_argument("--skip-ct", action="store_true")
+    parser.add_argument("--json", default=str(RESULTS))
+    args = parser.parse_args()
+    config = load_config()
+    split = dataclasses.replace(config.ingest.split, **dict(zip(("train", "eval", "test"), args.split, strict=True)))
+    config = dataclasses.replace(config, ingest=dataclasses.replace(config.ingest, split=split))
+    if args.epochs:
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=args.epochs))
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = cine(args, Path(tmp), config) + ([] if args.skip_ct else ct(args, Path(tmp), config))
+    print(f"bench_quality: shipped config, {config.train.epochs} epochs, split {args.split}; test split AUC with "
+          "bootstrap 95 % interval")
+    for row in rows:
+        ci = row["ci95"]
+        interval = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if isinstance(ci, list) else ""
+        n = f"{row['series']} series" if row["series"] else ""
+        seconds = f"{row['train_seconds']} s" if "train_seconds" in row else ""
+        print(f"  {row['model']:52} AUC {row['auc']:.3f} {interval:16} {n:11} {seconds}")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
