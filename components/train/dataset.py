@@ -120,13 +120,12 @@ def _shuffled_pass(files: list[str], seed: tf.Tensor, position: StreamPosition) 
         lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"))
     if position.pipelines > 1:
         records = records.shard(position.pipelines, position.pipeline)
-    keyed = records.enumerate().map(
-        lambda i, r: (tf.random.stateless_uniform([], tf.stack([seed[0] + 1, seed[1] * 2**20 + i])), r))
 
-    def sort_window(keys: tf.Tensor, window: tf.Tensor) -> tf.Tensor:
+    def sort_window(index: tf.Tensor, window: tf.Tensor) -> tf.Tensor:
+        keys = tf.random.stateless_uniform(tf.shape(window), tf.stack([seed[0] + 1, seed[1] * 2**20 + index]))
         return tf.gather(window, tf.argsort(keys))
 
-    return keyed.batch(SHUFFLE_BUFFER).map(sort_window).unbatch()
+    return records.batch(SHUFFLE_BUFFER).enumerate().map(sort_window).unbatch()
 
 
 def train_stream(files: list[str], spec: RecordSpec, batch_size: int, seed: int, position: StreamPosition,
