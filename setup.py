@@ -52,6 +52,7 @@ setup(
         "python-gdcm==3.2.6",  # BSD: JPEG lossless and the other JPEG processes
         "pillow>=11,<13",  # HPND: JPEG baseline/extended, resizing
         "pyyaml>=6,<7",
+        "matplotlib>=3.8,<4",  # PSF-style licence: the evaluation report's plots (Agg backend)
         "google-crc32c>=1.5,<2",  # TFRecord framing in ingest workers
         "numpy>=1.26,<3",
     ],

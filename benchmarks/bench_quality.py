@@ -32,10 +32,12 @@ import numpy as np
 import tensorflow as tf
 
 from medseq.components import ingest, synth, train
+from medseq.components.evaluate.inference import shuffle_frames
+from medseq.components.evaluate.intervals import bootstrap_intervals
 from medseq.components.synth import phantoms
 from medseq.components.synth.tasks import EF_RANGES
 from medseq.components.train.dataset import eval_dataset, record_spec, split_files
-from medseq.components.train.metrics import auc, binary_auc, bootstrap_interval
+from medseq.components.train.metrics import auc, binary_auc
 from medseq.pipeline import features as F
 from medseq.pipeline.config import PipelineConfig, load_config
 
@@ -59,8 +61,7 @@ def predictions(model_dir: str, records: Path, split: str = "test",
     for inputs, y in eval_dataset(split_files(records, split), record_spec(records), 32):
         frames = inputs[F.FRAMES].numpy()
         if shuffle is not None:  # a fresh order of the valid frames of every series
-            for b, n in enumerate(inputs[F.VALID_FRAMES].numpy()):
-                frames[b, :n] = frames[b, shuffle.permutation(n)]
+            frames = shuffle_frames(frames, inputs[F.VALID_FRAMES].numpy(), shuffle)
         probs.append(signature(frames=tf.constant(frames), valid_frames=inputs[F.VALID_FRAMES])[F.PROBABILITIES]
                      .numpy())
         labels.append(y.numpy())
@@ -68,7 +69,7 @@ def predictions(model_dir: str, records: Path, split: str = "test",
 
 
 def scored(name: str, probs: np.ndarray, labels: np.ndarray, **extra: object) -> dict[str, object]:
-    low, high = bootstrap_interval(probs, labels)
+    low, high = bootstrap_intervals(probs, labels, seed=0, samples=2000, metrics=lambda p, y: {"auc": auc(p, y)})["auc"]
     return {"model": name, "auc": auc(probs, labels), "ci95": [low, high], "series": int(len(labels)), **extra}
 
 

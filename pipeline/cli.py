@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from medseq.pipeline import __version__
@@ -137,34 +138,45 @@ def cmd_train(args: argparse.Namespace, _: list[str]) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace, beam_args: list[str]) -> int:
-    from medseq.components import evaluate
+    from medseq.components import evaluate, push
 
     config = _config(args)
+    baseline = args.baseline
+    if baseline is None and args.serving_dir:
+        served = push.served_model(args.serving_dir, args.model_name or config.push.model_name)
+        baseline = str(served) if served else None
     out = evaluate.evaluate(args.examples, args.model, args.out, args.eval_config or config.evaluate.eval_config,
-                            args.baseline, beam_args=[*config.evaluate.beam_args, *beam_args])
-    print(f"evaluate: {'BLESSED' if out.blessed else 'NOT_BLESSED'} -> {out.out}")
-    for reason in out.reasons:
-        print(f"  {reason}")
+                            baseline, beam_args=[*config.evaluate.beam_args, *beam_args], settings=config.evaluate)
+    print(evaluate.summary(out))
     return 0 if out.blessed else 1
 
 
 def cmd_push(args: argparse.Namespace, _: list[str]) -> int:
     from medseq.components import push
 
-    out = push.push(args.model, args.evaluation, args.serving_dir, args.model_name, args.examples)
-    print(f"push: version {out.version} -> {out.version_dir} (config {out.models_config})")
+    config = _config(args).push
+    out = push.push(args.model, args.evaluation, args.serving_dir, args.model_name or config.model_name,
+                    config.keep_versions if args.keep_versions is None else args.keep_versions,
+                    config.warmup_batch_sizes)
+    removed = f"; removed version(s) {', '.join(map(str, out.removed))}" if out.removed else ""
+    print(f"push: version {out.version} -> {out.version_dir} (config {out.models_config}){removed}")
     return 0
 
 
 def cmd_predict(args: argparse.Namespace, _: list[str]) -> int:
     from medseq.components import predict
 
-    for p in predict.predict(args.model, args.input):
-        if p.rejected:
-            print(json.dumps({"series": p.series, "rejected": p.rejected}))
-        else:
-            print(json.dumps({"series": p.series, "label": p.label, "probabilities": p.probabilities}))
-    return 0
+    results = predict.predict(args.model, args.input, explain=bool(args.explain))
+    print(predict.json_lines(results) if args.json else predict.table(results))
+    if args.explain:
+        Path(args.explain).write_text(json.dumps([r.to_json() for r in results], indent=2) + "\n")
+        if not args.json:
+            print(predict.explanation(results))
+        print(f"predict: per-frame importance -> {args.explain}", file=sys.stderr)
+    failed = sum(r.rejected is not None for r in results)
+    if failed:
+        print(f"predict: {failed} of {len(results)} series could not be read (reasons above)", file=sys.stderr)
+    return 1 if failed or not results else 0
 
 
 def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
@@ -192,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "(e.g. --runner=DataflowRunner)." if name in BEAM_COMMANDS else ""))
         p.set_defaults(func=func)
         if config:
-            p.add_argument("--config", help="pipeline config YAML (default: the shipped schemas/pipeline.yaml)")
+            p.add_argument("--config", help="pipeline config YAML, laid over the shipped schemas/pipeline.yaml "
+                           "(it changes only the keys it names)")
         return p
 
     from medseq.components.synth.tasks import TASKS
@@ -226,28 +239,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--examples", required=True, help="the output folder of `medseq convert`")
     p.add_argument("--out", required=True,
                    help="writes model/, history.json, checkpoints/, logs/ (TensorBoard); resumes from checkpoints/")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--epochs", type=int, help="train.epochs of the config (a resumed job trains up to it)")
+    p.add_argument("--batch-size", type=int, help="train.batch_size of the config (per replica)")
     p.add_argument("--strategy", choices=("default", "mirrored", "multi_worker_mirrored", "tpu"))
 
     p = add("evaluate", cmd_evaluate, "TFMA evaluation against thresholds and the served model.")
     p.add_argument("--examples", required=True, help="the output folder of `medseq convert` (eval split)")
     p.add_argument("--model", required=True, help="candidate SavedModel")
-    p.add_argument("--baseline", help="SavedModel now served (change thresholds apply)")
+    p.add_argument("--baseline", help="SavedModel now served (change thresholds apply); default: the newest "
+                   "version in --serving-dir, if given")
+    p.add_argument("--serving-dir", help="TF Serving base folder whose newest version is the baseline")
+    p.add_argument("--model-name", help="model name inside --serving-dir (default: push.model_name)")
     p.add_argument("--eval-config", help="TFMA EvalConfig text proto (default: schemas/eval_config.pbtxt for two "
                    "classes, schemas/eval_config_multiclass.pbtxt for more)")
     p.add_argument("--out", required=True, help="writes metrics/, report.html, BLESSED or NOT_BLESSED")
 
-    p = add("push", cmd_push, "Copy a BLESSED model into the next integer version for TF Serving.", config=False)
-    p.add_argument("--model", required=True, help="SavedModel to push")
+    p = add("push", cmd_push, "Copy the BLESSED model into the next integer version for TF Serving, with "
+            "synthetic warm-up requests and a model card; keep the newest push.keep_versions versions.")
+    p.add_argument("--model", required=True, help="SavedModel to push (the one the evaluation blessed)")
     p.add_argument("--evaluation", required=True, help="the output folder of `medseq evaluate`")
     p.add_argument("--serving-dir", required=True, help="TF Serving base folder (model_name/version inside)")
-    p.add_argument("--model-name", default="medseq")
-    p.add_argument("--examples", help="records to draw warm-up requests from")
+    p.add_argument("--model-name", help="default: push.model_name of the config (medseq)")
+    p.add_argument("--keep-versions", type=int, help="default: push.keep_versions of the config (3); 0 keeps all")
 
-    p = add("predict", cmd_predict, "Predict a raw DICOM folder with the shared preprocessing.", config=False)
+    p = add("predict", cmd_predict, "Predict every series under a raw DICOM folder with the shared preprocessing.",
+            config=False)
     p.add_argument("--model", required=True, help="SavedModel written by `medseq train` or `push`")
-    p.add_argument("--input", required=True, help="folder of DICOM files (one or more series)")
+    p.add_argument("--input", required=True, help="folder of DICOM files, any nesting (one or more series)")
+    p.add_argument("--json", action="store_true", help="one JSON line per series instead of a table")
+    p.add_argument("--explain", metavar="FILE", nargs="?", const="explain.json",
+                   help="per-frame importance by temporal occlusion, printed and written to FILE "
+                   "(default explain.json)")
 
     p = add("run", cmd_run, "Run every stage into one run folder: by default on synthetic cine MR that the "
             "shipped config's `synth` section generates there; `input`/`labels` in a --config for your DICOM.")

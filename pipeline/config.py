@@ -219,13 +219,36 @@ class EvaluateConfig:
     # A TFMA EvalConfig text proto; None: schemas/eval_config.pbtxt for two classes,
     # schemas/eval_config_multiclass.pbtxt for more (by the classes in qc.json).
     eval_config: str | None = None
+    # Value thresholds must hold for the whole confidence interval (a seeded bootstrap
+    # over series), not only for the point estimate.
+    gate_on_interval: bool = True
+    confidence_level: float = 0.95
+    bootstrap_samples: int = 1000
+    # Slices with fewer series are reported but not gated (the overall slice always is).
+    min_slice_size: int = 20
+    # When set: refuse a model whose AUC with one frame repeated is not at least this much lower.
+    temporal_min_drop: float | None = None
+    seed: int = 0  # bootstrap resamples and the frame shuffle of the temporal check
     beam_args: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not 0.5 <= self.confidence_level < 1 or self.bootstrap_samples < 100 or self.min_slice_size < 1:
+            raise ConfigError(f"evaluate: expected 0.5 <= confidence_level < 1, bootstrap_samples >= 100 and "
+                              f"min_slice_size >= 1, found {self.confidence_level}, {self.bootstrap_samples}, "
+                              f"{self.min_slice_size}")
 
 
 @dataclass(frozen=True)
 class PushConfig:
     serving_dir: str = "serving"  # relative to the run folder
     model_name: str = "medseq"
+    keep_versions: int = 3  # older versions are removed once the new one is in place; 0: keep all
+    warmup_batch_sizes: tuple[int, ...] = (1, 8)  # one synthetic warm-up request per signature and size
+
+    def __post_init__(self) -> None:
+        if self.keep_versions < 0 or not self.warmup_batch_sizes or min(self.warmup_batch_sizes) < 1:
+            raise ConfigError(f"push: expected keep_versions >= 0 and positive warmup_batch_sizes, found "
+                              f"{self.keep_versions} and {list(self.warmup_batch_sizes)}")
 
 
 @dataclass(frozen=True)

@@ -116,16 +116,17 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path, beam_args: list[st
     t = _stage(4, "evaluate", f"TFMA on held-out patients{against}")
     evaluated = evaluate.evaluate(str(run / "ingest"), trained.model_dir, run / "evaluate",
                                   config.evaluate.eval_config, str(baseline) if baseline else None,
-                                  beam_args=[*config.evaluate.beam_args])
-    metrics = ", ".join(f"{k}={v:.3f}" for k, v in evaluated.metrics.items() if not k.endswith("_diff"))
-    _done(t, f"{'BLESSED' if evaluated.blessed else 'NOT_BLESSED'}; {metrics}")
+                                  beam_args=[*config.evaluate.beam_args], settings=config.evaluate)
+    print("      " + evaluate.summary(evaluated).replace("\n", "\n      "), flush=True)
+    _done(t, f"report: {run / 'evaluate' / 'report.html'}")
 
     t = _stage(5, "push", "blessed models only")
     if not evaluated.blessed:
         _done(t, "skipped: not blessed")
         return RunOutputs(str(run), False, None, evaluated.reasons)
     pushed = push.push(trained.model_dir, run / "evaluate", serving_dir, config.push.model_name,
-                       examples_dir=str(run / "ingest"))
-    _done(t, f"version {pushed.version}")
+                       config.push.keep_versions, config.push.warmup_batch_sizes)
+    retired = f"; removed old version(s) {', '.join(map(str, pushed.removed))}" if pushed.removed else ""
+    _done(t, f"version {pushed.version}{retired}")
     (run / "run.json").write_text(json.dumps({"served": pushed.version_dir}, indent=2))
     return RunOutputs(str(run), True, pushed.version_dir, ())

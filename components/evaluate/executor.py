@@ -1,24 +1,33 @@
 """TFMA evaluation of the candidate on held-out patients, against the served model.
 
-Writes TFMA's own output (loadable with `tfma.load_eval_result`), a small report, and
-exactly one of BLESSED / NOT_BLESSED. The gate fails closed: no thresholds, no blessing.
+Writes TFMA's own output (`tfma.load_eval_result(OUT/metrics, model_name='candidate')`),
+`report.html`, and exactly one of BLESSED / NOT_BLESSED: a JSON verdict with every
+threshold and its numbers. The gate fails closed: no thresholds, no blessing; an
+error in TFMA, no blessing.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import tensorflow_model_analysis as tfma
 from google.protobuf import text_format
 
+from medseq.components.evaluate import gate, report
 from medseq.components.evaluate.eval_config import BASELINE, CANDIDATE, has_thresholds, load_eval_config, prepare_config
-from medseq.components.train.dataset import record_spec, split_files
+from medseq.components.evaluate.inference import VARIANTS, EvalPredictions, predict_split
+from medseq.components.evaluate.intervals import Interval, bootstrap_intervals, metrics_of
+from medseq.components.train.dataset import record_spec
 from medseq.pipeline import features as F
-from medseq.pipeline.errors import InputError
+from medseq.pipeline.config import EvaluateConfig
+from medseq.pipeline.fingerprints import tree_fingerprint
+
+VERDICT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -27,79 +36,146 @@ class EvaluateOutputs:
     blessed: bool
     reasons: tuple[str, ...]
     metrics: dict[str, float]  # overall slice, candidate
-
-
-def _overall_metrics(result_path: str, multi_model: bool) -> dict[str, float]:
-    result = tfma.load_eval_result(result_path, model_name=CANDIDATE if multi_model else None)
-    for slice_key, metrics in result.slicing_metrics:
-        if slice_key == ():
-            by_sub_key = next(iter(metrics.values()))
-            return {_metric_name(name, sub_key): float(v["doubleValue"])
-                    for sub_key, values in by_sub_key.items() for name, v in values.items() if "doubleValue" in v}
-    return {}
+    intervals: dict[str, Interval] = field(default_factory=dict)
+    checks: tuple[gate.Check, ...] = ()
+    temporal: dict[str, float] = field(default_factory=dict)  # variant -> AUC (macro for 3+ classes)
 
 
 def _metric_name(key: str, sub_key: str = "") -> str:
     """auc, macro_auc (TFMA names it 'macro_average: true\\n_auc'), auc_class_1 (sub key 'classId:1')."""
-    name = "macro_" + key.rsplit("_", 1)[-1] if key.startswith("macro_average") else key
+    name = "macro_" + key.split("\n_", 1)[-1] if key.startswith("macro_average") else key
     return f"{name}_class_{sub_key.split(':', 1)[1]}" if sub_key.startswith("classId:") else name
 
 
-def _failures(validation: object) -> tuple[str, ...]:
+def sliced_metrics(result_path: str, model_name: str | None) -> dict[gate.SliceKey, dict[str, float]]:
+    """{slice key: {metric: value}} of one model in a TFMA result."""
+    result = tfma.load_eval_result(result_path, model_name=model_name)
+    out: dict[gate.SliceKey, dict[str, float]] = {}
+    for slice_key, metrics in result.slicing_metrics:
+        by_sub_key = next(iter(metrics.values()))
+        key = tuple((str(k), v.decode() if isinstance(v, bytes) else str(v)) for k, v in slice_key)
+        out[key] = {_metric_name(name, sub_key): float(v["doubleValue"])
+                    for sub_key, values in by_sub_key.items() for name, v in values.items() if "doubleValue" in v}
+    return out
+
+
+def tfma_failures(validation: Any) -> list[str]:
+    """TFMA's own failure lines (cross-slice thresholds, metrics it could not find)."""
     lines = []
     for failure in getattr(validation, "metric_validations_per_slice", []):
-        slice_name = ", ".join(f"{k.column}={k.bytes_value.decode() or k.int64_value or k.float_value}"
-                               for k in failure.slice_key.single_slice_keys) or "overall"
+        where = ", ".join(f"{k.column}={k.bytes_value.decode() or k.int64_value or k.float_value}"
+                          for k in failure.slice_key.single_slice_keys) or "overall"
         for f in failure.failures:
-            bound = f.metric_threshold.value_threshold
-            expected = (f"expected >= {bound.lower_bound.value:g}" if bound.HasField("lower_bound")
-                        else f"expected <= {bound.upper_bound.value:g}" if bound.HasField("upper_bound")
-                        else "expected no regression against the served model")
-            name = ("macro_" if f.metric_key.aggregation_type.macro_average else "") + f.metric_key.name
-            lines.append(f"{name} on {slice_name}: {expected}, found "
-                         f"{f.metric_value.double_value.value:.4f} {f.message.strip()}".strip())
-    return tuple(lines)
+            lines.append(f"TFMA: {f.metric_key.name} on {where}: {f.message.strip() or 'threshold not met'} "
+                         f"(found {f.metric_value.double_value.value:.4f})")
+    return lines
 
 
-def _report(out: Path, blessed: bool, reasons: tuple[str, ...], metrics: dict[str, float]) -> None:
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td></tr>" for k, v in sorted(metrics.items()))
-    items = "".join(f"<li>{html.escape(r)}</li>" for r in reasons) or "<li>all thresholds met</li>"
-    (out / "report.html").write_text(
-        f"<!doctype html><title>medseq evaluation</title><h1>{'BLESSED' if blessed else 'NOT BLESSED'}</h1>"
-        f"<h2>Overall metrics (candidate)</h2><table>{rows}</table><h2>Gate</h2><ul>{items}</ul>"
-        "<p>Per-slice metrics and plots: <code>tfma.load_eval_result('metrics', model_name='candidate')</code></p>")
+def _intervals(preds: EvalPredictions, keys: list[gate.SliceKey], settings: EvaluateConfig,
+               ) -> dict[gate.SliceKey, dict[str, Interval]]:
+    out = {}
+    for key in keys:
+        mask = gate.slice_mask(preds, key)
+        out[key] = bootstrap_intervals(preds.probs["frames"][mask], preds.labels[mask], settings.seed,
+                                       settings.bootstrap_samples, settings.confidence_level)
+    return out
+
+
+def _headline(probs: np.ndarray, labels: np.ndarray) -> float:
+    values = metrics_of(probs, labels)
+    return values["auc"] if probs.shape[1] == 2 else values["macro_auc"]
+
+
+def temporal_reliance(preds: EvalPredictions, settings: EvaluateConfig) -> tuple[dict[str, Any], gate.Check | None]:
+    """AUC on the real frames, shuffled frames and one repeated frame; the optional gate."""
+    name = "auc" if preds.probs["frames"].shape[1] == 2 else "macro_auc"
+    rows: dict[str, Any] = {"metric": name, "min_drop": settings.temporal_min_drop}
+    for variant in VARIANTS:
+        ci = bootstrap_intervals(preds.probs[variant], preds.labels, settings.seed, settings.bootstrap_samples,
+                                 settings.confidence_level).get(name)
+        rows[variant] = {"value": _headline(preds.probs[variant], preds.labels), "interval": ci}
+    if settings.temporal_min_drop is None:
+        return rows, None
+    drop = rows["frames"]["value"] - rows["one_frame"]["value"]
+    check = gate.Check(f"{name} drop with one frame repeated", "overall", f">= {settings.temporal_min_drop:g}",
+                       float(drop), None, bool(drop >= settings.temporal_min_drop))
+    return rows, check
+
+
+def _run_tfma(config: Any, model_dir: str, baseline_dir: str | None, examples_dir: str, result_path: str,
+              beam_args: list[str]) -> Any:
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    models = [tfma.default_eval_shared_model(model_dir, eval_config=config, model_name=CANDIDATE)]
+    if baseline_dir:
+        models.append(tfma.default_eval_shared_model(baseline_dir, eval_config=config, model_name=BASELINE))
+    tfma.run_model_analysis(
+        eval_shared_model=models, eval_config=config,
+        data_location=os.path.join(examples_dir, "eval", "*.tfrecord.gz"), output_path=result_path,
+        pipeline_options=PipelineOptions(beam_args))
+    return tfma.load_validation_result(result_path)
 
 
 def evaluate(examples_dir: str, model_dir: str, out: str | Path, eval_config_path: str | None = None,
-             baseline_dir: str | None = None, beam_args: list[str] | None = None) -> EvaluateOutputs:
+             baseline_dir: str | None = None, beam_args: list[str] | None = None,
+             settings: EvaluateConfig | None = None) -> EvaluateOutputs:
+    """Evaluates `model_dir` on the eval split of `examples_dir` into `out`."""
+    settings = settings or EvaluateConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for name in (F.BLESSED, F.NOT_BLESSED):
         (out / name).unlink(missing_ok=True)
-    files = split_files(examples_dir, "eval")
-    if not files:
-        raise InputError(f"{examples_dir}/eval: no records to evaluate on")
-    base = load_eval_config(eval_config_path, len(record_spec(examples_dir).classes))
-    config = prepare_config(base, baseline=baseline_dir is not None)
-    models = [tfma.default_eval_shared_model(model_dir, eval_config=config, model_name=CANDIDATE)]
-    if baseline_dir:
-        models.append(tfma.default_eval_shared_model(baseline_dir, eval_config=config, model_name=BASELINE))
+    classes = record_spec(examples_dir).classes
+    preds = predict_split(examples_dir, model_dir, settings.seed)
+    config, small = gate.gated_config(prepare_config(load_eval_config(eval_config_path, len(classes)),
+                                                     baseline=baseline_dir is not None),
+                                      preds, settings.min_slice_size)
     (out / "eval_config.pbtxt").write_text(text_format.MessageToString(config))
+    notes = [] if baseline_dir else ["no baseline (no served model): change thresholds skipped"]
     result_path = str(out / "metrics")
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    tfma.run_model_analysis(
-        eval_shared_model=models if baseline_dir else models[0], eval_config=config,
-        data_location=os.path.join(examples_dir, "eval", "*.tfrecord.gz"), output_path=result_path,
-        pipeline_options=PipelineOptions(beam_args or []))
-    validation = tfma.load_validation_result(result_path)
-    reasons = _failures(validation)
+    reasons: list[str] = []
+    try:
+        validation = _run_tfma(config, model_dir, baseline_dir, examples_dir, result_path, list(beam_args or []))
+        candidate = sliced_metrics(result_path, CANDIDATE if baseline_dir else None)
+        served = sliced_metrics(result_path, BASELINE) if baseline_dir else {}
+    except Exception as exc:  # noqa: BLE001 - any TFMA failure must end in NOT_BLESSED, not a blessing
+        validation, candidate, served = None, {}, {}
+        reasons.append(f"TFMA failed ({type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}): "
+                       "the gate fails closed")
+    intervals = _intervals(preds, sorted(candidate) or [()], settings)
+    checks = gate.threshold_checks(config, candidate, intervals, settings.gate_on_interval, CANDIDATE)
+    temporal, temporal_check = temporal_reliance(preds, settings)
+    checks += [temporal_check] if temporal_check else []
+    reasons += [c.line() for c in checks if not c.passed]
+    if validation is not None and not validation.validation_ok and not reasons:
+        reasons += tfma_failures(validation) or ["TFMA's validation failed"]
     if not has_thresholds(config):
-        reasons = ("no thresholds are configured: the gate fails closed",)
-    blessed = bool(validation.validation_ok) and not reasons
-    metrics = _overall_metrics(result_path, multi_model=baseline_dir is not None)
-    (out / (F.BLESSED if blessed else F.NOT_BLESSED)).write_text(json.dumps(
-        {"blessed": blessed, "reasons": list(reasons), "metrics": metrics,
-         "baseline": bool(baseline_dir)}, indent=2) + "\n")
-    _report(out, blessed, reasons, metrics)
-    return EvaluateOutputs(str(out), blessed, reasons, metrics)
+        reasons.insert(0, "no thresholds are configured: the gate fails closed")
+    blessed = not reasons and validation is not None and bool(validation.validation_ok)
+    verdict = {
+        "version": VERDICT_VERSION, "blessed": blessed, "decision": F.BLESSED if blessed else F.NOT_BLESSED,
+        "model": str(model_dir), "model_fingerprint": tree_fingerprint(model_dir), "baseline": baseline_dir,
+        "classes": list(classes), "eval_series": len(preds),
+        "confidence_level": settings.confidence_level, "gate_on_interval": settings.gate_on_interval,
+        "min_slice_size": settings.min_slice_size,
+        "checks": [c.to_json() for c in checks], "not_gated": small, "notes": notes, "reasons": reasons,
+        "metrics": candidate.get((), {}), "intervals": intervals.get((), {}), "baseline_metrics": served.get((), {}),
+        "temporal": temporal,
+        "slices": [{"slice": gate.slice_name(k), "series": int(gate.slice_mask(preds, k).sum()),
+                    "metrics": v, "intervals": intervals.get(k, {})} for k, v in sorted(candidate.items())],
+    }
+    (out / (F.BLESSED if blessed else F.NOT_BLESSED)).write_text(json.dumps(verdict, indent=2) + "\n")
+    (out / "report.html").write_text(report.render(verdict, preds, classes, _baseline_probs(baseline_dir,
+                                                                                          examples_dir, settings)))
+    return EvaluateOutputs(str(out), blessed, tuple(reasons), dict(candidate.get((), {})),
+                           dict(intervals.get((), {})), tuple(checks),
+                           {k: temporal[k]["value"] for k in VARIANTS})
+
+
+def _baseline_probs(baseline_dir: str | None, examples_dir: str, settings: EvaluateConfig) -> np.ndarray | None:
+    if not baseline_dir:
+        return None
+    try:
+        return predict_split(examples_dir, baseline_dir, settings.seed).probs["frames"]
+    except Exception:  # noqa: BLE001 - a baseline of another input shape: the report shows TFMA's numbers only
+        return None

@@ -1,8 +1,11 @@
 """Push a blessed SavedModel into a TF Serving model base path.
 
 `<serving_dir>/<model_name>/<version>/` appears atomically: the copy is assembled
-under a hidden name in the same folder (warm-up requests included) and renamed into
-place, so TF Serving's file-system poller never sees half a version.
+under a hidden name in the same folder (warm-up requests and the model card
+included) and renamed into place, so TF Serving's file-system poller never sees half
+a version. Only the model the evaluation blessed is pushed: its fingerprint is
+checked against the one in BLESSED. Old versions are removed only after the new one
+is in place, each renamed away first so that no reader sees it half deleted.
 """
 
 from __future__ import annotations
@@ -11,18 +14,19 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import tensorflow as tf
-from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
-
-from medseq.components.train.dataset import split_files
+from medseq.components.push.model_card import CARD_FILE, model_card
+from medseq.components.push.warmup import WARMUP_FILE, warmup_requests, write_warmup
+from medseq.components.train.export import load_spec, load_spec_json
 from medseq.pipeline import features as F
 from medseq.pipeline.errors import InputError, StageFailed
+from medseq.pipeline.fingerprints import tree_fingerprint
 
-WARMUP_FILE = "tf_serving_warmup_requests"
-WARMUP_RECORDS = 4
+STAGING_PREFIX = ".incoming-"
+RETIRED_PREFIX = ".retired-"
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,7 @@ class PushOutputs:
     version_dir: str
     version: int
     models_config: str
+    removed: tuple[int, ...] = ()  # versions retired by `keep_versions`
 
 
 def versions(model_base: Path) -> list[int]:
@@ -45,23 +50,14 @@ def served_model(serving_dir: str | Path, model_name: str) -> Path | None:
     return base / str(found[-1]) if found else None
 
 
-def write_warmup(path: Path, model_name: str, examples: list[bytes]) -> None:
-    """assets.extra/tf_serving_warmup_requests: PredictionLogs TF Serving replays at load."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tf.io.TFRecordWriter(str(path)) as writer:
-        request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(
-            name=model_name, signature_name=F.SERVING_SIGNATURE))
-        request.inputs["examples"].CopyFrom(tf.make_tensor_proto(examples, dtype=tf.string))
-        log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
-        writer.write(log.SerializeToString())
-
-
 def write_models_config(serving_dir: Path, model_name: str) -> Path:
-    """models.config for `tensorflow_model_server --model_config_file=...` (text proto)."""
+    """models.config for `tensorflow_model_server --model_config_file=...` (text proto):
+    serve the newest version; the others stay on disk for a rollback."""
     path = serving_dir / "models.config"
     base = (serving_dir / model_name).resolve()
     text = ("model_config_list {\n  config {\n"
             f"    name: \"{model_name}\"\n    base_path: \"{base}\"\n    model_platform: \"tensorflow\"\n"
+            "    model_version_policy { latest { num_versions: 1 } }\n"
             "  }\n}\n")
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
     tmp.write_text(text)
@@ -69,35 +65,72 @@ def write_models_config(serving_dir: Path, model_name: str) -> Path:
     return path
 
 
-def _examples(examples_dir: str | None) -> list[bytes]:
-    if not examples_dir:
-        return []
-    files = split_files(examples_dir, "eval") or split_files(examples_dir, "train")
-    ds = tf.data.TFRecordDataset(files, compression_type="GZIP").take(WARMUP_RECORDS)
-    return [r.numpy() for r in ds]
-
-
-def push(model_dir: str | Path, evaluation_dir: str | Path, serving_dir: str | Path, model_name: str,
-         examples_dir: str | None = None) -> PushOutputs:
-    """Copies `model_dir` to the next integer version, only if `evaluation_dir` says BLESSED."""
-    evaluation_dir, serving_dir, model_dir = Path(evaluation_dir), Path(serving_dir), Path(model_dir)
+def _blessed_verdict(evaluation_dir: Path, model_dir: Path) -> dict[str, object]:
     if not (evaluation_dir / F.BLESSED).exists():
-        why = ""
         if (evaluation_dir / F.NOT_BLESSED).exists():
             why = "; ".join(json.loads((evaluation_dir / F.NOT_BLESSED).read_text()).get("reasons", []))
             raise StageFailed(f"not pushed: the model is NOT_BLESSED ({why})")
         raise StageFailed(f"not pushed: {evaluation_dir} holds no {F.BLESSED} file; run `medseq evaluate` first")
     if not (model_dir / "saved_model.pb").exists():
         raise InputError(f"{model_dir}: expected a SavedModel (saved_model.pb), found none")
+    verdict: dict[str, object] = json.loads((evaluation_dir / F.BLESSED).read_text())
+    blessed_print, found = verdict.get("model_fingerprint"), tree_fingerprint(model_dir)
+    if blessed_print != found:
+        raise StageFailed(f"not pushed: {evaluation_dir} blessed the model with fingerprint {blessed_print}, "
+                          f"expected it to match {model_dir}, found {found}; evaluate this model first")
+    return verdict
+
+
+def retire_old_versions(base: Path, keep: int) -> tuple[int, ...]:
+    """Removes all but the newest `keep` versions: renamed away first, then deleted."""
+    old = versions(base)[:-keep] if keep > 0 else []
+    for version in old:
+        retired = base / f"{RETIRED_PREFIX}{version}-{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(base / str(version), retired)
+        except FileNotFoundError:
+            continue  # another push retired it
+        shutil.rmtree(retired, ignore_errors=True)
+    return tuple(old)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _sweep_leftovers(base: Path) -> None:
+    """Retired folders, and staging folders of pushes whose process is gone (killed)."""
+    for path in base.iterdir():
+        if path.name.startswith(RETIRED_PREFIX):
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.name.startswith(STAGING_PREFIX):
+            pid = path.name[len(STAGING_PREFIX):].split("-", 1)[0]
+            if not pid.isdigit() or not _alive(int(pid)):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def push(model_dir: str | Path, evaluation_dir: str | Path, serving_dir: str | Path, model_name: str,
+         keep_versions: int = 3, warmup_batch_sizes: Sequence[int] = (1, 8)) -> PushOutputs:
+    """Copies `model_dir` to the next integer version, only if `evaluation_dir` blessed this very model."""
+    evaluation_dir, serving_dir, model_dir = Path(evaluation_dir), Path(serving_dir), Path(model_dir)
+    verdict = _blessed_verdict(evaluation_dir, model_dir)
     base = serving_dir / model_name
     base.mkdir(parents=True, exist_ok=True)
-    staging = base / f".incoming-{uuid.uuid4().hex[:8]}"
+    _sweep_leftovers(base)
+    staging = base / f"{STAGING_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     shutil.copytree(model_dir, staging)
-    examples = _examples(examples_dir)
-    if examples:
-        write_warmup(staging / "assets.extra" / WARMUP_FILE, model_name, examples)
+    extra = staging / "assets.extra"
+    write_warmup(extra / WARMUP_FILE, warmup_requests(load_spec(model_dir), model_name, warmup_batch_sizes))
     while True:
         version = (versions(base) or [0])[-1] + 1
+        card = model_card(load_spec_json(model_dir), verdict, model_name, version)
+        (extra / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
         target = base / str(version)
         try:
             os.rename(staging, target)  # atomic; fails if another push took this number
@@ -107,4 +140,5 @@ def push(model_dir: str | Path, evaluation_dir: str | Path, serving_dir: str | P
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
     config = write_models_config(serving_dir, model_name)
-    return PushOutputs(str(target), version, str(config))
+    removed = retire_old_versions(base, keep_versions)
+    return PushOutputs(str(target), version, str(config), removed)

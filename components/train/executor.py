@@ -32,8 +32,9 @@ from medseq.components.train.loop import Trainer, make_strategy
 from medseq.components.train.metrics import auc_from_histograms, class_weights
 from medseq.components.train.progress import EpochProgress, History
 from medseq.components.train.state import Checkpoints, agreed_step
-from medseq.pipeline.config import TrainConfig
+from medseq.pipeline.config import TrainConfig, to_dict
 from medseq.pipeline.errors import ConfigError, InputError
+from medseq.pipeline.fingerprints import files_fingerprint
 
 __all__ = ["TrainOutputs", "Trainer", "make_strategy", "train"]
 
@@ -176,7 +177,9 @@ def train(examples_dir: str | Path, out: str | Path, config: TrainConfig) -> Tra
         progress.end(metrics, note)
     best = checkpoints.restore_best()
     model_dir = _worker_dir(out / "model", strategy)
-    export_saved_model(trainer.model, spec, model_dir)
+    training = {"records": files_fingerprint(train_files), "epochs": int(state.epochs_done.numpy()), "steps": step,
+                "best_epoch": int(state.best_epoch.numpy()) if best else None, "config": to_dict(config)}
+    export_saved_model(trainer.model, spec, model_dir, training)
     if best and chief:
         print(f"train: exported epoch {int(state.best_epoch.numpy())} ({config.monitor} "
               f"{float(state.best_value.numpy()):.4f}) -> {model_dir}", flush=True)

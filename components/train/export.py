@@ -12,12 +12,14 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import keras
 import tensorflow as tf
 
 from medseq.components.train.dataset import RecordSpec, parse_examples
 from medseq.pipeline import features as F
+from medseq.pipeline.errors import InputError
 
 SPEC_FILE = "medseq_spec.json"
 
@@ -29,8 +31,11 @@ def _outputs(probabilities: tf.Tensor, spec: RecordSpec) -> dict[str, tf.Tensor]
     return out
 
 
-def export_saved_model(model: keras.Model, spec: RecordSpec, path: str | Path) -> Path:
-    """Writes a SavedModel (plus assets.extra/medseq_spec.json) to `path`, replacing it."""
+def export_saved_model(model: keras.Model, spec: RecordSpec, path: str | Path,
+                       training: dict[str, object] | None = None) -> Path:
+    """Writes a SavedModel (plus assets.extra/medseq_spec.json: the input spec, the
+    preprocessing config and `training`, e.g. the training records' fingerprint) to
+    `path`, replacing it."""
     path = Path(path)
     tmp = path.with_name(path.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -54,13 +59,23 @@ def export_saved_model(model: keras.Model, spec: RecordSpec, path: str | Path) -
     archive.write_out(str(tmp), verbose=False)
     extra = tmp / "assets.extra"
     extra.mkdir(exist_ok=True)
-    (extra / SPEC_FILE).write_text(json.dumps(spec.to_json(), indent=2))
+    (extra / SPEC_FILE).write_text(json.dumps({**spec.to_json(), "training": training or {}}, indent=2))
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
     return path
 
 
+def load_spec_json(model_dir: str | Path) -> dict[str, Any]:
+    """assets.extra/medseq_spec.json of a medseq SavedModel."""
+    path = Path(model_dir) / "assets.extra" / SPEC_FILE
+    if not path.exists():
+        raise InputError(f"{model_dir}: expected a SavedModel written by `medseq train` (with assets.extra/"
+                         f"{SPEC_FILE}), found none")
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
 def load_spec(model_dir: str | Path) -> RecordSpec:
-    data = json.loads((Path(model_dir) / "assets.extra" / SPEC_FILE).read_text())
+    data = load_spec_json(model_dir)
     t, h, w, c = data["shape"]
     return RecordSpec(t, h, w, c, data["dtype"], tuple(data["classes"]), data.get("preprocess", {}))

@@ -89,20 +89,3 @@ def class_weights(setting: str | Mapping[str, float], classes: tuple[str, ...],
         raise ConfigError(f"train.class_weight: unknown class(es) {', '.join(unknown)}; expected names among "
                           f"{', '.join(classes)}")
     return np.array([setting.get(c, 1.0) for c in classes], np.float32)
-
-
-def bootstrap_interval(probs: np.ndarray, labels: np.ndarray, seed: int = 0, rounds: int = 2000,
-                       level: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of `auc` over series resampled with replacement (seeded)."""
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(rounds):
-        pick = rng.integers(0, len(labels), len(labels))
-        value = auc(probs[pick], labels[pick])
-        if np.isfinite(value):
-            values.append(value)
-    if not values:
-        return float("nan"), float("nan")
-    tail = (1.0 - level) / 2 * 100
-    low, high = np.percentile(values, [tail, 100 - tail])
-    return float(low), float(high)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pydicom
+import pytest
 import tensorflow as tf
 
 from helpers import KEY, SAMPLES
@@ -32,18 +35,84 @@ def test_predict_preprocessing_feeds_the_model_what_training_saw(cine_records, c
     for series_dir in sorted((SAMPLES / "cine_ef" / "dicom").glob("PA*/ST*/SE000003")):
         ds = pydicom.dcmread(next(series_dir.iterdir()), stop_before_pixels=True)
         source = f"{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}" if "NumberOfFrames" in ds else str(ds.SeriesInstanceUID)
-        [(where, prepared)] = predict.prepare_folder(series_dir, config.preprocess)
-        np.testing.assert_array_equal(prepared.frames, stored[deid.keyed_hash(KEY, "series", source)])
+        [series] = predict.prepare_folder(series_dir, config.preprocess, key=KEY)
+        assert series.series_key == deid.keyed_hash(KEY, "series", source)
+        np.testing.assert_array_equal(series.item.frames, stored[series.series_key])
         checked += 1
     assert checked >= 5
 
 
-def test_predict_command_prints_one_line_per_series(trained, capsys):
+def test_serving_default_on_the_record_agrees_with_predict_frames_on_predicts_tensor(cine_records, trained, config):
+    served = tf.saved_model.load(trained.model_dir)
+    records = {}
+    for raw in tf.data.TFRecordDataset(split_files(cine_records, "eval"), compression_type="GZIP"):
+        key = tf.train.Example.FromString(raw.numpy()).features.feature[F.SERIES_KEY].bytes_list.value[0].decode()
+        records[key] = raw.numpy()
+    checked = 0
+    for series in predict.prepare_folder(SAMPLES / "cine_ef" / "dicom", config.preprocess, key=KEY):
+        if series.series_key not in records:
+            continue
+        by_example = served.signatures[F.SERVING_SIGNATURE](examples=tf.constant([records[series.series_key]]))
+        by_frames = served.signatures[F.FRAMES_SIGNATURE](frames=tf.constant(series.item.frames[None]),
+                                                          valid_frames=tf.constant([series.item.valid_frames]))
+        np.testing.assert_allclose(by_example[F.PROBABILITIES].numpy(), by_frames[F.PROBABILITIES].numpy(), atol=1e-6)
+        checked += 1
+    assert checked == len(records) >= 4
+
+
+@pytest.fixture
+def folder_with_a_broken_series(tmp_path) -> Path:
+    """Two cine series, nested at different depths, and a third whose pixels are cut short."""
+    good = sorted((SAMPLES / "cine_ef" / "dicom").glob("PA*/ST*/SE000003"))[:2]
+    root = tmp_path / "in" / "nested"
+    shutil.copytree(good[0], root / "a")
+    shutil.copytree(good[1], root / "deeper" / "b")
+    broken = root / "broken"
+    shutil.copytree(good[0], broken)
+    for path in sorted(broken.iterdir()):  # same series as good[0] otherwise: give it a series UID of its own
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID = ds.SeriesInstanceUID + ".9"
+        ds.save_as(path)
+    victim = sorted(broken.iterdir())[1]
+    victim.write_bytes(victim.read_bytes()[:-500])
+    return tmp_path / "in"
+
+
+def test_predict_prints_a_table_and_json_and_a_bad_series_its_reason(trained, folder_with_a_broken_series, capsys):
     from medseq.pipeline import cli
 
-    folder = next((SAMPLES / "cine_ef" / "dicom").glob("PA*/ST*"))
-    assert cli.main(["predict", "--model", trained.model_dir, "--input", str(folder)]) == 0
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    code = cli.main(["predict", "--model", trained.model_dir, "--input", str(folder_with_a_broken_series), "--json"])
+    captured = capsys.readouterr()
+    lines = [json.loads(line) for line in captured.out.splitlines()]
+    assert code == 1 and "1 of 3 series could not be read" in captured.err
     labels = [line for line in lines if "label" in line]
-    assert labels and all(abs(sum(line["probabilities"].values()) - 1) < 1e-5 for line in labels)
-    assert all(set(line) <= {"series", "label", "probabilities", "rejected"} for line in lines)
+    assert len(labels) == 2 and all(abs(sum(line["probabilities"].values()) - 1) < 1e-5 for line in labels)
+    [bad] = [line for line in lines if "rejected" in line]
+    assert bad["rejected"] == "decode_error" and bad["series"].endswith("broken") and bad["message"]
+    assert cli.main(["predict", "--model", trained.model_dir, "--input", str(folder_with_a_broken_series)]) == 1
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["series", "series_key", "predicted", "normal", "reduced_ef"]
+    [broken] = [row for row in table if "broken" in row]
+    assert len(table) == 4 and broken.split()[2:5] == ["-", "-", "-"] and "rejected decode_error:" in broken
+
+
+def test_explain_gives_one_importance_per_valid_frame(trained, folder_with_a_broken_series, tmp_path, capsys):
+    from medseq.pipeline import cli
+
+    out = tmp_path / "explain.json"
+    cli.main(["predict", "--model", trained.model_dir, "--input", str(folder_with_a_broken_series), "--explain",
+              str(out)])
+    printed = capsys.readouterr().out
+    explained = [e for e in json.loads(out.read_text()) if "frame_importance" in e]
+    spec_frames = predict.prepare_folder(folder_with_a_broken_series, _preprocess(trained.model_dir))
+    valid = [s.item.valid_frames for s in spec_frames if not hasattr(s.item, "code")]
+    assert [len(e["frame_importance"]) for e in explained] == valid
+    assert all(np.isfinite(e["frame_importance"]).all() for e in explained)
+    assert printed.count("driven most by frame") == 2
+
+
+def _preprocess(model_dir: str):
+    from medseq.components.train.export import load_spec
+    from medseq.pipeline.config import PreprocessConfig, from_dict
+
+    return from_dict(PreprocessConfig, load_spec(model_dir).preprocess)

@@ -124,10 +124,12 @@ def test_a_job_killed_mid_epoch_ends_with_the_weights_of_one_never_killed(cine_r
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    steps = sorted(int(p.name.split("-")[1].split(".")[0]) for p in (killed / "checkpoints").glob("ckpt-*.index"))
-    assert steps and steps_per_epoch < steps[-1] < 3 * steps_per_epoch, "killed outside the second epoch"
+    # The newest checkpoint the manager recorded (a kill mid-save leaves an index file it never recorded).
+    latest = tf.train.latest_checkpoint(str(killed / "checkpoints"))
+    step = int(latest.rsplit("-", 1)[1]) if latest else 0
+    assert steps_per_epoch <= step < 3 * steps_per_epoch, "killed outside the second epoch"
     resumed = subprocess.run(_train_command(cine_records, killed, config), capture_output=True, text=True, check=True)
-    assert f"resuming at step {steps[-1]}" in resumed.stdout
+    assert f"resuming at step {step}" in resumed.stdout
     clean = tmp_path / "clean"
     subprocess.run(_train_command(cine_records, clean, config), capture_output=True, text=True, check=True)
     assert_same_values(checkpoint_values(clean / "checkpoints"), checkpoint_values(killed / "checkpoints"))
@@ -209,7 +211,10 @@ def test_three_classes_train_export_evaluate_and_predict(tmp_path, key):
     result = evaluate.evaluate(str(tmp_path / "records"), trained.model_dir, tmp_path / "evaluate",
                                beam_args=IN_PROCESS)
     assert {"macro_auc", "auc_class_0", "auc_class_1", "auc_class_2"} <= set(result.metrics)
-    assert result.blessed == (result.metrics["macro_auc"] >= 0.6)
+    assert result.blessed == all(c.passed for c in result.checks) and result.checks[0].metric == "macro_auc"
+    page = (tmp_path / "evaluate" / "report.html").read_text()
+    assert "mildly_reduced_ef vs rest" not in page or "auc_class_2" in page
+    assert all(f"auc_class_{k}" in page for k in range(3))
     series = sorted((tmp_path / "data" / "dicom").rglob("SE000003"))[0]  # a cine series (SE000001: localizer)
     predictions = predict.predict(trained.model_dir, series)
     assert [len(p.probabilities) for p in predictions] == [3]

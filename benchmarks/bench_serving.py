@@ -1,0 +1,100 @@
+"""Serving latency, side by side in one run: the exported SavedModel's two signatures
+against the Keras model they wrap, called directly.
+
+    python benchmarks/bench_serving.py [--rounds 5] [--calls 60]
+
+The model is the one `medseq train` builds from the shipped config (16x64x64x1 frames;
+latency does not depend on the weights' values), exported by medseq's own export and
+loaded back with `tf.saved_model.load`, as TF Serving loads it. Per batch size (1, 8):
+
+- `keras eager`:   model(inputs, training=False), the call a notebook makes;
+- `keras graph`:   the same call inside one tf.function (what Keras' predict runs);
+- `predict_frames`: the signature on the same frames;
+- `serving_default`: the signature on serialized tf.Examples of the same frames (it also
+  parses and decodes them).
+
+Rounds interleave the four so that machine noise hits all alike. Prints p50/p99 in ms,
+the ratios against `keras graph`, and writes JSON (benchmarks/results/bench_serving.json).
+Goal: signature / Keras at most 1.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from medseq.components.push.warmup import synthetic_example, synthetic_frames
+from medseq.components.train.dataset import RecordSpec
+from medseq.components.train.export import export_saved_model
+from medseq.components.train.model import build_model
+from medseq.pipeline import features as F
+from medseq.pipeline.config import load_config
+
+RESULTS = Path(__file__).resolve().parent / "results" / "bench_serving.json"
+SPEC = RecordSpec(16, 64, 64, 1, "uint8", ("normal", "reduced_ef"))
+
+
+def callers(batch: int, tmp: Path) -> dict[str, Callable[[], object]]:
+    model = build_model(SPEC, load_config().train)
+    loaded = tf.saved_model.load(str(export_saved_model(model, SPEC, tmp / f"model-{batch}")))
+    frames = tf.constant(synthetic_frames(SPEC, batch))
+    valid = tf.constant(np.full(batch, SPEC.frames, np.int32))
+    examples = tf.constant([synthetic_example(f) for f in frames.numpy()])
+    inputs = {F.FRAMES: frames, F.VALID_FRAMES: valid}
+    graph = tf.function(lambda x: model(x, training=False))
+    by_frames, by_examples = loaded.signatures[F.FRAMES_SIGNATURE], loaded.signatures[F.SERVING_SIGNATURE]
+    return {
+        "keras eager": lambda: model(inputs, training=False).numpy(),
+        "keras graph": lambda: graph(inputs).numpy(),
+        "predict_frames": lambda: by_frames(**inputs)[F.PROBABILITIES].numpy(),
+        "serving_default": lambda: by_examples(examples=examples)[F.PROBABILITIES].numpy(),
+    }
+
+
+def measure(batch: int, rounds: int, calls: int, tmp: Path) -> dict[str, dict[str, float]]:
+    fns = callers(batch, tmp)
+    for fn in fns.values():  # trace and warm up
+        for _ in range(5):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            for _ in range(calls):
+                start = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: {"p50_ms": float(np.percentile(t, 50)), "p99_ms": float(np.percentile(t, 99)), "calls": len(t)}
+            for name, t in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=60, help="calls per caller and round")
+    args = parser.parse_args()
+    results: dict[str, object] = {"machine": platform.processor() or platform.machine(), "cores": tf.config.
+                                  threading.get_inter_op_parallelism_threads(), "batches": {}}
+    print(f"{'batch':>5}  {'caller':<16} {'p50 ms':>8} {'p99 ms':>8} {'p50 / keras graph':>18}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for batch in (1, 8):
+            rows = measure(batch, args.rounds, args.calls, Path(tmp))
+            base = rows["keras graph"]["p50_ms"]
+            for name, row in rows.items():
+                row["ratio_p50"] = row["p50_ms"] / base
+                print(f"{batch:>5}  {name:<16} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} {row['ratio_p50']:>18.2f}")
+            results["batches"][str(batch)] = rows  # type: ignore[index]
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""The candidate's predictions on every eval series, as served, and on two controls
+that take time away from it.
+
+- `frames`: the records as they are;
+- `shuffled`: the valid frames of each series in a seeded random order;
+- `one_frame`: the middle valid frame repeated over all valid positions.
+
+A model that reads the sequence loses AUC on the controls; one that looks at a single
+frame does not. Predictions go through the exported `predict_frames` signature, the
+one TF Serving runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from medseq.components.train.dataset import parse_examples, split_files
+from medseq.components.train.export import load_spec
+from medseq.pipeline import features as F
+from medseq.pipeline.errors import InputError
+
+VARIANTS = ("frames", "shuffled", "one_frame")
+BATCH = 32
+
+
+@dataclass(frozen=True)
+class EvalPredictions:
+    labels: np.ndarray  # (N,) class index
+    slices: dict[str, np.ndarray] = field(repr=False)  # slice feature -> (N,) str values
+    probs: dict[str, np.ndarray] = field(repr=False)  # variant -> (N, K)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def select(self, feature: str, value: str) -> np.ndarray:
+        return self.slices[feature] == value
+
+
+def shuffle_frames(frames: np.ndarray, valid: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    out = frames.copy()
+    for i, v in enumerate(valid):
+        out[i, :v] = frames[i, rng.permutation(int(v))]
+    return out
+
+
+def repeat_one_frame(frames: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    out = frames.copy()
+    for i, v in enumerate(valid):
+        out[i, :v] = frames[i, int(v) // 2]
+    return out
+
+
+def _records(examples_dir: str, split: str, spec_model_dir: str) -> tf.data.Dataset:
+    files = split_files(examples_dir, split)
+    if not files:
+        raise InputError(f"{examples_dir}/{split}: no records to evaluate on")
+    spec = load_spec(spec_model_dir)
+
+    def parse(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+        parsed = parse_examples(serialized, spec)
+        slices = tf.io.parse_example(serialized, {
+            name: tf.io.FixedLenFeature([], tf.string, default_value="") for name in F.SLICE_FEATURES})
+        return {**parsed, **slices}
+
+    return tf.data.TFRecordDataset(files, compression_type="GZIP").batch(BATCH).map(parse)
+
+
+def predict_split(examples_dir: str, model_dir: str | Path, seed: int = 0, split: str = "eval") -> EvalPredictions:
+    """Probabilities of the SavedModel at `model_dir` on every record of `split`."""
+    serve = tf.saved_model.load(str(model_dir)).signatures[F.FRAMES_SIGNATURE]
+    rng = np.random.default_rng(seed)
+    labels: list[np.ndarray] = []
+    slices: dict[str, list[np.ndarray]] = {name: [] for name in F.SLICE_FEATURES}
+    probs: dict[str, list[np.ndarray]] = {name: [] for name in VARIANTS}
+    for batch in _records(examples_dir, split, str(model_dir)).as_numpy_iterator():
+        frames, valid = batch[F.FRAMES], batch[F.VALID_FRAMES]
+        inputs = {"frames": frames, "shuffled": shuffle_frames(frames, valid, rng),
+                  "one_frame": repeat_one_frame(frames, valid)}
+        for name, x in inputs.items():
+            out = serve(**{F.FRAMES: tf.constant(x), F.VALID_FRAMES: tf.constant(valid)})
+            probs[name].append(out[F.PROBABILITIES].numpy().astype(np.float64))
+        labels.append(batch[F.LABEL])
+        for name in F.SLICE_FEATURES:
+            slices[name].append(np.array([v.decode() for v in batch[name]], dtype=object))
+    return EvalPredictions(np.concatenate(labels), {k: np.concatenate(v) for k, v in slices.items()},
+                           {k: np.concatenate(v) for k, v in probs.items()})

@@ -1,0 +1,79 @@
+"""Metrics of per-series predictions and their seeded bootstrap confidence intervals.
+
+The names are TFMA's (`auc`, `binary_accuracy`, `macro_auc`, `auc_class_1`, ...), so an
+interval sits beside the TFMA number of the same metric. Values are exact (ranks for
+AUC, step-wise average precision for AUC-PR) where TFMA interpolates over 10,000
+thresholds: the two agree to about 1e-3.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from medseq.components.train.metrics import binary_auc
+
+Interval = tuple[float, float]
+
+
+def average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the precision-recall curve as the mean precision at each positive."""
+    if not positive.any():
+        return float("nan")
+    order = np.argsort(-scores, kind="mergesort")
+    hits = positive[order].astype(np.float64)
+    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float((precision * hits).sum() / hits.sum())
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num / den) if den else float("nan")
+
+
+def binary_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """Two classes: class 1 is the positive one, predicted when p1 >= threshold."""
+    score, positive = probs[:, 1], labels == 1
+    predicted = score >= threshold
+    tp, fp = float(np.sum(predicted & positive)), float(np.sum(predicted & ~positive))
+    fn, tn = float(np.sum(~predicted & positive)), float(np.sum(~predicted & ~positive))
+    return {"auc": binary_auc(score, positive), "auc_precision_recall": average_precision(score, positive),
+            "binary_accuracy": _ratio(tp + tn, len(labels)), "precision": _ratio(tp, tp + fp),
+            "recall": _ratio(tp, tp + fn), "specificity": _ratio(tn, tn + fp),
+            "mean_label": float(positive.mean()), "mean_prediction": float(score.mean())}
+
+
+def multiclass_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Three or more classes: one-vs-rest AUC per class, their macro mean, top-1 accuracy."""
+    per_class = {f"auc_class_{k}": binary_auc(probs[:, k], labels == k) for k in range(probs.shape[1])}
+    finite = [v for v in per_class.values() if np.isfinite(v)]
+    return {**per_class, "macro_auc": float(np.mean(finite)) if finite else float("nan"),
+            "sparse_categorical_accuracy": _ratio(float(np.sum(probs.argmax(-1) == labels)), len(labels))}
+
+
+def metrics_of(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    return binary_metrics(probs, labels) if probs.shape[1] == 2 else multiclass_metrics(probs, labels)
+
+
+def bootstrap_intervals(probs: np.ndarray, labels: np.ndarray, seed: int, samples: int = 1000,
+                        level: float = 0.95, metrics: Callable[..., dict[str, float]] = metrics_of,
+                        ) -> dict[str, Interval]:
+    """Percentile intervals of every metric over series resampled with replacement.
+
+    Resamples where a metric is undefined (one class only) are left out of its interval.
+    """
+    if len(labels) == 0:
+        return {}
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {}
+    for _ in range(samples):
+        pick = rng.integers(0, len(labels), len(labels))
+        for name, value in metrics(probs[pick], labels[pick]).items():
+            if np.isfinite(value):
+                draws.setdefault(name, []).append(value)
+    tail = (1.0 - level) / 2 * 100
+    out: dict[str, Interval] = {}
+    for name, values in draws.items():
+        low, high = np.percentile(values, [tail, 100 - tail])
+        out[name] = (float(low), float(high))
+    return out

@@ -1,0 +1,104 @@
+"""Evaluation plots as inline PNG (matplotlib, Agg backend): ROC, precision-recall,
+calibration and the confusion matrix, from the per-series predictions."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Mapping
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+
+def _png(fig: Figure) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def roc_points(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """False and true positive rates at every distinct score, from (0, 0) to (1, 1)."""
+    order = np.argsort(-scores, kind="mergesort")
+    s, pos = scores[order], positive[order].astype(np.float64)
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # the last index of each distinct score
+    tp, fp = np.cumsum(pos)[last], np.cumsum(1.0 - pos)[last]
+    return np.r_[0.0, fp / max(fp[-1], 1.0)], np.r_[0.0, tp / max(tp[-1], 1.0)]
+
+
+def _curves(probs: Mapping[str, np.ndarray], labels: np.ndarray, classes: tuple[str, ...]
+            ) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(legend, scores, positive) for each curve: the positive class of two, else each class."""
+    out = []
+    for model, p in probs.items():
+        for k in ([1] if len(classes) == 2 else range(len(classes))):
+            legend = model if len(classes) == 2 else f"{model}: {classes[k]} vs rest"
+            out.append((legend, p[:, k], labels == k))
+    return out
+
+
+def roc_plot(probs: Mapping[str, np.ndarray], labels: np.ndarray, classes: tuple[str, ...]) -> str:
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    for legend, scores, positive in _curves(probs, labels, classes):
+        fpr, tpr = roc_points(scores, positive)
+        ax.step(fpr, tpr, where="post", label=legend)
+    ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1, label="chance")
+    ax.set(xlabel="false positive rate (1 - specificity)", ylabel="true positive rate (sensitivity)",
+           title="ROC", xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right", fontsize=7)
+    return _png(fig)
+
+
+def pr_plot(probs: Mapping[str, np.ndarray], labels: np.ndarray, classes: tuple[str, ...]) -> str:
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    for legend, scores, positive in _curves(probs, labels, classes):
+        order = np.argsort(-scores, kind="mergesort")
+        hits = positive[order].astype(np.float64)
+        recall = np.cumsum(hits) / max(hits.sum(), 1.0)
+        precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+        ax.step(np.r_[0.0, recall], np.r_[1.0, precision], where="post", label=legend)
+    ax.set(xlabel="recall (sensitivity)", ylabel="precision", title="Precision-recall", xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower left", fontsize=7)
+    return _png(fig)
+
+
+def calibration_plot(probs: Mapping[str, np.ndarray], labels: np.ndarray, classes: tuple[str, ...],
+                     bins: int = 10) -> str:
+    """Mean predicted probability against the observed rate, in equal-width bins."""
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    for legend, scores, positive in _curves(probs, labels, classes):
+        which = np.clip(np.digitize(scores, edges[1:-1]), 0, bins - 1)
+        used = [b for b in range(bins) if np.any(which == b)]
+        ax.plot([scores[which == b].mean() for b in used], [positive[which == b].mean() for b in used],
+                marker="o", label=legend)
+    ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1, label="perfect calibration")
+    ax.set(xlabel="mean predicted probability", ylabel="observed fraction positive", title="Calibration",
+           xlim=(0, 1), ylim=(0, 1))
+    ax.legend(loc="upper left", fontsize=7)
+    return _png(fig)
+
+
+def confusion_matrix(probs: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:
+    """Counts [true class, predicted class] at the decision rule (argmax; 0.5 for two classes)."""
+    matrix = np.zeros((classes, classes), np.int64)
+    np.add.at(matrix, (labels, probs.argmax(-1)), 1)
+    return matrix
+
+
+def confusion_plot(probs: np.ndarray, labels: np.ndarray, classes: tuple[str, ...]) -> str:
+    matrix = confusion_matrix(probs, labels, len(classes))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(classes), 1.4 + 1.0 * len(classes)))
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), n in np.ndenumerate(matrix):
+        ax.text(j, i, str(n), ha="center", va="center", color="white" if n > matrix.max() / 2 else "black")
+    ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix (candidate)")
+    return _png(fig)

@@ -1,0 +1,141 @@
+"""Every series under a raw DICOM folder -> class probabilities.
+
+It runs the very preprocessing ingest ran (the config travels inside the SavedModel,
+assets.extra/medseq_spec.json) and calls the model's `predict_frames` signature. A
+series that cannot be read gets its rejection reason; the others still get predicted.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medseq.components.ingest import deid
+from medseq.components.preprocessing import reasons
+from medseq.components.preprocessing.headers import FileHeader, read_header
+from medseq.components.preprocessing.prepare import prepare_series
+from medseq.components.preprocessing.reasons import Rejected
+from medseq.components.preprocessing.transform import Prepared
+from medseq.pipeline import features as F
+from medseq.pipeline.config import PreprocessConfig, from_dict
+from medseq.pipeline.errors import InputError
+
+
+@dataclass(frozen=True)
+class Prediction:
+    series: str  # folder of the series relative to the input, identifying parts hashed
+    series_key: str  # keyed hash of the series, as in the records (under the same key)
+    label: str | None
+    probabilities: dict[str, float]
+    rejected: str | None = None  # reason code when the series could not be read
+    message: str = ""  # what was expected and found, for a rejected series
+    frame_importance: tuple[float, ...] = field(default=(), repr=False)  # --explain: one per valid frame
+
+    def to_json(self) -> dict[str, object]:
+        if self.rejected:
+            return {"series": self.series, "series_key": self.series_key, "rejected": self.rejected,
+                    "message": self.message}
+        out: dict[str, object] = {"series": self.series, "series_key": self.series_key, "label": self.label,
+                                  "probabilities": self.probabilities}
+        if self.frame_importance:
+            out["frame_importance"] = list(self.frame_importance)
+        return out
+
+
+@dataclass(frozen=True)
+class PreparedSeries:
+    where: str
+    series_key: str
+    item: Prepared | Rejected
+
+
+def read_series(root: Path) -> tuple[dict[str, list[FileHeader]], list[tuple[str, Rejected]]]:
+    """Headers of every file under `root` (any nesting), grouped by series key."""
+    groups: dict[str, list[FileHeader]] = defaultdict(list)
+    rejected = []
+    for folder, _, names in sorted(os.walk(root)):
+        for name in sorted(names):
+            path = str(Path(folder) / name)
+            try:
+                with open(path, "rb") as f:
+                    header = read_header(f, path)
+            except Rejected as exc:
+                rejected.append((path, exc))
+                continue
+            groups[header.series_key_source].append(header)
+    return groups, rejected
+
+
+def prepare_folder(root: str | Path, config: PreprocessConfig, key: bytes | None = None) -> list[PreparedSeries]:
+    """Every series under `root` through the shared preprocessing, in folder order.
+
+    Series are named by their folder relative to `root`, with any part that may carry
+    an identifier replaced by a keyed hash (MEDSEQ_HASH_KEY, else a per-run random key).
+    """
+    key = key or os.environ.get(deid.KEY_ENV, "").encode() or secrets.token_bytes(32)
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"input not found: {root} (expected a folder of DICOM files)")
+    groups, _ = read_series(root)
+    out = []
+    for source, headers in sorted(groups.items(), key=lambda item: min(h.path for h in item[1])):
+        paths = sorted(h.path for h in headers)
+        folder = os.path.commonpath(paths) if len(paths) > 1 else paths[0]
+        where = deid.safe_relpath(folder, str(root), key, deid.series_identifiers(headers)) or "."
+        series_key = deid.keyed_hash(key, "series", source)
+        try:
+            item: Prepared | Rejected = prepare_series(headers, lambda p: open(p, "rb"), config)[1]
+        except Rejected as exc:
+            item = exc
+        except Exception as exc:  # noqa: BLE001 - one series must not hide the others
+            item = Rejected(reasons.PROCESSING_ERROR, f"unexpected {type(exc).__name__} while preparing the series")
+        out.append(PreparedSeries(where, series_key, item))
+    return out
+
+
+def frame_importance(signature: object, prepared: Prepared, target: int) -> tuple[float, ...]:
+    """Temporal occlusion: each valid frame is taken out of the sequence in turn (the
+    later ones move up, the mask shrinks by one); its importance is how much the
+    probability of `target` drops without it."""
+    import tensorflow as tf
+
+    frames, valid = prepared.frames, prepared.valid_frames
+    if valid < 2:
+        return (0.0,) * valid
+    occluded = np.stack([np.concatenate([np.delete(frames[:valid], t, axis=0), frames[valid - 1:]], axis=0)
+                         for t in range(valid)])
+    run = signature  # a concrete function of the SavedModel: frames, valid_frames -> outputs
+    full = run(frames=tf.constant(frames[None]), valid_frames=tf.constant([valid], tf.int32))  # type: ignore
+    without = run(frames=tf.constant(occluded), valid_frames=tf.constant([valid - 1] * valid, tf.int32))  # type: ignore
+    p_full = float(full[F.PROBABILITIES].numpy()[0, target])
+    return tuple(float(p_full - p) for p in without[F.PROBABILITIES].numpy()[:, target])
+
+
+def predict(model_dir: str | Path, root: str | Path, explain: bool = False) -> list[Prediction]:
+    """Predictions for every series under `root`, in folder order."""
+    import tensorflow as tf
+
+    from medseq.components.train.export import load_spec
+
+    spec = load_spec(model_dir)
+    config = from_dict(PreprocessConfig, spec.preprocess, "model preprocess")
+    signature = tf.saved_model.load(str(model_dir)).signatures[F.FRAMES_SIGNATURE]
+    results = []
+    for series in prepare_folder(root, config):
+        item = series.item
+        if isinstance(item, Rejected):
+            results.append(Prediction(series.where, series.series_key, None, {}, item.code, item.message))
+            continue
+        out = signature(frames=tf.constant(item.frames[None]), valid_frames=tf.constant([item.valid_frames]))
+        probs = out[F.PROBABILITIES].numpy()[0]
+        target = int(np.argmax(probs))
+        importance = frame_importance(signature, item, target) if explain else ()
+        results.append(Prediction(series.where, series.series_key, spec.classes[target],
+                                  {c: float(p) for c, p in zip(spec.classes, probs, strict=True)},
+                                  frame_importance=importance))
+    return results

@@ -1,0 +1,62 @@
+"""assets.extra/medseq_model.json: what a served version is, beside it.
+
+Shaped after the `metadata.json` of a MONAI bundle (version, package versions,
+network_data_format with inputs and outputs), plus what a reviewer of a served
+medical model asks for: the preprocessing, the classes, the fingerprints of the
+model and of its training records, and the evaluation that blessed it.
+"""
+
+from __future__ import annotations
+
+import datetime
+from importlib import metadata
+from typing import Any
+
+from medseq.pipeline import features as F
+
+CARD_FILE = "medseq_model.json"
+CARD_SCHEMA = "medseq-model-card/1"
+PACKAGES = ("medseq", "tensorflow", "keras", "tensorflow-model-analysis", "apache-beam", "pydicom", "numpy",
+            "tensorflow-serving-api")
+
+
+def package_versions() -> dict[str, str]:
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def model_card(spec_json: dict[str, Any], verdict: dict[str, Any], model_name: str, version: int) -> dict[str, Any]:
+    """The card of `version` from the model's medseq_spec.json and its evaluation verdict."""
+    t, h, w, c = spec_json["shape"]
+    classes = list(spec_json["classes"])
+    training = spec_json.get("training", {})
+    return {
+        "schema": CARD_SCHEMA,
+        "name": model_name,
+        "version": version,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "task": "classification of image series: TimeDistributed CNN per frame, LSTM over the frames",
+        "package_versions": package_versions(),
+        "network_data_format": {
+            "inputs": {
+                F.FRAMES: {"type": "image series", "format": "T,H,W,C", "shape": [t, h, w, c],
+                           "dtype": spec_json["dtype"], "frame_axis": "time (cine, clips) or space (slice stacks)"},
+                F.VALID_FRAMES: {"type": "int32", "meaning": "frames before padding (the LSTM mask)"},
+                "examples": {"type": "serialized tf.Example of the record contract (serving_default)"},
+            },
+            "outputs": {F.PROBABILITIES: {"type": "float32", "shape": [len(classes)], "class_names": classes},
+                        F.CLASS_IDS: {"type": "int32", "meaning": "argmax of probabilities"}},
+            "signatures": [F.SERVING_SIGNATURE, F.FRAMES_SIGNATURE],
+        },
+        "preprocessing": spec_json.get("preprocess", {}),
+        "classes": classes,
+        "fingerprints": {"model": verdict.get("model_fingerprint"), "training_records": training.get("records")},
+        "training": {k: v for k, v in training.items() if k != "records"},
+        "evaluation": {k: verdict.get(k) for k in ("decision", "eval_series", "confidence_level", "metrics",
+                                                    "intervals", "checks", "not_gated", "notes", "temporal")},
+    }

@@ -1,0 +1,75 @@
+"""assets.extra/tf_serving_warmup_requests from synthetic input only.
+
+TF Serving replays these PredictionLogs when it loads a version, so the first real
+request does not pay for graph set-up. They ship inside every served version, so
+they must hold no patient data (TFX's InfraValidator warns the same): the frames are
+seeded noise of the model's input shape and dtype, never pixels of a record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+from medseq.components.ingest.records import encode_example
+from medseq.components.train.dataset import RecordSpec
+from medseq.pipeline import features as F
+
+WARMUP_FILE = "tf_serving_warmup_requests"
+MAX_RECORDS = 1000  # TF Serving's own limit on warm-up records
+
+
+def synthetic_frames(spec: RecordSpec, batch: int, seed: int = 0) -> np.ndarray:
+    """(batch, T, H, W, C) seeded noise in the model's dtype and value range."""
+    rng = np.random.default_rng(seed)
+    shape = (batch, *spec.shape)
+    if spec.dtype == "uint8":
+        return rng.integers(0, 256, shape, dtype=np.uint8)
+    return rng.random(shape).astype(spec.dtype)
+
+
+def synthetic_example(frames: np.ndarray) -> bytes:
+    """A serialized tf.Example of the record contract around `frames` (T, H, W, C)."""
+    return encode_example({F.FRAMES: frames.tobytes(), F.FRAMES_SHAPE: list(frames.shape),
+                           F.FRAMES_DTYPE: str(frames.dtype).encode(), F.VALID_FRAMES: [frames.shape[0]]})
+
+
+def warmup_requests(spec: RecordSpec, model_name: str, batch_sizes: Sequence[int]) -> list[predict_pb2.PredictRequest]:
+    """One PredictRequest per signature and batch size."""
+    requests = []
+    for batch in batch_sizes:
+        frames = synthetic_frames(spec, batch, seed=batch)
+        by_examples = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(
+            name=model_name, signature_name=F.SERVING_SIGNATURE))
+        by_examples.inputs["examples"].CopyFrom(tf.make_tensor_proto([synthetic_example(f) for f in frames],
+                                                                     dtype=tf.string))
+        by_frames = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(
+            name=model_name, signature_name=F.FRAMES_SIGNATURE))
+        by_frames.inputs[F.FRAMES].CopyFrom(tf.make_tensor_proto(frames))
+        by_frames.inputs[F.VALID_FRAMES].CopyFrom(tf.make_tensor_proto(np.full(batch, spec.frames, np.int32)))
+        requests += [by_examples, by_frames]
+    return requests[:MAX_RECORDS]
+
+
+def write_warmup(path: Path, requests: Sequence[predict_pb2.PredictRequest]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for request in requests:
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+
+
+def read_warmup(path: str | Path) -> list[predict_pb2.PredictRequest]:
+    return [prediction_log_pb2.PredictionLog.FromString(r.numpy()).predict_log.request
+            for r in tf.data.TFRecordDataset(str(path))]
+
+
+def run_request(loaded: object, request: predict_pb2.PredictRequest) -> dict[str, np.ndarray]:
+    """Runs a PredictRequest through a loaded SavedModel's signature, as TF Serving does."""
+    signature = loaded.signatures[request.model_spec.signature_name]  # type: ignore[attr-defined]
+    inputs = {name: tf.constant(tf.make_ndarray(proto)) for name, proto in request.inputs.items()}
+    return {k: v.numpy() for k, v in signature(**inputs).items()}
