@@ -148,9 +148,10 @@ def finalize(staging: str, out: str, classes: tuple[str, ...], config: dict[str,
             FileSystems.join(staging, split)) else None
     with FileSystems.create(FileSystems.join(staging, F.REJECTED_FILE)) as f:
         f.write("".join(line + "\n" for line in rejected_lines).encode())
-    qc = {
+    records = {s: sum(1 for r in index if r["split"] == s) for s in F.SPLITS}
+    qc: dict[str, Any] = {
         "classes": list(classes),
-        "records": {s: sum(1 for r in index if r["split"] == s) for s in F.SPLITS},
+        "records": records,
         "labels": {s: dict(sorted(Counter(r["label"] for r in index if r["split"] == s).items())) for s in F.SPLITS},
         "modalities": dict(sorted(Counter(r["modality"] for r in index).items())),
         "manufacturers": dict(sorted(Counter(r["manufacturer"] for r in index).items())),
@@ -174,7 +175,7 @@ def finalize(staging: str, out: str, classes: tuple[str, ...], config: dict[str,
         FileSystems.rename([FileSystems.join(staging, name)], [FileSystems.join(out, name)])
     FileSystems.rename([FileSystems.join(staging, "qc.json.tmp")], [FileSystems.join(out, F.QC_FILE)])
     FileSystems.delete([trash, staging])
-    return IngestOutputs(out, dict(qc["records"]), len(rejected), classes, qc)
+    return IngestOutputs(out, records, len(rejected), classes, qc)
 
 
 def run_job(input_path: str, labels_path: str, out: str, key: bytes, preprocess: PreprocessConfig,

@@ -47,7 +47,8 @@ def _feature(value: bytes | Sequence[bytes] | Sequence[int] | Sequence[float] | 
     return _field(3, _field(1, packed))  # Int64List
 
 
-def encode_example(features: Mapping[str, bytes | Sequence[bytes] | Sequence[int] | Sequence[float]]) -> bytes:
+def encode_example(features: Mapping[str, bytes | Sequence[bytes] | Sequence[int] | Sequence[float] | np.ndarray],
+                   ) -> bytes:
     """Serializes a tf.train.Example; keys in sorted order so the bytes are deterministic."""
     entries = b"".join(
         _field(1, _field(1, key.encode()) + _field(2, _feature(features[key]))) for key in sorted(features)

@@ -104,7 +104,7 @@ def order_series(headers: list[FileHeader]) -> OrderedSeries:
     if len(unique) != len(frames):
         raise Rejected(reasons.DUPLICATE_POSITION, f"{len(frames)} images at {len(unique)} slice positions: "
                        "a 4-D or repeated acquisition, expected one image per position")
-    order = np.lexsort(([f.instance_number for f in frames], distance))
+    order = np.lexsort((np.array([f.instance_number for f in frames]), distance))
     ordered = [frames[i] for i in order]
     gaps = np.diff(distance[order])
     interval = float(np.min(gaps))

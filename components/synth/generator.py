@@ -84,7 +84,8 @@ def _cine(seed: int, study: Study, rng: np.random.Generator, matrix: int,
     col = np.cross(row, np.array([0.2, -0.3, 0.93]))
     col /= np.linalg.norm(col)
     offset = (matrix - 1) / 2 * truth.pixel_spacing
-    origin = tuple(float(x) for x in np.array([10.0, -20.0, 35.0]) - offset * (row + col))
+    ox, oy, oz = (float(x) for x in np.array([10.0, -20.0, 35.0]) - offset * (row + col))
+    origin = (ox, oy, oz)
     rr = 60000.0 / rng.uniform(55, 95)
     geometry = SeriesGeometry(tuple(row) + tuple(col), (origin,) * n, truth.pixel_spacing, 8.0,
                               tuple(rr * t / n for t in range(n)))
