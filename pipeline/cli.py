@@ -68,10 +68,40 @@ def split_beam_args(parser: _Parser, rest: list[str]) -> list[str]:
     return rest
 
 
-def _config(args: argparse.Namespace, **overrides: Any) -> Any:
+# Command-line options that set a config key: (option dest, section, key).
+CONFIG_OPTIONS = (
+    ("num_shards", "ingest", "num_shards"), ("hash_key_file", "ingest", "hash_key_file"),
+    ("epochs", "train", "epochs"), ("batch_size", "train", "batch_size"), ("strategy", "train", "strategy"),
+    ("eval_config", "evaluate", "eval_config"), ("model_name", "push", "model_name"),
+    ("keep_versions", "push", "keep_versions"),
+)
+
+
+def _config(args: argparse.Namespace) -> Any:
+    """The effective config of a command: the shipped one, --config over it, then its options."""
     from medseq.pipeline.config import load_config
 
-    return load_config(args.config, {k: v for k, v in overrides.items() if v is not None})
+    overrides: dict[str, Any] = {}
+    for dest, section, key in CONFIG_OPTIONS:
+        value = getattr(args, dest, None)
+        if value is not None:
+            is_path = dest in ("hash_key_file", "eval_config") and "://" not in value
+            overrides.setdefault(section, {})[key] = os.path.abspath(value) if is_path else value
+    if getattr(args, "split", None):
+        overrides.setdefault("ingest", {})["split"] = dict(zip(("train", "eval", "test"), args.split, strict=True))
+    if getattr(args, "input", None) and getattr(args, "labels", None):
+        overrides.update(input=os.path.abspath(args.input) if "://" not in args.input else args.input,
+                         labels=os.path.abspath(args.labels) if "://" not in args.labels else args.labels)
+    return load_config(args.config, overrides)
+
+
+def print_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from medseq.pipeline.config import to_dict
+
+    print(yaml.safe_dump(to_dict(_config(args)), sort_keys=False), end="")
+    return 0
 
 
 def cmd_synth(args: argparse.Namespace, _: list[str]) -> int:
@@ -84,22 +114,9 @@ def cmd_synth(args: argparse.Namespace, _: list[str]) -> int:
 
 
 def cmd_convert(args: argparse.Namespace, beam_args: list[str]) -> int:
-    import dataclasses
-
     from medseq.components import ingest
-    from medseq.pipeline.config import from_dict
 
-    config = _config(args).on_input(args.input, args.labels)
-    ingest_cfg = config.ingest
-    if args.num_shards is not None:
-        ingest_cfg = dataclasses.replace(ingest_cfg, num_shards=args.num_shards)
-    if args.hash_key_file:
-        ingest_cfg = dataclasses.replace(ingest_cfg, hash_key_file=args.hash_key_file)
-    if args.split:
-        ingest_cfg = dataclasses.replace(ingest_cfg, split=from_dict(
-            type(ingest_cfg.split), dict(zip(("train", "eval", "test"), args.split, strict=True)), "--split"))
-    config = dataclasses.replace(config, ingest=ingest_cfg)
-    out = ingest.run(config, args.out, beam_args=beam_args)
+    out = ingest.run(_config(args), args.out, beam_args=beam_args)
     print(f"convert: records {out.records}, rejected {out.rejected} -> {out.out}")
     for reason, count in out.qc["rejected"].items():
         print(f"  rejected {reason}: {count}")
@@ -123,14 +140,10 @@ def cmd_validate(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 
 def cmd_train(args: argparse.Namespace, _: list[str]) -> int:
-    import dataclasses
-
     from medseq.components import train
 
     config = _config(args)
-    changes = {k: v for k, v in (("epochs", args.epochs), ("strategy", args.strategy),
-                                 ("batch_size", args.batch_size)) if v is not None}
-    out = train.run(args.examples, args.out, dataclasses.replace(config.train, **changes))
+    out = train.run(args.examples, args.out, config.train)
     exported = f"epoch {out.best_epoch} (best {config.train.monitor})" if out.best_epoch else "the last epoch"
     print(f"train: {out.epochs_run} epoch(s) run ({out.steps} steps in all, resumed from epoch "
           f"{out.resumed_from_epoch}); exported {exported} -> {out.model_dir}")
@@ -143,10 +156,10 @@ def cmd_evaluate(args: argparse.Namespace, beam_args: list[str]) -> int:
     config = _config(args)
     baseline = args.baseline
     if baseline is None and args.serving_dir:
-        served = push.served_model(args.serving_dir, args.model_name or config.push.model_name)
+        served = push.served_model(args.serving_dir, config.push.model_name)
         baseline = str(served) if served else None
-    out = evaluate.evaluate(args.examples, args.model, args.out, args.eval_config or config.evaluate.eval_config,
-                            baseline, beam_args=[*config.evaluate.beam_args, *beam_args], settings=config.evaluate)
+    out = evaluate.evaluate(args.examples, args.model, args.out, config.evaluate.eval_config, baseline,
+                            beam_args=[*config.evaluate.beam_args, *beam_args], settings=config.evaluate)
     print(evaluate.summary(out))
     return 0 if out.blessed else 1
 
@@ -155,8 +168,7 @@ def cmd_push(args: argparse.Namespace, _: list[str]) -> int:
     from medseq.components import push
 
     config = _config(args).push
-    out = push.push(args.model, args.evaluation, args.serving_dir, args.model_name or config.model_name,
-                    config.keep_versions if args.keep_versions is None else args.keep_versions,
+    out = push.push(args.model, args.evaluation, args.serving_dir, config.model_name, config.keep_versions,
                     config.warmup_batch_sizes)
     removed = f"; removed version(s) {', '.join(map(str, out.removed))}" if out.removed else ""
     print(f"push: version {out.version} -> {out.version_dir} (config {out.models_config}){removed}")
@@ -183,7 +195,7 @@ def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
     from medseq.pipeline.runner import run_pipeline
 
     config = _config(args)
-    result = run_pipeline(config, args.out, beam_args)
+    result = run_pipeline(config, args.out, beam_args, start_from=args.start_from, only=args.only)
     if result.blessed:
         print(f"run: BLESSED; served model at {result.served}")
     else:
@@ -206,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
         if config:
             p.add_argument("--config", help="pipeline config YAML, laid over the shipped schemas/pipeline.yaml "
                            "(it changes only the keys it names)")
+            p.add_argument("--print-config", action="store_true",
+                           help="print the effective config of this command (shipped, --config, options) and exit")
         return p
 
     from medseq.components.synth.tasks import TASKS
@@ -274,6 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("run", cmd_run, "Run every stage into one run folder: by default on synthetic cine MR that the "
             "shipped config's `synth` section generates there; `input`/`labels` in a --config for your DICOM.")
     p.add_argument("--out", default="runs/latest", help="run folder (default: runs/latest)")
+    from medseq.pipeline.runner import STAGES
+
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--from", dest="start_from", choices=STAGES,
+                       help="rerun this stage and every later one (earlier ones are reused from OUT)")
+    which.add_argument("--only", choices=STAGES, help="run this one stage on the outputs already in OUT")
     return parser
 
 
@@ -290,10 +310,31 @@ def _quiet_libraries(verbose: bool) -> None:
     warnings.filterwarnings("ignore")
 
 
+def _relax_required(parser: argparse.ArgumentParser) -> None:
+    """--print-config needs no inputs: the commands' required options become optional."""
+    for sub_parser in parser._subparsers._group_actions[0].choices.values():  # type: ignore[union-attr]
+        for action in sub_parser._actions:
+            action.required = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    from_command_line = argv is None
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--print-config" in argv:
+        _relax_required(parser)
     args, rest = parser.parse_known_args(argv)
+    if getattr(args, "print_config", False):
+        try:
+            return print_config(args)
+        except MedseqError as exc:
+            print(f"medseq {args.command}: {exc}", file=sys.stderr)
+            return exc.exit_code
     _quiet_libraries(args.verbose)
+    if from_command_line and not args.verbose:
+        from medseq.pipeline.console import filter_native_logs
+
+        filter_native_logs()
     sub_parser = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr,index]
     if args.command in BEAM_COMMANDS:
         beam_args = split_beam_args(sub_parser, rest)

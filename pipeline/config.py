@@ -8,8 +8,6 @@ wherever medseq is installed.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +18,7 @@ import yaml
 
 from medseq.components.synth.tasks import TASKS as SYNTH_TASKS
 from medseq.pipeline.errors import ConfigError
+from medseq.pipeline.typed import check_choice, from_dict, section_of, to_dict  # noqa: F401 - to_dict re-exported
 
 SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
 DEFAULT_CONFIG = SCHEMAS_DIR / "pipeline.yaml"
@@ -38,6 +37,7 @@ LR_SCHEDULES = ("constant", "cosine")
 MONITOR_MODES = ("max", "min")
 MIXED_PRECISION = ("off", "mixed_float16", "mixed_bfloat16")
 CLASS_WEIGHTS = ("none", "auto")
+FRAME_STRIPS = ("synthetic", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -67,10 +67,10 @@ class PreprocessConfig:
         for name in ("frames", "height", "width", "min_frames"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"preprocess.{name}: expected a positive integer, found {getattr(self, name)}")
-        _check_choice("preprocess.dtype", self.dtype, DTYPES)
-        _check_choice("preprocess.temporal", self.temporal, TEMPORAL_MODES)
-        _check_choice("preprocess.stack", self.stack, STACK_MODES)
-        _check_choice("preprocess.color", self.color, COLOR_MODES)
+        check_choice("preprocess.dtype", self.dtype, DTYPES)
+        check_choice("preprocess.temporal", self.temporal, TEMPORAL_MODES)
+        check_choice("preprocess.stack", self.stack, STACK_MODES)
+        check_choice("preprocess.color", self.color, COLOR_MODES)
         if "default" not in self.windows:
             raise ConfigError("preprocess.windows: expected a 'default' entry for other modalities")
         counts = {len(v) for v in self.windows.values()}
@@ -185,15 +185,15 @@ class TrainConfig:
     deterministic: bool = True  # tf.config.experimental.enable_op_determinism()
 
     def __post_init__(self) -> None:
-        _check_choice("train.strategy", self.strategy, STRATEGIES)
-        _check_choice("train.encoder", self.encoder, ENCODERS)
-        _check_choice("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        _check_choice("train.monitor_mode", self.monitor_mode, MONITOR_MODES)
-        _check_choice("train.mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        check_choice("train.strategy", self.strategy, STRATEGIES)
+        check_choice("train.encoder", self.encoder, ENCODERS)
+        check_choice("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        check_choice("train.monitor_mode", self.monitor_mode, MONITOR_MODES)
+        check_choice("train.mixed_precision", self.mixed_precision, MIXED_PRECISION)
         for op in self.augment:
-            _check_choice("train.augment", op, AUGMENTATIONS)
+            check_choice("train.augment", op, AUGMENTATIONS)
         if isinstance(self.class_weight, str):
-            _check_choice("train.class_weight", self.class_weight, CLASS_WEIGHTS)
+            check_choice("train.class_weight", self.class_weight, CLASS_WEIGHTS)
         elif any(w < 0 for w in self.class_weight.values()):
             raise ConfigError(f"train.class_weight: expected weights >= 0, found {dict(self.class_weight)}")
         for name in ("epochs", "batch_size", "lstm_layers", "lstm_units"):
@@ -252,6 +252,19 @@ class PushConfig:
 
 
 @dataclass(frozen=True)
+class ReportConfig:
+    """RUN/report.html of `medseq run`."""
+
+    # Frame strips (a few frames of one eval series per class) show pixels, and real
+    # pixels can carry burned-in identifiers: `synthetic` shows them only for data the
+    # run generated itself (a `synth` section), `on` always, `off` never.
+    frame_strips: str = "synthetic"
+
+    def __post_init__(self) -> None:
+        check_choice("report.frame_strips", self.frame_strips, FRAME_STRIPS)
+
+
+@dataclass(frozen=True)
 class SynthConfig:
     """`medseq run` on synthetic data: `medseq synth` writes it into RUN/synth first."""
 
@@ -261,7 +274,7 @@ class SynthConfig:
     small: bool = True
 
     def __post_init__(self) -> None:
-        _check_choice("synth.task", self.task, SYNTH_TASKS)
+        check_choice("synth.task", self.task, SYNTH_TASKS)
         if self.patients < 1:
             raise ConfigError(f"synth.patients: expected a positive integer, found {self.patients}")
 
@@ -283,6 +296,7 @@ class PipelineConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     push: PushConfig = field(default_factory=PushConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     def __post_init__(self) -> None:
         if self.synth is not None and (self.input or self.labels):
@@ -292,59 +306,6 @@ class PipelineConfig:
     def on_input(self, input_path: str, labels: str) -> PipelineConfig:
         """This config on the DICOM at `input_path` (its `synth` section, if any, set aside)."""
         return dataclasses.replace(self, synth=None, input=input_path, labels=labels)
-
-
-def _check_choice(where: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        hint = difflib.get_close_matches(value, choices, n=1)
-        suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
-        raise ConfigError(f"{where}: expected one of {', '.join(choices)}; found {value!r}{suggestion}")
-
-
-def _convert(value: Any, hint: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping, found {type(value).__name__}")
-        return from_dict(hint, value, where)
-    if origin in (typing.Union, types.UnionType):
-        if value is None:
-            return None
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        for arg in args[:-1]:
-            try:
-                return _convert(value, arg, where)
-            except ConfigError:
-                continue
-        return _convert(value, args[-1], where)
-    if origin is tuple:
-        items = value if isinstance(value, (list, tuple)) else [value]
-        item = typing.get_args(hint)[0]
-        return tuple(_convert(v, item, f"{where}[{i}]") for i, v in enumerate(items))
-    if origin in (Mapping, dict) or origin is typing.get_origin(Mapping[str, int]):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping, found {type(value).__name__}")
-        _, item = typing.get_args(hint)
-        return types.MappingProxyType({str(k): _convert(v, item, f"{where}.{k}") for k, v in value.items()})
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if hint in (int, str, bool) and type(value) is hint:
-        return value
-    raise ConfigError(f"{where}: expected {getattr(hint, '__name__', hint)}, found {value!r}")
-
-
-def from_dict(cls: type, data: Mapping[str, Any], where: str = "") -> Any:
-    """Builds dataclass `cls` from a mapping; unknown keys are an error with a suggestion."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in data:
-        if key not in names:
-            hint = difflib.get_close_matches(str(key), names, n=1)
-            suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
-            prefix = f"{where}: " if where else ""
-            raise ConfigError(f"{prefix}unknown key {key!r}{suggestion}; expected one of {', '.join(names)}")
-    kwargs = {k: _convert(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
-    return cls(**kwargs)
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -359,14 +320,6 @@ def _read(path: Path) -> dict[str, Any]:
     return data
 
 
-def _section(hint: Any) -> type | None:
-    """The dataclass a field holds (also through `X | None`), else None."""
-    for candidate in (hint, *typing.get_args(hint)):
-        if isinstance(candidate, type) and dataclasses.is_dataclass(candidate):
-            return candidate
-    return None
-
-
 def overlay(base: Mapping[str, Any], top: Mapping[str, Any], cls: type = PipelineConfig) -> dict[str, Any]:
     """`top` over `base`: sections merge key by key, any other value (a list, a mapping
     such as preprocess.windows) is replaced whole. A `top` naming `input` or `labels`
@@ -376,7 +329,7 @@ def overlay(base: Mapping[str, Any], top: Mapping[str, Any], cls: type = Pipelin
     if cls is PipelineConfig and ("input" in top or "labels" in top) and "synth" not in top:
         merged.pop("synth", None)
     for key, value in top.items():
-        section = _section(hints.get(key))
+        section = section_of(hints.get(key))
         if section and isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
             merged[key] = overlay(merged[key], value, section)
         else:
@@ -386,13 +339,14 @@ def overlay(base: Mapping[str, Any], top: Mapping[str, Any], cls: type = Pipelin
 
 def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> PipelineConfig:
     """The shipped config with the YAML file at `path` over it (it sets only the keys it
-    names), then `overrides`; relative paths resolve against the file's folder (the
-    shipped config holds none)."""
+    names), then `overrides` (a mapping laid over it the same way, e.g. from command-line
+    options); relative paths resolve against the file's folder (the shipped config holds
+    none)."""
     path = Path(path) if path else DEFAULT_CONFIG
     data = _read(DEFAULT_CONFIG)
     if path.resolve() != DEFAULT_CONFIG.resolve():
         data = overlay(data, _read(path))
-    data.update(overrides or {})
+    data = overlay(data, overrides or {})
     try:
         config: PipelineConfig = from_dict(PipelineConfig, data)
     except ConfigError as exc:
@@ -405,14 +359,3 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
         validate=dataclasses.replace(config.validate, schema=resolve(config.validate.schema)),
         evaluate=dataclasses.replace(config.evaluate, eval_config=resolve(config.evaluate.eval_config)),
         train=dataclasses.replace(config.train, encoder_weights=resolve(config.train.encoder_weights)))
-
-
-def to_dict(config: Any) -> Any:
-    """A JSON-ready view of a config (recorded in qc.json and the run folder)."""
-    if dataclasses.is_dataclass(config):
-        return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
-    if isinstance(config, Mapping):
-        return {k: to_dict(v) for k, v in config.items()}
-    if isinstance(config, tuple):
-        return [to_dict(v) for v in config]
-    return config

@@ -1,31 +1,42 @@
 """`medseq run`: every stage on the embedded defaults, into one run folder.
 
+    RUN/synth/     synthetic DICOM, when the config has a `synth` section
     RUN/ingest/    records, rejected.jsonl, qc.json
     RUN/validate/  stats.json, anomalies.json (anomalies stop the run)
     RUN/train/     checkpoints/, logs/, model/
     RUN/evaluate/  metrics/, report.html, BLESSED | NOT_BLESSED
     RUN/serving/   <model_name>/<version>/, models.config (only when blessed)
+    RUN/run.json   the run record (pipeline/run_record.py); RUN/report.html the run report
 
-Each stage reads only the folders of the stages before it.
+Each stage reads only the folders of the stages before it. A stage whose inputs and
+config are unchanged since it last finished is reused (`run.json`); `start_from`
+reruns from a stage on, `only` runs one stage on the outputs already there; a stage a
+killed run was in starts again, and training resumes from its checkpoint.
 """
 
 from __future__ import annotations
 
-import json
-import os
+import hmac
 import shutil
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from medseq.pipeline.config import PipelineConfig, SynthConfig, to_dict
-from medseq.pipeline.errors import ConfigError, StageFailed
+from medseq.pipeline import stages
+from medseq.pipeline.config import PipelineConfig, to_dict
+from medseq.pipeline.errors import ConfigError, MedseqError, StageFailed
+from medseq.pipeline.run_record import RunRecord, cache_key
 
 KEY_FILE = "hash.key"
-SYNTH_DIR = "synth"
-SYNTH_RECORD = "synth.json"  # the synth section that made RUN/synth: reused while it matches
+STAGES = ("synth", "ingest", "validate", "train", "evaluate", "push")
+
+
+class _Stop(Exception):
+    """Raised past the stage of `--only`: the stages after it do not run."""
 
 
 @dataclass(frozen=True)
@@ -34,99 +45,145 @@ class RunOutputs:
     blessed: bool
     served: str | None
     reasons: tuple[str, ...]
+    report: str | None = None
 
 
-def _stage(number: int, name: str, detail: str) -> float:
-    print(f"[{number}/5] {name}: {detail}", flush=True)
-    return time.monotonic()
+@dataclass
+class Runner:
+    """Runs, reuses or skips each stage and keeps the run record."""
+
+    run: Path
+    record: RunRecord
+    start_from: str | None = None
+    only: str | None = None
+    reused: list[str] = field(default_factory=list)
+
+    def forced(self, name: str) -> bool:
+        if self.only:
+            return name == self.only
+        return bool(self.start_from) and STAGES.index(name) >= STAGES.index(self.start_from or "synth")
+
+    def stage(self, name: str, title: str, section: Any, inputs: dict[str, Any], outputs: Callable[[], dict[str, str]],
+              work: Callable[[bool], stages.Result]) -> stages.Result:
+        """Reuses stage `name` when its cache key and outputs are unchanged, else runs `work(resume)`."""
+        number = STAGES.index(name)
+        if self.only and number > STAGES.index(self.only):
+            raise _Stop
+        print(f"[{number}/5] {name}: {title}", flush=True)
+        key = cache_key(name, section, inputs)
+        previous = self.record.previous.get(name, {})
+        if self.only and name != self.only or not self.forced(name) and self.record.reusable(name, key, outputs()):
+            if not outputs():
+                raise StageFailed(f"--only {self.only}: expected the {name} output of an earlier run in {self.run}, "
+                                  f"found none; run without --only first")
+            self.record.reuse(name) if name in self.record.previous else None
+            self.reused.append(name)
+            print(f"      reused: inputs and config unchanged since {previous.get('ended', 'an earlier run')}"
+                  if not self.only else "      reused (--only)", flush=True)
+            return stages.Result(previous.get("summary", ""), previous.get("outputs", {}), previous.get("detail", {}))
+        resume = not self.forced(name) and self.record.interrupted(name, key)
+        self.record.begin(name, key, inputs)
+        started = time.monotonic()
+        try:
+            result = work(resume)
+        except MedseqError as exc:
+            self.record.end(name, "failed", str(exc).splitlines()[0], seconds=time.monotonic() - started)
+            raise
+        except BaseException as exc:
+            self.record.end(name, "failed", f"{type(exc).__name__}", seconds=time.monotonic() - started)
+            raise
+        self.record.end(name, "done", result.summary, result.outputs, time.monotonic() - started)
+        self.record.stage(name)["detail"] = result.detail
+        self.record.save()
+        print(f"      {result.summary} ({time.monotonic() - started:.1f} s)", flush=True)
+        return result
 
 
-def _done(started: float, summary: str) -> None:
-    print(f"      {summary} ({time.monotonic() - started:.1f} s)", flush=True)
-
-
-def synthetic_input(synth: SynthConfig, run: Path) -> tuple[Path, bool]:
-    """RUN/synth with `medseq synth`'s output for the config's `synth` section; reused when
-    it was made from the same section. Returns (folder, reused)."""
-    from medseq.components import synth as synthesize
-
-    target = run / SYNTH_DIR
-    wanted = to_dict(synth)
-    record = target / SYNTH_RECORD
-    if record.exists() and json.loads(record.read_text()) == wanted:
-        return target, True
-    staging = run / f".{SYNTH_DIR}-partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    synthesize.run(synth.task, synth.patients, synth.seed, staging, small=synth.small)
-    (staging / SYNTH_RECORD).write_text(json.dumps(wanted, indent=2) + "\n")
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(staging, target)
-    return target, False
-
-
-def run_pipeline(config: PipelineConfig, run_dir: str | Path, beam_args: list[str] | None = None) -> RunOutputs:
-    """Runs ingest -> validate -> train -> evaluate -> push; raises StageFailed on anomalies."""
-    from medseq.components import evaluate, ingest, push, train, validate
+def _key(run: Path, config: PipelineConfig) -> tuple[bytes, str]:
     from medseq.components.ingest import deid
 
-    run = Path(run_dir).resolve()
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     key_file = Path(config.ingest.hash_key_file) if config.ingest.hash_key_file else run / KEY_FILE
     if not key_file.exists():
         deid.new_key_file(key_file)
     key = deid.load_key(str(key_file))
-    extra = list(beam_args or [])
+    # The record names which key made the records without holding it: an HMAC under the key.
+    return key, hmac.new(key, b"medseq run.json key id", "sha256").hexdigest()[:16]
 
+
+def run_pipeline(config: PipelineConfig, run_dir: str | Path, beam_args: list[str] | None = None,
+                 start_from: str | None = None, only: str | None = None) -> RunOutputs:
+    """Runs (or reuses) synth -> ingest -> validate -> train -> evaluate -> push, then writes the run report."""
+    from medseq.components.push.model_card import package_versions
+
+    run = Path(run_dir).resolve()
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    key, key_id = _key(run, config)
+    record = RunRecord(run, to_dict(config), package_versions())
+    runner = Runner(run, record, start_from, only)
+    outcome = RunOutputs(str(run), False, None, ("the run did not finish",))
+    try:
+        outcome = _stages(runner, config, key, key_id, list(beam_args or []))
+        return outcome
+    except _Stop:
+        outcome = RunOutputs(str(run), False, None, (f"--only {only}: the later stages did not run",))
+        return outcome
+    except StageFailed as exc:
+        outcome = RunOutputs(str(run), False, None, (str(exc),))
+        raise
+    finally:
+        record.outcome(blessed=outcome.blessed, served=outcome.served, reasons=list(outcome.reasons),
+                       reused=runner.reused)
+        report = stages.write_run_report(run, config)
+        if report:
+            print(f"run: report {report}", flush=True)
+
+
+def _stages(runner: Runner, config: PipelineConfig, key: bytes, key_id: str, beam_args: list[str]) -> RunOutputs:
+    run = runner.run
     if config.synth is not None:
-        where = run / SYNTH_DIR
+        where = run / stages.SYNTH_DIR
         print(f"medseq run: SYNTHETIC DATA, no patient's images: the config's `synth` section runs\n"
               f"  {config.synth.command(str(where))}\n"
               f"  To run on your DICOM, give a --config with `input` and `labels` instead.", flush=True)
-        t = _stage(0, "synth", f"{config.synth.task}, {config.synth.patients} patients, seed {config.synth.seed}")
-        folder, reused = synthetic_input(config.synth, run)
-        _done(t, f"reused {folder} (same synth section)" if reused else f"written to {folder}")
-        config = config.on_input(str(folder / "dicom"), str(folder / "labels.csv"))
+        synth = config.synth
+        runner.stage("synth", f"{synth.task}, {synth.patients} patients, seed {synth.seed}", to_dict(synth), {},
+                     lambda: stages.folder_print(where, "labels.csv"), lambda _: stages.synth(synth, run))
+        config = config.on_input(str(where / "dicom"), str(where / "labels.csv"))
     if not (config.input and config.labels):
         raise ConfigError("expected `input` and `labels` (your DICOM and its labels.csv) or a `synth` section in "
                           "the config, found neither")
+    ingest_dir, validate_dir, train_dir, eval_dir = (run / n for n in ("ingest", "validate", "train", "evaluate"))
+    ingest_in = {"dicom": stages.input_print(config.input), "labels": stages.input_print(config.labels),
+                 "hash_key_id": key_id}
+    runner.stage("ingest", "DICOM -> TFRecords (Apache Beam)", to_dict([config.preprocess, config.ingest]),
+                 ingest_in, lambda: stages.folder_print(ingest_dir, "qc.json"),
+                 lambda _: stages.ingest(config, ingest_dir, key, beam_args))
+    records = stages.folder_print(ingest_dir, "qc.json")
+    runner.stage("validate", "statistics and schema", to_dict(config.validate), records,
+                 lambda: stages.folder_print(validate_dir, "stats.json"),
+                 lambda _: stages.validate(config, ingest_dir, validate_dir, beam_args))
 
-    t = _stage(1, "ingest", "DICOM -> TFRecords (Apache Beam)")
-    ingested = ingest.run(config, run / "ingest", key=key, beam_args=extra)
-    _done(t, f"records {ingested.records}, rejected {ingested.rejected} (see ingest/rejected.jsonl)")
+    def train(resume: bool) -> stages.Result:
+        if not resume:
+            shutil.rmtree(train_dir, ignore_errors=True)  # checkpoints of another config must not be resumed
+        return stages.train(config, ingest_dir, train_dir)
 
-    t = _stage(2, "validate", "statistics and schema")
-    checked = validate.validate(str(run / "ingest"), run / "validate", config.validate.schema,
-                                max_label_linf=config.validate.max_label_linf,
-                                beam_args=ingest.default_beam_args([*config.validate.beam_args, *extra]))
-    print((run / "validate" / "stats.txt").read_text(), end="")
-    if checked.anomalies:
-        lines = "\n".join(f"  - [{a['kind']}] {a['split']}: {a['message']}" for a in checked.anomalies)
-        count = len(checked.anomalies)
-        raise StageFailed(f"validate found {count} anomal{'y' if count == 1 else 'ies'}; the run stops here:\n{lines}")
-    _done(t, "no anomalies")
-
-    t = _stage(3, "train", f"CNN+LSTM, strategy {config.train.strategy}, {config.train.epochs} epochs")
-    trained = train.run(run / "ingest", run / "train", config.train)
-    _done(t, f"model at {trained.model_dir}")
-
+    runner.stage("train", f"CNN+LSTM, strategy {config.train.strategy}, {config.train.epochs} epochs",
+                 to_dict(config.train), records, lambda: stages.folder_print(train_dir / "model", "saved_model.pb"),
+                 train)
+    model = stages.folder_print(train_dir / "model", "saved_model.pb")
     serving_dir = run / config.push.serving_dir
-    baseline = push.served_model(serving_dir, config.push.model_name)
+    baseline, baseline_in = stages.baseline(serving_dir, config.push.model_name, model)
     against = f" vs. served version {baseline.name}" if baseline else ""
-    t = _stage(4, "evaluate", f"TFMA on held-out patients{against}")
-    evaluated = evaluate.evaluate(str(run / "ingest"), trained.model_dir, run / "evaluate",
-                                  config.evaluate.eval_config, str(baseline) if baseline else None,
-                                  beam_args=[*config.evaluate.beam_args], settings=config.evaluate)
-    print("      " + evaluate.summary(evaluated).replace("\n", "\n      "), flush=True)
-    _done(t, f"report: {run / 'evaluate' / 'report.html'}")
-
-    t = _stage(5, "push", "blessed models only")
-    if not evaluated.blessed:
-        _done(t, "skipped: not blessed")
-        return RunOutputs(str(run), False, None, evaluated.reasons)
-    pushed = push.push(trained.model_dir, run / "evaluate", serving_dir, config.push.model_name,
-                       config.push.keep_versions, config.push.warmup_batch_sizes)
-    retired = f"; removed old version(s) {', '.join(map(str, pushed.removed))}" if pushed.removed else ""
-    _done(t, f"version {pushed.version}{retired}")
-    (run / "run.json").write_text(json.dumps({"served": pushed.version_dir}, indent=2))
-    return RunOutputs(str(run), True, pushed.version_dir, ())
+    evaluated = runner.stage(
+        "evaluate", f"TFMA on held-out patients{against}", to_dict(config.evaluate),
+        {**records, **model, "baseline": baseline_in}, lambda: stages.evaluation_print(eval_dir),
+        lambda _: stages.evaluate(config, ingest_dir, train_dir / "model", eval_dir, baseline))
+    pushed = runner.stage("push", "blessed models only", to_dict(config.push),
+                          {**model, **stages.evaluation_print(eval_dir)},
+                          lambda: stages.served_print(serving_dir, config.push.model_name, model),
+                          lambda _: stages.push(config, train_dir / "model", eval_dir, serving_dir))
+    if not evaluated.detail.get("blessed"):
+        return RunOutputs(str(run), False, None, tuple(evaluated.detail.get("reasons", ())))
+    return RunOutputs(str(run), True, pushed.detail.get("served"), ())

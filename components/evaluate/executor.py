@@ -20,7 +20,7 @@ from google.protobuf import text_format
 
 from medseq.components.evaluate import gate, report
 from medseq.components.evaluate.eval_config import BASELINE, CANDIDATE, has_thresholds, load_eval_config, prepare_config
-from medseq.components.evaluate.inference import VARIANTS, EvalPredictions, predict_split
+from medseq.components.evaluate.inference import PREDICTIONS_FILE, VARIANTS, EvalPredictions, predict_split
 from medseq.components.evaluate.intervals import Interval, bootstrap_intervals, metrics_of
 from medseq.components.train.dataset import record_spec
 from medseq.pipeline import features as F
@@ -165,6 +165,7 @@ def evaluate(examples_dir: str, model_dir: str, out: str | Path, eval_config_pat
                     "metrics": v, "intervals": intervals.get(k, {})} for k, v in sorted(candidate.items())],
     }
     (out / (F.BLESSED if blessed else F.NOT_BLESSED)).write_text(json.dumps(verdict, indent=2) + "\n")
+    (out / PREDICTIONS_FILE).write_text(json.dumps(preds.to_json()) + "\n")
     (out / "report.html").write_text(report.render(verdict, preds, classes, _baseline_probs(baseline_dir,
                                                                                           examples_dir, settings)))
     return EvaluateOutputs(str(out), blessed, tuple(reasons), dict(candidate.get((), {})),

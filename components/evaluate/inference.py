@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -24,6 +25,7 @@ from medseq.pipeline import features as F
 from medseq.pipeline.errors import InputError
 
 VARIANTS = ("frames", "shuffled", "one_frame")
+PREDICTIONS_FILE = "predictions.json"  # written by evaluate beside BLESSED: the run report redraws from it
 BATCH = 32
 
 
@@ -38,6 +40,17 @@ class EvalPredictions:
 
     def select(self, feature: str, value: str) -> np.ndarray:
         return self.slices[feature] == value
+
+    def to_json(self) -> dict[str, object]:
+        """Labels, slice values (keyed hashes for sites) and probabilities: no pixel, no identifier."""
+        return {"labels": self.labels.tolist(), "slices": {k: v.tolist() for k, v in self.slices.items()},
+                "probs": {k: v.tolist() for k, v in self.probs.items()}}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> EvalPredictions:
+        return cls(np.asarray(data["labels"], np.int64),
+                   {k: np.asarray(v, dtype=object) for k, v in data["slices"].items()},
+                   {k: np.asarray(v, np.float64) for k, v in data["probs"].items()})
 
 
 def shuffle_frames(frames: np.ndarray, valid: np.ndarray, rng: np.random.Generator) -> np.ndarray:

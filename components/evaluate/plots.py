@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import matplotlib
 
@@ -101,4 +101,28 @@ def confusion_plot(probs: np.ndarray, labels: np.ndarray, classes: tuple[str, ..
     ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
     ax.set_yticks(range(len(classes)), classes)
     ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix (candidate)")
+    return _png(fig)
+
+
+def curves_plot(history: Sequence[Mapping[str, float]], metric: str) -> str:
+    """A training curve per epoch: `metric` on the train split and `eval_<metric>` on the eval split."""
+    fig, ax = plt.subplots(figsize=(4.6, 3.4))
+    epochs = [h["epoch"] for h in history]
+    for key, legend in ((metric, "train"), (f"eval_{metric}", "eval")):
+        values = [h.get(key, np.nan) for h in history]
+        ax.plot(epochs, values, marker=".", label=legend)
+    ax.set(xlabel="epoch", ylabel=metric, title=metric)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def frame_strip(frames: np.ndarray, valid: int, title: str, most: int = 8) -> str:
+    """Up to `most` of a series' valid frames side by side (first channel, grey)."""
+    picks = np.unique(np.linspace(0, max(valid - 1, 0), min(most, max(valid, 1))).round().astype(int))
+    fig, axes = plt.subplots(1, len(picks), figsize=(1.1 * len(picks), 1.35), squeeze=False)
+    for ax, t in zip(axes[0], picks, strict=True):
+        ax.imshow(frames[t, :, :, 0], cmap="gray")
+        ax.set_axis_off()
+        ax.set_title(str(t), fontsize=6)
+    fig.suptitle(title, fontsize=8)
     return _png(fig)

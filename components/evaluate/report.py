@@ -6,6 +6,7 @@ whether the model uses the order of the frames."""
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -26,15 +27,16 @@ th{background:#f5f5f5} td.n{text-align:right;font-variant-numeric:tabular-nums}
 .plots{display:flex;flex-wrap:wrap;gap:12px} .plots img{border:1px solid #eee}
 """
 
+NUMBER = re.compile(r"^(-|[-+]?\d[\d.,]*)$")  # right-aligned cells
 HEADLINE = ("auc", "macro_auc", "auc_precision_recall", "binary_accuracy", "sparse_categorical_accuracy",
             "precision", "recall", "specificity", "mean_label", "mean_prediction", "example_count")
 
 
-def _e(value: object) -> str:
+def esc(value: object) -> str:
     return html.escape(str(value))
 
 
-def _num(value: float | None) -> str:
+def num(value: float | None) -> str:
     return "-" if value is None or not np.isfinite(value) else f"{value:.4f}"
 
 
@@ -42,10 +44,10 @@ def _ci(interval: Sequence[float] | None) -> str:
     return f"[{interval[0]:.3f}, {interval[1]:.3f}]" if interval else '<span class="muted">-</span>'
 
 
-def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    cells = "".join("<tr>" + "".join(f"<td>{c}</td>" if not c[:1].isdigit() and c[:1] != "-" else
-                                     f'<td class="n">{c}</td>' for c in row) + "</tr>" for row in rows)
-    return "<table><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + f"</tr>{cells}</table>"
+def table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    cells = "".join("<tr>" + "".join(f'<td class="n">{c}</td>' if NUMBER.match(c) else f"<td>{c}</td>"
+                                     for c in row) + "</tr>" for row in rows)
+    return "<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + f"</tr>{cells}</table>"
 
 
 def _ordered(metrics: Mapping[str, float]) -> list[str]:
@@ -53,50 +55,50 @@ def _ordered(metrics: Mapping[str, float]) -> list[str]:
     return first + sorted(m for m in metrics if m not in first and not m.endswith("_diff"))
 
 
-def _gate(verdict: Mapping[str, Any]) -> str:
-    rows = [[_e(c["metric"]), _e(c["slice"]), _e(c["expected"]), _num(c["found"]), _ci(c["interval"]),
+def gate_section(verdict: Mapping[str, Any]) -> str:
+    rows = [[esc(c["metric"]), esc(c["slice"]), esc(c["expected"]), num(c["found"]), _ci(c["interval"]),
              '<span class="pass">pass</span>' if c["passed"] else '<span class="fail">FAIL</span>']
             for c in verdict["checks"]]
-    parts = [_table(("metric", "slice", "expected", "found", "95% interval", "result"), rows) if rows else
+    parts = [table(("metric", "slice", "expected", "found", "95% interval", "result"), rows) if rows else
              '<p class="fail">No thresholds: the gate fails closed.</p>']
-    parts += [f'<p class="fail">{_e(r)}</p>' for r in verdict["reasons"] if not r.startswith(
+    parts += [f'<p class="fail">{esc(r)}</p>' for r in verdict["reasons"] if not r.startswith(
         tuple(f"{c['metric']} on " for c in verdict["checks"]))]
-    parts += [f'<p class="muted">{_e(n)}</p>' for n in [*verdict["not_gated"], *verdict["notes"]]]
+    parts += [f'<p class="muted">{esc(n)}</p>' for n in [*verdict["not_gated"], *verdict["notes"]]]
     return "".join(parts)
 
 
-def _metrics(verdict: Mapping[str, Any]) -> str:
+def metrics_section(verdict: Mapping[str, Any]) -> str:
     metrics, served = verdict["metrics"], verdict["baseline_metrics"]
     head = ["metric", "candidate", "95% interval"] + (["served model", "change"] if served else [])
     rows = []
     for m in _ordered(metrics):
-        row = [_e(m), _num(metrics[m]), _ci(verdict["intervals"].get(m))]
+        row = [esc(m), num(metrics[m]), _ci(verdict["intervals"].get(m))]
         if served:
-            row += [_num(served.get(m)), _num(metrics.get(f"{m}_diff"))]
+            row += [num(served.get(m)), num(metrics.get(f"{m}_diff"))]
         rows.append(row)
-    return _table(head, rows)
+    return table(head, rows)
 
 
-def _slices(verdict: Mapping[str, Any]) -> str:
+def slices_section(verdict: Mapping[str, Any]) -> str:
     gated = {c["slice"] for c in verdict["checks"]}
     name = "auc" if len(verdict["classes"]) == 2 else "macro_auc"
     accuracy = "binary_accuracy" if len(verdict["classes"]) == 2 else "sparse_categorical_accuracy"
-    rows = [[_e(s["slice"]), str(s["series"]), _num(s["metrics"].get(name)), _ci(s["intervals"].get(name)),
-             _num(s["metrics"].get(accuracy)), "gated" if s["slice"] in gated else
+    rows = [[esc(s["slice"]), str(s["series"]), num(s["metrics"].get(name)), _ci(s["intervals"].get(name)),
+             num(s["metrics"].get(accuracy)), "gated" if s["slice"] in gated else
              '<span class="muted">too small to gate</span>' if s["series"] < verdict.get("min_slice_size", 0)
              else '<span class="muted">reported</span>'] for s in verdict["slices"]]
-    return _table(("slice", "series", name, "95% interval", accuracy, "gate"), rows)
+    return table(("slice", "series", name, "95% interval", accuracy, "gate"), rows)
 
 
-def _temporal(verdict: Mapping[str, Any]) -> str:
+def temporal_section(verdict: Mapping[str, Any]) -> str:
     t = verdict["temporal"]
     labels = {"frames": "frames in their order", "shuffled": "frames shuffled",
               "one_frame": "one frame repeated T times"}
-    rows = [[labels[k], _num(t[k]["value"]), _ci(t[k]["interval"]),
-             _num(t["frames"]["value"] - t[k]["value"]) if k != "frames" else "-"] for k in labels]
+    rows = [[labels[k], num(t[k]["value"]), _ci(t[k]["interval"]),
+             num(t["frames"]["value"] - t[k]["value"]) if k != "frames" else "-"] for k in labels]
     gate = (f"Gate: refuse when the one-frame drop is below {t['min_drop']:g}." if t["min_drop"] is not None
             else "Not gated (evaluate.temporal_min_drop is off).")
-    return (_table(("input", t["metric"], "95% interval", "drop"), rows) +
+    return (table(("input", t["metric"], "95% interval", "drop"), rows) +
             f'<p class="muted">A model that reads the sequence loses {t["metric"]} when time is taken away. {gate}</p>')
 
 
@@ -107,18 +109,26 @@ def render(verdict: Mapping[str, Any], preds: EvalPredictions, classes: Sequence
     probs = {"candidate": preds.probs["frames"]}
     if baseline_probs is not None:
         probs["served model"] = baseline_probs
-    images = [plots.roc_plot(probs, preds.labels, classes), plots.pr_plot(probs, preds.labels, classes),
-              plots.calibration_plot(probs, preds.labels, classes),
-              plots.confusion_plot(preds.probs["frames"], preds.labels, classes)]
-    figures = "".join(f'<img alt="plot" src="data:image/png;base64,{png}">' for png in images)
+    pngs = [plots.roc_plot(probs, preds.labels, classes), plots.pr_plot(probs, preds.labels, classes),
+            plots.calibration_plot(probs, preds.labels, classes),
+            plots.confusion_plot(preds.probs["frames"], preds.labels, classes)]
+    figures = images(pngs)
     blessed = verdict["blessed"]
-    against = f"against the served model {_e(verdict['baseline'])}" if verdict["baseline"] else "no served model"
-    return (
-        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>medseq evaluation: "
-        f"{verdict['decision']}</title><style>{STYLE}</style></head><body>"
-        f"<h1>medseq evaluation</h1><div class=muted>{verdict['eval_series']} held-out series, classes "
-        f"{_e(', '.join(classes))}; {against}</div>"
-        f"<div class='decision {'blessed' if blessed else 'not'}' id=decision>{verdict['decision']}</div>"
-        f"<h2>Gate</h2>{_gate(verdict)}<h2>Metrics (overall)</h2>{_metrics(verdict)}"
-        f"<h2>Curves</h2><div class=plots>{figures}</div><h2>Slices</h2>{_slices(verdict)}"
-        f"<h2>Does the model use time?</h2>{_temporal(verdict)}</body></html>")
+    against = f"against the served model {esc(verdict['baseline'])}" if verdict["baseline"] else "no served model"
+    body = (f"<h1>medseq evaluation</h1><div class=muted>{verdict['eval_series']} held-out series, classes "
+            f"{esc(', '.join(classes))}; {against}</div>"
+            f"<div class='decision {'blessed' if blessed else 'not'}' id=decision>{verdict['decision']}</div>"
+            f"<h2>Gate</h2>{gate_section(verdict)}<h2>Metrics (overall)</h2>{metrics_section(verdict)}"
+            f"<h2>Curves</h2><div class=plots>{figures}</div><h2>Slices</h2>{slices_section(verdict)}"
+            f"<h2>Does the model use time?</h2>{temporal_section(verdict)}")
+    return page(f"medseq evaluation: {verdict['decision']}", body)
+
+
+def page(title: str, body: str) -> str:
+    """A self-contained HTML page: inline style, no script, nothing fetched."""
+    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{esc(title)}</title>"
+            f"<style>{STYLE}</style></head><body>{body}</body></html>")
+
+
+def images(pngs: Sequence[str]) -> str:
+    return "".join(f'<img alt="plot" src="data:image/png;base64,{png}">' for png in pngs)

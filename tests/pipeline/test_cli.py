@@ -69,7 +69,7 @@ def test_bad_config_is_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == f"medseq run: {path}: unknown key 'trian' (did you mean 'train'?); " \
         "expected one of " \
-        "input, labels, synth, preprocess, ingest, validate, train, evaluate, push"
+        "input, labels, synth, preprocess, ingest, validate, train, evaluate, push, report"
 
 
 def test_missing_hash_key_is_one_line(tmp_path):
@@ -90,3 +90,28 @@ def test_input_without_files_is_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"medseq convert: no files found in {tmp_path / 'empty'} "
                                                   "(expected DICOM files in it or matching it)"]
+
+
+def test_print_config_shows_the_effective_config_of_a_command(tmp_path, capsys):
+    import yaml
+
+    partial = tmp_path / "partial.yaml"
+    partial.write_text("preprocess: {frames: 1}\n")
+    assert cli.main(["train", "--print-config", "--config", str(partial), "--epochs", "3"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["preprocess"]["frames"] == 1 and shown["train"]["epochs"] == 3  # the file, then the option
+    assert shown["ingest"]["split"]["train"] == 0.6 and shown["train"]["batch_size"] == 4  # the rest: shipped
+
+
+def test_native_start_up_lines_stay_off_the_console_of_this_process_and_its_children():
+    script = (
+        "import os, subprocess, sys\n"
+        "from medseq.pipeline.console import filter_native_logs\n"
+        "filter_native_logs()\n"
+        "os.write(2, b'I0000 00:00:1796148537.024626   31098 port.cc:153] oneDNN custom operations are on\\n')\n"
+        "subprocess.run([sys.executable, '-c', \"import os; os.write(2, b'E0000 00:00:17.5   7 cuda_platform.cc:52]"
+        " failed call to cuInit\\\\nchild kept\\\\n')\"])\n"
+        "print('parent kept', file=sys.stderr)\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert result.stderr.splitlines() == ["child kept", "parent kept"]

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import yaml
 
-from helpers import SAMPLES
+from helpers import ARTIFACTS, SAMPLES, render_in_chromium
 from medseq.pipeline import cli
 from medseq.pipeline import features as F
+from medseq.pipeline.run_record import RECORD_FILE
 
 FAST = {
     "input": str(SAMPLES / "cine_ef" / "dicom"),
@@ -22,8 +27,15 @@ FAST = {
 }
 
 
+def reused(out: str) -> list[str]:
+    """The stages a run's console says it reused."""
+    lines = out.splitlines()
+    return [line.split("]")[1].split(":")[0].strip() for line, nxt in zip(lines, lines[1:], strict=False)
+            if line.startswith("[") and nxt.strip().startswith("reused")]
+
+
 @pytest.mark.slow
-def test_run_goes_through_all_stages_and_pushes_when_blessed(tmp_path, capsys):
+def test_run_records_every_stage_reuses_what_is_unchanged_and_reruns_from_a_stage(tmp_path, capsys):
     eval_config = tmp_path / "eval.pbtxt"
     eval_config.write_text(
         'model_specs { label_key: "label" prediction_key: "probability" }\nslicing_specs {}\n'
@@ -32,15 +44,37 @@ def test_run_goes_through_all_stages_and_pushes_when_blessed(tmp_path, capsys):
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({**FAST, "evaluate": {"eval_config": str(eval_config)}}))
     run = tmp_path / "run"
-    assert cli.main(["run", "--config", str(config), "--out", str(run), "--runner=DirectRunner"]) == 0
+    command = ["run", "--config", str(config), "--out", str(run), "--runner=DirectRunner"]
+    assert cli.main(command) == 0
     assert "served model at" in capsys.readouterr().out
-    for stage in ("ingest/qc.json", "validate/stats.json", "train/model/saved_model.pb",
-                  f"evaluate/{F.BLESSED}", "serving/medseq/1/saved_model.pb", "serving/models.config", "hash.key"):
+    for stage in ("ingest/qc.json", "validate/stats.json", "train/model/saved_model.pb", f"evaluate/{F.BLESSED}",
+                  "serving/medseq/1/saved_model.pb", "serving/models.config", "hash.key", "report.html"):
         assert (run / stage).exists(), stage
-    # A second run compares against the served version 1 and pushes version 2.
-    assert cli.main(["run", "--config", str(config), "--out", str(run), "--runner=DirectRunner"]) == 0
+    record = json.loads((run / RECORD_FILE).read_text())
+    assert list(record["stages"]) == ["ingest", "validate", "train", "evaluate", "push"]
+    for name, entry in record["stages"].items():
+        assert entry["status"] == "done" and entry["ended"] >= entry["started"], name
+        assert all(v.startswith(("sha256:", "none", "uri:")) for v in entry["outputs"].values()), name
+    assert record["stages"]["train"]["inputs"] == record["stages"]["ingest"]["outputs"]
+    assert record["outcome"]["served"].endswith("serving/medseq/1") and record["package_versions"]["tensorflow"]
+    assert "Frames per class" not in (run / "report.html").read_text()  # real data: no pixels in the report
+
+    assert cli.main(command) == 0  # nothing changed: every stage reused, nothing pushed again
+    assert reused(capsys.readouterr().out) == ["ingest", "validate", "train", "evaluate", "push"]
+    assert sorted(p.name for p in (run / "serving" / "medseq").iterdir()) == ["1"]
+
+    config.write_text(yaml.safe_dump({**FAST, "evaluate": {"eval_config": str(eval_config)},
+                                      "train": {**FAST["train"], "epochs": 2}}))
+    assert cli.main(command) == 0  # a train key changed: train and what follows rerun, against version 1
+    assert reused(capsys.readouterr().out) == ["ingest", "validate"]
     verdict = json.loads((run / "evaluate" / F.BLESSED).read_text())
-    assert verdict["baseline"] and (run / "serving" / "medseq" / "2").is_dir()
+    assert verdict["baseline"].endswith("serving/medseq/1") and (run / "serving" / "medseq" / "2").is_dir()
+
+    assert cli.main([*command, "--from", "evaluate"]) == 0
+    assert reused(capsys.readouterr().out) == ["ingest", "validate", "train"]
+    assert cli.main([*command, "--only", "validate"]) == 0
+    out = capsys.readouterr().out
+    assert reused(out) == ["ingest"] and "[3/5] train" not in out and "no anomalies" in out
 
 
 @pytest.mark.slow
@@ -55,7 +89,7 @@ def test_run_stops_at_validate_on_anomalies(tmp_path, capsys):
 
 def test_synthetic_input_is_written_once_and_reused_while_its_section_is_unchanged(tmp_path):
     from medseq.pipeline.config import SynthConfig
-    from medseq.pipeline.runner import synthetic_input
+    from medseq.pipeline.stages import synthetic_input
 
     section = SynthConfig(task="ct_nodule", patients=2, seed=4, small=True)
     folder, reused = synthetic_input(section, tmp_path)
@@ -74,3 +108,45 @@ def test_a_config_without_input_or_synth_is_one_line(tmp_path, capsys):
     assert cli.main(["run", "--config", str(config), "--out", str(tmp_path / "run")]) == 2
     assert "expected `input` and `labels` (your DICOM and its labels.csv) or a `synth` section" in \
         capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_run_killed_in_training_keeps_a_true_record_and_resumes_there(tmp_path):
+    eval_config = tmp_path / "eval.pbtxt"
+    eval_config.write_text(
+        'model_specs { label_key: "label" prediction_key: "probability" }\nslicing_specs {}\n'
+        'metrics_specs { metrics { class_name: "AUC" threshold { value_threshold { lower_bound { value: 0.0 } } } } '
+        '}\n')
+    settings = {k: v for k, v in FAST.items() if k not in ("input", "labels")}
+    settings.update(synth={"task": "cine_ef", "patients": 40, "seed": 1, "small": True},
+                    train={**FAST["train"], "epochs": 4, "batch_size": 1, "checkpoint_every_steps": 2},
+                    evaluate={"eval_config": str(eval_config)})
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "medseq.pipeline.cli", "run", "--config", str(config), "--out", str(run),
+               "--runner=DirectRunner"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and len(list((run / "train" / "checkpoints").glob("ckpt-*.index"))) < 3:
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    record = json.loads((run / RECORD_FILE).read_text())  # whole: it is replaced atomically
+    assert record["stages"]["ingest"]["status"] == "done" and record["stages"]["train"]["status"] == "running"
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert reused(resumed.stdout) == ["synth", "ingest", "validate"]
+    assert "resumed at step" in resumed.stdout and "I0000" not in resumed.stderr
+    record = json.loads((run / RECORD_FILE).read_text())
+    assert record["stages"]["train"]["status"] == "done" and record["outcome"]["served"]
+    assert "Frames per class" in (run / "report.html").read_text()  # synthetic data: strips shown
+    dom = render_in_chromium(run / "report.html", ARTIFACTS / "run_report.png", height=3400)
+    qc = json.loads((run / "ingest" / F.QC_FILE).read_text())
+    verdict = json.loads((run / "evaluate" / F.BLESSED).read_text())
+    assert 'id="outcome">BLESSED' in dom and 'id="decision">BLESSED<' in dom
+    assert f'<td class="n">{qc["records"]["train"]}</td>' in dom and "unlabeled" in dom
+    assert f"{verdict['metrics']['auc']:.4f}" in dom and "Does the model use time?" in dom
+    assert dom.count("data:image/png;base64,") >= 7 and "model fingerprint" in dom  # curves, plots, strips, card

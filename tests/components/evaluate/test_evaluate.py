@@ -5,16 +5,14 @@ closed, the model's use of time is measured, and the report renders in Chromium.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow_model_analysis as tfma
 
-from helpers import IN_PROCESS, REPO
+from helpers import ARTIFACTS, IN_PROCESS, render_in_chromium
 from medseq.components.evaluate import evaluate
 from medseq.components.evaluate.inference import predict_split
 from medseq.components.evaluate.intervals import metrics_of
@@ -142,34 +140,11 @@ def test_the_model_reads_time_and_the_temporal_gate_refuses_one_that_does_not_en
     assert not result.blessed and any("drop with one frame repeated" in r for r in result.reasons)
 
 
-def _chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not found:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed; .ci/run installs Debian's chromium")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    return found
-
-
-def render_in_chromium(page: Path, screenshot: Path) -> str:
-    """The DOM of `page` as headless Chromium renders it, and a screenshot of it."""
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={screenshot.parent / 'chromium-profile'}", "--window-size=1200,2200"]
-    url = page.resolve().as_uri()
-    subprocess.run([_chromium(), *flags, f"--screenshot={screenshot}", url], check=True, capture_output=True,
-                   timeout=120)
-    return subprocess.run([_chromium(), *flags, "--dump-dom", url], check=True, capture_output=True, text=True,
-                          timeout=120).stdout
-
-
 @pytest.mark.slow
 def test_the_report_renders_in_chromium_with_the_decision_and_the_auc(good):
     from PIL import Image
 
-    artifacts = REPO / "runs" / "test-artifacts"
-    artifacts.mkdir(parents=True, exist_ok=True)
-    shot = artifacts / "evaluation_report.png"
+    shot = ARTIFACTS / "evaluation_report.png"
     dom = render_in_chromium(Path(good.out) / "report.html", shot)
     assert 'id="decision">BLESSED<' in dom
     assert f"{good.metrics['auc']:.4f}" in dom and "Does the model use time?" in dom
