@@ -350,6 +350,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"medseq {args.command}: {InputError(f'not found: {exc.filename}')}", file=sys.stderr)
         return 2
+    except OSError as exc:  # an unwritable output, a full disk, a file where a folder was expected
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"medseq {args.command}: cannot read or write{where}: {exc.strerror or type(exc).__name__}",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"medseq {args.command}: interrupted", file=sys.stderr)
         return 130

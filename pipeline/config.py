@@ -134,11 +134,14 @@ class IngestConfig:
     # Class names in index order; empty: the sorted labels of labels.csv. Fix them to
     # keep class indices stable across label files; other labels are then rejected.
     classes: tuple[str, ...] = ()
+    # A file whose pixels take longer to decode is rejected as decode_timeout. Measured
+    # around the decoder: it bounds slow files, not a decoder that never returns.
+    decode_timeout_s: float = 30.0
     beam_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.num_shards < 0 or self.shard_size_mb <= 0:
-            raise ConfigError("ingest: num_shards must be >= 0 and shard_size_mb > 0")
+        if self.num_shards < 0 or self.shard_size_mb <= 0 or self.decode_timeout_s <= 0:
+            raise ConfigError("ingest: num_shards must be >= 0, shard_size_mb and decode_timeout_s > 0")
 
 
 @dataclass(frozen=True)

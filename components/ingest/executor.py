@@ -20,6 +20,7 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from medseq.components.ingest.output_lock import output_lock
 from medseq.components.ingest.transforms import (
     BuildRecord,
     ReadHeader,
@@ -50,18 +51,30 @@ def read_labels(path: str) -> tuple[dict[str, str], tuple[str, ...]]:
     """labels.csv -> ({series uid: label}, sorted class names)."""
     try:
         with open_binary(path) as f:
-            text = f.read().decode("utf-8-sig")
+            raw = f.read()
     except OSError:
         raise InputError(f"labels file not found or not readable: {path}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: expected UTF-8 text, found a byte that is not (0x{raw[exc.start]:02x} at byte "
+                         f"{exc.start}); save the labels as UTF-8 CSV") from None
     reader = csv.DictReader(io.StringIO(text))
     if not reader.fieldnames or not set(LABEL_COLUMNS) <= {c.strip() for c in reader.fieldnames}:
         raise InputError(f"{path}: expected a CSV header with columns {','.join(LABEL_COLUMNS)}, "
                          f"found {','.join(reader.fieldnames or [])!r}")
-    labels = {}
+    labels: dict[str, str] = {}
+    first_line: dict[str, int] = {}
     for row in reader:
         row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
-        if row["series_instance_uid"] and row["label"]:
-            labels[row["series_instance_uid"]] = row["label"]
+        uid, label = row["series_instance_uid"], row["label"]
+        if not (uid and label):
+            continue
+        if uid in labels and labels[uid] != label:  # the line numbers, never the UID: it identifies
+            raise InputError(f"{path}: lines {first_line[uid]} and {reader.line_num} give one series two labels "
+                             f"({labels[uid]!r} and {label!r}); expected one label per series")
+        labels[uid] = label
+        first_line.setdefault(uid, reader.line_num)
     if not labels:
         raise InputError(f"{path}: no labeled series (expected rows of series_instance_uid,label)")
     return labels, tuple(sorted(set(labels.values())))
@@ -104,7 +117,8 @@ def build(pipeline: beam.Pipeline, pattern: str, root: str, staging: str, key: b
     built = (
         headers.headers
         | "GroupBySeries" >> beam.GroupByKey()
-        | "BuildRecords" >> beam.ParDo(BuildRecord(root, key, labels, classes, preprocess, ingest.split))
+        | "BuildRecords" >> beam.ParDo(BuildRecord(root, key, labels, classes, preprocess, ingest.split,
+                                                   ingest.decode_timeout_s))
         .with_outputs(BuildRecord.REJECTED, main="records")
     )
     records = built.records
@@ -184,10 +198,11 @@ def run_job(input_path: str, labels_path: str, out: str, key: bytes, preprocess:
     classes = ingest.classes or classes
     pattern, root = input_pattern(input_path)
     _require_files(pattern, input_path)
-    FileSystems.mkdirs(out) if not FileSystems.exists(out) else None
-    staging = FileSystems.join(out, f".medseq-staging-{uuid.uuid4().hex[:8]}")
-    options = PipelineOptions(beam_args)
-    with beam.Pipeline(options=options) as pipeline:
-        build(pipeline, pattern, root, staging, key, labels, classes, preprocess, ingest)
-    record = dict(config_record, preprocess=to_dict(preprocess), ingest=to_dict(ingest))
-    return finalize(staging, out, classes, record)
+    with output_lock(out):
+        FileSystems.mkdirs(out) if not FileSystems.exists(out) else None
+        staging = FileSystems.join(out, f".medseq-staging-{uuid.uuid4().hex[:8]}")
+        options = PipelineOptions(beam_args)
+        with beam.Pipeline(options=options) as pipeline:
+            build(pipeline, pattern, root, staging, key, labels, classes, preprocess, ingest)
+        record = dict(config_record, preprocess=to_dict(preprocess), ingest=to_dict(ingest))
+        return finalize(staging, out, classes, record)

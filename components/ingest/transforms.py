@@ -74,6 +74,14 @@ def open_binary(path: str) -> IO[bytes]:
     return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
+def outside(path: str, root: str) -> bool:
+    """A local path that resolves (through symbolic links) outside `root`."""
+    if "://" in path or "://" in root:
+        return False
+    real_root = os.path.realpath(root)
+    return os.path.commonpath([os.path.realpath(path), real_root]) != real_root
+
+
 class _Progress:
     """One line per worker every few seconds: the DirectRunner gives no live metrics."""
 
@@ -108,6 +116,9 @@ class ReadHeader(beam.DoFn):
         _PROGRESS.add("files")
         self.read.inc()
         try:
+            if outside(path, self.root):
+                raise Rejected(reasons.OUTSIDE_INPUT, "a symbolic link that points outside the input folder; "
+                               "expected files inside it (the link is not followed)")
             with open_binary(path) as f:
                 header = read_header(f, path)
         except Rejected as exc:
@@ -117,7 +128,9 @@ class ReadHeader(beam.DoFn):
             yield self._dead_letter(path, Rejected(reasons.UNREADABLE,
                                                    f"the file cannot be opened ({type(exc).__name__})"))
             return
-        except Exception as exc:  # noqa: BLE001 - one file must never fail the job
+        except BaseException as exc:  # noqa: BLE001 - one file must never fail the job
+            if reasons.must_propagate(exc):
+                raise
             yield self._dead_letter(path, Rejected(reasons.PROCESSING_ERROR,
                                                    f"unexpected {type(exc).__name__} while reading the header"))
             return
@@ -136,9 +149,10 @@ class BuildRecord(beam.DoFn):
     REJECTED = "rejected"
 
     def __init__(self, root: str, key: bytes, labels: dict[str, str], classes: tuple[str, ...],
-                 preprocess_config: PreprocessConfig, split: SplitConfig) -> None:
+                 preprocess_config: PreprocessConfig, split: SplitConfig,
+                 decode_timeout_s: float | None = None) -> None:
         self.root, self.key, self.labels, self.classes = root, key, labels, classes
-        self.config, self.split = preprocess_config, split
+        self.config, self.split, self.decode_timeout_s = preprocess_config, split, decode_timeout_s
         self.written = Metrics.counter("ingest", "series_written")
         self.rejected = Metrics.counter("ingest", "series_rejected")
         self.frames = Metrics.distribution("ingest", "valid_frames")
@@ -168,11 +182,13 @@ class BuildRecord(beam.DoFn):
             if label not in self.classes:
                 raise Rejected(reasons.UNKNOWN_LABEL, f"its label is not one of the configured classes "
                                f"({', '.join(self.classes)})")
-            ordered, prepared = prepare_series(headers, open_binary, self.config)
+            ordered, prepared = prepare_series(headers, open_binary, self.config, self.decode_timeout_s)
         except Rejected as exc:
             yield beam.pvalue.TaggedOutput(self.REJECTED, self._reject(headers, series_key, exc.code, exc.message))
             return
-        except Exception as exc:  # noqa: BLE001 - one series must never fail the job
+        except BaseException as exc:  # noqa: BLE001 - one series must never fail the job
+            if reasons.must_propagate(exc):
+                raise
             log.warning("series %s: unexpected %s", series_key[:12], type(exc).__name__)
             yield beam.pvalue.TaggedOutput(self.REJECTED, self._reject(
                 headers, series_key, reasons.PROCESSING_ERROR, f"unexpected {type(exc).__name__} while decoding "

@@ -6,7 +6,9 @@ header values the numeric preprocessing needs (`SeriesMeta`), nothing else.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
@@ -74,7 +76,9 @@ def _frames_of(ds: Dataset, header: FileHeader) -> np.ndarray:
         if plugin and plugin in get_decoder(ds.file_meta.TransferSyntaxUID).available_plugins:
             ds.pixel_array_options(decoding_plugin=plugin)
         pixels = ds.pixel_array
-    except Exception as exc:  # noqa: BLE001 - codecs raise anything on corrupt data
+    except BaseException as exc:  # noqa: BLE001 - codecs raise anything on corrupt data, Rust panics included
+        if reasons.must_propagate(exc):
+            raise
         syntax = ds.file_meta.TransferSyntaxUID.name
         text = str(exc).lower()
         if isinstance(exc, NotImplementedError) or "does not support" in text or "no pixel data decoders" in text:
@@ -112,22 +116,49 @@ def _max_value(ds: Dataset, header: FileHeader) -> float:
     return float(2 ** int(ds.get("BitsStored", 8)) - 1)
 
 
-def load_series(ordered: OrderedSeries, headers: dict[str, FileHeader],
-                open_file: Callable[[str], IO[bytes]]) -> tuple[np.ndarray, SeriesMeta]:
-    """Decodes every file of the series once and stacks the frames in `ordered` order."""
+def load_series(ordered: OrderedSeries, headers: dict[str, FileHeader], open_file: Callable[[str], IO[bytes]],
+                decode_timeout_s: float | None = None) -> tuple[np.ndarray, SeriesMeta]:
+    """Decodes every file of the series once and stacks the frames in `ordered` order.
+    A file that takes longer than `decode_timeout_s` is rejected (decode_timeout)."""
     by_path: dict[str, np.ndarray] = {}
     first_ds: Dataset | None = None
     for path in dict.fromkeys(f.path for f in ordered.frames):
         with open_file(path) as fileobj:
             ds = read_dataset(fileobj, path, stop_before_pixels=False)
-        by_path[path] = _frames_of(ds, headers[path])
+        started = time.monotonic()
+        with _values_needed_for_the_pixels():
+            by_path[path] = _frames_of(ds, headers[path])
+        took = time.monotonic() - started
+        if decode_timeout_s is not None and took > decode_timeout_s:
+            raise Rejected(reasons.DECODE_TIMEOUT, f"decoding one file took {took:.3g} s, expected at most "
+                           f"{decode_timeout_s:g} s (ingest.decode_timeout_s)")
         if first_ds is None:
             first_ds = ds
     volume = np.stack([by_path[f.path][f.frame] for f in ordered.frames])
     header = headers[ordered.frames[0].path]
     if first_ds is None:
         raise Rejected(reasons.NO_PIXEL_DATA, "the series holds no frames")
-    meta = SeriesMeta(
+    with _values_needed_for_the_pixels():
+        return volume, _series_meta(first_ds, header, ordered)
+
+
+@contextlib.contextmanager
+def _values_needed_for_the_pixels() -> Iterator[None]:
+    """Header values are parsed when first used (rescale, LUTs, window): a corrupt one is
+    a rejection of its file, whatever pydicom raises for it."""
+    try:
+        yield
+    except Rejected:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - e.g. NotImplementedError for a VR garbled into 'LS'
+        if reasons.must_propagate(exc):
+            raise
+        raise Rejected(reasons.UNREADABLE, f"a header value needed for the pixels (rescale, lookup table, window, "
+                       f"bits) cannot be interpreted ({type(exc).__name__}); the header is corrupt") from None
+
+
+def _series_meta(first_ds: Dataset, header: FileHeader, ordered: OrderedSeries) -> SeriesMeta:
+    return SeriesMeta(
         modality=header.modality,
         photometric=header.photometric,
         rgb=is_colour(header),
@@ -137,4 +168,3 @@ def load_series(ordered: OrderedSeries, headers: dict[str, FileHeader],
         max_value=_max_value(first_ds, header),
         axis=ordered.axis,
     )
-    return volume, meta

@@ -13,7 +13,6 @@ from typing import IO, Any
 
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
 from medseq.components.preprocessing import reasons
 from medseq.components.preprocessing.reasons import Rejected
@@ -143,6 +142,17 @@ def _int(value: Any, default: int = 0) -> int:
         return default
 
 
+def _image_sop_class(ds: Dataset) -> bool:
+    """The SOP class (data set or file meta) is one of images, which must hold pixels."""
+    meta = getattr(ds, "file_meta", None)
+    try:
+        uid = ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta is not None else None)
+        name = pydicom.uid.UID(str(uid)).name if uid else ""
+    except Exception:  # noqa: BLE001 - a garbled UID says nothing either way
+        return False
+    return "Image Storage" in name or name.endswith(("Dose Storage", "Multi-frame Image Storage"))
+
+
 def header_from_dataset(ds: Dataset, path: str) -> FileHeader:
     """Extracts a FileHeader from a dataset read with or without pixels."""
     meta = getattr(ds, "file_meta", None)
@@ -150,6 +160,10 @@ def header_from_dataset(ds: Dataset, path: str) -> FileHeader:
             meta is None or "MediaStorageSOPClassUID" not in meta):
         raise Rejected(reasons.UNREADABLE, "no recognizable data set follows the file meta; the file is corrupt")
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        if ds.get("Rows") and ds.get("Columns") or "BitsAllocated" in ds or _image_sop_class(ds):
+            raise Rejected(reasons.TRUNCATED, "the header describes an image (Rows, Columns, Bits Allocated) but "
+                           "the file ends before its Pixel Data: it is truncated, or a declared length runs past "
+                           "its end")
         raise Rejected(reasons.NO_PIXEL_DATA, "the file holds no image (no Pixel Data element)")
     missing = [k for k in ("SeriesInstanceUID", "SOPInstanceUID", "Rows", "Columns") if not ds.get(k)]
     if missing:
@@ -210,12 +224,24 @@ def read_dataset(fileobj: IO[bytes], path: str, stop_before_pixels: bool = False
         raise Rejected(reasons.NOT_DICOM, "not a DICOM file (no 'DICM' marker at byte 128)")
     try:
         ds = pydicom.dcmread(fileobj, stop_before_pixels=stop_before_pixels, defer_size=defer_size)
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, IndexError, OverflowError) as exc:
+    except NotImplementedError:
+        raise Rejected(reasons.UNSUPPORTED_TRANSFER_SYNTAX, "the data set is encoded in a transfer syntax pydicom "
+                       "cannot parse (expected a DICOM transfer syntax UID in the file meta)") from None
+    except Exception as exc:  # noqa: BLE001 - InvalidDicomError, struct.error, zlib.error, BytesLengthException...
         raise Rejected(reasons.UNREADABLE, f"the header cannot be parsed ({type(exc).__name__}); "
                        "the file is truncated or corrupt") from None
+    meta = ds.file_meta
+    meta_ok = "MediaStorageSOPClassUID" in meta or "MediaStorageSOPInstanceUID" in meta
+    corrupt = Rejected(reasons.UNREADABLE, "after the 'DICM' marker neither a valid file meta group nor a data "
+                       "set follows: the file is corrupt")
     if len(ds) == 0:
-        raise Rejected(reasons.UNREADABLE, "the file ends before its data set begins; it is truncated")
-    if "TransferSyntaxUID" not in ds.file_meta:
+        if not meta_ok:
+            raise corrupt
+        raise Rejected(reasons.TRUNCATED, "the file ends before its data set begins; it is truncated")
+    if "TransferSyntaxUID" not in meta:
+        if not meta_ok and not any(k in ds for k in ("SOPClassUID", "SOPInstanceUID", "Modality", "Rows",
+                                                     "SeriesInstanceUID")):
+            raise corrupt
         raise Rejected(reasons.MISSING_FILE_META, "the file meta information has no Transfer Syntax UID")
     return ds
 

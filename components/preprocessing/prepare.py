@@ -30,11 +30,12 @@ def frames_to_decode(ordered: OrderedSeries, config: PreprocessConfig) -> Ordere
 
 
 def prepare_series(headers: list[FileHeader], open_file: Callable[[str], IO[bytes]],
-                   config: PreprocessConfig) -> tuple[OrderedSeries, Prepared]:
+                   config: PreprocessConfig, decode_timeout_s: float | None = None) -> tuple[OrderedSeries, Prepared]:
     """Order and check, decode the frames kept, preprocess; raises Rejected with the reason."""
     ordered = order_series(headers)
     if len(ordered.frames) < config.min_frames:
         raise Rejected(reasons.TOO_FEW_FRAMES, f"expected at least {config.min_frames} frames, "
                        f"found {len(ordered.frames)}")
-    volume, meta = load_series(frames_to_decode(ordered, config), {h.path: h for h in headers}, open_file)
+    volume, meta = load_series(frames_to_decode(ordered, config), {h.path: h for h in headers}, open_file,
+                               decode_timeout_s)
     return ordered, preprocess(volume, meta, config)

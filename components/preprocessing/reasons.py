@@ -9,10 +9,13 @@ from __future__ import annotations
 NOT_DICOM = "not_dicom"
 MISSING_FILE_META = "missing_file_meta"
 UNREADABLE = "unreadable"
+TRUNCATED = "truncated"  # the file ends (or a declared length runs) before its pixels
 NO_PIXEL_DATA = "no_pixel_data"
 MISSING_ATTRIBUTE = "missing_attribute"
 UNSUPPORTED_TRANSFER_SYNTAX = "unsupported_transfer_syntax"
 DECODE_ERROR = "decode_error"
+DECODE_TIMEOUT = "decode_timeout"
+OUTSIDE_INPUT = "outside_input"  # a symbolic link out of the input folder: not followed
 DUPLICATE_INSTANCE = "duplicate_instance"
 INCONSISTENT_SHAPE = "inconsistent_shape"
 INCONSISTENT_ORIENTATION = "inconsistent_orientation"
@@ -26,11 +29,18 @@ UNKNOWN_LABEL = "unknown_label"
 PROCESSING_ERROR = "processing_error"  # an unexpected failure on one input; the job goes on
 
 ALL = (
-    NOT_DICOM, MISSING_FILE_META, UNREADABLE, NO_PIXEL_DATA, MISSING_ATTRIBUTE,
-    UNSUPPORTED_TRANSFER_SYNTAX, DECODE_ERROR, DUPLICATE_INSTANCE, INCONSISTENT_SHAPE,
+    NOT_DICOM, MISSING_FILE_META, UNREADABLE, TRUNCATED, NO_PIXEL_DATA, MISSING_ATTRIBUTE,
+    UNSUPPORTED_TRANSFER_SYNTAX, DECODE_ERROR, DECODE_TIMEOUT, OUTSIDE_INPUT, DUPLICATE_INSTANCE, INCONSISTENT_SHAPE,
     INCONSISTENT_ORIENTATION, INCONSISTENT_FRAME_OF_REFERENCE, INCONSISTENT_SPACING,
     MISSING_SLICES, DUPLICATE_POSITION, TOO_FEW_FRAMES, UNLABELED, UNKNOWN_LABEL, PROCESSING_ERROR,
 )
+
+
+def must_propagate(exc: BaseException) -> bool:
+    """Exceptions that end the program, not one input. Everything else, also the
+    BaseException that a Rust codec raises when it panics on corrupt data
+    (pyo3's PanicException, e.g. in pylibjpeg-rle), rejects the one input."""
+    return isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit))
 
 
 class Rejected(Exception):
