@@ -118,6 +118,9 @@ def cmd_convert(args: argparse.Namespace, beam_args: list[str]) -> int:
 
     out = ingest.run(_config(args), args.out, beam_args=beam_args)
     print(f"convert: records {out.records}, rejected {out.rejected} -> {out.out}")
+    listed = out.qc["labels_csv"]
+    if listed["not_found"]:
+        print(f"  labels: {listed['not_found']} of {listed['rows']} series in the labels file are not in the input")
     for reason, count in out.qc["rejected"].items():
         print(f"  rejected {reason}: {count}")
     return 0

@@ -8,6 +8,7 @@ wherever medseq is installed.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -249,6 +250,12 @@ class PushConfig:
     warmup_batch_sizes: tuple[int, ...] = (1, 8)  # one synthetic warm-up request per signature and size
 
     def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", self.model_name) or ".." in self.model_name:
+            raise ConfigError(f"push.model_name: expected a folder name of letters, digits, '_', '-', '.', "
+                              f"found {self.model_name!r}")
+        if not Path(self.serving_dir).is_absolute() and ".." in Path(self.serving_dir).parts:
+            raise ConfigError(f"push.serving_dir: expected a folder inside the run folder or an absolute path, "
+                              f"found {self.serving_dir!r}")
         if self.keep_versions < 0 or not self.warmup_batch_sizes or min(self.warmup_batch_sizes) < 1:
             raise ConfigError(f"push: expected keep_versions >= 0 and positive warmup_batch_sizes, found "
                               f"{self.keep_versions} and {list(self.warmup_batch_sizes)}")

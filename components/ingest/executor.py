@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import logging
+import re
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from medseq.pipeline.errors import InputError
 
 log = logging.getLogger("medseq.ingest")
 LABEL_COLUMNS = ("series_instance_uid", "label")
+CLASS_NAME = re.compile(r"^[\w][\w .-]{0,63}$")  # class names travel into file names, configs and reports
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,9 @@ def read_labels(path: str) -> tuple[dict[str, str], tuple[str, ...]]:
         uid, label = row["series_instance_uid"], row["label"]
         if not (uid and label):
             continue
+        if not CLASS_NAME.match(label):
+            raise InputError(f"{path}: line {reader.line_num}: expected a class name of letters, digits, '_', '-', "
+                             f"'.' or spaces, found {label[:40]!r}")
         if uid in labels and labels[uid] != label:  # the line numbers, never the UID: it identifies
             raise InputError(f"{path}: lines {first_line[uid]} and {reader.line_num} give one series two labels "
                              f"({labels[uid]!r} and {label!r}); expected one label per series")
@@ -119,7 +124,7 @@ def build(pipeline: beam.Pipeline, pattern: str, root: str, staging: str, key: b
         | "GroupBySeries" >> beam.GroupByKey()
         | "BuildRecords" >> beam.ParDo(BuildRecord(root, key, labels, classes, preprocess, ingest.split,
                                                    ingest.decode_timeout_s))
-        .with_outputs(BuildRecord.REJECTED, main="records")
+        .with_outputs(BuildRecord.REJECTED, BuildRecord.LABELED, main="records")
     )
     records = built.records
     sizes = (records | "RecordSizes" >> beam.Map(lambda r: (r.split, len(r.example)))
@@ -142,6 +147,7 @@ def build(pipeline: beam.Pipeline, pattern: str, root: str, staging: str, key: b
         | "RejectedLines" >> beam.Map(RejectedRow.to_json)
         | "WriteRejected" >> beam.io.WriteToText(FileSystems.join(staging, "_rejected"), file_name_suffix=".jsonl")
     )
+    _ = built[BuildRecord.LABELED] | "WriteLabeled" >> beam.io.WriteToText(FileSystems.join(staging, "_labeled"))
 
 
 def _read_lines(prefix: str) -> list[str]:
@@ -152,9 +158,11 @@ def _read_lines(prefix: str) -> list[str]:
     return sorted(lines)
 
 
-def finalize(staging: str, out: str, classes: tuple[str, ...], config: dict[str, Any]) -> IngestOutputs:
+def finalize(staging: str, out: str, classes: tuple[str, ...], config: dict[str, Any],
+             labels_listed: int = 0) -> IngestOutputs:
     """Merges the side files into rejected.jsonl and qc.json, then swaps staging into OUT."""
     index = [json.loads(line) for line in _read_lines(FileSystems.join(staging, "_index"))]
+    labels_found = len(set(_read_lines(FileSystems.join(staging, "_labeled"))))
     rejected_lines = _read_lines(FileSystems.join(staging, "_rejected"))
     rejected = [json.loads(line) for line in rejected_lines]
     for split in F.SPLITS:
@@ -172,6 +180,8 @@ def finalize(staging: str, out: str, classes: tuple[str, ...], config: dict[str,
         "rejected": dict(sorted(Counter(r["reason"] for r in rejected).items())),
         # Every input file is accounted for: in a record, or on a line of rejected.jsonl.
         "files": {"in_records": sum(r["files"] for r in index), "rejected": sum(r["files"] for r in rejected)},
+        # labels.csv rows whose series is in the input; the others name series not found.
+        "labels_csv": {"rows": labels_listed, "found": labels_found, "not_found": labels_listed - labels_found},
         "config": config,
     }
     with FileSystems.create(FileSystems.join(staging, "qc.json.tmp")) as f:
@@ -205,4 +215,4 @@ def run_job(input_path: str, labels_path: str, out: str, key: bytes, preprocess:
         with beam.Pipeline(options=options) as pipeline:
             build(pipeline, pattern, root, staging, key, labels, classes, preprocess, ingest)
         record = dict(config_record, preprocess=to_dict(preprocess), ingest=to_dict(ingest))
-        return finalize(staging, out, classes, record)
+        return finalize(staging, out, classes, record, len(labels))

@@ -147,6 +147,7 @@ class BuildRecord(beam.DoFn):
     """(series key source, headers) -> Record: order, check, label, decode, preprocess, hash."""
 
     REJECTED = "rejected"
+    LABELED = "labeled"
 
     def __init__(self, root: str, key: bytes, labels: dict[str, str], classes: tuple[str, ...],
                  preprocess_config: PreprocessConfig, split: SplitConfig,
@@ -176,6 +177,8 @@ class BuildRecord(beam.DoFn):
         headers = list(grouped)
         series_key = deid.keyed_hash(self.key, "series", source)
         label = self.labels.get(headers[0].series_uid)
+        if label is not None:  # which labels.csv rows met a series (keyed: the UID itself is never written)
+            yield beam.pvalue.TaggedOutput(self.LABELED, deid.keyed_hash(self.key, "labeled", headers[0].series_uid))
         try:
             if label is None:
                 raise Rejected(reasons.UNLABELED, "the series is not listed in the labels file")
