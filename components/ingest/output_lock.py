@@ -16,19 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from medseq.pipeline.errors import InputError
+from medseq.pipeline.processes import alive
 
 LOCK_FILE = ".medseq.lock"
 LEFTOVER_PREFIXES = (".medseq-staging-", ".medseq-old-")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _holder(lock: Path) -> int | None:
@@ -45,7 +36,7 @@ def _acquire(lock: Path) -> None:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             pid = _holder(lock)
-            if pid is not None and pid != os.getpid() and _alive(pid):
+            if pid is not None and pid != os.getpid() and alive(pid):
                 raise InputError(f"another medseq job (pid {pid}) is writing into {lock.parent}; expected one job "
                                  f"per output folder: wait for it, or remove {lock} if that process is gone") from None
             lock.unlink(missing_ok=True)  # left by a killed job

@@ -24,6 +24,7 @@ from medseq.components.train.export import load_spec, load_spec_json
 from medseq.pipeline import features as F
 from medseq.pipeline.errors import InputError, StageFailed
 from medseq.pipeline.fingerprints import tree_fingerprint
+from medseq.pipeline.processes import alive
 
 STAGING_PREFIX = ".incoming-"
 RETIRED_PREFIX = ".retired-"
@@ -94,16 +95,6 @@ def retire_old_versions(base: Path, keep: int) -> tuple[int, ...]:
     return tuple(old)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _sweep_leftovers(base: Path) -> None:
     """Retired folders, and staging folders of pushes whose process is gone (killed)."""
     for path in base.iterdir():
@@ -111,7 +102,7 @@ def _sweep_leftovers(base: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
         elif path.name.startswith(STAGING_PREFIX):
             pid = path.name[len(STAGING_PREFIX):].split("-", 1)[0]
-            if not pid.isdigit() or not _alive(int(pid)):
+            if not pid.isdigit() or not alive(int(pid)):
                 shutil.rmtree(path, ignore_errors=True)
 
 
