@@ -1,25 +1,77 @@
-"""Ingest throughput against the single-process decode floor, side by side in one run.
+"""Ingest speed, side by side in one run: the decode floor, a naive converter and
+`medseq convert`, with start-up, memory and scaling.
 
-    python benchmarks/bench_ingest.py [--patients 40] [--workers 2]
+    python benchmarks/bench_ingest.py [--patients 220] [--workers 2] [--rss-factor 10]
+
+Data: `medseq synth --task cine_ef` at full-size matrices, in chunks of `--patients`
+patients (seeds 1, 2, ...; about 5,000 files a chunk at the default). 1x is one chunk.
 
 1. floor: one process reads every file and decodes its pixels with pydicom, nothing else;
-2. ingest: the real `medseq convert` job (DirectRunner, multi_processing, N workers).
+2. naive: what a data engineer writes in an afternoon: multiprocessing.Pool(workers)
+   over the files, each file read with pydicom, put through medseq's shared
+   preprocessing as a series of its own and written with tf.io.TFRecordWriter (no
+   grouping, no checks, no split, no dead letters);
+3. medseq convert: the real job, on its default local runner (one worker process per core).
 
-Prints files/s for both and their ratio (DESIGN.md: a naive job reached 0.56x, the
-goal is 1.6x with 2 workers).
+Prints files/s and frames/s of each and the ratios; the fixed start-up (a one-series
+input); the marginal throughput (the time 2x takes beyond 1x) of naive and convert; time at 1x, 2x and 4x;
+peak RSS (the largest process) at 1x and at `--rss-factor`x. Goals (issue 11): marginal
+>= 1.6x the floor and >= 1.0x naive; start-up <= 2 s; RSS at 10x <= 1.2x RSS at 1x; time
+at 4x <= 4.4x time at 1x. Writes JSON to benchmarks/results/bench_ingest.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
+import multiprocessing
+import os
+import platform
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pydicom
 
-from medseq.components import ingest, synth
-from medseq.pipeline.config import load_config
+from medseq.components import synth
+
+RESULTS = Path(__file__).resolve().parent / "results" / "bench_ingest.json"
+KEY = "benchmark-key-0123456789"
+
+
+def make_chunks(root: Path, patients: int, chunks: int) -> None:
+    for i in range(chunks):
+        target = root / f"c{i:02d}"
+        if not (target / "labels.csv").exists():
+            synth.run("cine_ef", patients, seed=i + 1, out=target)
+
+
+def inputs(root: Path, chunks: int, out: Path) -> tuple[str, Path, list[Path]]:
+    """(glob over the first `chunks` chunks, their merged labels.csv, their files)."""
+    rows: list[list[str]] = []
+    files: list[Path] = []
+    for i in range(chunks):
+        rows += list(csv.reader((root / f"c{i:02d}" / "labels.csv").read_text().splitlines()))[1:]
+        files += [p for p in (root / f"c{i:02d}" / "dicom").rglob("*") if p.is_file()]
+    labels = out / f"labels-{chunks}.csv"
+    with labels.open("w", newline="") as f:
+        csv.writer(f).writerows([["series_instance_uid", "label"], *rows])
+    pattern = str(root / (f"c0[0-{chunks - 1}]" if chunks <= 10 else "c*") / "dicom" / "**")
+    return pattern, labels, files
+
+
+def frame_count(files: list[Path]) -> int:
+    total = 0
+    for path in files:
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["NumberOfFrames", "Rows"])
+        except Exception:  # noqa: BLE001 - non-DICOM files hold no frames
+            continue
+        total += int(ds.get("NumberOfFrames", 1) or 1) if "Rows" in ds else 0
+    return total
 
 
 def decode_floor(files: list[Path]) -> float:
@@ -32,28 +84,105 @@ def decode_floor(files: list[Path]) -> float:
     return time.perf_counter() - start
 
 
+_WRITER = None
+
+
+def _naive_file(path: str) -> int:
+    """One file -> one record, the afternoon way."""
+    global _WRITER
+    import tensorflow as tf
+
+    from medseq.components.ingest.records import encode_example
+    from medseq.components.preprocessing.headers import read_header
+    from medseq.components.preprocessing.prepare import prepare_series
+    from medseq.pipeline.config import PreprocessConfig
+
+    if _WRITER is None:
+        _WRITER = tf.io.TFRecordWriter(f"{os.environ['NAIVE_OUT']}/part-{os.getpid()}.tfrecord",
+                                       tf.io.TFRecordOptions(compression_type="GZIP"))
+    try:
+        with open(path, "rb") as f:
+            header = read_header(f, path)
+        _, prepared = prepare_series([header], lambda p: open(p, "rb"), PreprocessConfig(min_frames=1))
+    except Exception:  # noqa: BLE001 - the naive job skips what it cannot read
+        return 0
+    _WRITER.write(encode_example({"frames": prepared.frames.tobytes(), "valid_frames": [prepared.valid_frames]}))
+    _WRITER.flush()
+    return 1
+
+
+def naive(files: list[Path], workers: int, out: Path) -> float:
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ["NAIVE_OUT"] = str(out)
+    start = time.perf_counter()
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        sum(pool.imap_unordered(_naive_file, [str(p) for p in files], chunksize=16))
+    return time.perf_counter() - start
+
+
+def convert(pattern: str, labels: Path, out: Path) -> tuple[float, float]:
+    """(seconds, peak RSS MB of the largest process) of `medseq convert` in a fresh process."""
+    script = ("import resource, subprocess, sys, time\n"
+              "start = time.perf_counter()\n"
+              "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL)\n"
+              "print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)\n")
+    command = [sys.executable, "-m", "medseq.pipeline.cli", "convert", "--input", pattern, "--labels", str(labels),
+               "--out", str(out)]
+    done = subprocess.run([sys.executable, "-c", script, *command], check=True, capture_output=True, text=True,
+                          env={**os.environ, "MEDSEQ_HASH_KEY": KEY})
+    seconds, rss = done.stdout.split()
+    return float(seconds), float(rss)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--patients", type=int, default=40)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--patients", type=int, default=220, help="patients per chunk (1x)")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--task", default="cine_ef", choices=synth.TASKS)
+    parser.add_argument("--rss-factor", type=int, default=10, help="the larger input of the memory check")
+    parser.add_argument("--data", help="keep the synthetic chunks in this folder (reused when present)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "data"
-        synth.run(args.task, args.patients, seed=1, out=root)
-        files = [p for p in (root / "dicom").rglob("*") if p.is_file()]
-        config = load_config().on_input(str(root / "dicom"), str(root / "labels.csv"))
+        root = Path(args.data or tmp) / "chunks"
+        make_chunks(root, args.patients, max(4, args.rss_factor))
+        work = Path(tmp)
+        pattern, labels, files = inputs(root, 1, work)
+        frames = frame_count(files)
         floor = decode_floor(files)
-        start = time.perf_counter()
-        ingest.run(config, Path(tmp) / "out", key=b"benchmark-key-0123456789", beam_args=[
-            "--runner=DirectRunner", "--direct_running_mode=multi_processing",
-            f"--direct_num_workers={args.workers}"])
-        job = time.perf_counter() - start
-    n = len(files)
-    print(f"files: {n} ({args.task}, {args.patients} patients, full-size matrices)")
-    print(f"decode floor, 1 process : {floor:7.2f} s  {n / floor:8.1f} files/s")
-    print(f"medseq convert, {args.workers} workers: {job:7.2f} s  {n / job:8.1f} files/s  "
-          f"ratio {floor / job:.2f}x of the floor (goal 1.6x)")
+        naive_s = naive(files, args.workers, work / "naive")
+        naive_2x = naive(inputs(root, 2, work)[2], args.workers, work / "naive-2x")
+        one = next((root / "c00" / "dicom").glob("PA*/ST*/SE000003"))
+        start_up, _ = convert(str(one), labels, work / "one")
+        timings = {}
+        for factor in sorted({1, 2, 4, args.rss_factor}):
+            p, lab, _ = inputs(root, factor, work)
+            timings[factor] = convert(p, lab, work / f"out-{factor}")
+    t1, rss1 = timings[1]
+    t2 = timings[2][0]
+    marginal = t2 - t1  # seconds for one more chunk, start-up excluded
+    naive_marginal = naive_2x - naive_s
+    rows = {"floor (1 process, dcmread + pixels)": floor, f"naive (Pool({args.workers}) + TFRecordWriter)": naive_s,
+            "naive, marginal (2x - 1x)": naive_marginal, f"medseq convert ({os.cpu_count()} workers)": t1,
+            "medseq convert, marginal (2x - 1x)": marginal}
+    print(f"1x: {len(files)} files, {frames} frames (cine_ef, {args.patients} patients, full-size matrices)")
+    print(f"{'':44} {'seconds':>8} {'files/s':>9} {'frames/s':>9} {'/ floor':>8} {'/ naive marginal':>17}")
+    for name, seconds in rows.items():
+        print(f"{name:44} {seconds:8.2f} {len(files) / seconds:9.1f} {frames / seconds:9.1f} "
+              f"{floor / seconds:8.2f} {naive_marginal / seconds:17.2f}")
+    print(f"fixed start-up (one series): {start_up:.2f} s (goal <= 2 s)")
+    print("time at " + ", ".join(f"{k}x {v[0]:.1f} s" for k, v in sorted(timings.items()))
+          + f"; 4x / 1x = {timings[4][0] / t1:.2f} (goal <= 4.4)")
+    rss_big = timings[args.rss_factor][1]
+    print(f"peak RSS: {rss1:.0f} MB at 1x, {rss_big:.0f} MB at {args.rss_factor}x: {rss_big / rss1:.2f} (goal <= 1.2)")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({
+        "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "files": len(files),
+        "frames": frames, "floor_s": floor, "naive_s": naive_s, "naive_marginal_s": naive_marginal,
+        "convert_s": t1, "marginal_s": marginal,
+        "start_up_s": start_up, "timings": {k: {"seconds": v[0], "peak_rss_mb": v[1]} for k, v in timings.items()},
+        "ratios": {"marginal_vs_floor": floor / marginal, "marginal_vs_naive": naive_marginal / marginal,
+                   "convert_vs_floor": floor / t1, "scaling_4x": timings[4][0] / t1,
+                   "rss_ratio": rss_big / rss1}}, indent=2) + "\n")
+    print(f"written {RESULTS}")
 
 
 if __name__ == "__main__":

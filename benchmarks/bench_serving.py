@@ -11,7 +11,8 @@ loaded back with `tf.saved_model.load`, as TF Serving loads it. Per batch size (
 - `keras graph`:   the same call inside one tf.function (what Keras' predict runs);
 - `predict_frames`: the signature on the same frames;
 - `serving_default`: the signature on serialized tf.Examples of the same frames (it also
-  parses and decodes them).
+  parses and decodes them);
+- `parsing alone`: that parsing and decoding by itself, in one tf.function.
 
 Rounds interleave the four so that machine noise hits all alike. Prints p50/p99 in ms,
 the ratios against `keras graph`, and writes JSON (benchmarks/results/bench_serving.json).
@@ -32,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from medseq.components.push.warmup import synthetic_example, synthetic_frames
-from medseq.components.train.dataset import RecordSpec
+from medseq.components.train.dataset import RecordSpec, parse_examples
 from medseq.components.train.export import export_saved_model
 from medseq.components.train.model import build_model
 from medseq.pipeline import features as F
@@ -50,12 +51,14 @@ def callers(batch: int, tmp: Path) -> dict[str, Callable[[], object]]:
     examples = tf.constant([synthetic_example(f) for f in frames.numpy()])
     inputs = {F.FRAMES: frames, F.VALID_FRAMES: valid}
     graph = tf.function(lambda x: model(x, training=False))
+    parse = tf.function(lambda e: parse_examples(e, SPEC)[F.FRAMES])
     by_frames, by_examples = loaded.signatures[F.FRAMES_SIGNATURE], loaded.signatures[F.SERVING_SIGNATURE]
     return {
         "keras eager": lambda: model(inputs, training=False).numpy(),
         "keras graph": lambda: graph(inputs).numpy(),
         "predict_frames": lambda: by_frames(**inputs)[F.PROBABILITIES].numpy(),
         "serving_default": lambda: by_examples(examples=examples)[F.PROBABILITIES].numpy(),
+        "parsing alone": lambda: parse(examples).numpy(),  # what serving_default adds: parse + decode_raw
     }
 
 

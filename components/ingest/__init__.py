@@ -16,20 +16,43 @@ from medseq.pipeline.config import PipelineConfig
 __all__ = ["IngestOutputs", "default_beam_args", "run"]
 
 
-def default_beam_args(beam_args: list[str] | tuple[str, ...]) -> list[str]:
-    """Any runner's options pass through; without a runner, DirectRunner with one worker
-    process per core."""
+# Beam's DirectRunner is a switching runner: it first checks whether the Prism runner
+# (a Go binary fetched on first use) could run the pipeline, and ends on the FnApiRunner.
+# medseq names the FnApiRunner itself.
+FN_API_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
+# Below this many input files one in-process worker beats starting a worker process per
+# core (about 3 s of fixed cost on 2 cores): benchmarks/bench_ingest.py.
+SMALL_INPUT_FILES = 1000
+
+
+def _fewer_files_than(input_path: str, limit: int) -> bool:
+    """A local folder holding fewer than `limit` files (counting stops at `limit`)."""
+    if "://" in input_path or any(ch in input_path for ch in "*?[") or not os.path.isdir(input_path):
+        return False
+    seen = 0
+    for _, _, names in os.walk(input_path):
+        seen += len(names)
+        if seen >= limit:
+            return False
+    return True
+
+
+def default_beam_args(beam_args: list[str] | tuple[str, ...], input_path: str | None = None) -> list[str]:
+    """Any runner's options pass through. Without a runner: the FnApiRunner, in-process
+    for a small local input, else with one worker process per core."""
     args = list(beam_args)
-    if not any(a == "--runner" or a.startswith("--runner=") for a in args):
-        args += ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
-                 f"--direct_num_workers={os.cpu_count() or 1}"]
-    return args
+    if any(a == "--runner" or a.startswith("--runner=") for a in args):
+        return args
+    if input_path is not None and _fewer_files_than(input_path, SMALL_INPUT_FILES):
+        return [*args, f"--runner={FN_API_RUNNER}", "--direct_running_mode=in_memory", "--direct_num_workers=1"]
+    return [*args, f"--runner={FN_API_RUNNER}", "--direct_running_mode=multi_processing",
+            f"--direct_num_workers={os.cpu_count() or 1}"]
 
 
 def run(config: PipelineConfig, out: str | Path, key: bytes | None = None,
         beam_args: list[str] | tuple[str, ...] = ()) -> IngestOutputs:
     """Converts `config.input` (labels in `config.labels`) into records under `out`."""
     key = key if key is not None else deid.load_key(config.ingest.hash_key_file)
-    args = default_beam_args([*config.ingest.beam_args, *beam_args])
+    args = default_beam_args([*config.ingest.beam_args, *beam_args], config.input)
     record = {"input": "<input>", "labels": "<labels>"}  # paths may name patients; not recorded
     return run_job(config.input, config.labels, str(out), key, config.preprocess, config.ingest, args, record)
