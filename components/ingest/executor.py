@@ -88,7 +88,8 @@ def read_labels(path: str) -> tuple[dict[str, str], tuple[str, ...]]:
 def input_pattern(input_path: str) -> tuple[str, str]:
     """(glob pattern, root) for a folder or a glob, on any Beam filesystem."""
     if any(ch in input_path for ch in "*?["):
-        root = input_path.split("*")[0].rsplit("/", 1)[0]
+        first = min(i for i, ch in enumerate(input_path) if ch in "*?[")
+        root = input_path[:first].rsplit("/", 1)[0]  # the folder above the first wildcard
         return input_path, root
     if not FileSystems.exists(input_path):
         raise InputError(f"input not found: {input_path} (expected a folder or a glob of DICOM files)")

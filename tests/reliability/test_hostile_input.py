@@ -112,3 +112,11 @@ def test_no_pickle_and_keras_only_in_safe_mode():
     assert not [p for p, t in text.items() if "safe_mode=False" in t or "allow_pickle=True" in t]
     loads = [p for p, t in text.items() if "load_model(" in t]
     assert all("safe_mode=True" in text[p] for p in loads)
+
+
+def test_a_glob_input_is_not_mistaken_for_links_out_of_the_input(tmp_path):
+    pattern = str(SAMPLES / "cine_ef" / "dicom" / "PA00000[0-4]" / "**")
+    result = convert(Path(pattern), SAMPLES / "cine_ef" / "labels.csv", tmp_path / "out")
+    assert result.returncode == 0, result.stderr[-2000:]
+    qc = json.loads((tmp_path / "out" / "qc.json").read_text())
+    assert sum(qc["records"].values()) == 5 and "outside_input" not in qc["rejected"]
