@@ -36,7 +36,10 @@ def files_of(out: Path) -> dict[str, bytes]:
 
 
 def kill_group(proc: subprocess.Popen[bytes]) -> None:
-    os.killpg(proc.pid, signal.SIGKILL)  # the job and its Beam worker processes, as a crash takes them
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the job and its Beam worker processes, as a crash takes them
+    except ProcessLookupError:
+        pass  # it had finished: a kill after the end is a moment too
     proc.wait()
 
 
@@ -87,16 +90,21 @@ def test_convert_killed_three_times_then_rerun_gives_the_bytes_of_a_clean_run(tm
     watcher.start()
     rng = np.random.default_rng(7)
     try:
-        for moment in sorted(rng.uniform(1.0, 7.0, 3)):
+        left = 0
+        for moment in rng.uniform(0.0, 1.5, 3):  # seconds into the job's work (it takes about 1.5 s)
             proc = subprocess.Popen(convert(out), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                     start_new_session=True)
+            while proc.poll() is None and not list(out.glob(".medseq-staging-*")):
+                time.sleep(0.005)  # Python and Beam start: the work begins with the staging folder
             time.sleep(moment)
             kill_group(proc)
+            left += len(list(out.glob(".medseq-staging-*")))
         rerun = subprocess.run(convert(out), env=ENV, capture_output=True, text=True, timeout=300)
     finally:
         watcher.stop.set()
         watcher.join()
     assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert left >= 1  # the kills landed inside the job: its staging was left behind
     assert not watcher.problems and watcher.complete_views > 0
     assert files_of(out) == files_of(clean)  # leftovers of the killed jobs removed, the lock released
     assert not any(p.name.startswith(LEFTOVER_PREFIXES) or p.name == LOCK_FILE for p in out.iterdir())
@@ -108,9 +116,11 @@ def test_two_jobs_into_one_output_folder_are_refused(tmp_path):
     try:
         deadline = time.time() + 60
         while not (out / LOCK_FILE).exists() and time.time() < deadline:
-            time.sleep(0.02)
+            time.sleep(0.005)
+        first.send_signal(signal.SIGSTOP)  # hold the first job while it holds the lock: no race with its end
         second = subprocess.run(convert(out), env=ENV, capture_output=True, text=True, timeout=120)
     finally:
+        first.send_signal(signal.SIGCONT)
         first.wait(timeout=300)
     assert second.returncode == 2
     assert second.stderr.strip() == (f"medseq convert: another medseq job (pid {first.pid}) is writing into {out}; "
