@@ -44,10 +44,6 @@ class RunRecord:
                                      "config": config, "package_versions": dict(packages),
                                      "stages": dict(self.previous), "outcome": None}
 
-    def stage(self, name: str) -> dict[str, Any]:
-        found: dict[str, Any] = self.data["stages"].get(name, {})
-        return found
-
     def reusable(self, name: str, key: str, outputs_now: Mapping[str, str]) -> bool:
         """The stage finished under `key` and its outputs are still what it wrote."""
         entry = self.previous.get(name, {})
@@ -64,13 +60,15 @@ class RunRecord:
         self.save()
 
     def end(self, name: str, status: str, summary: str, outputs: Mapping[str, Any] | None = None,
-            seconds: float | None = None, reused: bool = False) -> None:
+            seconds: float | None = None, detail: Mapping[str, Any] | None = None) -> None:
         entry = self.data["stages"].setdefault(name, {})
-        entry.update({"status": status, "ended": now(), "summary": summary, "reused": reused})
+        entry.update({"status": status, "ended": now(), "summary": summary, "reused": False})
         if outputs is not None:
             entry["outputs"] = dict(outputs)
         if seconds is not None:
             entry["seconds"] = round(seconds, 3)
+        if detail is not None:
+            entry["detail"] = dict(detail)
         self.save()
 
     def reuse(self, name: str) -> None:

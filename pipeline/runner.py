@@ -72,15 +72,17 @@ class Runner:
         print(f"[{number}/5] {name}: {title}", flush=True)
         key = cache_key(name, section, inputs)
         previous = self.record.previous.get(name, {})
-        if self.only and name != self.only or not self.forced(name) and self.record.reusable(name, key, outputs()):
-            if not outputs():
+        present = {} if self.forced(name) else outputs()  # fingerprinted once: outputs can be large
+        if self.only and name != self.only or not self.forced(name) and self.record.reusable(name, key, present):
+            if not present:
                 raise StageFailed(f"--only {self.only}: expected the {name} output of an earlier run in {self.run}, "
                                   f"found none; run without --only first")
-            self.record.reuse(name) if name in self.record.previous else None
+            if name in self.record.previous:
+                self.record.reuse(name)
             self.reused.append(name)
             print(f"      reused: inputs and config unchanged since {previous.get('ended', 'an earlier run')}"
                   if not self.only else "      reused (--only)", flush=True)
-            return stages.Result(previous.get("summary", ""), previous.get("outputs", {}), previous.get("detail", {}))
+            return stages.Result(previous.get("summary", ""), present, previous.get("detail", {}))
         resume = not self.forced(name) and self.record.interrupted(name, key)
         self.record.begin(name, key, inputs)
         started = time.monotonic()
@@ -92,9 +94,7 @@ class Runner:
         except BaseException as exc:
             self.record.end(name, "failed", f"{type(exc).__name__}", seconds=time.monotonic() - started)
             raise
-        self.record.end(name, "done", result.summary, result.outputs, time.monotonic() - started)
-        self.record.stage(name)["detail"] = result.detail
-        self.record.save()
+        self.record.end(name, "done", result.summary, result.outputs, time.monotonic() - started, result.detail)
         print(f"      {result.summary} ({time.monotonic() - started:.1f} s)", flush=True)
         return result
 
@@ -156,10 +156,9 @@ def _stages(runner: Runner, config: PipelineConfig, key: bytes, key_id: str, bea
     ingest_dir, validate_dir, train_dir, eval_dir = (run / n for n in ("ingest", "validate", "train", "evaluate"))
     ingest_in = {"dicom": stages.input_print(config.input), "labels": stages.input_print(config.labels),
                  "hash_key_id": key_id}
-    runner.stage("ingest", "DICOM -> TFRecords (Apache Beam)", to_dict([config.preprocess, config.ingest]),
-                 ingest_in, lambda: stages.folder_print(ingest_dir, "qc.json"),
-                 lambda _: stages.ingest(config, ingest_dir, key, beam_args))
-    records = stages.folder_print(ingest_dir, "qc.json")
+    records = runner.stage("ingest", "DICOM -> TFRecords (Apache Beam)", to_dict([config.preprocess, config.ingest]),
+                           ingest_in, lambda: stages.folder_print(ingest_dir, "qc.json"),
+                           lambda _: stages.ingest(config, ingest_dir, key, beam_args)).outputs
     runner.stage("validate", "statistics and schema", to_dict(config.validate), records,
                  lambda: stages.folder_print(validate_dir, "stats.json"),
                  lambda _: stages.validate(config, ingest_dir, validate_dir, beam_args))
@@ -169,10 +168,9 @@ def _stages(runner: Runner, config: PipelineConfig, key: bytes, key_id: str, bea
             shutil.rmtree(train_dir, ignore_errors=True)  # checkpoints of another config must not be resumed
         return stages.train(config, ingest_dir, train_dir)
 
-    runner.stage("train", f"CNN+LSTM, strategy {config.train.strategy}, {config.train.epochs} epochs",
-                 to_dict(config.train), records, lambda: stages.folder_print(train_dir / "model", "saved_model.pb"),
-                 train)
-    model = stages.folder_print(train_dir / "model", "saved_model.pb")
+    model = runner.stage("train", f"CNN+LSTM, strategy {config.train.strategy}, {config.train.epochs} epochs",
+                         to_dict(config.train), records,
+                         lambda: stages.folder_print(train_dir / "model", "saved_model.pb"), train).outputs
     serving_dir = run / config.push.serving_dir
     baseline, baseline_in = stages.baseline(serving_dir, config.push.model_name, model)
     against = f" vs. served version {baseline.name}" if baseline else ""
@@ -180,10 +178,9 @@ def _stages(runner: Runner, config: PipelineConfig, key: bytes, key_id: str, bea
         "evaluate", f"TFMA on held-out patients{against}", to_dict(config.evaluate),
         {**records, **model, "baseline": baseline_in}, lambda: stages.evaluation_print(eval_dir),
         lambda _: stages.evaluate(config, ingest_dir, train_dir / "model", eval_dir, baseline))
-    pushed = runner.stage("push", "blessed models only", to_dict(config.push),
-                          {**model, **stages.evaluation_print(eval_dir)},
+    pushed = runner.stage("push", "blessed models only", to_dict(config.push), {**model, **evaluated.outputs},
                           lambda: stages.served_print(serving_dir, config.push.model_name, model),
-                          lambda _: stages.push(config, train_dir / "model", eval_dir, serving_dir))
+                          lambda _: stages.push(config, train_dir / "model", model, eval_dir, serving_dir))
     if not evaluated.detail.get("blessed"):
         return RunOutputs(str(run), False, None, tuple(evaluated.detail.get("reasons", ())))
     return RunOutputs(str(run), True, pushed.detail.get("served"), ())

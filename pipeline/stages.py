@@ -148,13 +148,14 @@ def served_print(serving_dir: Path, model_name: str, model: dict[str, str]) -> d
     return {f"version {served.name}": tree_fingerprint(served)}
 
 
-def push(config: PipelineConfig, model: Path, evaluation: Path, serving_dir: Path) -> Result:
+def push(config: PipelineConfig, model: Path, model_print: dict[str, str], evaluation: Path,
+         serving_dir: Path) -> Result:
     from medseq.components import push as component
 
     if not (evaluation / F.BLESSED).exists():
         return Result("skipped: not blessed", {})
     served = component.served_model(serving_dir, config.push.model_name)
-    if served is not None and _served_fingerprint(served) == tree_fingerprint(model):
+    if served is not None and _served_fingerprint(served) in model_print.values():
         return Result(f"version {served.name} already serves this model: nothing to push",
                       {f"version {served.name}": tree_fingerprint(served)}, {"served": str(served)})
     pushed = component.push(model, evaluation, serving_dir, config.push.model_name, config.push.keep_versions,
