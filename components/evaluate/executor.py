@@ -81,11 +81,6 @@ def _intervals(preds: EvalPredictions, keys: list[gate.SliceKey], settings: Eval
     return out
 
 
-def _headline(probs: np.ndarray, labels: np.ndarray) -> float:
-    values = metrics_of(probs, labels)
-    return values["auc"] if probs.shape[1] == 2 else values["macro_auc"]
-
-
 def temporal_reliance(preds: EvalPredictions, settings: EvaluateConfig) -> tuple[dict[str, Any], gate.Check | None]:
     """AUC on the real frames, shuffled frames and one repeated frame; the optional gate."""
     name = "auc" if preds.probs["frames"].shape[1] == 2 else "macro_auc"
@@ -93,7 +88,7 @@ def temporal_reliance(preds: EvalPredictions, settings: EvaluateConfig) -> tuple
     for variant in VARIANTS:
         ci = bootstrap_intervals(preds.probs[variant], preds.labels, settings.seed, settings.bootstrap_samples,
                                  settings.confidence_level).get(name)
-        rows[variant] = {"value": _headline(preds.probs[variant], preds.labels), "interval": ci}
+        rows[variant] = {"value": metrics_of(preds.probs[variant], preds.labels)[name], "interval": ci}
     if settings.temporal_min_drop is None:
         return rows, None
     drop = rows["frames"]["value"] - rows["one_frame"]["value"]
@@ -177,6 +172,6 @@ def _baseline_probs(baseline_dir: str | None, examples_dir: str, settings: Evalu
     if not baseline_dir:
         return None
     try:
-        return predict_split(examples_dir, baseline_dir, settings.seed).probs["frames"]
+        return predict_split(examples_dir, baseline_dir, settings.seed, controls=False).probs["frames"]
     except Exception:  # noqa: BLE001 - a baseline of another input shape: the report shows TFMA's numbers only
         return None

@@ -40,14 +40,12 @@ def concrete_slices(spec: config_pb2.SlicingSpec, preds: EvalPredictions) -> dic
     fixed = dict(spec.feature_values)
     mask = slice_mask(preds, tuple(fixed.items()))
     keys = list(spec.feature_keys)
-    found: dict[SliceKey, int] = {}
-    rows = np.flatnonzero(mask)
-    for i in rows:
-        values = {**fixed, **{k: str(preds.slices[k][i]) for k in keys}}
-        key = tuple(sorted(values.items()))
-        found[key] = found.get(key, 0) + 1
     if not keys:
-        found = {tuple(sorted(fixed.items())): int(mask.sum())}
+        return {tuple(sorted(fixed.items())): int(mask.sum())}
+    found: dict[SliceKey, int] = {}
+    for i in np.flatnonzero(mask):
+        key = tuple(sorted({**fixed, **{k: str(preds.slices[k][i]) for k in keys}}.items()))
+        found[key] = found.get(key, 0) + 1
     return found
 
 

@@ -82,17 +82,20 @@ def _records(examples_dir: str, split: str, spec_model_dir: str) -> tf.data.Data
     return tf.data.TFRecordDataset(files, compression_type="GZIP").batch(BATCH).map(parse)
 
 
-def predict_split(examples_dir: str, model_dir: str | Path, seed: int = 0, split: str = "eval") -> EvalPredictions:
-    """Probabilities of the SavedModel at `model_dir` on every record of `split`."""
+def predict_split(examples_dir: str, model_dir: str | Path, seed: int = 0, split: str = "eval",
+                  controls: bool = True) -> EvalPredictions:
+    """Probabilities of the SavedModel at `model_dir` on every record of `split`; with
+    `controls`, also on the shuffled and the one-frame inputs."""
     serve = tf.saved_model.load(str(model_dir)).signatures[F.FRAMES_SIGNATURE]
     rng = np.random.default_rng(seed)
     labels: list[np.ndarray] = []
     slices: dict[str, list[np.ndarray]] = {name: [] for name in F.SLICE_FEATURES}
-    probs: dict[str, list[np.ndarray]] = {name: [] for name in VARIANTS}
+    probs: dict[str, list[np.ndarray]] = {name: [] for name in (VARIANTS if controls else VARIANTS[:1])}
     for batch in _records(examples_dir, split, str(model_dir)).as_numpy_iterator():
         frames, valid = batch[F.FRAMES], batch[F.VALID_FRAMES]
-        inputs = {"frames": frames, "shuffled": shuffle_frames(frames, valid, rng),
-                  "one_frame": repeat_one_frame(frames, valid)}
+        inputs = {"frames": frames}
+        if controls:
+            inputs.update(shuffled=shuffle_frames(frames, valid, rng), one_frame=repeat_one_frame(frames, valid))
         for name, x in inputs.items():
             out = serve(**{F.FRAMES: tf.constant(x), F.VALID_FRAMES: tf.constant(valid)})
             probs[name].append(out[F.PROBABILITIES].numpy().astype(np.float64))

@@ -17,13 +17,19 @@ from medseq.components.train.metrics import binary_auc
 Interval = tuple[float, float]
 
 
+def precision_recall_steps(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(precision, recall, hit) after each series, taken in descending score order."""
+    order = np.argsort(-scores, kind="mergesort")
+    hits = positive[order].astype(np.float64)
+    found = np.cumsum(hits)
+    return found / np.arange(1, len(hits) + 1), found / max(hits.sum(), 1.0), hits
+
+
 def average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
     """Area under the precision-recall curve as the mean precision at each positive."""
     if not positive.any():
         return float("nan")
-    order = np.argsort(-scores, kind="mergesort")
-    hits = positive[order].astype(np.float64)
-    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    precision, _, hits = precision_recall_steps(scores, positive)
     return float((precision * hits).sum() / hits.sum())
 
 

@@ -15,6 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from medseq.components.evaluate.intervals import precision_recall_steps  # noqa: E402
+
 
 def _png(fig: Figure) -> str:
     buffer = io.BytesIO()
@@ -58,10 +60,7 @@ def roc_plot(probs: Mapping[str, np.ndarray], labels: np.ndarray, classes: tuple
 def pr_plot(probs: Mapping[str, np.ndarray], labels: np.ndarray, classes: tuple[str, ...]) -> str:
     fig, ax = plt.subplots(figsize=(4.2, 4.2))
     for legend, scores, positive in _curves(probs, labels, classes):
-        order = np.argsort(-scores, kind="mergesort")
-        hits = positive[order].astype(np.float64)
-        recall = np.cumsum(hits) / max(hits.sum(), 1.0)
-        precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+        precision, recall, _ = precision_recall_steps(scores, positive)
         ax.step(np.r_[0.0, recall], np.r_[1.0, precision], where="post", label=legend)
     ax.set(xlabel="recall (sensitivity)", ylabel="precision", title="Precision-recall", xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="lower left", fontsize=7)

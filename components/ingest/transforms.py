@@ -74,12 +74,16 @@ def open_binary(path: str) -> IO[bytes]:
     return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
-def outside(path: str, root: str) -> bool:
-    """A local path that resolves (through symbolic links) outside `root`."""
-    if "://" in path or "://" in root:
+def real_root(root: str) -> str | None:
+    """The input root with its symbolic links resolved; None on a remote filesystem."""
+    return None if "://" in root else os.path.realpath(root)
+
+
+def outside(path: str, resolved_root: str | None) -> bool:
+    """A local path that resolves (through symbolic links) outside `resolved_root` (from `real_root`)."""
+    if resolved_root is None or "://" in path:
         return False
-    real_root = os.path.realpath(root)
-    return os.path.commonpath([os.path.realpath(path), real_root]) != real_root
+    return os.path.commonpath([os.path.realpath(path), resolved_root]) != resolved_root
 
 
 class _Progress:
@@ -109,6 +113,7 @@ class ReadHeader(beam.DoFn):
 
     def __init__(self, root: str, key: bytes) -> None:
         self.root, self.key = root, key
+        self.resolved_root = real_root(root)  # once, not once per file
         self.read = Metrics.counter("ingest", "files_read")
         self.rejected = Metrics.counter("ingest", "files_rejected")
 
@@ -116,7 +121,7 @@ class ReadHeader(beam.DoFn):
         _PROGRESS.add("files")
         self.read.inc()
         try:
-            if outside(path, self.root):
+            if outside(path, self.resolved_root):
                 raise Rejected(reasons.OUTSIDE_INPUT, "a symbolic link that points outside the input folder; "
                                "expected files inside it (the link is not followed)")
             with open_binary(path) as f:
