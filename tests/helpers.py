@@ -36,3 +36,20 @@ def render_in_chromium(page: Path, screenshot: Path, height: int = 2200) -> str:
                    timeout=120)
     return subprocess.run([_chromium(), *flags, "--dump-dom", url], check=True, capture_output=True, text=True,
                           timeout=120).stdout
+
+
+def auc_gate(path: Path, lower: float = 0.0, change: float | None = None, slices: tuple[str, ...] = (),
+             per_slice: str = "", gated: bool = True) -> str:
+    """Writes a two-class TFMA EvalConfig to `path` and returns the path: AUC at least
+    `lower` on the overall slice (and at most `-change` below the baseline), sliced by
+    `slices`, with more `per_slice_thresholds` text for AUC; `gated=False`: no threshold."""
+    change_text = (f" change_threshold {{ direction: HIGHER_IS_BETTER absolute {{ value: {change} }} }}"
+                   if change is not None else "")
+    threshold = (f"per_slice_thresholds {{ slicing_specs {{}} threshold {{ value_threshold {{ lower_bound {{ "
+                 f"value: {lower} }} }}{change_text} }} }} {per_slice}" if gated else "")
+    path.write_text(
+        'model_specs { signature_name: "serving_default" label_key: "label" prediction_key: "probability" }\n'
+        "slicing_specs {}\n" + "".join(f'slicing_specs {{ feature_keys: ["{s}"] }}\n' for s in slices) +
+        'metrics_specs {\n  metrics { class_name: "ExampleCount" }\n  metrics { class_name: "BinaryAccuracy" }\n'
+        f'  metrics {{ class_name: "AUC" {threshold} }}\n}}\n')
+    return str(path)

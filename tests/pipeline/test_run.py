@@ -11,7 +11,7 @@ import time
 import pytest
 import yaml
 
-from helpers import ARTIFACTS, SAMPLES, render_in_chromium
+from helpers import ARTIFACTS, SAMPLES, auc_gate, render_in_chromium
 from medseq.pipeline import cli
 from medseq.pipeline import features as F
 from medseq.pipeline.run_record import RECORD_FILE
@@ -36,11 +36,7 @@ def reused(out: str) -> list[str]:
 
 @pytest.mark.slow
 def test_run_records_every_stage_reuses_what_is_unchanged_and_reruns_from_a_stage(tmp_path, capsys):
-    eval_config = tmp_path / "eval.pbtxt"
-    eval_config.write_text(
-        'model_specs { label_key: "label" prediction_key: "probability" }\nslicing_specs {}\n'
-        'metrics_specs { metrics { class_name: "AUC" threshold { value_threshold { lower_bound { value: 0.0 } } '
-        'change_threshold { direction: HIGHER_IS_BETTER absolute { value: -1.0 } } } } }\n')
+    eval_config = auc_gate(tmp_path / "eval.pbtxt", 0.0, -1.0)
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({**FAST, "evaluate": {"eval_config": str(eval_config)}}))
     run = tmp_path / "run"
@@ -112,11 +108,7 @@ def test_a_config_without_input_or_synth_is_one_line(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_run_killed_in_training_keeps_a_true_record_and_resumes_there(tmp_path):
-    eval_config = tmp_path / "eval.pbtxt"
-    eval_config.write_text(
-        'model_specs { label_key: "label" prediction_key: "probability" }\nslicing_specs {}\n'
-        'metrics_specs { metrics { class_name: "AUC" threshold { value_threshold { lower_bound { value: 0.0 } } } } '
-        '}\n')
+    eval_config = auc_gate(tmp_path / "eval.pbtxt")
     settings = {k: v for k, v in FAST.items() if k not in ("input", "labels")}
     settings.update(synth={"task": "cine_ef", "patients": 40, "seed": 1, "small": True},
                     train={**FAST["train"], "epochs": 4, "batch_size": 1, "checkpoint_every_steps": 2},

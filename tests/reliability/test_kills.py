@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import IN_PROCESS, KEY, SAMPLES
+from helpers import IN_PROCESS, KEY, SAMPLES, auc_gate
 from medseq.components.evaluate import evaluate
 from medseq.components.ingest.output_lock import LEFTOVER_PREFIXES, LOCK_FILE
 from medseq.pipeline import features as F
@@ -129,14 +129,8 @@ def test_two_jobs_into_one_output_folder_are_refused(tmp_path):
     assert first.returncode == 0 and (out / F.QC_FILE).exists()
 
 
-PERMISSIVE = ('model_specs { label_key: "label" prediction_key: "probability" }\nslicing_specs {}\n'
-              'metrics_specs { metrics { class_name: "AUC" threshold { value_threshold { lower_bound { value: 0 } } '
-              '} } }\n')
-
-
 def test_a_push_killed_mid_copy_leaves_no_partial_version(cine_records, trained, tmp_path):
-    (tmp_path / "gate.pbtxt").write_text(PERMISSIVE)
-    evaluation = evaluate(str(cine_records), trained.model_dir, tmp_path / "e", str(tmp_path / "gate.pbtxt"),
+    evaluation = evaluate(str(cine_records), trained.model_dir, tmp_path / "e", auc_gate(tmp_path / "gate.pbtxt"),
                           beam_args=IN_PROCESS)
     assert evaluation.blessed
     serving = tmp_path / "serving"

@@ -18,6 +18,7 @@ import pydicom
 import pytest
 import yaml
 
+from helpers import auc_gate
 from medseq.components import synth
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
@@ -75,16 +76,12 @@ def planted_run(tmp_path_factory):
     accession = str(pydicom.dcmread(image).AccessionNumber)
     image.rename(image.with_name(f"{accession}.dcm"))
     assert len(secrets) > 100 and ids
-    gate = root / "gate.pbtxt"
-    gate.write_text('model_specs { label_key: "label" prediction_key: "probability" }\nslicing_specs {}\n'
-                    'slicing_specs { feature_keys: ["site"] }\n'
-                    'metrics_specs { metrics { class_name: "AUC" threshold { value_threshold { lower_bound { '
-                    'value: 0 } } } } }\n')
+    gate = auc_gate(root / "gate.pbtxt", slices=("site",))
     config = root / "config.yaml"
     config.write_text(yaml.safe_dump({
         "input": str(root / "data" / "dicom"), "labels": str(root / "data" / "labels.csv"),
         "preprocess": {"frames": 8, "height": 32, "width": 32}, "validate": {"max_label_linf": 1.0},
-        "train": {"epochs": 1, "conv_filters": [4], "lstm_units": 4}, "evaluate": {"eval_config": str(gate)},
+        "train": {"epochs": 1, "conv_filters": [4], "lstm_units": 4}, "evaluate": {"eval_config": gate},
         "report": {"frame_strips": "off"}}))
     run = root / "run"
     result = subprocess.run([sys.executable, "-m", "medseq.pipeline.cli", "run", "--config", str(config),

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow_model_analysis as tfma
 
-from helpers import ARTIFACTS, IN_PROCESS, render_in_chromium
+from helpers import ARTIFACTS, IN_PROCESS, auc_gate, render_in_chromium
 from medseq.components.evaluate import evaluate
 from medseq.components.evaluate.inference import predict_split
 from medseq.components.evaluate.intervals import metrics_of
@@ -20,29 +20,12 @@ from medseq.pipeline import cli
 from medseq.pipeline import features as F
 from medseq.pipeline.config import EvaluateConfig
 
-GATE = """
-model_specs { signature_name: "serving_default" label_key: "label" prediction_key: "probability" }
-slicing_specs {}
-slicing_specs { feature_keys: ["manufacturer"] }
-metrics_specs {
-  metrics { class_name: "ExampleCount" }
-  metrics { class_name: "BinaryAccuracy" }
-  metrics { class_name: "AUC"
-    per_slice_thresholds { slicing_specs {}
-      threshold { value_threshold { lower_bound { value: LOWER } }
-                  change_threshold { direction: HIGHER_IS_BETTER absolute { value: -0.02 } } } }
-    PER_SLICE
-  }
-}
-"""
 VENDOR_FLOOR = ('per_slice_thresholds { slicing_specs { feature_keys: ["manufacturer"] } '
                 'threshold { value_threshold { lower_bound { value: 1.01 } } } }')
 
 
 def gate_file(tmp_path: Path, lower: float = 0.75, per_slice: str = "") -> str:
-    path = tmp_path / f"gate-{lower}-{len(per_slice)}.pbtxt"
-    path.write_text(GATE.replace("LOWER", str(lower)).replace("PER_SLICE", per_slice))
-    return str(path)
+    return auc_gate(tmp_path / f"gate-{lower}-{len(per_slice)}.pbtxt", lower, -0.02, ("manufacturer",), per_slice)
 
 
 def verdict(result) -> dict:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import IN_PROCESS
+from helpers import IN_PROCESS, auc_gate
 from medseq.components import push
 from medseq.components.evaluate import evaluate
 from medseq.components.push.model_card import CARD_FILE
@@ -24,24 +24,10 @@ from medseq.pipeline import features as F
 from medseq.pipeline.errors import StageFailed
 from medseq.pipeline.fingerprints import tree_fingerprint
 
-PERMISSIVE = """
-model_specs { signature_name: "serving_default" label_key: "label" prediction_key: "probability" }
-slicing_specs {}
-slicing_specs { feature_keys: ["manufacturer"] }
-metrics_specs {
-  metrics { class_name: "ExampleCount" }
-  metrics { class_name: "AUC"
-    threshold { value_threshold { lower_bound { value: 0.0 } }
-                change_threshold { direction: HIGHER_IS_BETTER absolute { value: -1.0 } } } }
-}
-"""
-
 
 @pytest.fixture(scope="module")
 def permissive(tmp_path_factory):
-    path = tmp_path_factory.mktemp("cfg") / "eval.pbtxt"
-    path.write_text(PERMISSIVE)
-    return str(path)
+    return auc_gate(tmp_path_factory.mktemp("cfg") / "eval.pbtxt", 0.0, -1.0, ("manufacturer",))
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +37,8 @@ def blessed(tmp_path_factory, cine_records, trained, permissive):
 
 
 def test_push_refuses_a_model_that_is_not_blessed(cine_records, trained, tmp_path):
-    config = tmp_path / "strict.pbtxt"
-    config.write_text(PERMISSIVE.replace("lower_bound { value: 0.0 }", "lower_bound { value: 1.01 }"))
-    result = evaluate(str(cine_records), trained.model_dir, tmp_path / "e", str(config), beam_args=IN_PROCESS)
+    config = auc_gate(tmp_path / "strict.pbtxt", 1.01, -1.0, ("manufacturer",))
+    result = evaluate(str(cine_records), trained.model_dir, tmp_path / "e", config, beam_args=IN_PROCESS)
     assert not result.blessed and (tmp_path / "e" / F.NOT_BLESSED).exists()
     with pytest.raises(StageFailed, match="NOT_BLESSED"):
         push.push(trained.model_dir, tmp_path / "e", tmp_path / "serving", "m")
@@ -61,9 +46,8 @@ def test_push_refuses_a_model_that_is_not_blessed(cine_records, trained, tmp_pat
 
 
 def test_gate_fails_closed_without_thresholds(cine_records, trained, tmp_path):
-    config = tmp_path / "none.pbtxt"
-    config.write_text(PERMISSIVE.split("metrics_specs")[0] + 'metrics_specs { metrics { class_name: "AUC" } }')
-    result = evaluate(str(cine_records), trained.model_dir, tmp_path / "e", str(config), beam_args=IN_PROCESS)
+    config = auc_gate(tmp_path / "none.pbtxt", gated=False)
+    result = evaluate(str(cine_records), trained.model_dir, tmp_path / "e", config, beam_args=IN_PROCESS)
     assert not result.blessed and "fails closed" in result.reasons[0]
 
 
