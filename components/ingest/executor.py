@@ -124,11 +124,11 @@ def build(pipeline: beam.Pipeline, pattern: str, root: str, staging: str, key: b
         headers.headers
         | "GroupBySeries" >> beam.GroupByKey()
         | "BuildRecords" >> beam.ParDo(BuildRecord(root, key, labels, classes, preprocess, ingest.split,
-                                                   ingest.decode_timeout_s))
+                                                   staging=staging, decode_timeout_s=ingest.decode_timeout_s))
         .with_outputs(BuildRecord.REJECTED, BuildRecord.LABELED, main="records")
     )
     records = built.records
-    sizes = (records | "RecordSizes" >> beam.Map(lambda r: (r.split, len(r.example)))
+    sizes = (records | "RecordSizes" >> beam.Map(lambda r: (r.split, r.nbytes))
              | "SizePerSplit" >> beam.CombinePerKey(sum))
     shard_bytes = ingest.shard_size_mb * 2**20
     _ = (

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import IO
@@ -56,17 +57,22 @@ class Record:
     manufacturer: str
     valid_frames: int
     files: int
-    example: bytes
     # Places the record in its shard and the shard in its split. A hash of the content
     # the model reads, not of the keyed series_key: the same data trains in the same
     # order (the same weights) whatever the secret key.
-    order_key: str = ""
+    order_key: str
+    # Where BuildRecord put the tf.train.Example's bytes: a spill file of its bundle in
+    # the staging folder. The bytes never travel through the runner (a local runner holds
+    # every element of a GroupByKey in memory): memory stays flat as the archive grows.
+    spill: str
+    offset: int
+    nbytes: int
 
     def index_line(self) -> str:
         return json.dumps({"split": self.split, "series_key": self.series_key, "label": self.label,
                            "modality": self.modality, "manufacturer": self.manufacturer,
                            "valid_frames": self.valid_frames, "files": self.files,
-                           "bytes": len(self.example)}, sort_keys=True)
+                           "bytes": self.nbytes}, sort_keys=True)
 
 
 def open_binary(path: str) -> IO[bytes]:
@@ -155,10 +161,12 @@ class BuildRecord(beam.DoFn):
     LABELED = "labeled"
 
     def __init__(self, root: str, key: bytes, labels: dict[str, str], classes: tuple[str, ...],
-                 preprocess_config: PreprocessConfig, split: SplitConfig,
+                 preprocess_config: PreprocessConfig, split: SplitConfig, *, staging: str,
                  decode_timeout_s: float | None = None) -> None:
         self.root, self.key, self.labels, self.classes = root, key, labels, classes
         self.config, self.split, self.decode_timeout_s = preprocess_config, split, decode_timeout_s
+        self.staging = staging
+        self._spill: _Spill | None = None
         self.written = Metrics.counter("ingest", "series_written")
         self.rejected = Metrics.counter("ingest", "series_rejected")
         self.frames = Metrics.distribution("ingest", "valid_frames")
@@ -176,6 +184,14 @@ class BuildRecord(beam.DoFn):
             where = paths[0]
         where = deid.safe_relpath(where, self.root, self.key, deid.series_identifiers(headers))
         return RejectedRow(where, series_key, code, f"{message} ({len(paths)} file(s))", len(paths))
+
+    def start_bundle(self) -> None:
+        self._spill = None
+
+    def finish_bundle(self) -> None:
+        if self._spill is not None:  # before the bundle commits: its records point into the file
+            self._spill.close()
+            self._spill = None
 
     def process(self, element: tuple[str, Iterable[FileHeader]]) -> Iterator[object]:
         source, grouped = element
@@ -226,9 +242,13 @@ class BuildRecord(beam.DoFn):
         self.written.inc()
         self.frames.update(prepared.valid_frames)
         _PROGRESS.add("series")
+        if self._spill is None:
+            self._spill = _Spill(FileSystems.join(self.staging, f"{SPILL_PREFIX}{uuid.uuid4().hex}.bin"))
+        offset = self._spill.write(example)
         yield Record(self._split_of(first.patient_id), series_key, label, first.modality,
                      _vendor(first.manufacturer), prepared.valid_frames,
-                     len(headers) - len(ordered.duplicates), example, content_key(prepared, label))
+                     len(headers) - len(ordered.duplicates), content_key(prepared, label),
+                     self._spill.path, offset, len(example))
 
 
 def content_key(prepared: Prepared, label: str) -> str:
@@ -244,6 +264,52 @@ def _vendor(manufacturer: str) -> str:
     return name.split()[0] if name else "UNKNOWN"
 
 
+SPILL_PREFIX = "_spill-"  # staging files starting with "_" are removed when the job ends
+
+
+class _Spill:
+    """One bundle's examples, appended to one file of the staging folder."""
+
+    def __init__(self, path: str) -> None:
+        self.path, self.size = path, 0
+        self._file = FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+    def write(self, data: bytes) -> int:
+        offset = self.size
+        self._file.write(data)
+        self.size += len(data)
+        return offset
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _SpillReader:
+    """Reads examples back from the spill files, a few files open at a time."""
+
+    MAX_OPEN = 32
+
+    def __init__(self) -> None:
+        self._open: dict[str, IO[bytes]] = {}
+
+    def read(self, record: Record) -> bytes:
+        f = self._open.get(record.spill)
+        if f is None:
+            if len(self._open) >= self.MAX_OPEN:
+                self.close()
+            f = self._open[record.spill] = open_binary(record.spill)
+        f.seek(record.offset)
+        data = f.read(record.nbytes)
+        if len(data) != record.nbytes:
+            raise OSError(f"spill file {record.spill} ends before the record at byte {record.offset}")
+        return data
+
+    def close(self) -> None:
+        for f in self._open.values():
+            f.close()
+        self._open.clear()
+
+
 class WriteShard(beam.DoFn):
     """((split, shard, n), records) -> one gzip TFRecord file, records in order_key order."""
 
@@ -254,8 +320,12 @@ class WriteShard(beam.DoFn):
         (split, shard, n), records = element
         path = FileSystems.join(self.staging, split, f"{split}-{shard:05d}-of-{n:05d}.tfrecord.gz")
         ordered = sorted(records, key=lambda r: (r.order_key, r.series_key))
-        with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            write_tfrecords(f, (r.example for r in ordered))
+        spilled = _SpillReader()
+        try:
+            with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                write_tfrecords(f, (spilled.read(r) for r in ordered))
+        finally:
+            spilled.close()
         yield path
 
 

@@ -14,20 +14,23 @@ from typing import IO
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut
 from pydicom.pixels.decoders.base import get_decoder
-from pydicom.uid import JPEGLSLossless, JPEGLSNearLossless
+from pydicom.uid import UID, JPEGLSLossless, JPEGLSNearLossless, RLELossless
 
 from medseq.components.preprocessing import reasons
 from medseq.components.preprocessing.geometry import OrderedSeries
-from medseq.components.preprocessing.headers import FileHeader, _item, read_dataset
+from medseq.components.preprocessing.headers import UNDEFINED_LENGTH, FileHeader, header_window, max_value, read_dataset, rescale_of
 from medseq.components.preprocessing.reasons import Rejected
 from medseq.pipeline import features as F
 
-# Measured here (256x256 int16): pyjpegls decodes JPEG-LS in 2.8 ms where the default
-# order (GDCM first) takes 4.0 ms; for the other syntaxes the default order is as fast.
-_PREFERRED_PLUGIN: dict[str, str] = {str(JPEGLSLossless): "pyjpegls", str(JPEGLSNearLossless): "pyjpegls"}
+# Measured here (one 224x224 16-bit frame): pyjpegls decodes JPEG-LS in 1.6 ms where the
+# default order (GDCM first) takes 2.0 ms; pylibjpeg-rle decodes RLE in 0.7 ms where
+# pydicom's own decoder (the default) takes 1.9 ms. Both are lossless: the same values
+# (tests/components/preprocessing/test_pixel_ref.py). For the other syntaxes the default
+# order is the fastest here.
+_PREFERRED_PLUGIN: dict[str, str] = {str(JPEGLSLossless): "pyjpegls", str(JPEGLSNearLossless): "pyjpegls",
+                                     str(RLELossless): "pylibjpeg"}
 
 
 @dataclass(frozen=True)
@@ -44,62 +47,86 @@ class SeriesMeta:
     axis: str = F.AXIS_INDEX  # what the frames step through: time, space (slices) or index only
 
 
-def _rescale(ds: Dataset, frame: int) -> tuple[float, float] | None:
-    """(slope, intercept) from an enhanced object's functional groups, if it has them."""
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
-    for group in ((per_frame[frame] if per_frame and frame < len(per_frame) else None),
-                  _item(ds, "SharedFunctionalGroupsSequence")):
-        item = _item(group, "PixelValueTransformationSequence") if group is not None else None
-        if item is not None and "RescaleSlope" in item:
-            return float(item.RescaleSlope), float(item.get("RescaleIntercept", 0.0))
-    return None
+def _plugin(transfer_syntax: str) -> str:
+    plugin = _PREFERRED_PLUGIN.get(transfer_syntax, "")
+    return plugin if plugin and plugin in get_decoder(transfer_syntax).available_plugins else ""
 
 
-def _header_window(ds: Dataset) -> tuple[float, float] | None:
-    source = ds if "WindowCenter" in ds else _item(ds, "SharedFunctionalGroupsSequence", "FrameVOILUTSequence")
-    if source is None or "WindowCenter" not in source or "WindowWidth" not in source:
-        return None
-    center, width = source.WindowCenter, source.WindowWidth
-    # Several windows may be listed; the first is the one the modality suggests.
-    center = center[0] if isinstance(center, (list, MultiValue)) else center
-    width = width[0] if isinstance(width, (list, MultiValue)) else width
+@contextlib.contextmanager
+def _decoding(transfer_syntax: str, bits: Callable[[], object]) -> Iterator[None]:
+    """Codec failures as reasons: codecs raise anything on corrupt data, Rust panics included."""
     try:
-        return float(center), float(width)
-    except (TypeError, ValueError):
-        return None
+        yield
+    except BaseException as exc:  # noqa: BLE001
+        if reasons.must_propagate(exc):
+            raise
+        syntax = UID(transfer_syntax).name
+        text = str(exc).lower()
+        if isinstance(exc, NotImplementedError) or "does not support" in text or "no pixel data decoders" in text:
+            raise Rejected(reasons.UNSUPPORTED_TRANSFER_SYNTAX, f"no installed, permissively licensed decoder "
+                           f"handles {syntax} with {bits()}-bit samples") from None
+        raise Rejected(reasons.DECODE_ERROR, f"the pixel data ({syntax}) cannot be decoded "
+                       f"({type(exc).__name__}); truncated or corrupt") from None
+
+
+def _to_modality(pixels: np.ndarray, header: FileHeader, rescale: tuple[tuple[float, float], ...],
+                 per_frame: bool) -> np.ndarray:
+    """Decoded stored values (F, H, W[, 3]) -> float32 modality units, as `apply_modality_lut`
+    computes them (float64 products, then float32)."""
+    if is_colour(header):
+        return pixels.astype(np.float32)
+    if per_frame:
+        out = np.empty(pixels.shape, np.float32)
+        for i in range(pixels.shape[0]):
+            slope, intercept = rescale[i]
+            out[i] = pixels[i] * slope + intercept
+        return out
+    if rescale:
+        (slope, intercept), = rescale
+        scaled = pixels.astype(np.float64) * slope
+        scaled += intercept
+        return np.asarray(scaled, dtype=np.float32)
+    return np.asarray(pixels, dtype=np.float32)
+
+
+def _frames_from_ref(fileobj: IO[bytes], header: FileHeader) -> np.ndarray:
+    """All frames of one file from the bytes its PixelRef points at (no second parse)."""
+    ref = header.pixels
+    assert ref is not None
+    fileobj.seek(ref.offset)
+    if ref.length == UNDEFINED_LENGTH:  # encapsulated: its items end at the sequence delimiter
+        data = fileobj.read()
+    else:
+        data = fileobj.read(ref.length)
+        if len(data) != ref.length:
+            raise EOFError("the file is shorter than when its header was read")
+    decoder = get_decoder(header.transfer_syntax)
+    pixels = decoder.as_array(data, validate=True, decoding_plugin=_plugin(header.transfer_syntax),
+                              **dict(ref.options))[0]
+    if pixels.ndim == (3 if is_colour(header) else 2):
+        pixels = pixels[None]
+    if ref.per_frame and len(ref.rescale) != pixels.shape[0]:
+        raise ValueError("frames decoded differ from the frames the header counts")
+    return _to_modality(pixels, header, ref.rescale, ref.per_frame)
 
 
 def _frames_of(ds: Dataset, header: FileHeader) -> np.ndarray:
-    """All frames of one file, (F, H, W[, 3]) float32 in modality units."""
-    plugin = _PREFERRED_PLUGIN.get(str(ds.file_meta.TransferSyntaxUID), "")
-    try:
-        if plugin and plugin in get_decoder(ds.file_meta.TransferSyntaxUID).available_plugins:
+    """All frames of one file, (F, H, W[, 3]) float32 in modality units, from its data set."""
+    syntax = str(ds.file_meta.TransferSyntaxUID)
+    with _decoding(syntax, lambda: ds.get("BitsStored", "?")):
+        plugin = _plugin(syntax)
+        if plugin:
             ds.pixel_array_options(decoding_plugin=plugin)
         pixels = ds.pixel_array
-    except BaseException as exc:  # noqa: BLE001 - codecs raise anything on corrupt data, Rust panics included
-        if reasons.must_propagate(exc):
-            raise
-        syntax = ds.file_meta.TransferSyntaxUID.name
-        text = str(exc).lower()
-        if isinstance(exc, NotImplementedError) or "does not support" in text or "no pixel data decoders" in text:
-            bits = ds.get("BitsStored", "?")
-            raise Rejected(reasons.UNSUPPORTED_TRANSFER_SYNTAX, f"no installed, permissively licensed decoder "
-                           f"handles {syntax} with {bits}-bit samples") from None
-        raise Rejected(reasons.DECODE_ERROR, f"the pixel data ({syntax}) cannot be decoded "
-                       f"({type(exc).__name__}); truncated or corrupt") from None
     if header.photometric == "PALETTE COLOR":
         pixels = apply_color_lut(pixels, ds)  # indices -> RGB through the palette
-    rgb = is_colour(header)
-    if pixels.ndim == (3 if rgb else 2):
+    if pixels.ndim == (3 if is_colour(header) else 2):
         pixels = pixels[None]
-    if rgb:
-        return pixels.astype(np.float32)
-    if header.multiframe and _rescale(ds, 0) is not None:
-        out = np.empty(pixels.shape, np.float32)
-        for i in range(pixels.shape[0]):
-            slope, intercept = _rescale(ds, i) or (1.0, 0.0)
-            out[i] = pixels[i] * slope + intercept
-        return out
+    if is_colour(header):
+        return _to_modality(pixels, header, (), False)
+    if header.multiframe and rescale_of(ds, 0) is not None:
+        rescale = tuple(rescale_of(ds, i) or (1.0, 0.0) for i in range(pixels.shape[0]))
+        return _to_modality(pixels, header, rescale, True)
     return np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
 
 
@@ -107,39 +134,53 @@ def is_colour(header: FileHeader) -> bool:
     return header.samples_per_pixel == 3 or header.photometric == "PALETTE COLOR"
 
 
-def _max_value(ds: Dataset, header: FileHeader) -> float:
-    """Full scale of the stored (or, for palettes, looked-up) values."""
-    if header.photometric == "PALETTE COLOR":
-        descriptor = ds.get("RedPaletteColorLookupTableDescriptor")
-        bits = int(descriptor[2]) if descriptor is not None and len(descriptor) == 3 else 16
-        return float(2 ** (16 if bits > 8 else 8) - 1)
-    return float(2 ** int(ds.get("BitsStored", 8)) - 1)
-
-
 def load_series(ordered: OrderedSeries, headers: dict[str, FileHeader], open_file: Callable[[str], IO[bytes]],
                 decode_timeout_s: float | None = None) -> tuple[np.ndarray, SeriesMeta]:
     """Decodes every file of the series once and stacks the frames in `ordered` order.
     A file that takes longer than `decode_timeout_s` is rejected (decode_timeout)."""
     by_path: dict[str, np.ndarray] = {}
-    first_ds: Dataset | None = None
+    first: tuple[tuple[float, float] | None, float] | None = None  # (window, max value) of the first file
     for path in dict.fromkeys(f.path for f in ordered.frames):
-        with open_file(path) as fileobj:
-            ds = read_dataset(fileobj, path, stop_before_pixels=False)
+        header = headers[path]
         started = time.monotonic()
-        with _values_needed_for_the_pixels():
-            by_path[path] = _frames_of(ds, headers[path])
+        frames, ds = _decode_file(path, header, open_file)
         took = time.monotonic() - started
         if decode_timeout_s is not None and took > decode_timeout_s:
             raise Rejected(reasons.DECODE_TIMEOUT, f"decoding one file took {took:.3g} s, expected at most "
                            f"{decode_timeout_s:g} s (ingest.decode_timeout_s)")
-        if first_ds is None:
-            first_ds = ds
+        by_path[path] = frames
+        if first is None:
+            if ds is None:
+                assert header.pixels is not None
+                first = header.pixels.window, header.pixels.max_value
+            else:
+                with _values_needed_for_the_pixels():
+                    first = header_window(ds), max_value(ds, header.photometric)
+    if first is None:
+        raise Rejected(reasons.NO_PIXEL_DATA, "the series holds no frames")
     volume = np.stack([by_path[f.path][f.frame] for f in ordered.frames])
     header = headers[ordered.frames[0].path]
-    if first_ds is None:
-        raise Rejected(reasons.NO_PIXEL_DATA, "the series holds no frames")
+    return volume, SeriesMeta(modality=header.modality, photometric=header.photometric, rgb=is_colour(header),
+                              window=first[0], pixel_spacing=header.pixel_spacing, interval=ordered.interval,
+                              max_value=first[1], axis=ordered.axis)
+
+
+def _decode_file(path: str, header: FileHeader, open_file: Callable[[str], IO[bytes]],
+                 ) -> tuple[np.ndarray, Dataset | None]:
+    """(frames, the data set when the whole file had to be parsed). From the header pass's
+    PixelRef where there is one; any failure there goes the whole-file way, which finds
+    and names the problem exactly as if there were no PixelRef."""
+    if header.pixels is not None:
+        try:
+            with open_file(path) as fileobj:
+                return _frames_from_ref(fileobj, header), None
+        except BaseException as exc:  # noqa: BLE001 - the whole-file path below decides
+            if reasons.must_propagate(exc):
+                raise
+    with open_file(path) as fileobj:
+        ds = read_dataset(fileobj, path, stop_before_pixels=False)
     with _values_needed_for_the_pixels():
-        return volume, _series_meta(first_ds, header, ordered)
+        return _frames_of(ds, header), ds
 
 
 @contextlib.contextmanager
@@ -155,16 +196,3 @@ def _values_needed_for_the_pixels() -> Iterator[None]:
             raise
         raise Rejected(reasons.UNREADABLE, f"a header value needed for the pixels (rescale, lookup table, window, "
                        f"bits) cannot be interpreted ({type(exc).__name__}); the header is corrupt") from None
-
-
-def _series_meta(first_ds: Dataset, header: FileHeader, ordered: OrderedSeries) -> SeriesMeta:
-    return SeriesMeta(
-        modality=header.modality,
-        photometric=header.photometric,
-        rgb=is_colour(header),
-        window=_header_window(first_ds),
-        pixel_spacing=header.pixel_spacing,
-        interval=ordered.interval,
-        max_value=_max_value(first_ds, header),
-        axis=ordered.axis,
-    )

@@ -7,17 +7,23 @@ Identifiers stay in memory here; they are hashed before anything is written.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.pixels.utils import as_pixel_options
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian
 
 from medseq.components.preprocessing import reasons
 from medseq.components.preprocessing.reasons import Rejected
 
 DEFER_BYTES = 4096
+UNDEFINED_LENGTH = 0xFFFFFFFF
 # An explicit-VR element of group 0008 (identifying information) near the start of a
 # file without preamble: a data set missing its file meta, not a stranger.
 _GROUP_8_ELEMENT = re.compile(rb"\x08\x00..(?:CS|UI|DA|TM|LO|SH|PN|IS|DS|US|UL|AE|AS)", re.DOTALL)
@@ -34,6 +40,22 @@ class FrameRef:
     position: tuple[float, float, float] | None
     orientation: tuple[float, ...] | None
     temporal: float | None  # trigger delay or frame time offset, ms
+
+
+@dataclass(frozen=True)
+class PixelRef:
+    """Where a file's Pixel Data lies and what decoding it needs, so the pixel pass reads
+    those bytes alone instead of parsing the file a second time."""
+
+    offset: int  # of the value, in the file
+    length: int
+    options: tuple[tuple[str, Any], ...]  # pydicom.pixels `as_pixel_options`
+    # Stored values -> modality units: (slope, intercept) per frame of an enhanced object,
+    # one pair for a classic rescale, () for none.
+    rescale: tuple[tuple[float, float], ...]
+    per_frame: bool
+    window: tuple[float, float] | None
+    max_value: float
 
 
 @dataclass(frozen=True)
@@ -56,6 +78,7 @@ class FileHeader:
     multiframe: bool
     frames: tuple[FrameRef, ...]
     identifiers: tuple[str, ...] = field(default=(), repr=False)  # only to scrub reported paths
+    pixels: PixelRef | None = field(default=None, repr=False)  # None: the pixel pass reads the whole file
 
     @property
     def series_key_source(self) -> str:
@@ -151,6 +174,74 @@ def _image_sop_class(ds: Dataset) -> bool:
     except Exception:  # noqa: BLE001 - a garbled UID says nothing either way
         return False
     return "Image Storage" in name or name.endswith(("Dose Storage", "Multi-frame Image Storage"))
+
+
+def rescale_of(ds: Dataset, frame: int) -> tuple[float, float] | None:
+    """(slope, intercept) from an enhanced object's functional groups, if it has them."""
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    for group in ((per_frame[frame] if per_frame and frame < len(per_frame) else None),
+                  _item(ds, "SharedFunctionalGroupsSequence")):
+        item = _item(group, "PixelValueTransformationSequence") if group is not None else None
+        if item is not None and "RescaleSlope" in item:
+            return float(item.RescaleSlope), float(item.get("RescaleIntercept", 0.0))
+    return None
+
+
+def header_window(ds: Dataset) -> tuple[float, float] | None:
+    """The series' own VOI window (center, width): the first one listed."""
+    source = ds if "WindowCenter" in ds else _item(ds, "SharedFunctionalGroupsSequence", "FrameVOILUTSequence")
+    if source is None or "WindowCenter" not in source or "WindowWidth" not in source:
+        return None
+    center, width = source.WindowCenter, source.WindowWidth
+    # Several windows may be listed; the first is the one the modality suggests.
+    center = center[0] if isinstance(center, (list, MultiValue)) else center
+    width = width[0] if isinstance(width, (list, MultiValue)) else width
+    try:
+        return float(center), float(width)
+    except (TypeError, ValueError):
+        return None
+
+
+def max_value(ds: Dataset, photometric: str) -> float:
+    """Full scale of the stored (or, for palettes, looked-up) values."""
+    if photometric == "PALETTE COLOR":
+        descriptor = ds.get("RedPaletteColorLookupTableDescriptor")
+        bits = int(descriptor[2]) if descriptor is not None and len(descriptor) == 3 else 16
+        return float(2 ** (16 if bits > 8 else 8) - 1)
+    return float(2 ** int(ds.get("BitsStored", 8)) - 1)
+
+
+def pixel_ref(ds: Dataset, header: FileHeader) -> PixelRef | None:
+    """What the pixel pass needs of this file, or None where only the whole data set will
+    do: deflated files (the offsets are in the inflated stream), big endian ones (pydicom
+    swaps their OW bytes when it reads the data set), palettes and Modality LUT Sequences
+    (large tables), float pixels, or any value that does not convert cleanly."""
+    if header.transfer_syntax in (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian) or \
+            header.photometric == "PALETTE COLOR":
+        return None
+    raw = ds._dict.get(pydicom.tag.Tag(0x7FE0, 0x0010))
+    if not isinstance(raw, RawDataElement) or raw.value_tell is None or "ModalityLUTSequence" in ds:
+        return None
+    # Deferred (not read), or read whole (undefined length, below the defer size).
+    length = raw.length if raw.value is None else len(raw.value)
+    try:
+        options = tuple(sorted(as_pixel_options(ds, pixel_keyword="PixelData").items()))
+        if header.samples_per_pixel == 3:
+            rescale: tuple[tuple[float, float], ...] = ()
+            per_frame = False
+        elif header.multiframe and rescale_of(ds, 0) is not None:
+            rescale, per_frame = tuple(rescale_of(ds, i) or (1.0, 0.0) for i in range(len(header.frames))), True
+        elif "RescaleSlope" in ds and "RescaleIntercept" in ds:
+            slope, intercept = ds.RescaleSlope, ds.RescaleIntercept
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (slope, intercept)):
+                return None  # multi-valued or unparsed: the whole-file path rejects it with its reason
+            rescale, per_frame = ((float(slope), float(intercept)),), False
+        else:
+            rescale, per_frame = (), False
+        return PixelRef(raw.value_tell, length, options, rescale, per_frame, header_window(ds),
+                        max_value(ds, header.photometric))
+    except Exception:  # noqa: BLE001 - the whole-file path meets the same value and names the problem
+        return None
 
 
 def header_from_dataset(ds: Dataset, path: str) -> FileHeader:
@@ -268,7 +359,8 @@ def read_header(fileobj: IO[bytes], path: str) -> FileHeader:
     # Large values (the pixels) are skipped, not read, yet their presence is known.
     ds = read_dataset(fileobj, path, stop_before_pixels=False, defer_size=DEFER_BYTES)
     try:
-        return header_from_dataset(ds, path)
+        header = header_from_dataset(ds, path)
+        return dataclasses.replace(header, pixels=pixel_ref(ds, header))
     except Rejected as exc:
         raise Rejected(exc.code, exc.message, identifying_values(ds)) from None
     except Exception as exc:  # noqa: BLE001 - a malformed value deep in a header

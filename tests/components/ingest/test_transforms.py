@@ -30,7 +30,7 @@ def test_read_header_keys_files_and_dead_letters_the_rest(pydicom_files):
                     label="Rejected")
 
 
-def test_build_record_turns_a_series_into_one_example(pydicom_files):
+def test_build_record_turns_a_series_into_one_example(pydicom_files, tmp_path):
     folder = pydicom_files / "dicomdirtests" / "98892001" / "CT5N"
     paths = sorted(str(p) for p in folder.iterdir())
     root = str(pydicom_files)
@@ -42,19 +42,21 @@ def test_build_record_turns_a_series_into_one_example(pydicom_files):
         headers = (p | beam.Create(paths) | beam.ParDo(ReadHeader(root, KEY)).with_outputs(
             ReadHeader.REJECTED, main="headers")).headers
         built = (headers | beam.GroupByKey()
-                 | beam.ParDo(BuildRecord(root, KEY, {uid: "b"}, ("a", "b"), config, SplitConfig()))
+                 | beam.ParDo(BuildRecord(root, KEY, {uid: "b"}, ("a", "b"), config, SplitConfig(),
+                                             staging=str(tmp_path)))
                  .with_outputs(BuildRecord.REJECTED, main="records"))
         summary = built.records | beam.Map(lambda r: (r.series_key, r.label, r.valid_frames, r.files))
         assert_that(summary, equal_to([(deid.keyed_hash(KEY, "series", uid), "b", 5, 5)]))
 
 
-def test_unlabeled_series_goes_to_the_dead_letter_output(pydicom_files):
+def test_unlabeled_series_goes_to_the_dead_letter_output(pydicom_files, tmp_path):
     path = str(pydicom_files / "CT_small.dcm")
     with TestPipeline() as p:
         headers = (p | beam.Create([path]) | beam.ParDo(ReadHeader(str(pydicom_files), KEY)).with_outputs(
             ReadHeader.REJECTED, main="headers")).headers
         built = (headers | beam.GroupByKey()
-                 | beam.ParDo(BuildRecord(str(pydicom_files), KEY, {}, ("a",), PreprocessConfig(), SplitConfig()))
+                 | beam.ParDo(BuildRecord(str(pydicom_files), KEY, {}, ("a",), PreprocessConfig(), SplitConfig(),
+                                             staging=str(tmp_path)))
                  .with_outputs(BuildRecord.REJECTED, main="records"))
         assert_that(built[BuildRecord.REJECTED] | beam.Map(lambda r: r.reason), equal_to(["unlabeled"]))
 

@@ -1,0 +1,86 @@
+"""The pixel pass decodes from where the header pass saw Pixel Data begin (no second
+parse of the file). On every image of pydicom's real test files (every transfer syntax
+it ships, multi-frame, enhanced, colour, big endian, odd bit depths) that gives exactly
+the values the whole-file path gives, or it is not used."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from medseq.components.preprocessing import decode
+from medseq.components.preprocessing.headers import read_header
+from medseq.components.preprocessing.reasons import Rejected
+
+
+def _images(root: Path) -> list[Path]:
+    found = []
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and path.suffix.lower() in (".dcm", "") and path.stat().st_size < 20 << 20:
+            try:
+                with open(path, "rb") as f:
+                    found.append((path, read_header(f, str(path))))
+            except Rejected:
+                continue
+            except Exception:  # noqa: BLE001 - not our files to judge
+                continue
+    return found
+
+
+@pytest.fixture(scope="module")
+def images(pydicom_files):
+    return _images(pydicom_files)
+
+
+def _whole_file(path: Path, header) -> np.ndarray:
+    return decode._decode_file(str(path), dataclasses.replace(header, pixels=None), lambda p: open(p, "rb"))[0]
+
+
+def test_decoding_from_the_pixel_ref_equals_the_whole_file_path(images):
+    compared, syntaxes = 0, set()
+    for path, header in images:
+        if header.pixels is None:
+            continue
+        try:
+            slow = _whole_file(path, header)
+        except Rejected:
+            continue  # the fallback path names the problem; nothing to compare
+        with open(path, "rb") as f:
+            fast = decode._frames_from_ref(f, header)
+        assert fast.dtype == slow.dtype and fast.shape == slow.shape, path.name
+        assert np.array_equal(fast, slow, equal_nan=True), path.name
+        compared += 1
+        syntaxes.add(header.transfer_syntax)
+    assert compared >= 60 and len(syntaxes) >= 8, (compared, sorted(syntaxes))
+
+
+def test_files_the_pixel_ref_cannot_describe_take_the_whole_file_path(images, pydicom_files):
+    by_name = {path.name: header for path, header in images}
+    assert by_name["image_dfl.dcm"].pixels is None  # deflated: offsets lie in the inflated stream
+    assert by_name["examples_palette.dcm"].pixels is None  # a palette: its tables are read from the data set
+    assert by_name["CT_small.dcm"].pixels is not None
+    # A PixelRef that no longer fits the file (shorter now) falls back, same frames.
+    path = pydicom_files / "CT_small.dcm"
+    header = by_name["CT_small.dcm"]
+    broken = dataclasses.replace(header, pixels=dataclasses.replace(header.pixels, length=header.pixels.length * 9))
+    frames, ds = decode._decode_file(str(path), broken, lambda p: open(p, "rb"))
+    assert ds is not None and np.array_equal(frames, _whole_file(path, header))
+
+
+def test_the_preferred_rle_decoder_gives_pydicoms_own_values(pydicom_files):
+    rle = [p for p in sorted(pydicom_files.rglob("*rle*.dcm")) + sorted(pydicom_files.rglob("*RLE*.dcm"))]
+    checked = 0
+    for path in dict.fromkeys(rle):
+        ds = pydicom.dcmread(path)
+        if ds.file_meta.TransferSyntaxUID != pydicom.uid.RLELossless:
+            continue
+        ours = ds.pixel_array_options(decoding_plugin="pylibjpeg") or ds.pixel_array
+        theirs = pydicom.dcmread(path)
+        theirs.pixel_array_options(decoding_plugin="pydicom")
+        assert np.array_equal(ours, theirs.pixel_array), path.name
+        checked += 1
+    assert checked >= 5
