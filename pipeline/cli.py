@@ -58,6 +58,8 @@ def _beam_flags() -> set[str]:
 
 def split_beam_args(parser: _Parser, rest: list[str]) -> list[str]:
     """Unknown flags are Beam's if Beam knows them; anything else is a typo."""
+    if not rest:
+        return rest  # no Beam import (about 2 s) to check nothing
     known = _beam_flags()
     parser.extra_flags = tuple(sorted(known))
     for arg in rest:

@@ -20,7 +20,14 @@ from pydicom.uid import UID, JPEGLSLossless, JPEGLSNearLossless, RLELossless
 
 from medseq.components.preprocessing import reasons
 from medseq.components.preprocessing.geometry import OrderedSeries
-from medseq.components.preprocessing.headers import UNDEFINED_LENGTH, FileHeader, header_window, max_value, read_dataset, rescale_of
+from medseq.components.preprocessing.headers import (
+    UNDEFINED_LENGTH,
+    FileHeader,
+    header_window,
+    max_value,
+    read_dataset,
+    rescale_of,
+)
 from medseq.components.preprocessing.reasons import Rejected
 from medseq.pipeline import features as F
 
