@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from medseq.pipeline import __version__
+from medseq.pipeline import __version__, processes
 from medseq.pipeline.errors import InputError, MedseqError
 
 BEAM_COMMANDS = ("convert", "validate", "evaluate", "run")
@@ -116,6 +116,7 @@ def cmd_synth(args: argparse.Namespace, _: list[str]) -> int:
 
 
 def cmd_convert(args: argparse.Namespace, beam_args: list[str]) -> int:
+    processes.fewer_malloc_arenas()  # before Beam starts its threads and workers
     from medseq.components import ingest
 
     out = ingest.run(_config(args), args.out, beam_args=beam_args)

@@ -23,6 +23,7 @@ FN_API_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 # Below this many input files one in-process worker beats starting a worker process per
 # core (about 3 s of fixed cost on 2 cores): benchmarks/bench_ingest.py.
 SMALL_INPUT_FILES = 1000
+MULTI_PROCESSING = "--direct_running_mode=multi_processing"
 
 
 def _fewer_files_than(input_path: str, limit: int) -> bool:
@@ -45,8 +46,7 @@ def default_beam_args(beam_args: list[str] | tuple[str, ...], input_path: str | 
         return args
     if input_path is not None and _fewer_files_than(input_path, SMALL_INPUT_FILES):
         return [*args, f"--runner={FN_API_RUNNER}", "--direct_running_mode=in_memory", "--direct_num_workers=1"]
-    return [*args, f"--runner={FN_API_RUNNER}", "--direct_running_mode=multi_processing",
-            f"--direct_num_workers={os.cpu_count() or 1}"]
+    return [*args, f"--runner={FN_API_RUNNER}", MULTI_PROCESSING, f"--direct_num_workers={os.cpu_count() or 1}"]
 
 
 def run(config: PipelineConfig, out: str | Path, key: bytes | None = None,

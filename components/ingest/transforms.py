@@ -113,7 +113,7 @@ _PROGRESS = _Progress()
 
 
 class ReadHeader(beam.DoFn):
-    """path -> (series key source, FileHeader), headers only (stop_before_pixels)."""
+    """path -> (series key source, FileHeader.to_bytes()), from the header pass."""
 
     REJECTED = "rejected"
 
@@ -145,7 +145,7 @@ class ReadHeader(beam.DoFn):
             yield self._dead_letter(path, Rejected(reasons.PROCESSING_ERROR,
                                                    f"unexpected {type(exc).__name__} while reading the header"))
             return
-        yield header.series_key_source, header
+        yield header.series_key_source, header.to_bytes()
 
     def _dead_letter(self, path: str, exc: Rejected) -> beam.pvalue.TaggedOutput:
         self.rejected.inc()
@@ -193,9 +193,9 @@ class BuildRecord(beam.DoFn):
             self._spill.close()
             self._spill = None
 
-    def process(self, element: tuple[str, Iterable[FileHeader]]) -> Iterator[object]:
+    def process(self, element: tuple[str, Iterable[bytes]]) -> Iterator[object]:
         source, grouped = element
-        headers = list(grouped)
+        headers = [FileHeader.from_bytes(data) for data in grouped]
         series_key = deid.keyed_hash(self.key, "series", source)
         label = self.labels.get(headers[0].series_uid)
         if label is not None:  # which labels.csv rows met a series (keyed: the UID itself is never written)

@@ -8,6 +8,7 @@ Identifiers stay in memory here; they are hashed before anything is written.
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import re
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -84,6 +85,23 @@ class FileHeader:
     def series_key_source(self) -> str:
         """A multi-frame file is a series by itself, even beside others of its series."""
         return f"{self.series_uid}/{self.sop_uid}" if self.multiframe else self.series_uid
+
+    def to_bytes(self) -> bytes:
+        """A compact encoding of plain tuples. Runners hold grouped elements as Python
+        objects (Beam's FnApiRunner does, in its main process): bytes cost their length
+        there, a FileHeader several times that."""
+        return pickle.dumps(dataclasses.astuple(self), protocol=pickle.HIGHEST_PROTOCOL)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> FileHeader:
+        values = list(pickle.loads(data))  # noqa: S301 - written by to_bytes inside the same job
+        frames, pixels = _FIELDS.index("frames"), _FIELDS.index("pixels")
+        values[frames] = tuple(FrameRef(*frame) for frame in values[frames])
+        values[pixels] = PixelRef(*values[pixels]) if values[pixels] is not None else None
+        return cls(*values)
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(FileHeader))
 
 
 def _floats(value: Any, n: int) -> tuple[float, ...] | None:

@@ -14,6 +14,7 @@ from helpers import KEY
 from medseq.components.ingest import deid
 from medseq.components.ingest.records import encode_example, write_tfrecords
 from medseq.components.ingest.transforms import BuildRecord, ReadHeader, RejectedRow
+from medseq.components.preprocessing.headers import FileHeader
 from medseq.pipeline.config import PreprocessConfig, SplitConfig
 
 
@@ -23,7 +24,8 @@ def test_read_header_keys_files_and_dead_letters_the_rest(pydicom_files):
     with TestPipeline() as p:
         out = (p | beam.Create(paths)
                | beam.ParDo(ReadHeader(root, KEY)).with_outputs(ReadHeader.REJECTED, main="headers"))
-        keys = out.headers | beam.Map(lambda kv: (kv[1].modality, kv[1].rows))
+        keys = out.headers | beam.Map(lambda kv: (FileHeader.from_bytes(kv[1]).modality,
+                                                  FileHeader.from_bytes(kv[1]).rows))
         reasons = out[ReadHeader.REJECTED] | beam.Map(lambda r: (r.path, r.reason))
         assert_that(keys, equal_to([("CT", 128), ("MR", 64)]), label="Headers")
         assert_that(reasons, equal_to([("README.txt", "not_dicom"), ("rtplan.dcm", "no_pixel_data")]),

@@ -13,7 +13,7 @@ import pydicom
 import pytest
 
 from medseq.components.preprocessing import decode
-from medseq.components.preprocessing.headers import read_header
+from medseq.components.preprocessing.headers import FileHeader, read_header
 from medseq.components.preprocessing.reasons import Rejected
 
 
@@ -84,3 +84,10 @@ def test_the_preferred_rle_decoder_gives_pydicoms_own_values(pydicom_files):
         assert np.array_equal(ours, theirs.pixel_array), path.name
         checked += 1
     assert checked >= 5
+
+
+def test_headers_cross_the_runner_as_compact_bytes_and_come_back_equal(images):
+    for _, header in images:
+        data = header.to_bytes()
+        assert FileHeader.from_bytes(data) == header
+        assert len(data) < 4096 or len(header.frames) > 8, (header.path, len(data))
