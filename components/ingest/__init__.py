@@ -1,6 +1,7 @@
 """`medseq convert`: DICOM series -> sharded gzip TFRecords, rejected.jsonl and qc.json.
 
-The work is in `executor` (the Beam job) and `transforms` (its DoFns); the shared
+The work is in `executor` (the Beam job), `transforms` (its DoFns) and `in_process` (the
+same DoFns called directly, for a small local input and no Beam option); the shared
 DICOM handling is in `medseq.components.preprocessing`.
 """
 
@@ -53,6 +54,9 @@ def run(config: PipelineConfig, out: str | Path, key: bytes | None = None,
         beam_args: list[str] | tuple[str, ...] = ()) -> IngestOutputs:
     """Converts `config.input` (labels in `config.labels`) into records under `out`."""
     key = key if key is not None else deid.load_key(config.ingest.hash_key_file)
-    args = default_beam_args([*config.ingest.beam_args, *beam_args], config.input)
+    given = [*config.ingest.beam_args, *beam_args]
+    # A small local input and no Beam option: no pipeline to build (in_process.py).
+    args = None if not given and _fewer_files_than(config.input, SMALL_INPUT_FILES) else \
+        default_beam_args(given, config.input)
     record = {"input": "<input>", "labels": "<labels>"}  # paths may name patients; not recorded
     return run_job(config.input, config.labels, str(out), key, config.preprocess, config.ingest, args, record)

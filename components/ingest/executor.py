@@ -21,6 +21,7 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from medseq.components.ingest.in_process import run_in_process
 from medseq.components.ingest.output_lock import output_lock
 from medseq.components.ingest.transforms import (
     BuildRecord,
@@ -204,7 +205,8 @@ def finalize(staging: str, out: str, classes: tuple[str, ...], config: dict[str,
 
 
 def run_job(input_path: str, labels_path: str, out: str, key: bytes, preprocess: PreprocessConfig,
-            ingest: IngestConfig, beam_args: list[str], config_record: dict[str, Any]) -> IngestOutputs:
+            ingest: IngestConfig, beam_args: list[str] | None, config_record: dict[str, Any]) -> IngestOutputs:
+    """The job on Beam with `beam_args`, or, with None, its DoFns called in this process."""
     labels, classes = read_labels(labels_path)
     classes = ingest.classes or classes
     pattern, root = input_pattern(input_path)
@@ -212,8 +214,10 @@ def run_job(input_path: str, labels_path: str, out: str, key: bytes, preprocess:
     with output_lock(out):
         FileSystems.mkdirs(out) if not FileSystems.exists(out) else None
         staging = FileSystems.join(out, f".medseq-staging-{uuid.uuid4().hex[:8]}")
-        options = PipelineOptions(beam_args)
-        with beam.Pipeline(options=options) as pipeline:
-            build(pipeline, pattern, root, staging, key, labels, classes, preprocess, ingest)
+        if beam_args is None:
+            run_in_process(pattern, root, staging, key, labels, classes, preprocess, ingest)
+        else:
+            with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
+                build(pipeline, pattern, root, staging, key, labels, classes, preprocess, ingest)
         record = dict(config_record, preprocess=to_dict(preprocess), ingest=to_dict(ingest))
         return finalize(staging, out, classes, record, len(labels))

@@ -64,6 +64,12 @@ def test_the_multi_process_runner_writes_the_same_bytes(tmp_path):
     assert convert("cine_ef", tmp_path / "out", args) == json.loads(PINS.read_text())["cine_ef"]
 
 
+@pytest.mark.parametrize("name", SETS)
+def test_the_in_process_path_writes_the_same_bytes(tmp_path, name):
+    """No Beam option and a small local input: the DoFns called without a pipeline."""
+    assert convert(name, tmp_path / "out", []) == json.loads(PINS.read_text())[name]
+
+
 if __name__ == "__main__" and sys.argv[1:] == ["--update"]:
     with tempfile.TemporaryDirectory() as tmp:
         PINS.write_text(json.dumps({name: convert(name, Path(tmp) / name, IN_PROCESS) for name in SETS},
