@@ -8,7 +8,7 @@ Identifiers stay in memory here; they are hashed before anything is written.
 from __future__ import annotations
 
 import dataclasses
-import pickle
+import json
 import re
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -87,14 +87,14 @@ class FileHeader:
         return f"{self.series_uid}/{self.sop_uid}" if self.multiframe else self.series_uid
 
     def to_bytes(self) -> bytes:
-        """A compact encoding of plain tuples. Runners hold grouped elements as Python
-        objects (Beam's FnApiRunner does, in its main process): bytes cost their length
-        there, a FileHeader several times that."""
-        return pickle.dumps(dataclasses.astuple(self), protocol=pickle.HIGHEST_PROTOCOL)
+        """A compact encoding (JSON of plain values; nothing in it executes when read).
+        Runners hold grouped elements as Python objects (Beam's FnApiRunner does, in its
+        main process): bytes cost their length there, a FileHeader several times that."""
+        return json.dumps(dataclasses.astuple(self), separators=(",", ":")).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> FileHeader:
-        values = list(pickle.loads(data))  # noqa: S301 - written by to_bytes inside the same job
+        values = [_tuples(v) for v in json.loads(data)]
         frames, pixels = _FIELDS.index("frames"), _FIELDS.index("pixels")
         values[frames] = tuple(FrameRef(*frame) for frame in values[frames])
         values[pixels] = PixelRef(*values[pixels]) if values[pixels] is not None else None
@@ -102,6 +102,11 @@ class FileHeader:
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(FileHeader))
+
+
+def _tuples(value: Any) -> Any:
+    """JSON's lists back into the tuples a FileHeader holds."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 def _floats(value: Any, n: int) -> tuple[float, ...] | None:
@@ -244,6 +249,8 @@ def pixel_ref(ds: Dataset, header: FileHeader) -> PixelRef | None:
     length = raw.length if raw.value is None else len(raw.value)
     try:
         options = tuple(sorted(as_pixel_options(ds, pixel_keyword="PixelData").items()))
+        if any(not isinstance(v, (int, str)) for _, v in options):
+            return None  # an Extended Offset Table (bytes): rare, and the whole-file path reads it
         if header.samples_per_pixel == 3:
             rescale: tuple[tuple[float, float], ...] = ()
             per_frame = False
