@@ -81,6 +81,25 @@ def _count(shard: Path) -> int:
     return n
 
 
+def _wait_for_staging(proc: subprocess.Popen, out: Path) -> None:
+    """Python and Beam start; the work begins with the staging folder."""
+    while proc.poll() is None and not list(out.glob(".medseq-staging-*")):
+        time.sleep(0.002)
+
+
+def _work_seconds(out: Path) -> float:
+    """How long a job works: from its staging folder's appearing to its moving into place
+    (the interpreter's exit after that is no moment to kill it in)."""
+    proc = subprocess.Popen(convert(out), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for_staging(proc, out)
+    started = time.monotonic()
+    while list(out.glob(".medseq-staging-*")):
+        time.sleep(0.002)
+    took = time.monotonic() - started
+    proc.wait(timeout=300)
+    return took
+
+
 def test_convert_killed_three_times_then_rerun_gives_the_bytes_of_a_clean_run(tmp_path):
     clean = tmp_path / "clean"
     subprocess.run(convert(clean), env=ENV, check=True, capture_output=True, timeout=300)
@@ -89,13 +108,13 @@ def test_convert_killed_three_times_then_rerun_gives_the_bytes_of_a_clean_run(tm
     watcher = Watcher(out)
     watcher.start()
     rng = np.random.default_rng(7)
+    work = _work_seconds(tmp_path / "timed")
     try:
         left = 0
-        for moment in rng.uniform(0.0, 1.5, 3):  # seconds into the job's work (it takes about 1.5 s)
+        for moment in rng.uniform(0.0, 0.9 * work, 3):  # seconds into the job's work
             proc = subprocess.Popen(convert(out), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                     start_new_session=True)
-            while proc.poll() is None and not list(out.glob(".medseq-staging-*")):
-                time.sleep(0.005)  # Python and Beam start: the work begins with the staging folder
+            _wait_for_staging(proc, out)
             time.sleep(moment)
             kill_group(proc)
             left += len(list(out.glob(".medseq-staging-*")))
