@@ -10,6 +10,7 @@ both. tests/components/ingest/test_pinned_records.py holds the two to the same b
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import cast
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -30,7 +31,8 @@ def run_in_process(pattern: str, root: str, staging: str, key: bytes, labels: di
             if isinstance(out, TaggedOutput):
                 rejected.append(out.value)
             else:
-                groups.setdefault(out[0], []).append(out[1])
+                source, header = cast("tuple[str, bytes]", out)
+                groups.setdefault(source, []).append(header)
     records: list[Record] = []
     labeled: list[str] = []
     build = BuildRecord(root, key, labels, classes, preprocess, ingest.split, staging=staging,
@@ -38,11 +40,11 @@ def run_in_process(pattern: str, root: str, staging: str, key: bytes, labels: di
     build.start_bundle()
     for group in groups.items():
         for out in build.process(group):
-            if not isinstance(out, TaggedOutput):
+            if isinstance(out, Record):
                 records.append(out)
-            elif out.tag == BuildRecord.REJECTED:
+            elif isinstance(out, TaggedOutput) and out.tag == BuildRecord.REJECTED:
                 rejected.append(out.value)
-            else:
+            elif isinstance(out, TaggedOutput):
                 labeled.append(out.value)
     build.finish_bundle()
     sizes: dict[str, int] = {}
