@@ -24,7 +24,6 @@ FN_API_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 # Below this many input files one in-process worker beats starting a worker process per
 # core (about 3 s of fixed cost on 2 cores): benchmarks/bench_ingest.py.
 SMALL_INPUT_FILES = 1000
-MULTI_PROCESSING = "--direct_running_mode=multi_processing"
 
 
 def _fewer_files_than(input_path: str, limit: int) -> bool:
@@ -39,15 +38,16 @@ def _fewer_files_than(input_path: str, limit: int) -> bool:
     return True
 
 
-def default_beam_args(beam_args: list[str] | tuple[str, ...], input_path: str | None = None) -> list[str]:
+def default_beam_args(beam_args: list[str] | tuple[str, ...], small_input: bool = False) -> list[str]:
     """Any runner's options pass through. Without a runner: the FnApiRunner, in-process
     for a small local input, else with one worker process per core."""
     args = list(beam_args)
     if any(a == "--runner" or a.startswith("--runner=") for a in args):
         return args
-    if input_path is not None and _fewer_files_than(input_path, SMALL_INPUT_FILES):
+    if small_input:
         return [*args, f"--runner={FN_API_RUNNER}", "--direct_running_mode=in_memory", "--direct_num_workers=1"]
-    return [*args, f"--runner={FN_API_RUNNER}", MULTI_PROCESSING, f"--direct_num_workers={os.cpu_count() or 1}"]
+    return [*args, f"--runner={FN_API_RUNNER}", "--direct_running_mode=multi_processing",
+            f"--direct_num_workers={os.cpu_count() or 1}"]
 
 
 def run(config: PipelineConfig, out: str | Path, key: bytes | None = None,
@@ -55,8 +55,8 @@ def run(config: PipelineConfig, out: str | Path, key: bytes | None = None,
     """Converts `config.input` (labels in `config.labels`) into records under `out`."""
     key = key if key is not None else deid.load_key(config.ingest.hash_key_file)
     given = [*config.ingest.beam_args, *beam_args]
+    small = _fewer_files_than(config.input, SMALL_INPUT_FILES)
     # A small local input and no Beam option: no pipeline to build (in_process.py).
-    args = None if not given and _fewer_files_than(config.input, SMALL_INPUT_FILES) else \
-        default_beam_args(given, config.input)
+    args = None if small and not given else default_beam_args(given, small)
     record = {"input": "<input>", "labels": "<labels>"}  # paths may name patients; not recorded
     return run_job(config.input, config.labels, str(out), key, config.preprocess, config.ingest, args, record)

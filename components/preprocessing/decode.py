@@ -23,10 +23,10 @@ from medseq.components.preprocessing.geometry import OrderedSeries
 from medseq.components.preprocessing.headers import (
     UNDEFINED_LENGTH,
     FileHeader,
+    frame_rescales,
     header_window,
     max_value,
     read_dataset,
-    rescale_of,
 )
 from medseq.components.preprocessing.reasons import Rejected
 from medseq.pipeline import features as F
@@ -131,8 +131,7 @@ def _frames_of(ds: Dataset, header: FileHeader) -> np.ndarray:
         pixels = pixels[None]
     if is_colour(header):
         return _to_modality(pixels, header, (), False)
-    if header.multiframe and rescale_of(ds, 0) is not None:
-        rescale = tuple(rescale_of(ds, i) or (1.0, 0.0) for i in range(pixels.shape[0]))
+    if header.multiframe and (rescale := frame_rescales(ds, pixels.shape[0])) is not None:
         return _to_modality(pixels, header, rescale, True)
     return np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
 

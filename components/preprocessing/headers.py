@@ -210,6 +210,13 @@ def rescale_of(ds: Dataset, frame: int) -> tuple[float, float] | None:
     return None
 
 
+def frame_rescales(ds: Dataset, n_frames: int) -> tuple[tuple[float, float], ...] | None:
+    """(slope, intercept) of each frame of an enhanced object; None when it has none."""
+    if rescale_of(ds, 0) is None:
+        return None
+    return tuple(rescale_of(ds, i) or (1.0, 0.0) for i in range(n_frames))
+
+
 def header_window(ds: Dataset) -> tuple[float, float] | None:
     """The series' own VOI window (center, width): the first one listed."""
     source = ds if "WindowCenter" in ds else _item(ds, "SharedFunctionalGroupsSequence", "FrameVOILUTSequence")
@@ -254,8 +261,8 @@ def pixel_ref(ds: Dataset, header: FileHeader) -> PixelRef | None:
         if header.samples_per_pixel == 3:
             rescale: tuple[tuple[float, float], ...] = ()
             per_frame = False
-        elif header.multiframe and rescale_of(ds, 0) is not None:
-            rescale, per_frame = tuple(rescale_of(ds, i) or (1.0, 0.0) for i in range(len(header.frames))), True
+        elif header.multiframe and (frames := frame_rescales(ds, len(header.frames))) is not None:
+            rescale, per_frame = frames, True
         elif "RescaleSlope" in ds and "RescaleIntercept" in ds:
             slope, intercept = ds.RescaleSlope, ds.RescaleIntercept
             if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (slope, intercept)):
