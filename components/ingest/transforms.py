@@ -113,15 +113,30 @@ _PROGRESS = _Progress()
 
 
 class ReadHeader(beam.DoFn):
-    """path -> (series key source, FileHeader.to_bytes()), from the header pass."""
+    """path -> (series key source, FileHeader.to_bytes()), from the header pass.
+
+    With a local `staging` folder the header bytes go to a spill file of the bundle and
+    only their place, a `SpillRef`, travels: a local runner holds every element of the
+    GroupByKey that follows in its main process, and a path and two numbers are a tenth
+    of a header. A remote staging folder (a distributed runner, whose shuffle is on disk)
+    would cost a ranged read per file, so there the bytes travel themselves."""
 
     REJECTED = "rejected"
 
-    def __init__(self, root: str, key: bytes) -> None:
+    def __init__(self, root: str, key: bytes, *, staging: str | None = None) -> None:
         self.root, self.key = root, key
         self.resolved_root = real_root(root)  # once, not once per file
+        self.staging = staging if staging is not None and "://" not in staging else None
+        self._spill: _Spill | None = None
         self.read = Metrics.counter("ingest", "files_read")
         self.rejected = Metrics.counter("ingest", "files_rejected")
+
+    def start_bundle(self) -> None:
+        self._spill = None
+
+    def finish_bundle(self) -> None:
+        _close(self._spill)
+        self._spill = None
 
     def process(self, path: str) -> Iterator[object]:
         _PROGRESS.add("files")
@@ -145,7 +160,12 @@ class ReadHeader(beam.DoFn):
             yield self._dead_letter(path, Rejected(reasons.PROCESSING_ERROR,
                                                    f"unexpected {type(exc).__name__} while reading the header"))
             return
-        yield header.series_key_source, header.to_bytes()
+        data = header.to_bytes()
+        if self.staging is None:
+            yield header.series_key_source, data
+            return
+        self._spill = self._spill or _Spill.new(self.staging)
+        yield header.series_key_source, (self._spill.path, self._spill.write(data), len(data))
 
     def _dead_letter(self, path: str, exc: Rejected) -> beam.pvalue.TaggedOutput:
         self.rejected.inc()
@@ -187,15 +207,16 @@ class BuildRecord(beam.DoFn):
 
     def start_bundle(self) -> None:
         self._spill = None
+        self._headers = _SpillReader()
 
     def finish_bundle(self) -> None:
-        if self._spill is not None:  # before the bundle commits: its records point into the file
-            self._spill.close()
-            self._spill = None
+        _close(self._spill)
+        self._spill = None
+        self._headers.close()
 
-    def process(self, element: tuple[str, Iterable[bytes]]) -> Iterator[object]:
+    def process(self, element: tuple[str, Iterable[bytes | SpillRef]]) -> Iterator[object]:
         source, grouped = element
-        headers = [FileHeader.from_bytes(data) for data in grouped]
+        headers = [FileHeader.from_bytes(v if isinstance(v, bytes) else self._headers.read(*v)) for v in grouped]
         series_key = deid.keyed_hash(self.key, "series", source)
         label = self.labels.get(headers[0].series_uid)
         if label is not None:  # which labels.csv rows met a series (keyed: the UID itself is never written)
@@ -242,8 +263,7 @@ class BuildRecord(beam.DoFn):
         self.written.inc()
         self.frames.update(prepared.valid_frames)
         _PROGRESS.add("series")
-        if self._spill is None:
-            self._spill = _Spill(FileSystems.join(self.staging, f"{SPILL_PREFIX}{uuid.uuid4().hex}.bin"))
+        self._spill = self._spill or _Spill.new(self.staging)
         offset = self._spill.write(example)
         yield Record(self._split_of(first.patient_id), series_key, label, first.modality,
                      _vendor(first.manufacturer), prepared.valid_frames,
@@ -265,14 +285,19 @@ def _vendor(manufacturer: str) -> str:
 
 
 SPILL_PREFIX = "_spill-"  # staging files starting with "_" are removed when the job ends
+SpillRef = tuple[str, int, int]  # (spill file, offset, length)
 
 
 class _Spill:
-    """One bundle's examples, appended to one file of the staging folder."""
+    """One bundle's outputs (headers or examples), appended to one file of the staging folder."""
 
     def __init__(self, path: str) -> None:
         self.path, self.size = path, 0
         self._file = FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+    @classmethod
+    def new(cls, staging: str) -> _Spill:
+        return cls(FileSystems.join(staging, f"{SPILL_PREFIX}{uuid.uuid4().hex}.bin"))
 
     def write(self, data: bytes) -> int:
         offset = self.size
@@ -284,24 +309,31 @@ class _Spill:
         self._file.close()
 
 
+def _close(spill: _Spill | None) -> None:
+    """Closes a bundle's spill file: in finish_bundle, before the bundle commits (its
+    outputs point into the file)."""
+    if spill is not None:
+        spill.close()
+
+
 class _SpillReader:
-    """Reads examples back from the spill files, a few files open at a time."""
+    """Reads values back from the spill files, a few files open at a time."""
 
     MAX_OPEN = 32
 
     def __init__(self) -> None:
         self._open: dict[str, IO[bytes]] = {}
 
-    def read(self, record: Record) -> bytes:
-        f = self._open.get(record.spill)
+    def read(self, path: str, offset: int, nbytes: int) -> bytes:
+        f = self._open.get(path)
         if f is None:
             if len(self._open) >= self.MAX_OPEN:
                 self.close()
-            f = self._open[record.spill] = open_binary(record.spill)
-        f.seek(record.offset)
-        data = f.read(record.nbytes)
-        if len(data) != record.nbytes:
-            raise OSError(f"spill file {record.spill} ends before the record at byte {record.offset}")
+            f = self._open[path] = open_binary(path)
+        f.seek(offset)
+        data = f.read(nbytes)
+        if len(data) != nbytes:
+            raise OSError(f"spill file {path} ends before the value at byte {offset}")
         return data
 
     def close(self) -> None:
@@ -323,7 +355,7 @@ class WriteShard(beam.DoFn):
         spilled = _SpillReader()
         try:
             with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-                write_tfrecords(f, (spilled.read(r) for r in ordered))
+                write_tfrecords(f, (spilled.read(r.spill, r.offset, r.nbytes) for r in ordered))
         finally:
             spilled.close()
         yield path
