@@ -119,7 +119,8 @@ def build(pipeline: beam.Pipeline, pattern: str, root: str, staging: str, key: b
         # The match is one element's fan-out: without a reshuffle every header read would
         # run in the bundle (and worker) that listed the files.
         | "SpreadFiles" >> beam.Reshuffle()
-        | "ReadHeaders" >> beam.ParDo(ReadHeader(root, key, staging=staging)).with_outputs(ReadHeader.REJECTED, main="headers")
+        | "ReadHeaders" >> beam.ParDo(ReadHeader(root, key, staging=staging))
+        .with_outputs(ReadHeader.REJECTED, main="headers")
     )
     built = (
         headers.headers

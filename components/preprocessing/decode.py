@@ -16,7 +16,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut
 from pydicom.pixels.decoders.base import get_decoder
-from pydicom.uid import UID, JPEGLSLossless, JPEGLSNearLossless, RLELossless
+from pydicom.uid import UID, JPEG2000Lossless, JPEGLSLossless, JPEGLSNearLossless, RLELossless
 
 from medseq.components.preprocessing import reasons
 from medseq.components.preprocessing.geometry import OrderedSeries
@@ -31,13 +31,16 @@ from medseq.components.preprocessing.headers import (
 from medseq.components.preprocessing.reasons import Rejected
 from medseq.pipeline import features as F
 
-# Measured here (one 224x224 16-bit frame): pyjpegls decodes JPEG-LS in 1.6 ms where the
-# default order (GDCM first) takes 2.0 ms; pylibjpeg-rle decodes RLE in 0.7 ms where
-# pydicom's own decoder (the default) takes 1.9 ms. Both are lossless: the same values
-# (tests/components/preprocessing/test_pixel_ref.py). For the other syntaxes the default
-# order is the fastest here.
+# The pixel pass runs one worker per core, so a codec's CPU time is what counts, not its
+# wall time. CPU a frame, measured here on the benchmark's 192-256 px 12-bit frames
+# (pydicom's default first): JPEG-LS GDCM 1.4 ms, pyjpegls 0.85 ms; RLE pydicom 1.3 ms,
+# pylibjpeg-rle 0.17 ms; lossless JPEG 2000 GDCM 8.2 ms (5.0 ms of wall: it runs threads
+# of its own, quicker only while a core is idle), OpenJPEG through pylibjpeg 6.7 ms. Each
+# of these decodes is exactly specified (integer arithmetic): any correct decoder gives the
+# same values, which test_pixel_ref.py checks on pydicom's files.
+# The whole-file path, where any failure here falls back, keeps pydicom's own order.
 _PREFERRED_PLUGIN: dict[str, str] = {str(JPEGLSLossless): "pyjpegls", str(JPEGLSNearLossless): "pyjpegls",
-                                     str(RLELossless): "pylibjpeg"}
+                                     str(RLELossless): "pylibjpeg", str(JPEG2000Lossless): "pylibjpeg"}
 
 
 @dataclass(frozen=True)
@@ -121,10 +124,7 @@ def _frames_of(ds: Dataset, header: FileHeader) -> np.ndarray:
     """All frames of one file, (F, H, W[, 3]) float32 in modality units, from its data set."""
     syntax = str(ds.file_meta.TransferSyntaxUID)
     with _decoding(syntax, lambda: ds.get("BitsStored", "?")):
-        plugin = _plugin(syntax)
-        if plugin:
-            ds.pixel_array_options(decoding_plugin=plugin)
-        pixels = ds.pixel_array
+        pixels = ds.pixel_array  # pydicom's order: the first installed decoder that succeeds
     if header.photometric == "PALETTE COLOR":
         pixels = apply_color_lut(pixels, ds)  # indices -> RGB through the palette
     if pixels.ndim == (3 if is_colour(header) else 2):

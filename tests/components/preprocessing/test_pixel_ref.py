@@ -71,19 +71,28 @@ def test_files_the_pixel_ref_cannot_describe_take_the_whole_file_path(images, py
     assert ds is not None and np.array_equal(frames, _whole_file(path, header))
 
 
-def test_the_preferred_rle_decoder_gives_pydicoms_own_values(pydicom_files):
-    rle = [p for p in sorted(pydicom_files.rglob("*rle*.dcm")) + sorted(pydicom_files.rglob("*RLE*.dcm"))]
+@pytest.mark.parametrize("syntax", sorted(decode._PREFERRED_PLUGIN))
+def test_a_preferred_decoder_gives_the_values_of_pydicoms_own_order(pydicom_files, syntax):
+    """The decoder chosen for its CPU time decodes every file pydicom ships in that syntax
+    to the very values of pydicom's default order (GDCM or pydicom's own first)."""
+    plugin = decode._plugin(syntax)
+    assert plugin, f"{decode._PREFERRED_PLUGIN[syntax]} is not installed"
     checked = 0
-    for path in dict.fromkeys(rle):
-        ds = pydicom.dcmread(path)
-        if ds.file_meta.TransferSyntaxUID != pydicom.uid.RLELossless:
+    for path in sorted(pydicom_files.rglob("*")):
+        if not path.is_file() or path.stat().st_size > 20 << 20:
             continue
-        ours = ds.pixel_array_options(decoding_plugin="pylibjpeg") or ds.pixel_array
-        theirs = pydicom.dcmread(path)
-        theirs.pixel_array_options(decoding_plugin="pydicom")
-        assert np.array_equal(ours, theirs.pixel_array), path.name
+        try:
+            ds = pydicom.dcmread(path)
+            if str(ds.file_meta.get("TransferSyntaxUID", "")) != syntax or "PixelData" not in ds:
+                continue
+            theirs = ds.pixel_array
+        except Exception:  # noqa: BLE001 - files pydicom itself cannot decode prove nothing here
+            continue
+        ours = pydicom.dcmread(path)
+        ours.pixel_array_options(decoding_plugin=plugin)
+        assert ours.pixel_array.dtype == theirs.dtype and np.array_equal(ours.pixel_array, theirs), path.name
         checked += 1
-    assert checked >= 5
+    assert checked >= (5 if syntax == pydicom.uid.RLELossless else 1), checked
 
 
 def test_headers_cross_the_runner_as_compact_bytes_and_come_back_equal(images):
