@@ -90,7 +90,8 @@ class FileHeader:
         """A compact encoding (JSON of plain values; nothing in it executes when read).
         Runners hold grouped elements as Python objects (Beam's FnApiRunner does, in its
         main process): bytes cost their length there, a FileHeader several times that."""
-        return json.dumps(dataclasses.astuple(self), separators=(",", ":")).encode()
+        values = [getattr(self, name) for name in _FIELDS]  # not astuple(): it deep-copies every value
+        return json.dumps(values, separators=(",", ":"), default=_field_values).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> FileHeader:
@@ -102,6 +103,13 @@ class FileHeader:
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(FileHeader))
+
+
+def _field_values(value: Any) -> list[Any]:
+    """A FrameRef or PixelRef as the list of its fields, for JSON."""
+    if not dataclasses.is_dataclass(value):
+        raise TypeError(f"{type(value).__name__} is not a header value")
+    return [getattr(value, f.name) for f in dataclasses.fields(value)]
 
 
 def _tuples(value: Any) -> Any:

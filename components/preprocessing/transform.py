@@ -59,12 +59,14 @@ def _channels(volume: np.ndarray, meta: SeriesMeta, config: PreprocessConfig) ->
         rgb = np.clip(volume / meta.max_value, 0.0, 1.0)
         base = rgb if config.color == "rgb" else (rgb @ _LUMA)[..., None]
         return np.concatenate([base] * len(specs), axis=-1)
-    out = np.stack([_window(volume, s, meta, config.percentiles) for s in specs], axis=-1)
+    windowed = [_window(volume, s, meta, config.percentiles) for s in specs]
+    # One window (the default) needs no stacking copy: a view with a channel axis.
+    out = windowed[0][..., None] if len(windowed) == 1 else np.stack(windowed, axis=-1)
     if meta.photometric == "MONOCHROME1":
         out = 1.0 - out
     if config.color == "rgb":
         out = np.repeat(out, 3, axis=-1)
-    return out.astype(np.float32)
+    return out.astype(np.float32, copy=False)
 
 
 def _resize(frames: np.ndarray, height: int, width: int) -> np.ndarray:
