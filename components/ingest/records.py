@@ -15,6 +15,8 @@ from typing import IO
 import google_crc32c
 import numpy as np
 
+COMPRESS_LEVEL = 1
+
 
 def _varint(value: int) -> bytes:
     value &= (1 << 64) - 1  # negative int64 -> two's complement, 10 bytes
@@ -65,9 +67,12 @@ def write_tfrecords(fileobj: IO[bytes], records: Iterable[bytes]) -> int:
     """Writes gzip TFRecord framing (length, masked CRC32C, data, masked CRC32C).
 
     The gzip header carries no name and mtime 0, so equal records give equal bytes.
+    Level 1, not zlib's default 6 (TensorFlow's writer): on the benchmark's records it
+    compresses 3x faster (73 against 24 MB/s) into files 2 % larger (0.672 against 0.659
+    of the records); decompressing them takes 1.05x as long.
     """
     count = 0
-    with gzip.GzipFile(fileobj=fileobj, mode="wb", mtime=0, filename="", compresslevel=6) as out:
+    with gzip.GzipFile(fileobj=fileobj, mode="wb", mtime=0, filename="", compresslevel=COMPRESS_LEVEL) as out:
         for record in records:
             length = struct.pack("<Q", len(record))
             out.write(length + struct.pack("<I", _masked_crc(length)) + record
