@@ -95,8 +95,10 @@ def order_series(headers: list[FileHeader]) -> OrderedSeries:
         if np.max(np.abs(np.asarray(f.orientation) - orientation)) > ORIENTATION_TOL:
             raise Rejected(reasons.INCONSISTENT_ORIENTATION,
                            "the images do not share one ImageOrientationPatient")
-    normal = np.cross(orientation[:3], orientation[3:])
-    distance = np.array([float(np.dot(normal, f.position)) for f in frames])  # type: ignore[arg-type]
+    nx, ny, nz = (float(v) for v in np.cross(orientation[:3], orientation[3:]))
+    # Summed in Python, not np.dot (BLAS: the kernel of the CPU picks the order of the sums).
+    distance = np.array([nx * f.position[0] + ny * f.position[1] + nz * f.position[2]  # type: ignore[index]
+                         for f in frames])
     unique = np.unique(np.round(distance / POSITION_TOL_MM).astype(np.int64))
     if len(unique) == 1:
         ordered, interval = _temporal_order(frames)

@@ -16,7 +16,10 @@ from medseq.components.preprocessing.decode import SeriesMeta
 from medseq.pipeline import features as F
 from medseq.pipeline.config import PreprocessConfig, parse_window
 
-_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+# Rec. 601 luma. Applied as three elementwise products, not `rgb @ weights`: numpy hands
+# matrix products to OpenBLAS, whose kernel (chosen for the CPU at run time) fixes the
+# order of the sums, and records must be the same bytes on every machine.
+_LUMA = (0.299, 0.587, 0.114)
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ def _channels(volume: np.ndarray, meta: SeriesMeta, config: PreprocessConfig) ->
     if meta.rgb:
         # Colour images (ultrasound) carry display values: scale, no VOI window.
         rgb = np.clip(volume / meta.max_value, 0.0, 1.0)
-        base = rgb if config.color == "rgb" else (rgb @ _LUMA)[..., None]
+        base = rgb if config.color == "rgb" else _luma(rgb)[..., None]
         return np.concatenate([base] * len(specs), axis=-1)
     windowed = [_window(volume, s, meta, config.percentiles) for s in specs]
     # One window (the default) needs no stacking copy: a view with a channel axis.
@@ -67,6 +70,13 @@ def _channels(volume: np.ndarray, meta: SeriesMeta, config: PreprocessConfig) ->
     if config.color == "rgb":
         out = np.repeat(out, 3, axis=-1)
     return out.astype(np.float32, copy=False)
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    out = rgb[..., 0] * np.float32(_LUMA[0])
+    out += rgb[..., 1] * np.float32(_LUMA[1])
+    out += rgb[..., 2] * np.float32(_LUMA[2])
+    return out
 
 
 def _resize(frames: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -106,6 +116,25 @@ def frame_weights(n: int, target: int) -> np.ndarray:
     return (np.clip(overlap, 0.0, None) * (target / n)).astype(np.float32)
 
 
+def slab_average(volume: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(T, n) weights x (n, ...) frames -> (T, ...) float32: each slot the weighted sum of
+    its source frames, accumulated in float64 in source order. Not `np.tensordot`: a
+    BLAS matrix product sums in an order its CPU-specific kernel picks, so the same input
+    would give other bytes on another machine (seen: OpenBLAS's Haswell and Sapphire
+    Rapids kernels differ in the last bit)."""
+    out = np.empty((weights.shape[0], *volume.shape[1:]), np.float32)
+    acc = np.empty(volume.shape[1:], np.float64)
+    term = np.empty_like(acc)
+    for t, row in enumerate(weights):
+        acc.fill(0.0)
+        for i in np.flatnonzero(row):
+            # float32 x float32 is exact in float64: only the sums round, in a fixed order.
+            np.multiply(volume[i], row[i], out=term, dtype=np.float64)
+            acc += term
+        out[t] = acc
+    return out
+
+
 def frame_mode(meta: SeriesMeta, config: PreprocessConfig) -> str:
     """The resampling along the frame axis: `stack` for slice stacks, `temporal` otherwise."""
     return config.stack if meta.axis == F.AXIS_SPACE else config.temporal
@@ -119,7 +148,7 @@ def preprocess(volume: np.ndarray, meta: SeriesMeta, config: PreprocessConfig) -
     mode = frame_mode(meta, config)
     picks, valid = temporal_indices(n, config.frames, mode)
     if mode == "average" and n > config.frames:
-        volume = np.tensordot(frame_weights(n, config.frames), volume, axes=1)
+        volume = slab_average(volume, frame_weights(n, config.frames))
         step = meta.interval * n / config.frames
     else:
         volume = volume[picks]

@@ -115,3 +115,36 @@ def test_series_in_time_follow_the_temporal_setting_not_the_stack_one():
     out = preprocess(volume, cine, config(frames=4, stack="average"))  # temporal: sample
     ramp = out.frames[:, 0, 0, 0]
     assert ramp[0] == pytest.approx(0.0, abs=0.02) and ramp[-1] == pytest.approx(1.0, abs=0.02)
+
+
+_DIGEST_SCRIPT = """
+import hashlib, numpy as np
+from medseq.components.preprocessing.decode import SeriesMeta
+from medseq.components.preprocessing.transform import preprocess
+from medseq.pipeline.config import PreprocessConfig
+rng = np.random.default_rng(7)
+ct = rng.normal(0.0, 300.0, (48, 40, 40)).astype(np.float32)
+rgb = rng.uniform(0.0, 255.0, (5, 40, 40, 3)).astype(np.float32)
+cfg = PreprocessConfig(frames=16, height=32, width=32, dtype="float32")
+out = preprocess(ct, SeriesMeta("CT", "MONOCHROME2", False, None, (1.0, 1.0), 2.0, 4095.0, "space"), cfg)
+us = preprocess(rgb, SeriesMeta("US", "RGB", True, None, None, 33.0, 255.0, "time"), cfg)
+print(hashlib.sha256(out.frames.tobytes() + us.frames.tobytes()).hexdigest())
+"""
+
+
+@pytest.mark.skipif(__import__("platform").machine() not in ("x86_64", "AMD64"), reason="x86 OpenBLAS kernels")
+def test_the_same_series_gives_the_same_bytes_whatever_blas_kernel_the_cpu_picks():
+    """numpy's OpenBLAS picks its matrix kernel for the CPU at run time, and kernels sum
+    in different orders: a record built with a BLAS product (thick-slab averaging, luma)
+    would differ between machines. OPENBLAS_CORETYPE forces the kernel of older CPUs."""
+    import os
+    import subprocess
+    import sys
+
+    digests = set()
+    for core in ("", "Prescott", "Sandybridge"):  # this CPU's own, SSE3, AVX
+        env = {**os.environ, "OPENBLAS_CORETYPE": core}
+        done = subprocess.run([sys.executable, "-c", _DIGEST_SCRIPT], env=env, capture_output=True, text=True,
+                              check=True)
+        digests.add(done.stdout.strip())
+    assert len(digests) == 1
