@@ -17,10 +17,11 @@ import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.pixels.utils import as_pixel_options
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian
 
 from medseq.components.preprocessing import reasons
+from medseq.components.preprocessing.header_values import HeaderValues, pixel_options
+from medseq.components.preprocessing.plain_file import plain_dataset
 from medseq.components.preprocessing.reasons import Rejected
 
 DEFER_BYTES = 4096
@@ -125,13 +126,13 @@ def _floats(value: Any, n: int) -> tuple[float, ...] | None:
     return values if len(values) == n else None
 
 
-def _item(ds: Dataset, *path: str) -> Dataset | None:
+def _item(ds: Dataset | HeaderValues, *path: str) -> Dataset | None:
     """Walks nested sequences, taking the first item of each: _item(fg, 'PlanePositionSequence')."""
-    node: Dataset | None = ds
+    node: Dataset | HeaderValues | None = ds
     for name in path:
         seq = node.get(name) if node is not None else None
         node = seq[0] if seq else None
-    return node
+    return node if not isinstance(node, HeaderValues) else node.ds
 
 
 def _frame_geometry(ds: Dataset, index: int, time_offset: float | None) -> tuple[Any, Any, Any]:
@@ -153,7 +154,7 @@ def _frame_geometry(ds: Dataset, index: int, time_offset: float | None) -> tuple
             orient.get("ImageOrientationPatient") if orient is not None else None, temporal)
 
 
-def _frame_time_offsets(ds: Dataset, n_frames: int) -> list[float | None]:
+def _frame_time_offsets(ds: HeaderValues, n_frames: int) -> list[float | None]:
     """ms of each frame from the first of a cine/ultrasound clip: FrameTimeVector (its
     increments, summed once), else FrameTime; None where the file gives neither."""
     vector = [float(v) for v in (ds.get("FrameTimeVector") or [])]
@@ -170,7 +171,7 @@ def _frame_time_offsets(ds: Dataset, n_frames: int) -> list[float | None]:
     return offsets
 
 
-def pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
+def pixel_spacing(ds: Dataset | HeaderValues) -> tuple[float, float] | None:
     measures = _item(ds, "SharedFunctionalGroupsSequence", "PixelMeasuresSequence")
     for source in (ds, measures):
         if source is not None:
@@ -181,7 +182,7 @@ def pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
     return None
 
 
-def _classic_temporal(ds: Dataset) -> Any:
+def _classic_temporal(ds: HeaderValues) -> Any:
     """Trigger time (cine MR), else the temporal position of a dynamic series."""
     for keyword in ("TriggerTime", "TemporalPositionIdentifier"):
         if ds.get(keyword) not in (None, ""):
@@ -225,12 +226,12 @@ def frame_rescales(ds: Dataset, n_frames: int) -> tuple[tuple[float, float], ...
     return tuple(rescale_of(ds, i) or (1.0, 0.0) for i in range(n_frames))
 
 
-def header_window(ds: Dataset) -> tuple[float, float] | None:
+def header_window(ds: Dataset | HeaderValues) -> tuple[float, float] | None:
     """The series' own VOI window (center, width): the first one listed."""
     source = ds if "WindowCenter" in ds else _item(ds, "SharedFunctionalGroupsSequence", "FrameVOILUTSequence")
     if source is None or "WindowCenter" not in source or "WindowWidth" not in source:
         return None
-    center, width = source.WindowCenter, source.WindowWidth
+    center, width = source.get("WindowCenter"), source.get("WindowWidth")
     # Several windows may be listed; the first is the one the modality suggests.
     center = center[0] if isinstance(center, (list, MultiValue)) else center
     width = width[0] if isinstance(width, (list, MultiValue)) else width
@@ -240,7 +241,7 @@ def header_window(ds: Dataset) -> tuple[float, float] | None:
         return None
 
 
-def max_value(ds: Dataset, photometric: str) -> float:
+def max_value(ds: Dataset | HeaderValues, photometric: str) -> float:
     """Full scale of the stored (or, for palettes, looked-up) values."""
     if photometric == "PALETTE COLOR":
         descriptor = ds.get("RedPaletteColorLookupTableDescriptor")
@@ -260,10 +261,11 @@ def pixel_ref(ds: Dataset, header: FileHeader) -> PixelRef | None:
     raw = ds._dict.get(pydicom.tag.Tag(0x7FE0, 0x0010))
     if not isinstance(raw, RawDataElement) or raw.value_tell is None or "ModalityLUTSequence" in ds:
         return None
+    values = HeaderValues(ds)
     # Deferred (not read), or read whole (undefined length, below the defer size).
     length = raw.length if raw.value is None else len(raw.value)
     try:
-        options = tuple(sorted(as_pixel_options(ds, pixel_keyword="PixelData").items()))
+        options = tuple(sorted(pixel_options(values).items()))
         if any(not isinstance(v, (int, str)) for _, v in options):
             return None  # an Extended Offset Table (bytes): rare, and the whole-file path reads it
         if header.samples_per_pixel == 3:
@@ -271,15 +273,15 @@ def pixel_ref(ds: Dataset, header: FileHeader) -> PixelRef | None:
             per_frame = False
         elif header.multiframe and (frames := frame_rescales(ds, len(header.frames))) is not None:
             rescale, per_frame = frames, True
-        elif "RescaleSlope" in ds and "RescaleIntercept" in ds:
-            slope, intercept = ds.RescaleSlope, ds.RescaleIntercept
+        elif "RescaleSlope" in values and "RescaleIntercept" in values:
+            slope, intercept = values.get("RescaleSlope"), values.get("RescaleIntercept")
             if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (slope, intercept)):
                 return None  # multi-valued or unparsed: the whole-file path rejects it with its reason
             rescale, per_frame = ((float(slope), float(intercept)),), False
         else:
             rescale, per_frame = (), False
-        return PixelRef(raw.value_tell, length, options, rescale, per_frame, header_window(ds),
-                        max_value(ds, header.photometric))
+        return PixelRef(raw.value_tell, length, options, rescale, per_frame, header_window(values),
+                        max_value(values, header.photometric))
     except Exception:  # noqa: BLE001 - the whole-file path meets the same value and names the problem
         return None
 
@@ -287,52 +289,54 @@ def pixel_ref(ds: Dataset, header: FileHeader) -> PixelRef | None:
 def header_from_dataset(ds: Dataset, path: str) -> FileHeader:
     """Extracts a FileHeader from a dataset read with or without pixels."""
     meta = getattr(ds, "file_meta", None)
-    if not any(k in ds for k in ("SOPClassUID", "SOPInstanceUID", "Modality", "Rows", "SeriesInstanceUID")) and (
+    v = HeaderValues(ds)
+    if not any(k in v for k in ("SOPClassUID", "SOPInstanceUID", "Modality", "Rows", "SeriesInstanceUID")) and (
             meta is None or "MediaStorageSOPClassUID" not in meta):
         raise Rejected(reasons.UNREADABLE, "no recognizable data set follows the file meta; the file is corrupt")
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        if ds.get("Rows") and ds.get("Columns") or "BitsAllocated" in ds or _image_sop_class(ds):
+        if v.get("Rows") and v.get("Columns") or "BitsAllocated" in v or _image_sop_class(ds):
             raise Rejected(reasons.TRUNCATED, "the header describes an image (Rows, Columns, Bits Allocated) but "
                            "the file ends before its Pixel Data: it is truncated, or a declared length runs past "
                            "its end")
         raise Rejected(reasons.NO_PIXEL_DATA, "the file holds no image (no Pixel Data element)")
-    missing = [k for k in ("SeriesInstanceUID", "SOPInstanceUID", "Rows", "Columns") if not ds.get(k)]
+    missing = [k for k in ("SeriesInstanceUID", "SOPInstanceUID", "Rows", "Columns") if not v.get(k)]
     if missing:
         raise Rejected(reasons.MISSING_ATTRIBUTE, f"required attribute(s) absent or empty: {', '.join(missing)}")
-    n_frames = _int(ds.get("NumberOfFrames"), 1) or 1
+    n_frames = _int(v.get("NumberOfFrames"), 1) or 1
     multiframe = n_frames > 1 or "PerFrameFunctionalGroupsSequence" in ds
+    sop_uid = str(v.get("SOPInstanceUID"))
     frames = []
-    time_offsets = _frame_time_offsets(ds, n_frames) if multiframe else []
+    time_offsets = _frame_time_offsets(v, n_frames) if multiframe else []
     for i in range(n_frames):
         if multiframe:
             position, orientation, temporal = _frame_geometry(ds, i, time_offsets[i])
         else:
-            position, orientation = ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient")
-            temporal = _classic_temporal(ds)
+            position, orientation = v.get("ImagePositionPatient"), v.get("ImageOrientationPatient")
+            temporal = _classic_temporal(v)
         frames.append(FrameRef(
-            path=path, frame=i, sop_uid=str(ds.SOPInstanceUID),
-            instance_number=_int(ds.get("InstanceNumber")),
+            path=path, frame=i, sop_uid=sop_uid,
+            instance_number=_int(v.get("InstanceNumber")),
             position=_floats(position, 3), orientation=_floats(orientation, 6),  # type: ignore[arg-type]
             temporal=float(temporal) if temporal not in (None, "") else None,
         ))
     return FileHeader(
         path=path,
-        series_uid=str(ds.SeriesInstanceUID),
-        sop_uid=str(ds.SOPInstanceUID),
-        patient_id=str(ds.get("PatientID", "")),
-        institution=str(ds.get("InstitutionName", "")),
-        modality=str(ds.get("Modality", "OT")).upper(),
-        manufacturer=str(ds.get("Manufacturer", "")),
-        frame_of_reference=str(ds.get("FrameOfReferenceUID", "")),
-        rows=_int(ds.Rows),
-        columns=_int(ds.Columns),
-        samples_per_pixel=_int(ds.get("SamplesPerPixel"), 1),
-        photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2")),
+        series_uid=str(v.get("SeriesInstanceUID")),
+        sop_uid=sop_uid,
+        patient_id=str(v.get("PatientID", "")),
+        institution=str(v.get("InstitutionName", "")),
+        modality=str(v.get("Modality", "OT")).upper(),
+        manufacturer=str(v.get("Manufacturer", "")),
+        frame_of_reference=str(v.get("FrameOfReferenceUID", "")),
+        rows=_int(v.get("Rows")),
+        columns=_int(v.get("Columns")),
+        samples_per_pixel=_int(v.get("SamplesPerPixel"), 1),
+        photometric=str(v.get("PhotometricInterpretation", "MONOCHROME2")),
         transfer_syntax=str(meta.get("TransferSyntaxUID", "")) if meta is not None else "",
-        pixel_spacing=pixel_spacing(ds),
+        pixel_spacing=pixel_spacing(v),
         multiframe=multiframe,
         frames=tuple(frames),
-        identifiers=identifying_values(ds),
+        identifiers=identifying_values(v),
     )
 
 
@@ -382,8 +386,9 @@ IDENTIFYING_KEYWORDS = ("PatientID", "PatientName", "OtherPatientIDs", "Accessio
                         "SeriesInstanceUID", "SOPInstanceUID", "StudyID")
 
 
-def identifying_values(ds: Dataset) -> tuple[str, ...]:
+def identifying_values(ds: Dataset | HeaderValues) -> tuple[str, ...]:
     """The raw identifier values of a header, to keep them out of paths we report."""
+    ds = ds if isinstance(ds, HeaderValues) else HeaderValues(ds)
     values = []
     for keyword in IDENTIFYING_KEYWORDS:
         try:
@@ -397,7 +402,10 @@ def identifying_values(ds: Dataset) -> tuple[str, ...]:
 
 def read_header(fileobj: IO[bytes], path: str) -> FileHeader:
     # Large values (the pixels) are skipped, not read, yet their presence is known.
-    ds = read_dataset(fileobj, path, stop_before_pixels=False, defer_size=DEFER_BYTES)
+    ds = plain_dataset(fileobj, DEFER_BYTES)
+    if ds is None:
+        fileobj.seek(0)
+        ds = read_dataset(fileobj, path, stop_before_pixels=False, defer_size=DEFER_BYTES)
     try:
         header = header_from_dataset(ds, path)
         return dataclasses.replace(header, pixels=pixel_ref(ds, header))

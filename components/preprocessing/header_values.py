@@ -1,0 +1,146 @@
+"""The header pass's values, read straight from pydicom's raw elements where they are plain.
+
+`Dataset.get` converts each value through pydicom's hooks, validation and value classes
+(DSfloat, IS, UID, PersonName, MultiValue) and stores the element back: about 1.2 ms a
+file for the ~40 values the header pass reads, more than `dcmread` itself and a third
+of what reading and decoding a file costs (benchmarks/bench_ingest.py). For a value in
+its plain form, `HeaderValues.get` returns what pydicom's value would compare equal to,
+as plain Python (str, int, float, a list of int or float):
+
+- text (UI, CS, DA, LO, SH, PN): printable ASCII without a backslash (one value),
+  stripped as pydicom strips each VR;
+- DS and IS: every value a decimal or integer string of DICOM's strict form;
+- US: little-endian unsigned shorts.
+
+Anything else (an element absent from the file or with another VR than the dictionary's,
+empty, deferred, not ASCII, several text values, a number in another form, big endian)
+is converted by pydicom itself, so every odd value behaves exactly as pydicom makes it
+behave. tests/components/preprocessing/test_header_values.py holds the two to the same
+values and the same `FileHeader`s on pydicom's own files, synthetic data and the fuzz
+corpus of broken files.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from pydicom import config
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.pixels.utils import as_pixel_options
+
+_DECIMAL = re.compile(rb" *[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)? *\Z")
+_INTEGER = re.compile(rb" *[+-]?\d{1,12} *\Z")  # 12: DICOM's longest IS; pydicom keeps larger ones as floats
+_NOT_PLAIN_TEXT = re.compile(rb"[^\x20-\x5b\x5d-\x7e]")  # not printable ASCII, or a backslash
+
+
+def _plain_text(raw: bytes) -> str | None:
+    """CS, DA, LO, SH, PN: one ASCII value without its trailing spaces and NULs, as
+    pydicom's `convert_string`, `convert_text` and `convert_PN` read it."""
+    body = raw.rstrip(b"\x00 ")
+    return None if _NOT_PLAIN_TEXT.search(body) else body.decode("ascii")
+
+
+def _uid(raw: bytes) -> str | None:
+    """UI: as text, and the `UID` class strips the leading spaces too."""
+    text = _plain_text(raw)
+    return text.lstrip(" ") if text is not None else None
+
+
+def _numbers(pattern: re.Pattern[bytes], kind: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """DS or IS: the string without its padding, split at backslashes, each value read."""
+    def convert(raw: bytes) -> Any:
+        parts = raw.strip(b" ").rstrip(b"\x00 ").split(b"\\")
+        if not all(pattern.match(p) for p in parts):
+            return None
+        values = [kind(p) for p in parts]
+        return values[0] if len(values) == 1 else values
+    return convert
+
+
+def _unsigned_shorts(raw: bytes) -> int | list[int] | None:
+    if len(raw) % 2:
+        return None
+    values = list(struct.unpack(f"<{len(raw) // 2}H", raw))
+    return values[0] if len(values) == 1 else values
+
+
+_CONVERT: dict[str, Callable[[bytes], Any]] = {
+    "UI": _uid, "CS": _plain_text, "DA": _plain_text, "LO": _plain_text, "SH": _plain_text,
+    "PN": _plain_text, "DS": _numbers(_DECIMAL, float), "IS": _numbers(_INTEGER, int), "US": _unsigned_shorts,
+}
+# The values the header pass reads; each has one VR in the DICOM dictionary.
+KEYWORDS = (
+    "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID",
+    "Modality", "PhotometricInterpretation", "PatientID", "OtherPatientIDs", "InstitutionName", "Manufacturer",
+    "AccessionNumber", "StudyID", "PatientName", "ReferringPhysicianName", "PatientBirthDate", "StudyDate",
+    "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "ImagerPixelSpacing", "TriggerTime",
+    "RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth", "FrameTime", "FrameTimeVector",
+    "InstanceNumber", "NumberOfFrames", "TemporalPositionIdentifier", "Rows", "Columns", "SamplesPerPixel",
+    "BitsAllocated", "BitsStored", "PixelRepresentation", "PlanarConfiguration",
+)
+_SPECS: dict[str, tuple[int, str, Callable[[bytes], Any]]] = {}
+for _keyword in KEYWORDS:
+    _tag = tag_for_keyword(_keyword)
+    if _tag is None:
+        raise ValueError(f"{_keyword} is not a DICOM keyword")
+    _SPECS[_keyword] = (_tag, dictionary_VR(_tag), _CONVERT[dictionary_VR(_tag)])
+
+
+class HeaderValues:
+    """`get(keyword, default)` and `keyword in values`, as on a pydicom `Dataset`, with the
+    plain values of `KEYWORDS` read without pydicom's conversion. The data set is left
+    as it was read for those; every other keyword is the data set's own `get`."""
+
+    LEAN = True  # False: every value through pydicom (the tests compare the two)
+
+    __slots__ = ("ds", "_raw")
+
+    def __init__(self, ds: Dataset) -> None:
+        self.ds = ds
+        # Opt-in pydicom settings that change what a plain value converts to (dates as
+        # objects) or make a merely unusual one an error: then pydicom reads every value.
+        plain = not config.datetime_conversion and config.settings.reading_validation_mode != config.RAISE
+        self._raw = ds._dict if self.LEAN and plain else {}
+
+    def get(self, keyword: str, default: Any = None) -> Any:
+        spec = _SPECS.get(keyword)
+        if spec is not None and self._raw:
+            tag, vr, convert = spec
+            elem = self._raw.get(tag)
+            if elem is None:
+                return default
+            if type(elem) is RawDataElement and elem.value and elem.is_little_endian and (
+                    elem.VR == vr or (elem.VR is None and elem.is_implicit_VR)):
+                value = convert(elem.value)
+                if value is not None:
+                    return value
+        return self.ds.get(keyword, default)
+
+    def __contains__(self, keyword: str) -> bool:
+        spec = _SPECS.get(keyword)
+        return spec[0] in self.ds._dict if spec is not None else keyword in self.ds
+
+
+# pydicom's Image Pixel attributes, by the names its decoders take (pixels/utils.py).
+_IMAGE_PIXEL = (("SamplesPerPixel", "samples_per_pixel"), ("PhotometricInterpretation", "photometric_interpretation"),
+                ("PlanarConfiguration", "planar_configuration"), ("NumberOfFrames", "number_of_frames"),
+                ("Rows", "rows"), ("Columns", "columns"), ("BitsAllocated", "bits_allocated"),
+                ("BitsStored", "bits_stored"), ("PixelRepresentation", "pixel_representation"))
+
+
+def pixel_options(values: HeaderValues) -> dict[str, Any]:
+    """pydicom's `as_pixel_options(ds, pixel_keyword="PixelData")`, from the plain values.
+    A frame count pydicom would warn about and correct, or an Extended Offset Table,
+    goes to pydicom's own function."""
+    frames = values.get("NumberOfFrames", 1)
+    if not isinstance(frames, int) or frames < 1 or "ExtendedOffsetTable" in values:
+        return as_pixel_options(values.ds, pixel_keyword="PixelData")
+    options = {name: values.get(keyword) for keyword, name in _IMAGE_PIXEL if keyword in values}
+    options["number_of_frames"] = frames
+    options["pixel_keyword"] = "PixelData"
+    return options

@@ -1,0 +1,53 @@
+"""plain_file.py reads a plain file's elements without dcmread: on every file it accepts
+they must be exactly the elements, file meta and encoding dcmread gives, and the files
+it declines must include the odd ones (deflated, big endian, no preamble, broken)."""
+
+from __future__ import annotations
+
+import io
+
+import pydicom
+import pytest
+
+from medseq.components.preprocessing.headers import DEFER_BYTES
+from medseq.components.preprocessing.plain_file import plain_dataset
+
+
+def _meta_values(meta) -> dict[int, object]:
+    return {int(tag): meta[tag].value for tag in meta.keys()}
+
+
+def test_a_plain_file_reads_as_dcmread_reads_it(corpus_files):
+    plain = declined = 0
+    for path in corpus_files:
+        data = path.read_bytes()
+        ds = plain_dataset(io.BytesIO(data), DEFER_BYTES)
+        if ds is None:
+            declined += 1
+            continue
+        plain += 1
+        reference = pydicom.dcmread(io.BytesIO(data), defer_size=DEFER_BYTES)
+        assert dict(ds._dict) == dict(reference._dict), path.name  # RawDataElements: tag, VR, length, value, tell
+        assert _meta_values(ds.file_meta) == _meta_values(reference.file_meta), path.name
+        assert ds.original_encoding == reference.original_encoding, path.name
+        assert ds.original_character_set == reference.original_character_set, path.name
+    assert plain > 300 and declined > 100
+
+
+@pytest.mark.parametrize("name", ["image_dfl.dcm", "MR_small_bigendian.dcm", "no_meta.dcm"])
+def test_odd_files_go_to_dcmread(name):
+    try:
+        path = pydicom.data.get_testdata_file(name)
+    except Exception:  # noqa: BLE001 - a file this pydicom does not ship
+        pytest.skip(f"{name} is not among this pydicom's test files")
+    if path is None:
+        pytest.skip(f"{name} is not among this pydicom's test files")
+    with open(path, "rb") as f:
+        assert plain_dataset(f, DEFER_BYTES) is None
+
+
+def test_a_file_cut_short_goes_to_dcmread(pydicom_files):
+    data = (pydicom_files / "CT_small.dcm").read_bytes()
+    assert plain_dataset(io.BytesIO(data), DEFER_BYTES) is not None
+    for cut in (len(data) - 1, len(data) // 2, 200, 139):
+        assert plain_dataset(io.BytesIO(data[:cut]), DEFER_BYTES) is None, cut
