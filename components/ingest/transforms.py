@@ -6,6 +6,7 @@ is dropped silently and no header text is put in a message.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -89,7 +90,17 @@ def outside(path: str, resolved_root: str | None) -> bool:
     """A local path that resolves (through symbolic links) outside `resolved_root` (from `real_root`)."""
     if resolved_root is None or "://" in path:
         return False
-    return os.path.commonpath([os.path.realpath(path), resolved_root]) != resolved_root
+    folder, name = os.path.split(path)
+    # A file that is no link resolves to its folder's real path and its own name: one
+    # lstat a file, not one for every folder above it (the folders' are cached).
+    real = os.path.realpath(path) if name in ("", ".", "..") or os.path.islink(path) else \
+        os.path.join(_real_folder(folder), name)
+    return os.path.commonpath([real, resolved_root]) != resolved_root
+
+
+@functools.lru_cache(maxsize=4096)
+def _real_folder(folder: str) -> str:
+    return os.path.realpath(folder)
 
 
 class _Progress:

@@ -104,3 +104,22 @@ def test_keyed_hashes_depend_on_key_and_kind():
     scrubbed = deid.safe_relpath("/in/Doe_Peter/77654033/x.dcm", "/in", KEY, deid.identifier_values("Doe^Peter"))
     assert "Doe" not in scrubbed and "Peter" not in scrubbed and "77654033" not in scrubbed
     assert scrubbed.endswith("/x.dcm")
+
+
+def test_links_anywhere_on_the_path_that_lead_out_of_the_input_are_outside(tmp_path):
+    from medseq.components.ingest.transforms import outside, real_root
+
+    root, elsewhere = tmp_path / "input", tmp_path / "elsewhere"
+    (root / "a").mkdir(parents=True)
+    elsewhere.mkdir()
+    for folder in (root / "a", elsewhere):
+        (folder / "f.dcm").write_bytes(b"x")
+    (root / "linked_folder").symlink_to(elsewhere, target_is_directory=True)
+    (root / "a" / "linked_file.dcm").symlink_to(elsewhere / "f.dcm")
+    (root / "a" / "inner_link.dcm").symlink_to(root / "a" / "f.dcm")
+    real = real_root(str(root))
+    assert not outside(str(root / "a" / "f.dcm"), real)
+    assert not outside(str(root / "a" / "inner_link.dcm"), real)
+    assert outside(str(root / "a" / "linked_file.dcm"), real)
+    assert outside(str(root / "linked_folder" / "f.dcm"), real)
+    assert outside(str(root / "a" / ".." / "linked_folder" / "f.dcm"), real)
