@@ -10,7 +10,7 @@ as plain Python (str, int, float, a list of int or float):
 - text (UI, CS, DA, LO, SH, PN): printable ASCII without a backslash (one value),
   stripped as pydicom strips each VR;
 - DS and IS: every value a decimal or integer string of DICOM's strict form;
-- US: little-endian unsigned shorts.
+- US, UL, FD: little-endian binary numbers.
 
 Anything else (an element absent from the file or with another VR than the dictionary's,
 empty, deferred, not ASCII, several text values, a number in another form, big endian)
@@ -32,6 +32,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.pixels.utils import as_pixel_options
+from pydicom.tag import BaseTag
 
 _DECIMAL = re.compile(rb" *[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)? *\Z")
 _INTEGER = re.compile(rb" *[+-]?\d{1,12} *\Z")  # 12: DICOM's longest IS; pydicom keeps larger ones as floats
@@ -62,16 +63,22 @@ def _numbers(pattern: re.Pattern[bytes], kind: Callable[[bytes], Any]) -> Callab
     return convert
 
 
-def _unsigned_shorts(raw: bytes) -> int | list[int] | None:
-    if len(raw) % 2:
-        return None
-    values = list(struct.unpack(f"<{len(raw) // 2}H", raw))
-    return values[0] if len(values) == 1 else values
+def _binary(code: str) -> Callable[[bytes], Any]:
+    """US, UL, FD: little-endian numbers of a whole number of values."""
+    size = struct.calcsize(f"<{code}")
+
+    def convert(raw: bytes) -> Any:
+        if len(raw) % size:
+            return None
+        values = list(struct.unpack(f"<{len(raw) // size}{code}", raw))
+        return values[0] if len(values) == 1 else values
+    return convert
 
 
 _CONVERT: dict[str, Callable[[bytes], Any]] = {
     "UI": _uid, "CS": _plain_text, "DA": _plain_text, "LO": _plain_text, "SH": _plain_text,
-    "PN": _plain_text, "DS": _numbers(_DECIMAL, float), "IS": _numbers(_INTEGER, int), "US": _unsigned_shorts,
+    "PN": _plain_text, "DS": _numbers(_DECIMAL, float), "IS": _numbers(_INTEGER, int),
+    "US": _binary("H"), "UL": _binary("I"), "FD": _binary("d"),
 }
 # The values the header pass reads; each has one VR in the DICOM dictionary.
 KEYWORDS = (
@@ -82,13 +89,14 @@ KEYWORDS = (
     "RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth", "FrameTime", "FrameTimeVector",
     "InstanceNumber", "NumberOfFrames", "TemporalPositionIdentifier", "Rows", "Columns", "SamplesPerPixel",
     "BitsAllocated", "BitsStored", "PixelRepresentation", "PlanarConfiguration",
+    "NominalCardiacTriggerDelayTime", "TemporalPositionIndex",  # in an enhanced object's functional groups
 )
-_SPECS: dict[str, tuple[int, str, Callable[[bytes], Any]]] = {}
+_SPECS: dict[str, tuple[BaseTag, str, Callable[[bytes], Any]]] = {}
 for _keyword in KEYWORDS:
     _tag = tag_for_keyword(_keyword)
     if _tag is None:
         raise ValueError(f"{_keyword} is not a DICOM keyword")
-    _SPECS[_keyword] = (_tag, dictionary_VR(_tag), _CONVERT[dictionary_VR(_tag)])
+    _SPECS[_keyword] = (BaseTag(_tag), dictionary_VR(_tag), _CONVERT[dictionary_VR(_tag)])
 
 
 class HeaderValues:

@@ -144,14 +144,15 @@ def _frame_geometry(ds: Dataset, index: int, time_offset: float | None) -> tuple
     orient = (_item(item, "PlaneOrientationSequence") if item is not None else None) or \
         (_item(shared, "PlaneOrientationSequence") if shared is not None else None)
     cardiac = _item(item, "CardiacSynchronizationSequence") if item is not None else None
-    temporal = cardiac.get("NominalCardiacTriggerDelayTime") if cardiac is not None else None
+    temporal = HeaderValues(cardiac).get("NominalCardiacTriggerDelayTime") if cardiac is not None else None
     content = _item(item, "FrameContentSequence") if item is not None else None
-    if temporal is None and content is not None and content.get("TemporalPositionIndex") is not None:
-        temporal = float(content.TemporalPositionIndex)  # an index: orders, carries no ms
+    index_value = HeaderValues(content).get("TemporalPositionIndex") if content is not None else None
+    if temporal is None and index_value is not None:
+        temporal = float(index_value)  # an index: orders, carries no ms
     if temporal is None:
         temporal = time_offset
-    return (pos.get("ImagePositionPatient") if pos is not None else None,
-            orient.get("ImageOrientationPatient") if orient is not None else None, temporal)
+    return (HeaderValues(pos).get("ImagePositionPatient") if pos is not None else None,
+            HeaderValues(orient).get("ImageOrientationPatient") if orient is not None else None, temporal)
 
 
 def _frame_time_offsets(ds: HeaderValues, n_frames: int) -> list[float | None]:
@@ -214,8 +215,9 @@ def rescale_of(ds: Dataset, frame: int) -> tuple[float, float] | None:
     for group in ((per_frame[frame] if per_frame and frame < len(per_frame) else None),
                   _item(ds, "SharedFunctionalGroupsSequence")):
         item = _item(group, "PixelValueTransformationSequence") if group is not None else None
-        if item is not None and "RescaleSlope" in item:
-            return float(item.RescaleSlope), float(item.get("RescaleIntercept", 0.0))
+        values = HeaderValues(item) if item is not None else None
+        if values is not None and "RescaleSlope" in values:
+            return float(values.get("RescaleSlope")), float(values.get("RescaleIntercept", 0.0))
     return None
 
 

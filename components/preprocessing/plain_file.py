@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import io
 import struct
-from typing import IO
+from typing import IO, BinaryIO, cast
 
 from pydicom.charset import default_encoding
-from pydicom.dataelem import RawDataElement, empty_value_for_VR
+from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.fileutil import read_undefined_length_value
 from pydicom.tag import BaseTag, SequenceDelimiterTag
@@ -90,7 +90,7 @@ class _Window:
         return self.data[at:at + n]
 
 
-def _syntax(meta: dict[BaseTag, RawDataElement]) -> UID:
+def _syntax(meta: dict[BaseTag, DataElement | RawDataElement]) -> UID:
     """The transfer syntax, if its data set is little endian and read as it says."""
     raw = meta.get(BaseTag(0x00020010))
     if raw is None or not raw.value:
@@ -112,11 +112,11 @@ def _looks_implicit(head: bytes) -> bool:
 
 
 def _walk(window: _Window, pos: int, *, implicit: bool, defer_size: int | None,
-          group: int | None) -> tuple[dict[BaseTag, RawDataElement], int]:
+          group: int | None) -> tuple[dict[BaseTag, DataElement | RawDataElement], int]:
     """The elements from `pos` on (of `group` only, when given), as pydicom's
     `data_element_generator` yields them; raises _NotPlain at anything it would treat
     specially. Returns them and where the walk stopped."""
-    elements: dict[BaseTag, RawDataElement] = {}
+    elements: dict[BaseTag, DataElement | RawDataElement] = {}
     last = -1
     while pos < window.size:
         head = window.get(pos, 8)  # a partial element header at the end raises: pydicom ignores it silently
@@ -154,7 +154,7 @@ def _walk(window: _Window, pos: int, *, implicit: bool, defer_size: int | None,
                     raise _NotPlain  # a deferred public value is read again from the file on use
                 value = None
             else:
-                value = window.get(start, length) if length else empty_value_for_VR(vr, raw=True)
+                value = window.get(start, length) if length else cast(bytes | None, empty_value_for_VR(vr, raw=True))
         elements[BaseTag(tag)] = RawDataElement(BaseTag(tag), vr, length, value, start, implicit, True)
     return elements, pos
 
@@ -164,7 +164,7 @@ def _encapsulated(window: _Window, start: int, defer_size: int | None) -> tuple[
     delimiter (which reads through the fragments): its value and where it ends."""
     window.file.seek(start)
     try:
-        value = read_undefined_length_value(window.file, True, SequenceDelimiterTag, defer_size)
+        value = read_undefined_length_value(cast(BinaryIO, window.file), True, SequenceDelimiterTag, defer_size)
     except EOFError:  # no delimiter: a truncated file, which dcmread judges
         raise _NotPlain from None
     return value, window.file.tell()
