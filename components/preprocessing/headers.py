@@ -2,7 +2,9 @@
 
 `read_header` turns one file into a `FileHeader` of plain values (classic single-frame
 or enhanced multi-frame alike: one `FrameRef` per frame), or raises `Rejected`.
-Identifiers stay in memory here; they are hashed before anything is written.
+Identifiers stay in memory here; they are hashed before anything is written. A plain
+file is read by `plain_file.plain_dataset` and plain values by `header_values`, the
+rest by pydicom: the same header either way, at a fraction of the CPU.
 """
 
 from __future__ import annotations
