@@ -9,7 +9,8 @@ defined length in ascending order (encapsulated Pixel Data aside). For those,
 `plain_dataset` walks the elements itself and returns what
 `dcmread(fileobj, defer_size=DEFER_BYTES)` returns for the header pass: the same raw
 elements (tag, VR, length, value, where the value starts), the same file meta, the
-same encoding; large values are skipped, not read. Whatever is not plain (and any
+same encoding; large values are skipped, not read (encapsulated Pixel Data, of undefined
+length, is searched through for its end, as dcmread does). Whatever is not plain (and any
 public element large enough to be deferred, which would need the file again) gives
 None, and `dcmread` reads the file as before: every odd file takes pydicom's path, with
 pydicom's warnings and errors. tests/components/preprocessing/test_plain_file.py holds
@@ -46,8 +47,8 @@ class _NotPlain(Exception):
 
 def plain_dataset(fileobj: IO[bytes], defer_size: int) -> Dataset | None:
     """The file's data set as dcmread reads it with `defer_size`, or None when the file
-    is not plain. Reads the header and what follows large values, not the values
-    themselves (the pixels); leaves the file's position anywhere."""
+    is not plain. Reads the header and what follows large values of defined length, not
+    those values (native pixels); leaves the file's position anywhere."""
     try:
         window = _Window(fileobj)
         if window.size < 140 or window.get(128, 4) != b"DICM":
@@ -69,7 +70,7 @@ def plain_dataset(fileobj: IO[bytes], defer_size: int) -> Dataset | None:
 
 
 class _Window:
-    """Reads of a file through one buffer: the header in one read, the pixels skipped."""
+    """Reads of a file through one buffer: the header in one read, large values skipped."""
 
     CHUNK = 16 << 10
 
