@@ -98,7 +98,7 @@ def outside(path: str, resolved_root: str | None) -> bool:
     return os.path.commonpath([real, resolved_root]) != resolved_root
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=1 << 15)
 def _real_folder(folder: str) -> str:
     return os.path.realpath(folder)
 

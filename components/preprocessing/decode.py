@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO
@@ -103,13 +104,18 @@ def _frames_from_ref(fileobj: IO[bytes], header: FileHeader) -> np.ndarray:
     """All frames of one file from the bytes its PixelRef points at (no second parse)."""
     ref = header.pixels
     assert ref is not None
-    fileobj.seek(ref.offset)
-    if ref.length == UNDEFINED_LENGTH:  # encapsulated: its items end at the sequence delimiter
+    if ref.inflate_from is not None:  # deflated (native pixels): inflated as far as they end
+        fileobj.seek(ref.inflate_from)
+        stream = zlib.decompressobj(-zlib.MAX_WBITS).decompress(fileobj.read(), ref.offset + ref.length)
+        data = stream[ref.offset:]
+    elif ref.length == UNDEFINED_LENGTH:  # encapsulated: its items end at the sequence delimiter
+        fileobj.seek(ref.offset)
         data = fileobj.read()
     else:
+        fileobj.seek(ref.offset)
         data = fileobj.read(ref.length)
-        if len(data) != ref.length:
-            raise EOFError("the file is shorter than when its header was read")
+    if ref.length != UNDEFINED_LENGTH and len(data) != ref.length:
+        raise EOFError("the file is shorter than when its header was read")
     decoder = get_decoder(header.transfer_syntax)
     pixels = decoder.as_array(data, validate=True, decoding_plugin=_plugin(header.transfer_syntax),
                               **dict(ref.options))[0]

@@ -60,6 +60,9 @@ class PixelRef:
     per_frame: bool
     window: tuple[float, float] | None
     max_value: float
+    # A deflated file: where its deflated data set starts; `offset` is then a position in
+    # the inflated stream.
+    inflate_from: int | None = None
 
 
 @dataclass(frozen=True)
@@ -254,16 +257,19 @@ def max_value(ds: Dataset | HeaderValues, photometric: str) -> float:
     return float(2 ** int(ds.get("BitsStored", 8)) - 1)
 
 
-def pixel_ref(ds: Dataset, header: FileHeader) -> PixelRef | None:
+def pixel_ref(ds: Dataset, header: FileHeader, deflated_at: int | None = None) -> PixelRef | None:
     """What the pixel pass needs of this file, or None where only the whole data set will
-    do: deflated files (the offsets are in the inflated stream), big endian ones (pydicom
-    swaps their OW bytes when it reads the data set), palettes and Modality LUT Sequences
-    (large tables), float pixels, or any value that does not convert cleanly."""
-    if header.transfer_syntax in (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian) or \
+    do: deflated files whose deflated stream's start is not known (`deflated_at`, from
+    plain_file), big endian ones (pydicom swaps their OW bytes when it reads the data
+    set), palettes and Modality LUT Sequences (large tables), float pixels, or any value
+    that does not convert cleanly."""
+    deflated = header.transfer_syntax == DeflatedExplicitVRLittleEndian
+    if (deflated and deflated_at is None) or header.transfer_syntax == ExplicitVRBigEndian or \
             header.photometric == "PALETTE COLOR":
         return None
     raw = ds._dict.get(pydicom.tag.Tag(0x7FE0, 0x0010))
-    if not isinstance(raw, RawDataElement) or raw.value_tell is None or "ModalityLUTSequence" in ds:
+    if not isinstance(raw, RawDataElement) or raw.value_tell is None or "ModalityLUTSequence" in ds or \
+            (deflated and raw.length == UNDEFINED_LENGTH):
         return None
     values = HeaderValues(ds)
     # Deferred (not read), or read whole (undefined length, below the defer size).
@@ -285,7 +291,7 @@ def pixel_ref(ds: Dataset, header: FileHeader) -> PixelRef | None:
         else:
             rescale, per_frame = (), False
         return PixelRef(raw.value_tell, length, options, rescale, per_frame, header_window(values),
-                        max_value(values, header.photometric))
+                        max_value(values, header.photometric), deflated_at if deflated else None)
     except Exception:  # noqa: BLE001 - the whole-file path meets the same value and names the problem
         return None
 
@@ -406,13 +412,15 @@ def identifying_values(ds: Dataset | HeaderValues) -> tuple[str, ...]:
 
 def read_header(fileobj: IO[bytes], path: str) -> FileHeader:
     # Large values (the pixels) are skipped, not read, yet their presence is known.
-    ds = plain_dataset(fileobj, DEFER_BYTES)
-    if ds is None:
+    plain = plain_dataset(fileobj, DEFER_BYTES)
+    if plain is None:
         fileobj.seek(0)
-        ds = read_dataset(fileobj, path, stop_before_pixels=False, defer_size=DEFER_BYTES)
+        ds, deflated_at = read_dataset(fileobj, path, stop_before_pixels=False, defer_size=DEFER_BYTES), None
+    else:
+        ds, deflated_at = plain
     try:
         header = header_from_dataset(ds, path)
-        return dataclasses.replace(header, pixels=pixel_ref(ds, header))
+        return dataclasses.replace(header, pixels=pixel_ref(ds, header, deflated_at))
     except Rejected as exc:
         raise Rejected(exc.code, exc.message, identifying_values(ds)) from None
     except Exception as exc:  # noqa: BLE001 - a malformed value deep in a header

@@ -19,7 +19,7 @@ from pydicom.multival import MultiValue
 
 from medseq.components.preprocessing import headers
 from medseq.components.preprocessing.header_values import KEYWORDS, HeaderValues, pixel_options
-from medseq.components.preprocessing.headers import DEFER_BYTES, read_header
+from medseq.components.preprocessing.headers import DEFER_BYTES, FileHeader, read_header
 from medseq.components.preprocessing.reasons import Rejected
 
 ODD_TEXT = [b"1.2.3", b"1.2.3\x00", b"ABC ", b" ABC", b"A\\B", b"A\\B ", b"", b" ", b"\x00", b"ab\x00c",
@@ -94,11 +94,19 @@ def _headers(paths: list[Path]) -> list[object]:
     return out
 
 
+def _without_deflated_ref(header: object) -> object:
+    """dcmread does not tell where a deflated stream starts: only the plain path gives a
+    deflated file a PixelRef (test_pixel_ref holds its frames to the whole-file path's)."""
+    if isinstance(header, FileHeader) and header.pixels is not None and header.pixels.inflate_from is not None:
+        return dataclasses.replace(header, pixels=None)
+    return header
+
+
 def test_every_file_gives_the_header_pydicom_alone_gives(corpus_files, monkeypatch):
     lean = _headers(corpus_files)
     monkeypatch.setattr(HeaderValues, "LEAN", False)
     monkeypatch.setattr(headers, "plain_dataset", lambda fileobj, defer_size: None)
-    assert lean == _headers(corpus_files)
+    assert [_without_deflated_ref(h) for h in lean] == _headers(corpus_files)
     read = sum(1 for h in lean if not isinstance(h, tuple))
     assert read > 300 and len(lean) - read > 100  # real headers and real rejections both compared
 
