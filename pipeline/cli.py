@@ -117,9 +117,6 @@ def cmd_synth(args: argparse.Namespace, _: list[str]) -> int:
 
 def cmd_convert(args: argparse.Namespace, beam_args: list[str]) -> int:
     processes.fewer_malloc_arenas()  # before Beam starts its threads and workers
-    from medseq.pipeline.lean_beam import import_beam_without_optional_io
-
-    import_beam_without_optional_io()
     from medseq.components import ingest
 
     out = ingest.run(_config(args), args.out, beam_args=beam_args)

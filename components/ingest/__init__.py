@@ -1,7 +1,9 @@
 """`medseq convert`: DICOM series -> sharded gzip TFRecords, rejected.jsonl and qc.json.
 
-The work is in `executor` (the Beam job), `transforms` (its DoFns) and `in_process` (the
-same DoFns called directly, for a small local input and no Beam option); the shared
+The work is in `executor` (the Beam job), `steps` (what each of its stages does, without
+Beam), `transforms` (the steps as the job's DoFns) and `in_process` (the steps called
+directly, for a small local input and no Beam option: no Beam import at all); `storage`
+reads and writes local files itself and any other filesystem through Beam. The shared
 DICOM handling is in `medseq.components.preprocessing`.
 """
 
@@ -13,6 +15,7 @@ from pathlib import Path
 from medseq.components.ingest import deid
 from medseq.components.ingest.executor import IngestOutputs, run_job
 from medseq.pipeline.config import PipelineConfig
+from medseq.pipeline.lean_beam import import_beam_without_optional_io
 
 __all__ = ["IngestOutputs", "default_beam_args", "run"]
 
@@ -58,5 +61,7 @@ def run(config: PipelineConfig, out: str | Path, key: bytes | None = None,
     small = _fewer_files_than(config.input, SMALL_INPUT_FILES)
     # A small local input and no Beam option: no pipeline to build (in_process.py).
     args = None if small and not given else default_beam_args(given, small)
+    if args is not None:  # Beam without the integrations a conversion never uses (about 1 s)
+        import_beam_without_optional_io()
     record = {"input": "<input>", "labels": "<labels>"}  # paths may name patients; not recorded
     return run_job(config.input, config.labels, str(out), key, config.preprocess, config.ingest, args, record)

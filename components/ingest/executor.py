@@ -14,27 +14,18 @@ import re
 import uuid
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import apache_beam as beam
-from apache_beam.io import fileio
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
-
+from medseq.components.ingest import storage
 from medseq.components.ingest.in_process import run_in_process
 from medseq.components.ingest.output_lock import output_lock
-from medseq.components.ingest.transforms import (
-    BuildRecord,
-    ReadHeader,
-    Record,
-    RejectedRow,
-    WriteShard,
-    open_binary,
-    shard_of,
-)
+from medseq.components.ingest.storage import open_binary
 from medseq.pipeline import features as F
 from medseq.pipeline.config import IngestConfig, PreprocessConfig, to_dict
 from medseq.pipeline.errors import InputError
+
+if TYPE_CHECKING:
+    import apache_beam as beam
 
 log = logging.getLogger("medseq.ingest")
 LABEL_COLUMNS = ("series_instance_uid", "label")
@@ -92,7 +83,7 @@ def input_pattern(input_path: str) -> tuple[str, str]:
         first = min(i for i, ch in enumerate(input_path) if ch in "*?[")
         root = input_path[:first].rsplit("/", 1)[0]  # the folder above the first wildcard
         return input_path, root
-    if not FileSystems.exists(input_path):
+    if not storage.exists(input_path):
         raise InputError(f"input not found: {input_path} (expected a folder or a glob of DICOM files)")
     root = input_path.rstrip("/")
     return f"{root}/**", root
@@ -101,7 +92,7 @@ def input_pattern(input_path: str) -> tuple[str, str]:
 def _require_files(pattern: str, input_path: str) -> None:
     """Fails early, in one line, when the input matches no file at all (one listing entry)."""
     try:
-        found = FileSystems.match([pattern], limits=[1])[0].metadata_list
+        found = storage.match(pattern, limit=1)
     except Exception:  # noqa: BLE001 - Beam raises for an empty glob on some filesystems
         found = []
     if not found:
@@ -112,6 +103,18 @@ def build(pipeline: beam.Pipeline, pattern: str, root: str, staging: str, key: b
           labels: dict[str, str], classes: tuple[str, ...], preprocess: PreprocessConfig,
           ingest: IngestConfig) -> None:
     """Adds the ingest transforms to `pipeline`, writing under `staging`."""
+    import apache_beam as beam
+    from apache_beam.io import fileio
+
+    from medseq.components.ingest.transforms import (
+        BuildRecord,
+        ReadHeader,
+        Record,
+        RejectedRow,
+        WriteShard,
+        shard_of,
+    )
+
     headers = (
         pipeline
         | "MatchFiles" >> fileio.MatchFiles(pattern)
@@ -142,21 +145,21 @@ def build(pipeline: beam.Pipeline, pattern: str, root: str, staging: str, key: b
     )
     _ = (
         records | "IndexLines" >> beam.Map(Record.index_line)
-        | "WriteIndex" >> beam.io.WriteToText(FileSystems.join(staging, "_index"), file_name_suffix=".jsonl")
+        | "WriteIndex" >> beam.io.WriteToText(storage.join(staging, "_index"), file_name_suffix=".jsonl")
     )
     _ = (
         (headers[ReadHeader.REJECTED], built[BuildRecord.REJECTED])
         | "AllRejected" >> beam.Flatten()
         | "RejectedLines" >> beam.Map(RejectedRow.to_json)
-        | "WriteRejected" >> beam.io.WriteToText(FileSystems.join(staging, "_rejected"), file_name_suffix=".jsonl")
+        | "WriteRejected" >> beam.io.WriteToText(storage.join(staging, "_rejected"), file_name_suffix=".jsonl")
     )
-    _ = built[BuildRecord.LABELED] | "WriteLabeled" >> beam.io.WriteToText(FileSystems.join(staging, "_labeled"))
+    _ = built[BuildRecord.LABELED] | "WriteLabeled" >> beam.io.WriteToText(storage.join(staging, "_labeled"))
 
 
 def _read_lines(prefix: str) -> list[str]:
     lines: list[str] = []
-    for match in FileSystems.match([prefix + "*"])[0].metadata_list:
-        with open_binary(match.path) as f:
+    for path in storage.files_starting(prefix):
+        with open_binary(path) as f:
             lines.extend(line for line in f.read().decode().splitlines() if line)
     return sorted(lines)
 
@@ -164,14 +167,13 @@ def _read_lines(prefix: str) -> list[str]:
 def finalize(staging: str, out: str, classes: tuple[str, ...], config: dict[str, Any],
              labels_listed: int = 0) -> IngestOutputs:
     """Merges the side files into rejected.jsonl and qc.json, then swaps staging into OUT."""
-    index = [json.loads(line) for line in _read_lines(FileSystems.join(staging, "_index"))]
-    labels_found = len(set(_read_lines(FileSystems.join(staging, "_labeled"))))
-    rejected_lines = _read_lines(FileSystems.join(staging, "_rejected"))
+    index = [json.loads(line) for line in _read_lines(storage.join(staging, "_index"))]
+    labels_found = len(set(_read_lines(storage.join(staging, "_labeled"))))
+    rejected_lines = _read_lines(storage.join(staging, "_rejected"))
     rejected = [json.loads(line) for line in rejected_lines]
     for split in F.SPLITS:
-        FileSystems.mkdirs(FileSystems.join(staging, split)) if not FileSystems.exists(
-            FileSystems.join(staging, split)) else None
-    with FileSystems.create(FileSystems.join(staging, F.REJECTED_FILE)) as f:
+        storage.mkdirs(storage.join(staging, split)) if not storage.exists(storage.join(staging, split)) else None
+    with storage.create(storage.join(staging, F.REJECTED_FILE)) as f:
         f.write("".join(line + "\n" for line in rejected_lines).encode())
     records = {s: sum(1 for r in index if r["split"] == s) for s in F.SPLITS}
     qc: dict[str, Any] = {
@@ -187,21 +189,20 @@ def finalize(staging: str, out: str, classes: tuple[str, ...], config: dict[str,
         "labels_csv": {"rows": labels_listed, "found": labels_found, "not_found": labels_listed - labels_found},
         "config": config,
     }
-    with FileSystems.create(FileSystems.join(staging, "qc.json.tmp")) as f:
+    with storage.create(storage.join(staging, "qc.json.tmp")) as f:
         f.write(json.dumps(qc, indent=2, sort_keys=True).encode())
-    for leftover in FileSystems.match([FileSystems.join(staging, "_*")])[0].metadata_list:
-        FileSystems.delete([leftover.path])
-    trash = FileSystems.join(out, f".medseq-old-{uuid.uuid4().hex[:8]}")
-    FileSystems.mkdirs(trash)
+    storage.delete(storage.files_starting(storage.join(staging, "_")))
+    trash = storage.join(out, f".medseq-old-{uuid.uuid4().hex[:8]}")
+    storage.mkdirs(trash)
     # qc.json goes last: its presence marks a complete output.
     for name in (F.QC_FILE, *F.SPLITS, F.REJECTED_FILE):
-        target = FileSystems.join(out, name)
-        if FileSystems.exists(target):
-            FileSystems.rename([target], [FileSystems.join(trash, name)])
+        target = storage.join(out, name)
+        if storage.exists(target):
+            storage.rename(target, storage.join(trash, name))
     for name in (*F.SPLITS, F.REJECTED_FILE):
-        FileSystems.rename([FileSystems.join(staging, name)], [FileSystems.join(out, name)])
-    FileSystems.rename([FileSystems.join(staging, "qc.json.tmp")], [FileSystems.join(out, F.QC_FILE)])
-    FileSystems.delete([trash, staging])
+        storage.rename(storage.join(staging, name), storage.join(out, name))
+    storage.rename(storage.join(staging, "qc.json.tmp"), storage.join(out, F.QC_FILE))
+    storage.delete([trash, staging])
     return IngestOutputs(out, records, len(rejected), classes, qc)
 
 
@@ -213,11 +214,14 @@ def run_job(input_path: str, labels_path: str, out: str, key: bytes, preprocess:
     pattern, root = input_pattern(input_path)
     _require_files(pattern, input_path)
     with output_lock(out):
-        FileSystems.mkdirs(out) if not FileSystems.exists(out) else None
-        staging = FileSystems.join(out, f".medseq-staging-{uuid.uuid4().hex[:8]}")
+        storage.mkdirs(out) if not storage.exists(out) else None
+        staging = storage.join(out, f".medseq-staging-{uuid.uuid4().hex[:8]}")
         if beam_args is None:
             run_in_process(pattern, root, staging, key, labels, classes, preprocess, ingest)
         else:
+            import apache_beam as beam
+            from apache_beam.options.pipeline_options import PipelineOptions
+
             with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
                 build(pipeline, pattern, root, staging, key, labels, classes, preprocess, ingest)
         record = dict(config_record, preprocess=to_dict(preprocess), ingest=to_dict(ingest))

@@ -1,10 +1,11 @@
-"""A small local input with no Beam option: the job's own DoFns, called in this process.
+"""A small local input with no Beam option: the job's own steps, called in this process.
 
-Building and starting a Beam pipeline costs about 1.4 s here, more than converting a
-few series. For an input this small `medseq convert` calls the very DoFns of the Beam
-job (`transforms`), in the order its graph (`executor.build`) runs them, and writes the
-same files into the same staging folder; `executor.finalize` then does the rest for
-both. tests/components/ingest/test_pinned_records.py holds the two to the same bytes.
+Importing Beam and building and starting a pipeline cost about 3 s here, more than
+converting a few series. For an input this small `medseq convert` calls the very steps
+the Beam job's DoFns run (`steps`), in the order its graph (`executor.build`) runs them,
+and writes the same files into the same staging folder; `executor.finalize` then does
+the rest for both. Nothing here imports Beam (local files go through `storage`).
+tests/components/ingest/test_pinned_records.py holds the two to the same bytes.
 """
 
 from __future__ import annotations
@@ -12,11 +13,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import cast
 
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.pvalue import TaggedOutput
-
-from medseq.components.ingest.transforms import BuildRecord, ReadHeader, Record, RejectedRow, WriteShard, shard_of
+from medseq.components.ingest import storage
+from medseq.components.ingest.steps import (
+    REJECTED,
+    BuildRecordStep,
+    ReadHeaderStep,
+    Record,
+    RejectedRow,
+    Tagged,
+    WriteShardStep,
+    shard_of,
+)
 from medseq.pipeline.config import IngestConfig, PreprocessConfig
 
 
@@ -25,26 +32,26 @@ def run_in_process(pattern: str, root: str, staging: str, key: bytes, labels: di
     """MatchFiles -> ReadHeaders -> GroupBySeries -> BuildRecords -> shards and side files."""
     groups: dict[str, list[bytes]] = {}
     rejected: list[RejectedRow] = []
-    read = ReadHeader(root, key)
-    for match in FileSystems.match([pattern])[0].metadata_list:  # what fileio.MatchFiles lists
-        for out in read.process(match.path):
-            if isinstance(out, TaggedOutput):
+    read = ReadHeaderStep(root, key)
+    for path in storage.match(pattern):  # what fileio.MatchFiles lists
+        for out in read.process(path):
+            if isinstance(out, Tagged):
                 rejected.append(out.value)
             else:
                 source, header = cast("tuple[str, bytes]", out)
                 groups.setdefault(source, []).append(header)
     records: list[Record] = []
     labeled: list[str] = []
-    build = BuildRecord(root, key, labels, classes, preprocess, ingest.split, staging=staging,
+    build = BuildRecordStep(root, key, labels, classes, preprocess, ingest.split, staging=staging,
                         decode_timeout_s=ingest.decode_timeout_s)
     build.start_bundle()
     for group in groups.items():
         for out in build.process(group):
             if isinstance(out, Record):
                 records.append(out)
-            elif isinstance(out, TaggedOutput) and out.tag == BuildRecord.REJECTED:
+            elif isinstance(out, Tagged) and out.tag == REJECTED:
                 rejected.append(out.value)
-            elif isinstance(out, TaggedOutput):
+            elif isinstance(out, Tagged):
                 labeled.append(out.value)
     build.finish_bundle()
     sizes: dict[str, int] = {}
@@ -54,7 +61,7 @@ def run_in_process(pattern: str, root: str, staging: str, key: bytes, labels: di
     for record in records:
         shard, _ = shard_of(record, sizes, ingest.num_shards, ingest.shard_size_mb * 2**20)
         shards.setdefault(shard, []).append(record)
-    write = WriteShard(staging)
+    write = WriteShardStep(staging)
     for shard_records in shards.items():
         list(write.process(shard_records))
     _write_lines(staging, "_index", (r.index_line() for r in records))
@@ -64,6 +71,6 @@ def run_in_process(pattern: str, root: str, staging: str, key: bytes, labels: di
 
 def _write_lines(staging: str, prefix: str, lines: Iterable[str]) -> None:
     """One text file per side output, as WriteToText leaves them for `finalize`."""
-    path = FileSystems.join(staging, f"{prefix}-in-process")
-    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+    path = storage.join(staging, f"{prefix}-in-process")
+    with storage.create(path) as f:
         f.write("".join(line + "\n" for line in lines).encode())

@@ -1,379 +1,92 @@
-"""The DoFns of the ingest job. Each does one thing and counts what happened.
+"""The DoFns of the ingest job: the Beam-free steps of `steps.py`, each run as a DoFn.
 
-Rejected inputs leave through the tagged output `REJECTED` as `RejectedRow`s; nothing
-is dropped silently and no header text is put in a message.
+A step's `Tagged` outputs become Beam tagged outputs (rejected inputs leave through
+`REJECTED`) and its counts Beam metrics (namespace "ingest").
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
-import logging
-import os
-import time
-import uuid
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
-from typing import IO
+from collections.abc import Iterator
+from typing import Any
 
 import apache_beam as beam
-import numpy as np
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from medseq.components.ingest import deid
-from medseq.components.ingest.records import encode_example, write_tfrecords
-from medseq.components.preprocessing import reasons
-from medseq.components.preprocessing.headers import FileHeader, read_header
-from medseq.components.preprocessing.prepare import prepare_series
-from medseq.components.preprocessing.reasons import Rejected
-from medseq.components.preprocessing.transform import Prepared
-from medseq.pipeline import features as F
+from medseq.components.ingest import steps
+from medseq.components.ingest.steps import (  # noqa: F401 - the job's names, from one place
+    REJECTED,
+    Record,
+    RejectedRow,
+    open_binary,
+    outside,
+    real_root,
+    shard_of,
+)
 from medseq.pipeline.config import PreprocessConfig, SplitConfig
 
-log = logging.getLogger("medseq.ingest")
-PROGRESS_SECONDS = 5.0
 
-
-@dataclass(frozen=True)
-class RejectedRow:
-    path: str  # relative to the input root, UID-like parts hashed
-    series_key: str  # "" when the file never reached a series
-    reason: str
-    message: str
-    files: int = 1  # input files this line accounts for
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-
-@dataclass(frozen=True)
-class Record:
-    split: str
-    series_key: str
-    label: str
-    modality: str
-    manufacturer: str
-    valid_frames: int
-    files: int
-    # Places the record in its shard and the shard in its split. A hash of the content
-    # the model reads, not of the keyed series_key: the same data trains in the same
-    # order (the same weights) whatever the secret key.
-    order_key: str
-    # Where BuildRecord put the tf.train.Example's bytes: a spill file of its bundle in
-    # the staging folder. The bytes never travel through the runner (a local runner holds
-    # every element of a GroupByKey in memory): memory stays flat as the archive grows.
-    spill: str
-    offset: int
-    nbytes: int
-
-    def index_line(self) -> str:
-        return json.dumps({"split": self.split, "series_key": self.series_key, "label": self.label,
-                           "modality": self.modality, "manufacturer": self.manufacturer,
-                           "valid_frames": self.valid_frames, "files": self.files,
-                           "bytes": self.nbytes}, sort_keys=True)
-
-
-def open_binary(path: str) -> IO[bytes]:
-    """A file of any Beam filesystem, read as stored (no decompression by extension)."""
-    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-
-
-def real_root(root: str) -> str | None:
-    """The input root with its symbolic links resolved; None on a remote filesystem."""
-    return None if "://" in root else os.path.realpath(root)
-
-
-def outside(path: str, resolved_root: str | None) -> bool:
-    """A local path that resolves (through symbolic links) outside `resolved_root` (from `real_root`)."""
-    if resolved_root is None or "://" in path:
-        return False
-    folder, name = os.path.split(path)
-    # A file that is no link resolves to its folder's real path and its own name: one
-    # lstat a file, not one for every folder above it (the folders' are cached).
-    real = os.path.realpath(path) if name in ("", ".", "..") or os.path.islink(path) else \
-        os.path.join(_real_folder(folder), name)
-    return os.path.commonpath([real, resolved_root]) != resolved_root
-
-
-@functools.lru_cache(maxsize=1 << 15)
-def _real_folder(folder: str) -> str:
-    return os.path.realpath(folder)
-
-
-class _Progress:
-    """One line per worker every few seconds: the DirectRunner gives no live metrics."""
-
+class _BeamCounts(steps.Counts):
     def __init__(self) -> None:
-        self.counts = {"files": 0, "series": 0, "rejected": 0}
-        self.last = time.monotonic()
+        self._counters: dict[str, Any] = {}
 
-    def add(self, name: str) -> None:
-        self.counts[name] += 1
-        now = time.monotonic()
-        if now - self.last >= PROGRESS_SECONDS:
-            self.last = now
-            c = self.counts
-            print(f"ingest [worker {os.getpid()}]: {c['files']} files read, {c['series']} series written, "
-                  f"{c['rejected']} rejected", flush=True)
+    def inc(self, name: str) -> None:
+        counter = self._counters.get(name)
+        if counter is None:
+            counter = self._counters[name] = Metrics.counter("ingest", name)
+        counter.inc()
+
+    def update(self, name: str, value: int) -> None:
+        counter = self._counters.get(name)
+        if counter is None:
+            counter = self._counters[name] = Metrics.distribution("ingest", name)
+        counter.update(value)
 
 
-_PROGRESS = _Progress()
+class _StepDoFn(beam.DoFn):
+    """Runs a step's bundles and elements; its Tagged outputs go to their tags."""
 
+    def __init__(self, step: Any) -> None:
+        self.step = step
 
-class ReadHeader(beam.DoFn):
-    """path -> (series key source, FileHeader.to_bytes()), from the header pass.
-
-    With a local `staging` folder the header bytes go to a spill file of the bundle and
-    only their place, a `SpillRef`, travels: a local runner holds every element of the
-    GroupByKey that follows in its main process, and a path and two numbers are a tenth
-    of a header. A remote staging folder (a distributed runner, whose shuffle is on disk)
-    would cost a ranged read per file, so there the bytes travel themselves."""
-
-    REJECTED = "rejected"
-
-    def __init__(self, root: str, key: bytes, *, staging: str | None = None) -> None:
-        self.root, self.key = root, key
-        self.resolved_root = real_root(root)  # once, not once per file
-        self.staging = staging if staging is not None and "://" not in staging else None
-        self._spill: _Spill | None = None
-        self.read = Metrics.counter("ingest", "files_read")
-        self.rejected = Metrics.counter("ingest", "files_rejected")
+    def setup(self) -> None:
+        self.step.counts = _BeamCounts()
 
     def start_bundle(self) -> None:
-        self._spill = None
+        self.step.start_bundle()
 
     def finish_bundle(self) -> None:
-        _close(self._spill)
-        self._spill = None
+        self.step.finish_bundle()
 
-    def process(self, path: str) -> Iterator[object]:
-        _PROGRESS.add("files")
-        self.read.inc()
-        try:
-            if outside(path, self.resolved_root):
-                raise Rejected(reasons.OUTSIDE_INPUT, "a symbolic link that points outside the input folder; "
-                               "expected files inside it (the link is not followed)")
-            with open_binary(path) as f:
-                header = read_header(f, path)
-        except Rejected as exc:
-            yield self._dead_letter(path, exc)
-            return
-        except OSError as exc:
-            yield self._dead_letter(path, Rejected(reasons.UNREADABLE,
-                                                   f"the file cannot be opened ({type(exc).__name__})"))
-            return
-        except BaseException as exc:  # noqa: BLE001 - one file must never fail the job
-            if reasons.must_propagate(exc):
-                raise
-            yield self._dead_letter(path, Rejected(reasons.PROCESSING_ERROR,
-                                                   f"unexpected {type(exc).__name__} while reading the header"))
-            return
-        data = header.to_bytes()
-        if self.staging is None:
-            yield header.series_key_source, data
-            return
-        self._spill = self._spill or _Spill.new(self.staging)
-        yield header.series_key_source, (self._spill.path, self._spill.write(data), len(data))
-
-    def _dead_letter(self, path: str, exc: Rejected) -> beam.pvalue.TaggedOutput:
-        self.rejected.inc()
-        _PROGRESS.add("rejected")
-        where = deid.safe_relpath(path, self.root, self.key, deid.identifier_values(*exc.identifiers))
-        return beam.pvalue.TaggedOutput(self.REJECTED, RejectedRow(where, "", exc.code, exc.message))
+    def process(self, element: Any) -> Iterator[Any]:
+        for out in self.step.process(element):
+            yield beam.pvalue.TaggedOutput(out.tag, out.value) if isinstance(out, steps.Tagged) else out
 
 
-class BuildRecord(beam.DoFn):
-    """(series key source, headers) -> Record: order, check, label, decode, preprocess, hash."""
+class ReadHeader(_StepDoFn):
+    """steps.ReadHeaderStep: path -> (series key source, header), or a RejectedRow on REJECTED."""
 
-    REJECTED = "rejected"
-    LABELED = "labeled"
+    REJECTED = steps.REJECTED
+
+    def __init__(self, root: str, key: bytes, *, staging: str | None = None) -> None:
+        super().__init__(steps.ReadHeaderStep(root, key, staging=staging))
+
+
+class BuildRecord(_StepDoFn):
+    """steps.BuildRecordStep: (series key source, headers) -> Record; RejectedRows on
+    REJECTED, the keyed hashes of labeled series on LABELED."""
+
+    REJECTED = steps.REJECTED
+    LABELED = steps.LABELED
 
     def __init__(self, root: str, key: bytes, labels: dict[str, str], classes: tuple[str, ...],
                  preprocess_config: PreprocessConfig, split: SplitConfig, *, staging: str,
                  decode_timeout_s: float | None = None) -> None:
-        self.root, self.key, self.labels, self.classes = root, key, labels, classes
-        self.config, self.split, self.decode_timeout_s = preprocess_config, split, decode_timeout_s
-        self.staging = staging
-        self._spill: _Spill | None = None
-        self.written = Metrics.counter("ingest", "series_written")
-        self.rejected = Metrics.counter("ingest", "series_rejected")
-        self.frames = Metrics.distribution("ingest", "valid_frames")
-
-    def _split_of(self, patient_id: str) -> str:
-        x = deid.split_fraction(self.split.salt, patient_id)
-        return "train" if x < self.split.train else "eval" if x < self.split.train + self.split.eval else "test"
-
-    def _reject(self, headers: list[FileHeader], series_key: str, code: str, message: str) -> RejectedRow:
-        self.rejected.inc()
-        _PROGRESS.add("rejected")
-        paths = sorted(h.path for h in headers)
-        where = os.path.commonpath(paths) if len(paths) > 1 else paths[0]
-        if len(where.rstrip("/")) <= len(self.root.rstrip("/")):  # files of one series in several folders
-            where = paths[0]
-        where = deid.safe_relpath(where, self.root, self.key, deid.series_identifiers(headers))
-        return RejectedRow(where, series_key, code, f"{message} ({len(paths)} file(s))", len(paths))
-
-    def start_bundle(self) -> None:
-        self._spill = None
-        self._headers = _SpillReader()
-
-    def finish_bundle(self) -> None:
-        _close(self._spill)
-        self._spill = None
-        self._headers.close()
-
-    def process(self, element: tuple[str, Iterable[bytes | SpillRef]]) -> Iterator[object]:
-        source, grouped = element
-        headers = [FileHeader.from_bytes(v if isinstance(v, bytes) else self._headers.read(*v)) for v in grouped]
-        series_key = deid.keyed_hash(self.key, "series", source)
-        label = self.labels.get(headers[0].series_uid)
-        if label is not None:  # which labels.csv rows met a series (keyed: the UID itself is never written)
-            yield beam.pvalue.TaggedOutput(self.LABELED, deid.keyed_hash(self.key, "labeled", headers[0].series_uid))
-        try:
-            if label is None:
-                raise Rejected(reasons.UNLABELED, "the series is not listed in the labels file")
-            if label not in self.classes:
-                raise Rejected(reasons.UNKNOWN_LABEL, f"its label is not one of the configured classes "
-                               f"({', '.join(self.classes)})")
-            ordered, prepared = prepare_series(headers, open_binary, self.config, self.decode_timeout_s)
-        except Rejected as exc:
-            yield beam.pvalue.TaggedOutput(self.REJECTED, self._reject(headers, series_key, exc.code, exc.message))
-            return
-        except BaseException as exc:  # noqa: BLE001 - one series must never fail the job
-            if reasons.must_propagate(exc):
-                raise
-            log.warning("series %s: unexpected %s", series_key[:12], type(exc).__name__)
-            yield beam.pvalue.TaggedOutput(self.REJECTED, self._reject(
-                headers, series_key, reasons.PROCESSING_ERROR, f"unexpected {type(exc).__name__} while decoding "
-                "or preprocessing"))
-            return
-        for path in ordered.duplicates:
-            yield beam.pvalue.TaggedOutput(self.REJECTED, RejectedRow(
-                deid.safe_relpath(path, self.root, self.key, deid.series_identifiers(headers)), series_key,
-                reasons.DUPLICATE_INSTANCE,
-                "an exact duplicate of another file's SOP Instance UID in this series; one copy was used"))
-        first = headers[0]
-        frames = prepared.frames
-        example = encode_example({
-            F.FRAMES: frames.tobytes(),
-            F.FRAMES_SHAPE: list(frames.shape),
-            F.FRAMES_DTYPE: str(frames.dtype).encode(),
-            F.VALID_FRAMES: [prepared.valid_frames],
-            F.LABEL: [self.classes.index(label)],
-            F.SERIES_KEY: series_key.encode(),
-            F.PATIENT_KEY: deid.keyed_hash(self.key, "patient", first.patient_id).encode(),
-            F.MODALITY: first.modality.encode(),
-            F.MANUFACTURER: _vendor(first.manufacturer).encode(),
-            F.SITE: deid.keyed_hash(self.key, "site", first.institution)[:16].encode(),
-            F.SPACING: np.asarray(prepared.spacing, np.float32),
-            F.FRAME_AXIS: ordered.axis.encode(),
-        })
-        self.written.inc()
-        self.frames.update(prepared.valid_frames)
-        _PROGRESS.add("series")
-        self._spill = self._spill or _Spill.new(self.staging)
-        offset = self._spill.write(example)
-        yield Record(self._split_of(first.patient_id), series_key, label, first.modality,
-                     _vendor(first.manufacturer), prepared.valid_frames,
-                     len(headers) - len(ordered.duplicates), content_key(prepared, label),
-                     self._spill.path, offset, len(example))
+        super().__init__(steps.BuildRecordStep(root, key, labels, classes, preprocess_config, split,
+                                               staging=staging, decode_timeout_s=decode_timeout_s))
 
 
-def content_key(prepared: Prepared, label: str) -> str:
-    """SHA-256 of what training reads of a record: independent of the key and of any identifier."""
-    digest = hashlib.sha256(prepared.frames.tobytes())
-    digest.update(f"{prepared.frames.shape}/{prepared.frames.dtype}/{prepared.valid_frames}/{label}".encode())
-    return digest.hexdigest()
-
-
-def _vendor(manufacturer: str) -> str:
-    """Manufacturer names vary in case and suffix between exports; keep a stable slice value."""
-    name = manufacturer.strip().upper()
-    return name.split()[0] if name else "UNKNOWN"
-
-
-SPILL_PREFIX = "_spill-"  # staging files starting with "_" are removed when the job ends
-SpillRef = tuple[str, int, int]  # (spill file, offset, length)
-
-
-class _Spill:
-    """One bundle's outputs (headers or examples), appended to one file of the staging folder."""
-
-    def __init__(self, path: str) -> None:
-        self.path, self.size = path, 0
-        self._file = FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED)
-
-    @classmethod
-    def new(cls, staging: str) -> _Spill:
-        return cls(FileSystems.join(staging, f"{SPILL_PREFIX}{uuid.uuid4().hex}.bin"))
-
-    def write(self, data: bytes) -> int:
-        offset = self.size
-        self._file.write(data)
-        self.size += len(data)
-        return offset
-
-    def close(self) -> None:
-        self._file.close()
-
-
-def _close(spill: _Spill | None) -> None:
-    """Closes a bundle's spill file: in finish_bundle, before the bundle commits (its
-    outputs point into the file)."""
-    if spill is not None:
-        spill.close()
-
-
-class _SpillReader:
-    """Reads values back from the spill files, a few files open at a time."""
-
-    MAX_OPEN = 32
-
-    def __init__(self) -> None:
-        self._open: dict[str, IO[bytes]] = {}
-
-    def read(self, path: str, offset: int, nbytes: int) -> bytes:
-        f = self._open.get(path)
-        if f is None:
-            if len(self._open) >= self.MAX_OPEN:
-                self.close()
-            f = self._open[path] = open_binary(path)
-        f.seek(offset)
-        data = f.read(nbytes)
-        if len(data) != nbytes:
-            raise OSError(f"spill file {path} ends before the value at byte {offset}")
-        return data
-
-    def close(self) -> None:
-        for f in self._open.values():
-            f.close()
-        self._open.clear()
-
-
-class WriteShard(beam.DoFn):
-    """((split, shard, n), records) -> one gzip TFRecord file, records in order_key order."""
+class WriteShard(_StepDoFn):
+    """steps.WriteShardStep: ((split, shard, n), records) -> the shard file's path."""
 
     def __init__(self, staging: str) -> None:
-        self.staging = staging
-
-    def process(self, element: tuple[tuple[str, int, int], Iterable[Record]]) -> Iterator[str]:
-        (split, shard, n), records = element
-        path = FileSystems.join(self.staging, split, f"{split}-{shard:05d}-of-{n:05d}.tfrecord.gz")
-        ordered = sorted(records, key=lambda r: (r.order_key, r.series_key))
-        spilled = _SpillReader()
-        try:
-            with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-                write_tfrecords(f, (spilled.read(r.spill, r.offset, r.nbytes) for r in ordered))
-        finally:
-            spilled.close()
-        yield path
-
-
-def shard_of(record: Record, sizes: dict[str, int], num_shards: int,
-             shard_bytes: float) -> tuple[tuple[str, int, int], Record]:
-    """Stable shard choice: from the order key, so reruns put each record in the same file."""
-    n = num_shards or max(1, int(np.ceil(sizes.get(record.split, 0) / shard_bytes)))
-    return (record.split, int(record.order_key[:8], 16) % n, n), record
+        super().__init__(steps.WriteShardStep(staging))

@@ -115,3 +115,20 @@ def test_native_start_up_lines_stay_off_the_console_of_this_process_and_its_chil
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
     assert result.stderr.splitlines() == ["child kept", "parent kept"]
+
+
+def test_a_small_local_convert_imports_no_beam(tmp_path):
+    """A one-series input runs in-process: its start-up is the imports, and Beam's
+    (about 2 s on 2 cores) is not among them."""
+    from helpers import SAMPLES
+
+    series = next(p for p in sorted((SAMPLES / "cine_ef" / "dicom").rglob("*")) if p.is_file()).parent
+    script = ("import sys\n"
+              "from medseq.pipeline.cli import main\n"
+              f"code = main(['convert', '--input', {str(series)!r}, '--labels', "
+              f"{str(SAMPLES / 'cine_ef' / 'labels.csv')!r}, '--out', {str(tmp_path / 'out')!r}])\n"
+              "print(code, sorted(m for m in sys.modules if m.split('.')[0] == 'apache_beam')[:3])\n")
+    env = {**os.environ, "MEDSEQ_HASH_KEY": "cli-test-key-0123456789"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    assert result.stdout.strip().splitlines()[-1] == "0 []", result.stdout + result.stderr
+    assert (tmp_path / "out" / "qc.json").exists()
