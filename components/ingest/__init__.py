@@ -24,9 +24,12 @@ __all__ = ["IngestOutputs", "default_beam_args", "run"]
 # (a Go binary fetched on first use) could run the pipeline, and ends on the FnApiRunner.
 # medseq names the FnApiRunner itself.
 FN_API_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
-# Below this many input files one in-process worker beats starting a worker process per
-# core (about 3 s of fixed cost on 2 cores): benchmarks/bench_ingest.py.
-SMALL_INPUT_FILES = 1000
+# Below this many input files one in-process worker, which imports no Beam, beats a
+# pipeline with a worker process per core. The pipeline's fixed cost (Beam's import,
+# starting workers, its stages) is about 10 s on 2 cores: full-size cine, 1,049 files
+# 6.8 against 16.8 s, 2,200 files 10.7 against 19.6 s; it pays for itself near 7,500
+# files on 2 cores and near 3,000 on 8 (a core converts about 270 files a second).
+SMALL_INPUT_FILES = 3000
 
 
 def _fewer_files_than(input_path: str, limit: int) -> bool:
