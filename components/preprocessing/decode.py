@@ -20,11 +20,11 @@ from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import UID, JPEG2000Lossless, JPEGLSLossless, JPEGLSNearLossless, RLELossless
 
 from medseq.components.preprocessing import reasons
+from medseq.components.preprocessing.enhanced import frame_rescales
 from medseq.components.preprocessing.geometry import OrderedSeries
 from medseq.components.preprocessing.headers import (
     UNDEFINED_LENGTH,
     FileHeader,
-    frame_rescales,
     header_window,
     max_value,
     read_dataset,

@@ -115,6 +115,11 @@ class HeaderValues:
         plain = not config.datetime_conversion and config.settings.reading_validation_mode != config.RAISE
         self._raw = ds._dict if self.LEAN and plain else {}
 
+    @property
+    def lean(self) -> bool:
+        """Plain values are read without pydicom (not with LEAN off or opt-in settings)."""
+        return self._raw is self.ds._dict
+
     def get(self, keyword: str, default: Any = None) -> Any:
         spec = _SPECS.get(keyword)
         if spec is not None and self._raw:

@@ -19,11 +19,13 @@ import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian
 
 from medseq.components.preprocessing import reasons
+from medseq.components.preprocessing.enhanced import first_item, frame_rescales, frames_geometry, with_per_frame
 from medseq.components.preprocessing.header_values import HeaderValues, pixel_options
-from medseq.components.preprocessing.plain_file import plain_dataset
+from medseq.components.preprocessing.plain_file import PER_FRAME_GROUPS, plain_dataset
 from medseq.components.preprocessing.reasons import Rejected
 
 DEFER_BYTES = 4096
@@ -131,35 +133,6 @@ def _floats(value: Any, n: int) -> tuple[float, ...] | None:
     return values if len(values) == n else None
 
 
-def _item(ds: Dataset | HeaderValues, *path: str) -> Dataset | None:
-    """Walks nested sequences, taking the first item of each: _item(fg, 'PlanePositionSequence')."""
-    node: Dataset | HeaderValues | None = ds
-    for name in path:
-        seq = node.get(name) if node is not None else None
-        node = seq[0] if seq else None
-    return node if not isinstance(node, HeaderValues) else node.ds
-
-
-def _frame_geometry(ds: Dataset, index: int, time_offset: float | None) -> tuple[Any, Any, Any]:
-    """(position, orientation, temporal) of frame `index` of a multi-frame object."""
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
-    item = per_frame[index] if per_frame and index < len(per_frame) else None
-    shared = _item(ds, "SharedFunctionalGroupsSequence")
-    pos = _item(item, "PlanePositionSequence") if item is not None else None
-    orient = (_item(item, "PlaneOrientationSequence") if item is not None else None) or \
-        (_item(shared, "PlaneOrientationSequence") if shared is not None else None)
-    cardiac = _item(item, "CardiacSynchronizationSequence") if item is not None else None
-    temporal = HeaderValues(cardiac).get("NominalCardiacTriggerDelayTime") if cardiac is not None else None
-    content = _item(item, "FrameContentSequence") if item is not None else None
-    index_value = HeaderValues(content).get("TemporalPositionIndex") if content is not None else None
-    if temporal is None and index_value is not None:
-        temporal = float(index_value)  # an index: orders, carries no ms
-    if temporal is None:
-        temporal = time_offset
-    return (HeaderValues(pos).get("ImagePositionPatient") if pos is not None else None,
-            HeaderValues(orient).get("ImageOrientationPatient") if orient is not None else None, temporal)
-
-
 def _frame_time_offsets(ds: HeaderValues, n_frames: int) -> list[float | None]:
     """ms of each frame from the first of a cine/ultrasound clip: FrameTimeVector (its
     increments, summed once), else FrameTime; None where the file gives neither."""
@@ -178,7 +151,7 @@ def _frame_time_offsets(ds: HeaderValues, n_frames: int) -> list[float | None]:
 
 
 def pixel_spacing(ds: Dataset | HeaderValues) -> tuple[float, float] | None:
-    measures = _item(ds, "SharedFunctionalGroupsSequence", "PixelMeasuresSequence")
+    measures = first_item(ds, "SharedFunctionalGroupsSequence", "PixelMeasuresSequence")
     for source in (ds, measures):
         if source is not None:
             for name in ("PixelSpacing", "ImagerPixelSpacing"):
@@ -214,28 +187,9 @@ def _image_sop_class(ds: Dataset) -> bool:
     return "Image Storage" in name or name.endswith(("Dose Storage", "Multi-frame Image Storage"))
 
 
-def rescale_of(ds: Dataset, frame: int) -> tuple[float, float] | None:
-    """(slope, intercept) from an enhanced object's functional groups, if it has them."""
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
-    for group in ((per_frame[frame] if per_frame and frame < len(per_frame) else None),
-                  _item(ds, "SharedFunctionalGroupsSequence")):
-        item = _item(group, "PixelValueTransformationSequence") if group is not None else None
-        values = HeaderValues(item) if item is not None else None
-        if values is not None and "RescaleSlope" in values:
-            return float(values.get("RescaleSlope")), float(values.get("RescaleIntercept", 0.0))
-    return None
-
-
-def frame_rescales(ds: Dataset, n_frames: int) -> tuple[tuple[float, float], ...] | None:
-    """(slope, intercept) of each frame of an enhanced object; None when it has none."""
-    if rescale_of(ds, 0) is None:
-        return None
-    return tuple(rescale_of(ds, i) or (1.0, 0.0) for i in range(n_frames))
-
-
 def header_window(ds: Dataset | HeaderValues) -> tuple[float, float] | None:
     """The series' own VOI window (center, width): the first one listed."""
-    source = ds if "WindowCenter" in ds else _item(ds, "SharedFunctionalGroupsSequence", "FrameVOILUTSequence")
+    source = ds if "WindowCenter" in ds else first_item(ds, "SharedFunctionalGroupsSequence", "FrameVOILUTSequence")
     if source is None or "WindowCenter" not in source or "WindowWidth" not in source:
         return None
     center, width = source.get("WindowCenter"), source.get("WindowWidth")
@@ -317,9 +271,11 @@ def header_from_dataset(ds: Dataset, path: str) -> FileHeader:
     sop_uid = str(v.get("SOPInstanceUID"))
     frames = []
     time_offsets = _frame_time_offsets(v, n_frames) if multiframe else []
+    geometry = with_per_frame(ds, lambda per_frame: frames_geometry(ds, per_frame, time_offsets)) \
+        if multiframe else []
     for i in range(n_frames):
         if multiframe:
-            position, orientation, temporal = _frame_geometry(ds, i, time_offsets[i])
+            position, orientation, temporal = geometry[i]
         else:
             position, orientation = v.get("ImagePositionPatient"), v.get("ImageOrientationPatient")
             temporal = _classic_temporal(v)
@@ -410,6 +366,24 @@ def identifying_values(ds: Dataset | HeaderValues) -> tuple[str, ...]:
     return tuple(values)
 
 
+def _read_deferred_groups(ds: Dataset, fileobj: IO[bytes]) -> None:
+    """An enhanced object's per-frame functional groups (over DEFER_BYTES in all but
+    short clips) read now, as pydicom reads a deferred value on first use (the same
+    bytes), so that `enhanced` can read their items plainly. Not in a deflated file,
+    whose positions are in its inflated stream."""
+    tag = BaseTag(PER_FRAME_GROUPS)
+    raw = ds._dict.get(tag)
+    meta = getattr(ds, "file_meta", None)
+    if not isinstance(raw, RawDataElement) or raw.value is not None or raw.value_tell is None or \
+            raw.length == UNDEFINED_LENGTH or meta is None or \
+            meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+        return
+    fileobj.seek(raw.value_tell)
+    value = fileobj.read(raw.length)
+    if len(value) == raw.length:
+        ds._dict[tag] = raw._replace(value=value)
+
+
 def read_header(fileobj: IO[bytes], path: str) -> FileHeader:
     # Large values (the pixels) are skipped, not read, yet their presence is known.
     plain = plain_dataset(fileobj, DEFER_BYTES)
@@ -418,6 +392,7 @@ def read_header(fileobj: IO[bytes], path: str) -> FileHeader:
         ds, deflated_at = read_dataset(fileobj, path, stop_before_pixels=False, defer_size=DEFER_BYTES), None
     else:
         ds, deflated_at = plain
+    _read_deferred_groups(ds, fileobj)
     try:
         header = header_from_dataset(ds, path)
         return dataclasses.replace(header, pixels=pixel_ref(ds, header, deflated_at))

@@ -35,12 +35,14 @@ from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 
 UNDEFINED = 0xFFFFFFFF
 PIXEL_DATA = 0x7FE00010
+PER_FRAME_GROUPS = 0x52009230  # deferred as dcmread defers it; read_header reads it where it is plain
 CHARSET = 0x00080005
 _VRS = {str(vr).encode(): str(vr) for vr in VR}
 _LONG = {str(vr) for vr in EXPLICIT_VR_LENGTH_32}
 _TAG = struct.Struct("<HH")
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
+_ITEM = struct.Struct("<HHI")
 
 
 class _NotPlain(Exception):
@@ -166,7 +168,7 @@ def _walk(window: _Window, pos: int, *, implicit: bool, defer_size: int | None,
             if pos > window.size:
                 raise _NotPlain  # runs past the end: dcmread decides what a truncated file is
             if defer_size is not None and length > defer_size and tag != CHARSET:
-                if tag != PIXEL_DATA and not g % 2:
+                if tag not in (PIXEL_DATA, PER_FRAME_GROUPS) and not g % 2:
                     raise _NotPlain  # a deferred public value is read again from the file on use
                 value = None
             else:
@@ -184,3 +186,26 @@ def _encapsulated(window: _Window, start: int, defer_size: int | None) -> tuple[
     except EOFError:  # no delimiter: a truncated file, which dcmread judges
         raise _NotPlain from None
     return value, window.file.tell()
+
+
+def sequence_items(value: bytes, implicit: bool) -> list[dict[BaseTag, DataElement | RawDataElement]] | None:
+    """The items of a sequence value of defined length, little endian, as pydicom's
+    `read_sequence` reads them (the same raw elements, positions aside), or
+    None where an item is not plain: of undefined length, not an Item tag, with anything
+    `_walk` declines (a nested sequence of undefined length among them), or bytes that
+    are not a whole item."""
+    items = []
+    pos, end = 0, len(value)
+    try:
+        while pos < end:
+            if pos + 8 > end:
+                return None
+            group, element, length = _ITEM.unpack_from(value, pos)
+            if (group, element) != (0xFFFE, 0xE000) or length == UNDEFINED or pos + 8 + length > end:
+                return None
+            content = _Window(io.BytesIO(value[pos + 8:pos + 8 + length]))
+            items.append(_walk(content, 0, implicit=implicit, defer_size=None, group=None)[0] if length else {})
+            pos += 8 + length
+    except (_NotPlain, OSError, ValueError, struct.error):
+        return None
+    return items

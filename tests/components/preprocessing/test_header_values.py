@@ -17,7 +17,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.filereader import read_dataset
 from pydicom.multival import MultiValue
 
-from medseq.components.preprocessing import headers
+from medseq.components.preprocessing import enhanced, headers
 from medseq.components.preprocessing.header_values import KEYWORDS, HeaderValues, pixel_options
 from medseq.components.preprocessing.headers import DEFER_BYTES, FileHeader, read_header
 from medseq.components.preprocessing.reasons import Rejected
@@ -137,3 +137,35 @@ def test_dataclass_fields_stay_plain(pydicom_files):
     for field in dataclasses.fields(header):
         value = getattr(header, field.name)
         assert type(value).__module__ == "builtins" or dataclasses.is_dataclass(value), field.name
+
+
+def test_enhanced_functional_groups_read_plainly_give_pydicoms_values(corpus_files, tmp_path, monkeypatch):
+    """The per-frame functional groups read from their raw items (explicit and implicit VR,
+    in files and re-encoded) give the FileHeader pydicom's own sequences give."""
+    paths = []
+    for i, path in enumerate(corpus_files):
+        try:
+            ds = pydicom.dcmread(path)
+            if "PerFrameFunctionalGroupsSequence" not in ds or not ds.original_encoding[1]:
+                continue  # (big endian files cannot be re-encoded as little endian by save_as)
+            pixels = ds.pixel_array.tobytes()
+        except Exception:  # noqa: BLE001 - broken or undecodable files have other tests
+            continue
+        ds.PixelData = pixels
+        ds["PixelData"].VR = "OW" if ds.BitsAllocated > 8 else "OB"
+        for implicit in (False, True):
+            ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian if implicit else \
+                pydicom.uid.ExplicitVRLittleEndian
+            target = tmp_path / f"{i}-{int(implicit)}.dcm"
+            try:
+                ds.save_as(target, enforce_file_format=True)
+            except Exception:  # noqa: BLE001 - the fuzz corpus's garbled values do not re-encode
+                continue
+            paths.append(target)
+    plain = []
+    real = enhanced._plain_per_frame
+    monkeypatch.setattr(enhanced, "_plain_per_frame", lambda ds: plain.append(real(ds) is not None) or real(ds))
+    fast = _headers(paths)
+    assert sum(plain) >= 4 and len(paths) >= 4, (sum(plain), len(paths))
+    monkeypatch.setattr(HeaderValues, "LEAN", False)
+    assert fast == _headers(paths)
