@@ -14,7 +14,7 @@ gives the same values either way (tests/components/preprocessing/test_header_val
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
@@ -46,7 +46,7 @@ class _Item:
     def get(self, keyword: str, default: Any = None) -> Any:
         tag = tag_for_keyword(keyword)
         elem = self._dict.get(BaseTag(tag)) if tag is not None else None
-        if elem is None:
+        if tag is None or elem is None:
             return default
         if _raw_sequence(elem) and dictionary_VR(tag) == "SQ":
             items = sequence_items(elem.value or b"", elem.is_implicit_VR)
@@ -62,7 +62,7 @@ class _Item:
         return len(self._dict)
 
 
-def _raw_sequence(elem: Any) -> bool:
+def _raw_sequence(elem: object) -> TypeGuard[RawDataElement]:
     """A sequence pydicom has not converted yet, little endian, its value read."""
     return isinstance(elem, RawDataElement) and (elem.VR == "SQ" or (elem.VR is None and elem.is_implicit_VR)) \
         and elem.is_little_endian and elem.value is not None
@@ -70,7 +70,7 @@ def _raw_sequence(elem: Any) -> bool:
 
 def _plain_per_frame(ds: Dataset) -> list[_Item] | None:
     raw = ds._dict.get(_PER_FRAME_TAG)
-    if not (_raw_sequence(raw) and HeaderValues(ds).lean):
+    if not _raw_sequence(raw) or raw.value is None or not HeaderValues(ds).lean:
         return None
     items = sequence_items(raw.value, raw.is_implicit_VR)
     return [_Item(item) for item in items] if items is not None else None
