@@ -64,9 +64,12 @@ class Watcher(threading.Thread):
                 f.read()  # a partial shard would end early: EOFError / BadGzipFile
         if not qc_path.exists():
             return
+        seen = os.stat(qc_path).st_ino
         qc_text = qc_path.read_text()
         counts = {split: sum(_count(s) for s in (self.out / split).glob("*.tfrecord.gz")) for split in F.SPLITS}
-        if qc_path.exists() and qc_path.read_text() == qc_text:  # not replaced meanwhile
+        # Not replaced meanwhile: the same file, not merely the same text (a rerun on the
+        # same input writes an identical qc.json, and its swap may fall between the reads).
+        if qc_path.exists() and os.stat(qc_path).st_ino == seen and qc_path.read_text() == qc_text:
             if counts != json.loads(qc_text)["records"]:
                 self.problems.append(f"qc.json says {json.loads(qc_text)['records']}, shards hold {counts}")
             self.complete_views += 1
