@@ -22,10 +22,9 @@ from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 
 from medseq.components.preprocessing.header_values import HeaderValues
-from medseq.components.preprocessing.plain_file import sequence_items
+from medseq.components.preprocessing.plain_file import PER_FRAME_GROUPS, sequence_items
 
 _PER_FRAME = "PerFrameFunctionalGroupsSequence"
-_PER_FRAME_TAG = BaseTag(tag_for_keyword(_PER_FRAME) or 0)
 T = TypeVar("T")
 
 
@@ -69,7 +68,7 @@ def _raw_sequence(elem: object) -> TypeGuard[RawDataElement]:
 
 
 def _plain_per_frame(ds: Dataset) -> list[_Item] | None:
-    raw = ds._dict.get(_PER_FRAME_TAG)
+    raw = ds._dict.get(BaseTag(PER_FRAME_GROUPS))
     if not _raw_sequence(raw) or raw.value is None or not HeaderValues(ds).lean:
         return None
     items = sequence_items(raw.value, raw.is_implicit_VR)
