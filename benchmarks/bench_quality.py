@@ -50,7 +50,7 @@ def convert(task: str, patients: int, seed: int, tmp: Path, config: PipelineConf
     data, records = tmp / f"{task}-data", tmp / f"{task}-records-{config.preprocess.stack}"
     if not (data / "labels.csv").exists():
         synth.run(task, patients, seed, data, small=True)
-    ingest.run(config.on_input(str(data / "dicom"), str(data / "labels.csv")), records, key=KEY)
+    ingest.run(config, ingest.IngestInputs(str(data / "dicom"), str(data / "labels.csv"), KEY), records)
     return records
 
 
@@ -75,7 +75,7 @@ def scored(name: str, probs: np.ndarray, labels: np.ndarray, **extra: object) ->
 
 def trained(records: Path, out: Path, config: PipelineConfig) -> tuple[str, float]:
     start = time.perf_counter()
-    result = train.run(records, out, config.train)
+    result = train.train(records, out, config.train)
     return result.model_dir, time.perf_counter() - start
 
 

@@ -51,7 +51,8 @@ Runner = Callable[[], tuple[float, int]]
 def make_records(patients: int, tmp: Path) -> Path:
     synth.run("cine_ef", patients, seed=11, out=tmp / "data", small=True)
     config = load_config().on_input(str(tmp / "data" / "dicom"), str(tmp / "data" / "labels.csv"))
-    ingest.run(config, tmp / "records", key=b"benchmark-key-0123456789", beam_args=["--runner=DirectRunner"])
+    ingest.run(config, ingest.IngestInputs(config.input, config.labels, b"benchmark-key-0123456789"), tmp / "records",
+               ["--runner=DirectRunner"])
     return tmp / "records"
 
 

@@ -75,8 +75,10 @@ CONFIG_OPTIONS = (
     ("num_shards", "ingest", "num_shards"), ("hash_key_file", "ingest", "hash_key_file"),
     ("epochs", "train", "epochs"), ("batch_size", "train", "batch_size"), ("strategy", "train", "strategy"),
     ("eval_config", "evaluate", "eval_config"), ("model_name", "push", "model_name"),
-    ("keep_versions", "push", "keep_versions"),
+    ("keep_versions", "push", "keep_versions"), ("schema", "validate", "schema"),
+    ("infer_schema", "validate", "infer_schema"),
 )
+PATH_OPTIONS = ("hash_key_file", "eval_config", "schema")
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -87,7 +89,7 @@ def _config(args: argparse.Namespace) -> Any:
     for dest, section, key in CONFIG_OPTIONS:
         value = getattr(args, dest, None)
         if value is not None:
-            is_path = dest in ("hash_key_file", "eval_config") and "://" not in value
+            is_path = dest in PATH_OPTIONS and "://" not in value
             overrides.setdefault(section, {})[key] = os.path.abspath(value) if is_path else value
     if getattr(args, "split", None):
         overrides.setdefault("ingest", {})["split"] = dict(zip(("train", "eval", "test"), args.split, strict=True))
@@ -119,7 +121,8 @@ def cmd_convert(args: argparse.Namespace, beam_args: list[str]) -> int:
     processes.fewer_malloc_arenas()  # before Beam starts its threads and workers
     from medseq.components import ingest
 
-    out = ingest.run(_config(args), args.out, beam_args=beam_args)
+    config = _config(args)
+    out = ingest.run(config, ingest.IngestInputs(config.input, config.labels), args.out, beam_args)
     print(f"convert: records {out.records}, rejected {out.rejected} -> {out.out}")
     listed = out.qc["labels_csv"]
     if listed["not_found"]:
@@ -130,12 +133,9 @@ def cmd_convert(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 
 def cmd_validate(args: argparse.Namespace, beam_args: list[str]) -> int:
-    from medseq.components import ingest, validate
+    from medseq.components import validate
 
-    config = _config(args)
-    result = validate.validate(args.examples, args.out, args.schema or config.validate.schema, args.infer_schema,
-                               config.validate.max_label_linf,
-                               ingest.default_beam_args([*config.validate.beam_args, *beam_args]))
+    result = validate.run(_config(args), validate.ValidateInputs(args.examples), args.out, beam_args)
     print(open(os.path.join(args.out, "stats.txt")).read(), end="")
     if result.schema_path:
         print(f"validate: inferred schema written to {result.schema_path}")
@@ -149,7 +149,7 @@ def cmd_train(args: argparse.Namespace, _: list[str]) -> int:
     from medseq.components import train
 
     config = _config(args)
-    out = train.run(args.examples, args.out, config.train)
+    out = train.run(config, train.TrainInputs(args.examples), args.out)
     exported = f"epoch {out.best_epoch} (best {config.train.monitor})" if out.best_epoch else "the last epoch"
     print(f"train: {out.epochs_run} epoch(s) run ({out.steps} steps in all, resumed from epoch "
           f"{out.resumed_from_epoch}); exported {exported} -> {out.model_dir}")
@@ -164,8 +164,7 @@ def cmd_evaluate(args: argparse.Namespace, beam_args: list[str]) -> int:
     if baseline is None and args.serving_dir:
         served = push.served_model(args.serving_dir, config.push.model_name)
         baseline = str(served) if served else None
-    out = evaluate.evaluate(args.examples, args.model, args.out, config.evaluate.eval_config, baseline,
-                            beam_args=[*config.evaluate.beam_args, *beam_args], settings=config.evaluate)
+    out = evaluate.run(config, evaluate.EvaluateInputs(args.examples, args.model, baseline), args.out, beam_args)
     print(evaluate.summary(out))
     return 0 if out.blessed else 1
 
@@ -173,9 +172,7 @@ def cmd_evaluate(args: argparse.Namespace, beam_args: list[str]) -> int:
 def cmd_push(args: argparse.Namespace, _: list[str]) -> int:
     from medseq.components import push
 
-    config = _config(args).push
-    out = push.push(args.model, args.evaluation, args.serving_dir, config.model_name, config.keep_versions,
-                    config.warmup_batch_sizes)
+    out = push.run(_config(args), push.PushInputs(args.model, args.evaluation), args.serving_dir)
     removed = f"; removed version(s) {', '.join(map(str, out.removed))}" if out.removed else ""
     print(f"push: version {out.version} -> {out.version_dir} (config {out.models_config}){removed}")
     return 0
@@ -251,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--examples", required=True, help="the output folder of `medseq convert`")
     p.add_argument("--out", required=True, help="writes stats.json, stats.txt, anomalies.json")
     p.add_argument("--schema", help="tensorflow_metadata Schema text proto (default: schemas/record_schema.pbtxt)")
-    p.add_argument("--infer-schema", action="store_true", help="also write OUT/schema.pbtxt inferred from train")
+    p.add_argument("--infer-schema", action="store_true", default=None,
+                   help="also write OUT/schema.pbtxt inferred from train (validate.infer_schema)")
 
     p = add("train", cmd_train, "Train the TimeDistributed CNN + LSTM under tf.distribute, evaluate after "
             "every epoch and export the best epoch. After a crash or a kill, the same command resumes at the "

@@ -149,6 +149,7 @@ class IngestConfig:
 class ValidateConfig:
     schema: str | None = None  # None: schemas/record_schema.pbtxt
     max_label_linf: float = 0.3
+    infer_schema: bool = False  # also write OUT/schema.pbtxt inferred from the train split
     beam_args: tuple[str, ...] = ()
 
 

@@ -1,4 +1,5 @@
-"""Import Apache Beam without the optional integrations `medseq convert` never uses.
+"""Beam as medseq starts it: the default runner options, and Beam imported without the
+optional integrations `medseq convert` never uses.
 
 `import apache_beam` imports every IO module whose client library is installed. With
 TFMA's dependencies that includes BigQuery's client, which imports tqdm's notebook
@@ -13,7 +14,9 @@ Beam as it is.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+from collections.abc import Sequence
 
 OPTIONAL = ("google.cloud.bigquery", "google.cloud.pubsub", "IPython", "ipywidgets", "pandas")
 
@@ -39,3 +42,21 @@ def _unblock(names: list[str]) -> None:
     for name in names:
         if name in sys.modules and sys.modules[name] is None:
             del sys.modules[name]
+
+
+# Beam's DirectRunner is a switching runner: it first checks whether the Prism runner
+# (a Go binary fetched on first use) could run the pipeline, and ends on the FnApiRunner.
+# medseq names the FnApiRunner itself.
+FN_API_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
+
+
+def default_beam_args(beam_args: Sequence[str], small_input: bool = False) -> list[str]:
+    """Any runner's options pass through. Without a runner: the FnApiRunner, in-process
+    for a small local input, else with one worker process per core."""
+    args = list(beam_args)
+    if any(a == "--runner" or a.startswith("--runner=") for a in args):
+        return args
+    if small_input:
+        return [*args, f"--runner={FN_API_RUNNER}", "--direct_running_mode=in_memory", "--direct_num_workers=1"]
+    return [*args, f"--runner={FN_API_RUNNER}", "--direct_running_mode=multi_processing",
+            f"--direct_num_workers={os.cpu_count() or 1}"]

@@ -177,7 +177,7 @@ def _stages(runner: Runner, config: PipelineConfig, key: bytes, key_id: str, bea
     evaluated = runner.stage(
         "evaluate", f"TFMA on held-out patients{against}", to_dict(config.evaluate),
         {**records, **model, "baseline": baseline_in}, lambda: stages.evaluation_print(eval_dir),
-        lambda _: stages.evaluate(config, ingest_dir, train_dir / "model", eval_dir, baseline))
+        lambda _: stages.evaluate(config, ingest_dir, train_dir / "model", eval_dir, baseline, beam_args))
     pushed = runner.stage("push", "blessed models only", to_dict(config.push), {**model, **evaluated.outputs},
                           lambda: stages.served_print(serving_dir, config.push.model_name, model),
                           lambda _: stages.push(config, train_dir / "model", model, eval_dir, serving_dir))

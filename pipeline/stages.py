@@ -72,19 +72,15 @@ def synth(section: SynthConfig, run: Path) -> Result:
 def ingest(config: PipelineConfig, out: Path, key: bytes, beam_args: list[str]) -> Result:
     from medseq.components import ingest as component
 
-    done = component.run(config, out, key=key, beam_args=beam_args)
+    done = component.run(config, component.IngestInputs(config.input, config.labels, key), out, beam_args)
     return Result(f"records {done.records}, rejected {done.rejected} (see ingest/rejected.jsonl)",
                   folder_print(out, F.QC_FILE), {"records": done.records, "rejected": done.rejected})
 
 
 def validate(config: PipelineConfig, records: Path, out: Path, beam_args: list[str]) -> Result:
-    from medseq.components import ingest as ingest_component
     from medseq.components import validate as component
 
-    checked = component.validate(str(records), out, config.validate.schema,
-                                 max_label_linf=config.validate.max_label_linf,
-                                 beam_args=ingest_component.default_beam_args([*config.validate.beam_args,
-                                                                               *beam_args]))
+    checked = component.run(config, component.ValidateInputs(str(records)), out, beam_args)
     print((out / "stats.txt").read_text(), end="")
     if checked.anomalies:
         lines = "\n".join(f"  - [{a['kind']}] {a['split']}: {a['message']}" for a in checked.anomalies)
@@ -96,7 +92,7 @@ def validate(config: PipelineConfig, records: Path, out: Path, beam_args: list[s
 def train(config: PipelineConfig, records: Path, out: Path) -> Result:
     from medseq.components import train as component
 
-    trained = component.run(records, out, config.train)
+    trained = component.run(config, component.TrainInputs(str(records)), out)
     resumed = f", resumed at step {trained.resumed_from_step}" if trained.resumed_from_step else ""
     return Result(f"model at {trained.model_dir}{resumed}", folder_print(out / "model", "saved_model.pb"),
                   {"best_epoch": trained.best_epoch, "steps": trained.steps})
@@ -126,12 +122,12 @@ def evaluation_print(out: Path) -> dict[str, str]:
     return {out.name: tree_fingerprint(out)} if (out / F.BLESSED).exists() or (out / F.NOT_BLESSED).exists() else {}
 
 
-def evaluate(config: PipelineConfig, records: Path, model: Path, out: Path, served: Path | None) -> Result:
+def evaluate(config: PipelineConfig, records: Path, model: Path, out: Path, served: Path | None,
+             beam_args: list[str]) -> Result:
     from medseq.components import evaluate as component
 
-    evaluated = component.evaluate(str(records), str(model), out, config.evaluate.eval_config,
-                                   str(served) if served else None, beam_args=[*config.evaluate.beam_args],
-                                   settings=config.evaluate)
+    inputs = component.EvaluateInputs(str(records), str(model), str(served) if served else None)
+    evaluated = component.run(config, inputs, out, beam_args)
     print("      " + component.summary(evaluated).replace("\n", "\n      "), flush=True)
     decision = F.BLESSED if evaluated.blessed else F.NOT_BLESSED
     return Result(f"{decision}; report: {out / 'report.html'}", evaluation_print(out),
@@ -158,8 +154,7 @@ def push(config: PipelineConfig, model: Path, model_print: dict[str, str], evalu
     if served is not None and _served_fingerprint(served) in model_print.values():
         return Result(f"version {served.name} already serves this model: nothing to push",
                       {f"version {served.name}": tree_fingerprint(served)}, {"served": str(served)})
-    pushed = component.push(model, evaluation, serving_dir, config.push.model_name, config.push.keep_versions,
-                            config.push.warmup_batch_sizes)
+    pushed = component.run(config, component.PushInputs(str(model), str(evaluation)), serving_dir)
     retired = f"; removed old version(s) {', '.join(map(str, pushed.removed))}" if pushed.removed else ""
     return Result(f"version {pushed.version}{retired}", {f"version {pushed.version}": tree_fingerprint(
         pushed.version_dir)}, {"served": pushed.version_dir, "version": pushed.version})

@@ -10,7 +10,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from helpers import IN_PROCESS, KEY, SAMPLES
+from helpers import IN_PROCESS, KEY, SAMPLES, convert
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -36,10 +36,9 @@ def config():
 @pytest.fixture(scope="session")
 def cine_records(tmp_path_factory, config) -> Path:
     """data_samples/cine_ef through the real ingest job."""
-    from medseq.components import ingest
 
     out = tmp_path_factory.mktemp("records")
-    ingest.run(config, out, key=KEY, beam_args=IN_PROCESS)
+    convert(config, out, key=KEY, beam_args=IN_PROCESS)
     return out
 
 
@@ -48,7 +47,7 @@ def trained(tmp_path_factory, cine_records, config):
     from medseq.components import train
 
     out = tmp_path_factory.mktemp("train")
-    return train.run(cine_records, out, dataclasses.replace(config.train, epochs=3, conv_filters=(8, 8)))
+    return train.train(cine_records, out, dataclasses.replace(config.train, epochs=3, conv_filters=(8, 8)))
 
 
 @pytest.fixture(scope="session")
@@ -60,12 +59,12 @@ def synthetic_config(config):
 
 @pytest.fixture(scope="session")
 def synthetic_records(tmp_path_factory, synthetic_config) -> Path:
-    from medseq.components import ingest, synth
+    from medseq.components import synth
 
     root = tmp_path_factory.mktemp("synthetic")
     synth.run("cine_ef", patients=160, seed=3, out=root / "data", small=True)
     config = synthetic_config.on_input(str(root / "data" / "dicom"), str(root / "data" / "labels.csv"))
-    ingest.run(config, root / "records", key=KEY, beam_args=IN_PROCESS)
+    convert(config, root / "records", key=KEY, beam_args=IN_PROCESS)
     return root / "records"
 
 
@@ -76,7 +75,7 @@ def good_model(tmp_path_factory, synthetic_records, synthetic_config) -> str:
 
     out = tmp_path_factory.mktemp("good")
     config = dataclasses.replace(synthetic_config.train, epochs=12, conv_filters=(8, 16), lstm_units=16)
-    return train.run(synthetic_records, out, config).model_dir
+    return train.train(synthetic_records, out, config).model_dir
 
 
 @pytest.fixture(scope="session")

@@ -53,3 +53,35 @@ def auc_gate(path: Path, lower: float = 0.0, change: float | None = None, slices
         'metrics_specs {\n  metrics { class_name: "ExampleCount" }\n  metrics { class_name: "BinaryAccuracy" }\n'
         f'  metrics {{ class_name: "AUC" {threshold} }}\n}}\n')
     return str(path)
+
+
+def convert(config, out, key: bytes = KEY, beam_args=IN_PROCESS):
+    """The ingest stage's entry on `config.input` and `config.labels`, with the tests' key."""
+    from medseq.components import ingest
+
+    return ingest.run(config, ingest.IngestInputs(config.input, config.labels, key), out, beam_args)
+
+
+PROBE = "medseq_probe"  # a Beam experiment no runner acts on: it only has to arrive
+BEAM_STAGES = ("ingest", "validate", "evaluate")
+
+
+def record_beam_pipelines(monkeypatch) -> list[tuple[str, list[str]]]:
+    """Every Beam pipeline built from now on, as (the medseq stage that built it, its
+    --experiments): the options a stage really handed to Beam."""
+    import traceback
+
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import DebugOptions
+
+    built: list[tuple[str, list[str]]] = []
+    original = beam.Pipeline.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        files = [frame.filename.replace("\\", "/") for frame in traceback.extract_stack()]
+        stage = next((s for s in BEAM_STAGES for f in files if f"/components/{s}/" in f), "?")
+        built.append((stage, list(self._options.view_as(DebugOptions).experiments or [])))
+
+    monkeypatch.setattr(beam.Pipeline, "__init__", spy)
+    return built

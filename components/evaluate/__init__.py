@@ -3,7 +3,21 @@ BLESSED or NOT_BLESSED with every threshold and its numbers, and report.html."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from medseq.components.evaluate.executor import EvaluateOutputs, evaluate
+from medseq.pipeline.config import PipelineConfig
+from medseq.pipeline.contract import BeamArgs, EvaluateInputs, absolute
+
+
+def run(config: PipelineConfig, inputs: EvaluateInputs, out: str | Path,
+        beam_args: BeamArgs = ()) -> EvaluateOutputs:
+    """TFMA on the eval split of `inputs.examples`: the candidate against `config.evaluate`'s
+    thresholds and the baseline, written to `out` with BLESSED or NOT_BLESSED."""
+    section = config.evaluate
+    baseline = absolute(inputs.baseline) if inputs.baseline else None
+    return evaluate(absolute(inputs.examples), absolute(inputs.model), absolute(str(out)), section.eval_config,
+                    baseline, beam_args=[*section.beam_args, *beam_args], settings=section)
 
 
 def summary(out: EvaluateOutputs) -> str:
@@ -16,4 +30,4 @@ def summary(out: EvaluateOutputs) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["EvaluateOutputs", "evaluate", "summary"]
+__all__ = ["EvaluateInputs", "EvaluateOutputs", "evaluate", "run", "summary"]

@@ -2,6 +2,18 @@
 
 from __future__ import annotations
 
-from medseq.components.push.executor import PushOutputs, push, served_model
+from pathlib import Path
 
-__all__ = ["PushOutputs", "push", "served_model"]
+from medseq.components.push.executor import PushOutputs, push, served_model
+from medseq.pipeline.config import PipelineConfig
+from medseq.pipeline.contract import BeamArgs, PushInputs
+
+__all__ = ["PushInputs", "PushOutputs", "push", "run", "served_model"]
+
+
+def run(config: PipelineConfig, inputs: PushInputs, out: str | Path, beam_args: BeamArgs = ()) -> PushOutputs:
+    """Pushes `inputs.model` into the serving folder `out` if `inputs.evaluation` blessed it
+    (no Beam: `beam_args` are unused)."""
+    section = config.push
+    return push(inputs.model, inputs.evaluation, out, section.model_name, section.keep_versions,
+                section.warmup_batch_sizes)

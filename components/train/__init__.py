@@ -9,10 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from medseq.components.train.executor import TrainOutputs, train
-from medseq.pipeline.config import TrainConfig
+from medseq.pipeline.config import PipelineConfig
+from medseq.pipeline.contract import BeamArgs, TrainInputs, absolute
 
-__all__ = ["TrainOutputs", "run"]
+__all__ = ["TrainInputs", "TrainOutputs", "run", "train"]
 
 
-def run(examples_dir: str | Path, out: str | Path, config: TrainConfig) -> TrainOutputs:
-    return train(examples_dir, out, config)
+def run(config: PipelineConfig, inputs: TrainInputs, out: str | Path, beam_args: BeamArgs = ()) -> TrainOutputs:
+    """Trains on `inputs.examples` with `config.train` into `out` (no Beam: `beam_args` are unused)."""
+    return train(absolute(inputs.examples), absolute(str(out)), config.train)

@@ -2,6 +2,19 @@
 
 from __future__ import annotations
 
-from medseq.components.validate.executor import ValidateOutputs, table, validate
+from pathlib import Path
 
-__all__ = ["ValidateOutputs", "table", "validate"]
+from medseq.components.validate.executor import ValidateOutputs, table, validate
+from medseq.pipeline.config import PipelineConfig
+from medseq.pipeline.contract import BeamArgs, ValidateInputs, absolute
+from medseq.pipeline.lean_beam import default_beam_args
+
+__all__ = ["ValidateInputs", "ValidateOutputs", "run", "table", "validate"]
+
+
+def run(config: PipelineConfig, inputs: ValidateInputs, out: str | Path,
+        beam_args: BeamArgs = ()) -> ValidateOutputs:
+    """Statistics of `inputs.examples` checked against `config.validate`, written to `out`."""
+    section = config.validate
+    return validate(absolute(inputs.examples), absolute(str(out)), section.schema, section.infer_schema,
+                    section.max_label_linf, default_beam_args([*section.beam_args, *beam_args]))

@@ -11,7 +11,7 @@ import time
 import pytest
 import yaml
 
-from helpers import ARTIFACTS, SAMPLES, auc_gate, render_in_chromium
+from helpers import ARTIFACTS, PROBE, SAMPLES, auc_gate, record_beam_pipelines, render_in_chromium
 from medseq.pipeline import cli
 from medseq.pipeline import features as F
 from medseq.pipeline.run_record import RECORD_FILE
@@ -35,14 +35,18 @@ def reused(out: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_run_records_every_stage_reuses_what_is_unchanged_and_reruns_from_a_stage(tmp_path, capsys):
+def test_run_records_every_stage_reuses_what_is_unchanged_and_reruns_from_a_stage(tmp_path, capsys, monkeypatch):
     eval_config = auc_gate(tmp_path / "eval.pbtxt", 0.0, -1.0)
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({**FAST, "evaluate": {"eval_config": str(eval_config)}}))
     run = tmp_path / "run"
-    command = ["run", "--config", str(config), "--out", str(run), "--runner=DirectRunner"]
+    command = ["run", "--config", str(config), "--out", str(run), "--runner=DirectRunner", f"--experiments={PROBE}"]
+    built = record_beam_pipelines(monkeypatch)
     assert cli.main(command) == 0
     assert "served model at" in capsys.readouterr().out
+    # The Beam option given to `medseq run` reached every Beam stage's pipeline.
+    assert {stage for stage, _ in built} == {"ingest", "validate", "evaluate"}, built
+    assert all(PROBE in experiments for _, experiments in built), built
     for stage in ("ingest/qc.json", "validate/stats.json", "train/model/saved_model.pb", f"evaluate/{F.BLESSED}",
                   "serving/medseq/1/saved_model.pb", "serving/models.config", "hash.key", "report.html"):
         assert (run / stage).exists(), stage

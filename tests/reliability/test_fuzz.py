@@ -16,8 +16,7 @@ import pytest
 import tensorflow as tf
 from reliability.corpus import Corpus, build
 
-from helpers import IN_PROCESS, KEY
-from medseq.components import ingest
+from helpers import IN_PROCESS, KEY, convert
 from medseq.components.preprocessing import reasons
 from medseq.components.train.dataset import split_files
 from medseq.pipeline import features as F
@@ -50,14 +49,14 @@ def corpus(tmp_path_factory) -> Corpus:
 @pytest.fixture(scope="module")
 def fuzzed(corpus, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("fuzzed")
-    ingest.run(_config(corpus.root, corpus.labels), out, key=KEY, beam_args=IN_PROCESS)
+    convert(_config(corpus.root, corpus.labels), out, key=KEY, beam_args=IN_PROCESS)
     return out
 
 
 @pytest.fixture(scope="module")
 def clean(corpus, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("clean")
-    ingest.run(_config(corpus.clean_root, corpus.clean_labels), out, key=KEY, beam_args=IN_PROCESS)
+    convert(_config(corpus.clean_root, corpus.clean_labels), out, key=KEY, beam_args=IN_PROCESS)
     return out
 
 
@@ -98,7 +97,7 @@ def test_every_rejection_names_what_was_wrong(corpus, fuzzed):
 
 def test_a_decode_time_limit_rejects_slow_files(corpus, tmp_path):
     config = _config(corpus.clean_root, corpus.clean_labels, decode_timeout_s=1e-9)
-    out = ingest.run(config, tmp_path / "out", key=KEY, beam_args=IN_PROCESS)
+    out = convert(config, tmp_path / "out", key=KEY, beam_args=IN_PROCESS)
     rows = [json.loads(line) for line in (tmp_path / "out" / F.REJECTED_FILE).read_text().splitlines()]
     assert sum(out.records.values()) == 0
     assert {r["reason"] for r in rows if r["reason"] != "unlabeled"} >= {reasons.DECODE_TIMEOUT}
@@ -111,7 +110,7 @@ from medseq.components import ingest
 from medseq.pipeline.config import load_config
 config = load_config().on_input(sys.argv[1], sys.argv[2])
 config = dataclasses.replace(config, preprocess=dataclasses.replace(config.preprocess, min_frames=1))
-ingest.run(config, sys.argv[3], key=b"k" * 32, beam_args=["--runner=DirectRunner"])
+ingest.run(config, ingest.IngestInputs(sys.argv[1], sys.argv[2], b"k" * 32), sys.argv[3], ["--runner=DirectRunner"])
 print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 

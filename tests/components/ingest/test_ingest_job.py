@@ -18,8 +18,8 @@ import pydicom
 import pytest
 import tensorflow as tf
 
-from helpers import IN_PROCESS, KEY, SAMPLES
-from medseq.components import ingest, synth
+from helpers import IN_PROCESS, KEY, SAMPLES, convert
+from medseq.components import synth
 from medseq.components.ingest import deid
 from medseq.pipeline import features as F
 
@@ -117,10 +117,10 @@ def test_same_input_and_key_give_identical_bytes_and_a_rerun_replaces(tmp_path, 
     small = dataclasses.replace(config, input=str(SAMPLES / "ct_nodule" / "dicom"),
                                 labels=str(SAMPLES / "ct_nodule" / "labels.csv"))
     first, second = tmp_path / "a", tmp_path / "b"
-    ingest.run(small, first, key=KEY, beam_args=IN_PROCESS)
+    convert(small, first, key=KEY, beam_args=IN_PROCESS)
     (second / "train").mkdir(parents=True)
     (second / "train" / "stale-00000-of-00001.tfrecord.gz").write_bytes(b"old")
-    ingest.run(small, second, key=KEY, beam_args=IN_PROCESS)
+    convert(small, second, key=KEY, beam_args=IN_PROCESS)
     files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
     for rel in files:
@@ -141,7 +141,7 @@ def test_records_lie_in_an_order_the_secret_key_does_not_change(tmp_path, config
                                 ingest=dataclasses.replace(config.ingest, num_shards=2))
     frames = []
     for name, key in (("a", KEY), ("b", b"some-other-key-0123456789")):
-        ingest.run(small, tmp_path / name, key=key, beam_args=IN_PROCESS)
+        convert(small, tmp_path / name, key=key, beam_args=IN_PROCESS)
         frames.append([[ex.features.feature[F.FRAMES].bytes_list.value[0] for ex in read_records(tmp_path / name, s)]
                        for s in F.SPLITS])
     assert frames[0] == frames[1]
@@ -152,7 +152,7 @@ def test_split_is_stable_when_patients_are_added(tmp_path, config):
         root = tmp_path / f"p{n}"
         synth.run("ct_nodule", n, 5, root, small=True)
         cfg = dataclasses.replace(config, input=str(root / "dicom"), labels=str(root / "labels.csv"))
-        ingest.run(cfg, root / "out", key=KEY, beam_args=IN_PROCESS)
+        convert(cfg, root / "out", key=KEY, beam_args=IN_PROCESS)
         return {ex.features.feature[F.SERIES_KEY].bytes_list.value[0].decode(): split
                 for split in F.SPLITS for ex in read_records(root / "out", split)}
 
@@ -181,7 +181,7 @@ def test_pydicom_test_files_order_reject_and_explain(tmp_path, pydicom_files, co
     cfg = dataclasses.replace(config, input=str(root), labels=str(tmp_path / "labels.csv"),
                               preprocess=dataclasses.replace(config.preprocess, temporal="pad", min_frames=1))
     out = tmp_path / "out"
-    ingest.run(cfg, out, key=KEY, beam_args=IN_PROCESS)
+    convert(cfg, out, key=KEY, beam_args=IN_PROCESS)
     rejected = {json.loads(line)["path"]: json.loads(line)["reason"] for line in open(out / F.REJECTED_FILE)}
     assert rejected["MR_truncated.dcm"] == "decode_error"
     assert rejected["no_meta.dcm"] == "missing_file_meta"
@@ -228,9 +228,9 @@ def test_same_job_runs_on_the_portable_job_service(tmp_path, config):
         small = dataclasses.replace(config, input=str(SAMPLES / "ct_nodule" / "dicom"),
                                     labels=str(SAMPLES / "ct_nodule" / "labels.csv"))
         portable, direct = tmp_path / "portable", tmp_path / "direct"
-        ingest.run(small, portable, key=KEY, beam_args=[
+        convert(small, portable, key=KEY, beam_args=[
             "--runner=PortableRunner", f"--job_endpoint=localhost:{port}", "--environment_type=LOOPBACK"])
-        ingest.run(small, direct, key=KEY, beam_args=IN_PROCESS)
+        convert(small, direct, key=KEY, beam_args=IN_PROCESS)
     finally:
         service.terminate()
         service.wait(timeout=30)
@@ -248,7 +248,7 @@ def test_folders_named_after_patients_do_not_leak(tmp_path, pydicom_files, confi
     shutil.copy(pydicom_files / "dicomdirtests" / "98892003" / "MR700" / "4467", root / "Doe^Peter" / "im.dcm")
     (tmp_path / "labels.csv").write_text("series_instance_uid,label\n1.2.3,x\n")
     cfg = dataclasses.replace(config, input=str(root), labels=str(tmp_path / "labels.csv"))
-    ingest.run(cfg, tmp_path / "out", key=KEY, beam_args=IN_PROCESS)
+    convert(cfg, tmp_path / "out", key=KEY, beam_args=IN_PROCESS)
     text = output_text(tmp_path / "out")
     leaked = [v for v in identifiers(root) | {"77654033", "98892001", "98892003", "Doe"} if v.encode() in text]
     assert not leaked

@@ -46,7 +46,7 @@ def convert(name: str, out: Path, beam_args: list[str]) -> dict[str, list[str]]:
     from medseq.pipeline.config import load_config
 
     config = load_config().on_input(str(SAMPLES / name / "dicom"), str(SAMPLES / name / "labels.csv"))
-    ingest.run(config, out, key=KEY, beam_args=beam_args)
+    ingest.run(config, ingest.IngestInputs(config.input, config.labels, KEY), out, beam_args)
     return record_digests(out)
 
 
@@ -58,7 +58,7 @@ def test_records_of_the_samples_are_byte_identical_to_the_pins(tmp_path, name):
 
 def test_the_multi_process_runner_writes_the_same_bytes(tmp_path):
     """The default local runner for large inputs (one worker process per core)."""
-    from medseq.components.ingest import FN_API_RUNNER
+    from medseq.pipeline.lean_beam import FN_API_RUNNER
 
     args = [f"--runner={FN_API_RUNNER}", "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
     assert convert("cine_ef", tmp_path / "out", args) == json.loads(PINS.read_text())["cine_ef"]

@@ -17,8 +17,8 @@ import pytest
 import tensorflow as tf
 import yaml
 
-from helpers import IN_PROCESS
-from medseq.components import ingest, train
+from helpers import IN_PROCESS, convert
+from medseq.components import train
 from medseq.components.train.dataset import eval_dataset, record_spec, split_files
 from medseq.components.train.executor import Trainer, make_strategy
 from medseq.components.train.export import export_saved_model, load_spec
@@ -85,9 +85,9 @@ def test_the_exported_model_scores_the_eval_split_as_its_best_epoch_did(trained,
 
 
 def test_resume_runs_only_the_missing_epochs(cine_records, tmp_path):
-    first = train.run(cine_records, tmp_path, TINY)
+    first = train.train(cine_records, tmp_path, TINY)
     assert (first.epochs_run, first.resumed_from_epoch) == (1, 0)
-    second = train.run(cine_records, tmp_path, dataclasses.replace(TINY, epochs=2))
+    second = train.train(cine_records, tmp_path, dataclasses.replace(TINY, epochs=2))
     assert (second.epochs_run, second.resumed_from_epoch, second.resumed_from_step) == (1, 1, first.steps)
     assert second.steps == 2 * first.steps
     assert len(json.loads((tmp_path / HISTORY_FILE).read_text())) == 2
@@ -96,9 +96,9 @@ def test_resume_runs_only_the_missing_epochs(cine_records, tmp_path):
 def test_early_stopping_keeps_the_best_epoch(cine_records, tmp_path):
     # A learning rate this small changes nothing a metric can see: no epoch beats the first.
     config = dataclasses.replace(TINY, epochs=6, patience=2, learning_rate=1e-12, dropout=0.0)
-    result = train.run(cine_records, tmp_path, config)
+    result = train.train(cine_records, tmp_path, config)
     assert result.stopped_early and result.epochs_run == 3 and result.best_epoch == 1
-    again = train.run(cine_records, tmp_path, config)  # the same command does not train on
+    again = train.train(cine_records, tmp_path, config)  # the same command does not train on
     assert again.epochs_run == 0 and again.stopped_early
 
 
@@ -141,8 +141,9 @@ def test_the_same_data_under_two_hash_keys_trains_the_same_weights(config, tmp_p
     runs = []
     for name, key in (("a", b"first-key-0123456789abcdef"), ("b", b"another-secret-key-9876543210")):
         records = tmp_path / f"records-{name}"
-        ingest.run(config, records, key=key, beam_args=IN_PROCESS)
-        result = train.run(records, tmp_path / f"train-{name}", dataclasses.replace(TINY, epochs=2, augment=("flip",)))
+        convert(config, records, key=key, beam_args=IN_PROCESS)
+        result = train.train(records, tmp_path / f"train-{name}",
+                             dataclasses.replace(TINY, epochs=2, augment=("flip",)))
         runs.append((records, result))
     (a, first), (b, second) = runs
     keys = [[tf.train.Example.FromString(r.numpy()).features.feature[F.SERIES_KEY].bytes_list.value[0]
@@ -182,16 +183,16 @@ def test_padding_is_masked(cine_records):
 
 
 def test_mirrored_strategy_runs_the_same_steps(cine_records, tmp_path):
-    default = train.run(cine_records, tmp_path / "default", TINY)
-    mirrored = train.run(cine_records, tmp_path / "mirrored", dataclasses.replace(TINY, strategy="mirrored"))
+    default = train.train(cine_records, tmp_path / "default", TINY)
+    mirrored = train.train(cine_records, tmp_path / "mirrored", dataclasses.replace(TINY, strategy="mirrored"))
     assert mirrored.steps == default.steps and np.isfinite(mirrored.history[0]["loss"])
 
 
 def test_class_weights_change_the_loss(cine_records, tmp_path):
-    plain = train.run(cine_records, tmp_path / "plain", dataclasses.replace(TINY, dropout=0.0))
+    plain = train.train(cine_records, tmp_path / "plain", dataclasses.replace(TINY, dropout=0.0))
     counts = json.loads((cine_records / F.QC_FILE).read_text())["labels"]["train"]
     heavier = max(counts, key=lambda c: counts[c])  # weighting the majority class up raises the loss
-    weighted = train.run(cine_records, tmp_path / "weighted",
+    weighted = train.train(cine_records, tmp_path / "weighted",
                          dataclasses.replace(TINY, dropout=0.0, class_weight={heavier: 3.0}))
     assert weighted.history[0]["loss"] > plain.history[0]["loss"]
     assert weighted.history[0]["eval_loss"] != plain.history[0]["eval_loss"]
@@ -204,8 +205,8 @@ def test_three_classes_train_export_evaluate_and_predict(tmp_path, key):
 
     synth.run("cine_ef3", patients=24, seed=5, out=tmp_path / "data", small=True)
     config = load_config().on_input(str(tmp_path / "data" / "dicom"), str(tmp_path / "data" / "labels.csv"))
-    ingest.run(config, tmp_path / "records", key=key, beam_args=IN_PROCESS)
-    trained = train.run(tmp_path / "records", tmp_path / "train", dataclasses.replace(TINY, epochs=2))
+    convert(config, tmp_path / "records", key=key, beam_args=IN_PROCESS)
+    trained = train.train(tmp_path / "records", tmp_path / "train", dataclasses.replace(TINY, epochs=2))
     assert load_spec(trained.model_dir).classes == ("mildly_reduced_ef", "normal", "reduced_ef")
     assert 0.0 <= trained.history[-1]["eval_auc"] <= 1.0  # macro one-vs-rest
     result = evaluate.evaluate(str(tmp_path / "records"), trained.model_dir, tmp_path / "evaluate",
