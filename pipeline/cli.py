@@ -188,10 +188,15 @@ def cmd_predict(args: argparse.Namespace, _: list[str]) -> int:
         if not args.json:
             print(predict.explanation(results))
         print(f"predict: per-frame importance -> {args.explain}", file=sys.stderr)
-    failed = sum(r.rejected is not None for r in results)
+    files = sum(not r.series_key for r in results)
+    series = len(results) - files
+    failed = sum(r.rejected is not None for r in results if r.series_key)
+    if files:
+        print(f"predict: {files} file(s) are no part of a series and were not read (reasons above)",
+              file=sys.stderr)
     if failed:
-        print(f"predict: {failed} of {len(results)} series could not be read (reasons above)", file=sys.stderr)
-    return 1 if failed or not results else 0
+        print(f"predict: {failed} of {series} series could not be read (reasons above)", file=sys.stderr)
+    return 1 if failed or not series else 0
 
 
 def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:

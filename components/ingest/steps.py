@@ -139,6 +139,30 @@ class _Progress:
 _PROGRESS = _Progress()
 
 
+def read_file_header(path: str, resolved_root: str | None) -> FileHeader | Rejected:
+    """One input file's header, or why it cannot be read: ingest's rules for every file
+    (links out of the input are not followed), and predict's too."""
+    try:
+        if outside(path, resolved_root):
+            return Rejected(reasons.OUTSIDE_INPUT, "a symbolic link that points outside the input folder; "
+                            "expected files inside it (the link is not followed)")
+        with open_binary(path) as f:
+            return read_header(f, path)
+    except Rejected as exc:
+        return exc
+    except OSError as exc:
+        return Rejected(reasons.UNREADABLE, f"the file cannot be opened ({type(exc).__name__})")
+    except BaseException as exc:  # noqa: BLE001 - one file must never fail the job
+        if reasons.must_propagate(exc):
+            raise
+        return Rejected(reasons.PROCESSING_ERROR, f"unexpected {type(exc).__name__} while reading the header")
+
+
+def input_files(root: str) -> Iterator[str]:
+    """Every file under a local input folder, as the job's MatchFiles lists `root/**`."""
+    return iter(storage.match(storage.join(root.rstrip("/"), "**")))
+
+
 class ReadHeaderStep:
     """path -> (series key source, FileHeader.to_bytes()), from the header pass.
 
@@ -167,24 +191,9 @@ class ReadHeaderStep:
     def process(self, path: str) -> Iterator[object]:
         _PROGRESS.add("files")
         self.counts.inc("files_read")
-        try:
-            if outside(path, self.resolved_root):
-                raise Rejected(reasons.OUTSIDE_INPUT, "a symbolic link that points outside the input folder; "
-                               "expected files inside it (the link is not followed)")
-            with open_binary(path) as f:
-                header = read_header(f, path)
-        except Rejected as exc:
-            yield self._dead_letter(path, exc)
-            return
-        except OSError as exc:
-            yield self._dead_letter(path, Rejected(reasons.UNREADABLE,
-                                                   f"the file cannot be opened ({type(exc).__name__})"))
-            return
-        except BaseException as exc:  # noqa: BLE001 - one file must never fail the job
-            if reasons.must_propagate(exc):
-                raise
-            yield self._dead_letter(path, Rejected(reasons.PROCESSING_ERROR,
-                                                   f"unexpected {type(exc).__name__} while reading the header"))
+        header = read_file_header(path, self.resolved_root)
+        if isinstance(header, Rejected):
+            yield self._dead_letter(path, header)
             return
         data = header.to_bytes()
         if self.staging is None:

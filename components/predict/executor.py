@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from medseq.components.ingest import deid
+from medseq.components.ingest.steps import input_files, read_file_header, real_root
 from medseq.components.preprocessing import reasons
-from medseq.components.preprocessing.headers import FileHeader, read_header
+from medseq.components.preprocessing.headers import FileHeader
 from medseq.components.preprocessing.prepare import prepare_series
 from medseq.components.preprocessing.reasons import Rejected
 from medseq.components.preprocessing.transform import Prepared
@@ -32,7 +33,7 @@ class Prediction:
     series_key: str  # keyed hash of the series, as in the records (under the same key)
     label: str | None
     probabilities: dict[str, float]
-    rejected: str | None = None  # reason code when the series could not be read
+    rejected: str | None = None  # reason code when the series (or, series_key "", a file) could not be read
     message: str = ""  # what was expected and found, for a rejected series
     frame_importance: tuple[float, ...] = field(default=(), repr=False)  # --explain: one per valid frame
 
@@ -55,24 +56,23 @@ class PreparedSeries:
 
 
 def read_series(root: Path) -> tuple[dict[str, list[FileHeader]], list[tuple[str, Rejected]]]:
-    """Headers of every file under `root` (any nesting), grouped by series key."""
+    """Headers of every file under `root` (any nesting), grouped by series key, and the
+    files that could not be read, with why: ingest's discovery and rules (steps.py)."""
     groups: dict[str, list[FileHeader]] = defaultdict(list)
     rejected = []
-    for folder, _, names in sorted(os.walk(root)):
-        for name in sorted(names):
-            path = str(Path(folder) / name)
-            try:
-                with open(path, "rb") as f:
-                    header = read_header(f, path)
-            except Rejected as exc:
-                rejected.append((path, exc))
-                continue
+    resolved_root = real_root(str(root))
+    for path in sorted(input_files(str(root))):
+        header = read_file_header(path, resolved_root)
+        if isinstance(header, Rejected):
+            rejected.append((path, header))
+        else:
             groups[header.series_key_source].append(header)
     return groups, rejected
 
 
 def prepare_folder(root: str | Path, config: PreprocessConfig, key: bytes | None = None) -> list[PreparedSeries]:
-    """Every series under `root` through the shared preprocessing, in folder order.
+    """Every series under `root` through the shared preprocessing, in folder order, after
+    the files that are no part of a series (series_key "", item: why).
 
     Series are named by their folder relative to `root`, with any part that may carry
     an identifier replaced by a keyed hash (MEDSEQ_HASH_KEY, else a per-run random key).
@@ -81,8 +81,9 @@ def prepare_folder(root: str | Path, config: PreprocessConfig, key: bytes | None
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"input not found: {root} (expected a folder of DICOM files)")
-    groups, _ = read_series(root)
-    out = []
+    groups, unread = read_series(root)
+    out = [PreparedSeries(deid.safe_relpath(path, str(root), key, deid.identifier_values(*exc.identifiers)), "", exc)
+           for path, exc in unread]  # a file that is no part of any series: ingest's dead letters
     for source, headers in sorted(groups.items(), key=lambda item: min(h.path for h in item[1])):
         paths = sorted(h.path for h in headers)
         folder = os.path.commonpath(paths) if len(paths) > 1 else paths[0]

@@ -96,6 +96,27 @@ def test_predict_prints_a_table_and_json_and_a_bad_series_its_reason(trained, fo
     assert len(table) == 4 and broken.split()[2:5] == ["-", "-", "-"] and "rejected decode_error:" in broken
 
 
+def test_predict_finds_files_by_ingests_rules_and_shows_the_files_it_did_not_read(trained, tmp_path, capsys):
+    """A link out of the input folder is not followed and a stray file is no series: both
+    are shown with ingest's reasons; the series beside them are still predicted."""
+    from medseq.pipeline import cli
+
+    [series] = sorted((SAMPLES / "cine_ef" / "dicom").glob("PA*/ST*/SE000003"))[:1]
+    root = tmp_path / "in"
+    shutil.copytree(series, root / "a")
+    outside = tmp_path / "elsewhere.dcm"
+    shutil.copy(sorted(series.iterdir())[0], outside)
+    (root / "link.dcm").symlink_to(outside)
+    (root / "notes.txt").write_text("not an image\n")
+    code = cli.main(["predict", "--model", trained.model_dir, "--input", str(root), "--json"])
+    captured = capsys.readouterr()
+    lines = [json.loads(line) for line in captured.out.splitlines()]
+    assert code == 0 and "2 file(s) are no part of a series" in captured.err
+    assert {(line["series"], line["rejected"]) for line in lines if "rejected" in line} == {
+        ("link.dcm", "outside_input"), ("notes.txt", "not_dicom")}
+    assert [line["label"] for line in lines if "label" in line] != []
+
+
 def test_explain_gives_one_importance_per_valid_frame(trained, folder_with_a_broken_series, tmp_path, capsys):
     from medseq.pipeline import cli
 
