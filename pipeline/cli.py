@@ -21,6 +21,8 @@ from medseq.pipeline import __version__, processes
 from medseq.pipeline.errors import InputError, MedseqError
 
 BEAM_COMMANDS = ("convert", "validate", "evaluate", "run")
+NOISY_LIBRARIES = ("tensorflow", "keras", "tf_keras", "apache_beam", "tensorflow_model_analysis", "tfx_bsl",
+                   "google", "absl", "pydicom")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -316,7 +318,9 @@ def _quiet_libraries(verbose: bool) -> None:
     logging.getLogger("absl").setLevel(logging.ERROR)
     import warnings
 
-    warnings.filterwarnings("ignore")
+    # The libraries' own deprecation and usage notes, not the user's: anything else still shows.
+    for library in NOISY_LIBRARIES:
+        warnings.filterwarnings("ignore", module=rf"{library}(\..*)?")
 
 
 def _relax_required(parser: argparse.ArgumentParser) -> None:

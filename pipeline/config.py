@@ -138,11 +138,15 @@ class IngestConfig:
     # A file whose pixels take longer to decode is rejected as decode_timeout. Measured
     # around the decoder: it bounds slow files, not a decoder that never returns.
     decode_timeout_s: float = 30.0
+    # A deflated data set (untrusted input) inflates to at most this much; a larger one is
+    # rejected as inflate_limit before it is held in memory. 1 GB holds any real series file.
+    max_inflated_mb: float = 1024.0
     beam_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.num_shards < 0 or self.shard_size_mb <= 0 or self.decode_timeout_s <= 0:
-            raise ConfigError("ingest: num_shards must be >= 0, shard_size_mb and decode_timeout_s > 0")
+        if self.num_shards < 0 or self.shard_size_mb <= 0 or self.decode_timeout_s <= 0 or self.max_inflated_mb <= 0:
+            raise ConfigError("ingest: num_shards must be >= 0, shard_size_mb, decode_timeout_s and max_inflated_mb "
+                              "> 0")
 
 
 @dataclass(frozen=True)

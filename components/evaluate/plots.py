@@ -1,27 +1,28 @@
-"""Evaluation plots as inline PNG (matplotlib, Agg backend): ROC, precision-recall,
-calibration and the confusion matrix, from the per-series predictions."""
+"""Evaluation plots as inline PNG (matplotlib's object API, no pyplot: no backend is
+chosen for the process): ROC, precision-recall, calibration and the confusion matrix,
+from the per-series predictions."""
 
 from __future__ import annotations
 
 import base64
 import io
 from collections.abc import Mapping, Sequence
+from typing import Any
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
+from medseq.components.evaluate.intervals import precision_recall_steps
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
 
-from medseq.components.evaluate.intervals import precision_recall_steps  # noqa: E402
+def _subplots(*grid: int, figsize: tuple[float, float], **kwargs: Any) -> tuple[Figure, Any]:
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*grid, **kwargs)
 
 
 def _png(fig: Figure) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight", metadata={"Software": None})
-    plt.close(fig)
     return base64.b64encode(buffer.getvalue()).decode()
 
 
@@ -46,7 +47,7 @@ def _curves(probs: Mapping[str, np.ndarray], labels: np.ndarray, classes: tuple[
 
 
 def roc_plot(probs: Mapping[str, np.ndarray], labels: np.ndarray, classes: tuple[str, ...]) -> str:
-    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    fig, ax = _subplots(figsize=(4.2, 4.2))
     for legend, scores, positive in _curves(probs, labels, classes):
         fpr, tpr = roc_points(scores, positive)
         ax.step(fpr, tpr, where="post", label=legend)
@@ -58,7 +59,7 @@ def roc_plot(probs: Mapping[str, np.ndarray], labels: np.ndarray, classes: tuple
 
 
 def pr_plot(probs: Mapping[str, np.ndarray], labels: np.ndarray, classes: tuple[str, ...]) -> str:
-    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    fig, ax = _subplots(figsize=(4.2, 4.2))
     for legend, scores, positive in _curves(probs, labels, classes):
         precision, recall, _ = precision_recall_steps(scores, positive)
         ax.step(np.r_[0.0, recall], np.r_[1.0, precision], where="post", label=legend)
@@ -70,7 +71,7 @@ def pr_plot(probs: Mapping[str, np.ndarray], labels: np.ndarray, classes: tuple[
 def calibration_plot(probs: Mapping[str, np.ndarray], labels: np.ndarray, classes: tuple[str, ...],
                      bins: int = 10) -> str:
     """Mean predicted probability against the observed rate, in equal-width bins."""
-    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    fig, ax = _subplots(figsize=(4.2, 4.2))
     edges = np.linspace(0.0, 1.0, bins + 1)
     for legend, scores, positive in _curves(probs, labels, classes):
         which = np.clip(np.digitize(scores, edges[1:-1]), 0, bins - 1)
@@ -93,7 +94,7 @@ def confusion_matrix(probs: np.ndarray, labels: np.ndarray, classes: int) -> np.
 
 def confusion_plot(probs: np.ndarray, labels: np.ndarray, classes: tuple[str, ...]) -> str:
     matrix = confusion_matrix(probs, labels, len(classes))
-    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(classes), 1.4 + 1.0 * len(classes)))
+    fig, ax = _subplots(figsize=(1.6 + 1.1 * len(classes), 1.4 + 1.0 * len(classes)))
     ax.imshow(matrix, cmap="Blues")
     for (i, j), n in np.ndenumerate(matrix):
         ax.text(j, i, str(n), ha="center", va="center", color="white" if n > matrix.max() / 2 else "black")
@@ -105,7 +106,7 @@ def confusion_plot(probs: np.ndarray, labels: np.ndarray, classes: tuple[str, ..
 
 def curves_plot(history: Sequence[Mapping[str, float]], metric: str) -> str:
     """A training curve per epoch: `metric` on the train split and `eval_<metric>` on the eval split."""
-    fig, ax = plt.subplots(figsize=(4.6, 3.4))
+    fig, ax = _subplots(figsize=(4.6, 3.4))
     epochs = [h["epoch"] for h in history]
     for key, legend in ((metric, "train"), (f"eval_{metric}", "eval")):
         values = [h.get(key, np.nan) for h in history]
@@ -118,7 +119,7 @@ def curves_plot(history: Sequence[Mapping[str, float]], metric: str) -> str:
 def frame_strip(frames: np.ndarray, valid: int, title: str, most: int = 8) -> str:
     """Up to `most` of a series' valid frames side by side (first channel, grey)."""
     picks = np.unique(np.linspace(0, max(valid - 1, 0), min(most, max(valid, 1))).round().astype(int))
-    fig, axes = plt.subplots(1, len(picks), figsize=(1.1 * len(picks), 1.35), squeeze=False)
+    fig, axes = _subplots(1, len(picks), figsize=(1.1 * len(picks), 1.35), squeeze=False)
     for ax, t in zip(axes[0], picks, strict=True):
         ax.imshow(frames[t, :, :, 0], cmap="gray")
         ax.set_axis_off()

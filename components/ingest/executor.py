@@ -1,4 +1,4 @@
-"""The ingest Beam job: match -> headers -> group by series -> records -> shards.
+"""Running the ingest job (graph.py) on Beam or in this process, and its output's finish.
 
 Everything is written under a staging folder inside OUT and moved into place only
 when the job has succeeded (qc.json last), so a reader never sees half an output.
@@ -13,11 +13,13 @@ import logging
 import re
 import uuid
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from medseq.components.ingest import storage
-from medseq.components.ingest.in_process import run_in_process
+from medseq.components.ingest.graph import INDEX, LABELED_LINES, REJECTED_LINES, ingest_graph
+from medseq.components.ingest.in_process import LocalGraph
 from medseq.components.ingest.output_lock import output_lock
 from medseq.components.ingest.storage import open_binary
 from medseq.pipeline import features as F
@@ -99,61 +101,47 @@ def _require_files(pattern: str, input_path: str) -> None:
         raise InputError(f"no files found in {input_path} (expected DICOM files in it or matching it)")
 
 
-def build(pipeline: beam.Pipeline, pattern: str, root: str, staging: str, key: bytes,
-          labels: dict[str, str], classes: tuple[str, ...], preprocess: PreprocessConfig,
-          ingest: IngestConfig) -> None:
-    """Adds the ingest transforms to `pipeline`, writing under `staging`."""
-    import apache_beam as beam
-    from apache_beam.io import fileio
+class BeamGraph:
+    """`graph.ingest_graph` as a Beam pipeline: each step a transform under its label."""
 
-    from medseq.components.ingest.transforms import (
-        BuildRecord,
-        ReadHeader,
-        Record,
-        RejectedRow,
-        WriteShard,
-        shard_of,
-    )
+    spills_headers = True  # a local runner holds a GroupByKey's elements in its main process
 
-    headers = (
-        pipeline
-        | "MatchFiles" >> fileio.MatchFiles(pattern)
-        | "FilePaths" >> beam.Map(lambda m: m.path)
-        # The match is one element's fan-out: without a reshuffle every header read would
-        # run in the bundle (and worker) that listed the files.
-        | "SpreadFiles" >> beam.Reshuffle()
-        | "ReadHeaders" >> beam.ParDo(ReadHeader(root, key, staging=staging))
-        .with_outputs(ReadHeader.REJECTED, main="headers")
-    )
-    built = (
-        headers.headers
-        | "GroupBySeries" >> beam.GroupByKey()
-        | "BuildRecords" >> beam.ParDo(BuildRecord(root, key, labels, classes, preprocess, ingest.split,
-                                                   staging=staging, decode_timeout_s=ingest.decode_timeout_s))
-        .with_outputs(BuildRecord.REJECTED, BuildRecord.LABELED, main="records")
-    )
-    records = built.records
-    sizes = (records | "RecordSizes" >> beam.Map(lambda r: (r.split, r.nbytes))
-             | "SizePerSplit" >> beam.CombinePerKey(sum))
-    shard_bytes = ingest.shard_size_mb * 2**20
-    _ = (
-        records
-        | "AssignShards" >> beam.Map(shard_of, sizes=beam.pvalue.AsDict(sizes), num_shards=ingest.num_shards,
-                                     shard_bytes=shard_bytes)
-        | "GroupByShard" >> beam.GroupByKey()
-        | "WriteShards" >> beam.ParDo(WriteShard(staging))
-    )
-    _ = (
-        records | "IndexLines" >> beam.Map(Record.index_line)
-        | "WriteIndex" >> beam.io.WriteToText(storage.join(staging, "_index"), file_name_suffix=".jsonl")
-    )
-    _ = (
-        (headers[ReadHeader.REJECTED], built[BuildRecord.REJECTED])
-        | "AllRejected" >> beam.Flatten()
-        | "RejectedLines" >> beam.Map(RejectedRow.to_json)
-        | "WriteRejected" >> beam.io.WriteToText(storage.join(staging, "_rejected"), file_name_suffix=".jsonl")
-    )
-    _ = built[BuildRecord.LABELED] | "WriteLabeled" >> beam.io.WriteToText(storage.join(staging, "_labeled"))
+    def __init__(self, pipeline: beam.Pipeline) -> None:
+        import apache_beam as beam
+
+        self.beam, self.pipeline = beam, pipeline
+
+    def files(self, label: str, pattern: str) -> Any:
+        from apache_beam.io import fileio
+
+        return self.pipeline | label >> fileio.MatchFiles(pattern) | "FilePaths" >> self.beam.Map(lambda m: m.path)
+
+    def spread(self, label: str, items: Any) -> Any:
+        return items | label >> self.beam.Reshuffle()
+
+    def pardo(self, label: str, items: Any, step: Any, tags: tuple[str, ...] = ()) -> tuple[Any, ...]:
+        from medseq.components.ingest.transforms import StepDoFn
+
+        out = items | label >> self.beam.ParDo(StepDoFn(step)).with_outputs(*tags, main="main")
+        return (out.main, *(out[t] for t in tags))
+
+    def map(self, label: str, items: Any, fn: Callable[..., Any], **kwargs: Any) -> Any:
+        return items | label >> self.beam.Map(fn, **kwargs)
+
+    def group(self, label: str, pairs: Any) -> Any:
+        return pairs | label >> self.beam.GroupByKey()
+
+    def sum_per_key(self, label: str, pairs: Any) -> Any:
+        return pairs | label >> self.beam.CombinePerKey(sum)
+
+    def as_dict(self, pairs: Any) -> Any:
+        return self.beam.pvalue.AsDict(pairs)
+
+    def flatten(self, label: str, collections: Iterable[Any]) -> Any:
+        return tuple(collections) | label >> self.beam.Flatten()
+
+    def write_lines(self, label: str, lines: Any, prefix: str) -> None:
+        _ = lines | label >> self.beam.io.WriteToText(prefix, file_name_suffix=".jsonl")
 
 
 def _read_lines(prefix: str) -> list[str]:
@@ -167,9 +155,9 @@ def _read_lines(prefix: str) -> list[str]:
 def finalize(staging: str, out: str, classes: tuple[str, ...], config: dict[str, Any],
              labels_listed: int = 0) -> IngestOutputs:
     """Merges the side files into rejected.jsonl and qc.json, then swaps staging into OUT."""
-    index = [json.loads(line) for line in _read_lines(storage.join(staging, "_index"))]
-    labels_found = len(set(_read_lines(storage.join(staging, "_labeled"))))
-    rejected_lines = _read_lines(storage.join(staging, "_rejected"))
+    index = [json.loads(line) for line in _read_lines(storage.join(staging, INDEX))]
+    labels_found = len(set(_read_lines(storage.join(staging, LABELED_LINES))))
+    rejected_lines = _read_lines(storage.join(staging, REJECTED_LINES))
     rejected = [json.loads(line) for line in rejected_lines]
     for split in F.SPLITS:
         storage.mkdirs(storage.join(staging, split)) if not storage.exists(storage.join(staging, split)) else None
@@ -217,12 +205,12 @@ def run_job(input_path: str, labels_path: str, out: str, key: bytes, preprocess:
         storage.mkdirs(out) if not storage.exists(out) else None
         staging = storage.join(out, f".medseq-staging-{uuid.uuid4().hex[:8]}")
         if beam_args is None:
-            run_in_process(pattern, root, staging, key, labels, classes, preprocess, ingest)
+            LocalGraph.run(ingest_graph, pattern, root, staging, key, labels, classes, preprocess, ingest)
         else:
             import apache_beam as beam
             from apache_beam.options.pipeline_options import PipelineOptions
 
             with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
-                build(pipeline, pattern, root, staging, key, labels, classes, preprocess, ingest)
+                ingest_graph(BeamGraph(pipeline), pattern, root, staging, key, labels, classes, preprocess, ingest)
         record = dict(config_record, preprocess=to_dict(preprocess), ingest=to_dict(ingest))
         return finalize(staging, out, classes, record, len(labels))

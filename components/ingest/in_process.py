@@ -1,77 +1,72 @@
-"""A small local input with no Beam option: the job's own steps, called in this process.
+"""A small local input with no Beam option: the job's graph run in this process.
 
 A pipeline's fixed cost (importing Beam, 2-2.5 s, starting its workers, running its
 stages) is about 10 s on 2 cores, more than converting a few thousand files in one
-process (SMALL_INPUT_FILES). For an input this small `medseq convert` calls the very steps
-the Beam job's DoFns run (`steps`), in the order its graph (`executor.build`) runs them,
-and writes the same files into the same staging folder; `executor.finalize` then does
-the rest for both. Nothing here imports Beam (local files go through `storage`).
-tests/components/ingest/test_pinned_records.py holds the two to the same bytes.
+process (SMALL_INPUT_FILES). For an input this small `medseq convert` runs the very graph
+the Beam job runs (`graph.ingest_graph`) through `LocalGraph`: each step over a list, in
+the graph's order, writing the same files into the same staging folder; `executor.finalize`
+then does the rest for both. Nothing here imports Beam (local files go through `storage`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import cast
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from medseq.components.ingest import storage
-from medseq.components.ingest.steps import (
-    REJECTED,
-    BuildRecordStep,
-    ReadHeaderStep,
-    Record,
-    RejectedRow,
-    Tagged,
-    WriteShardStep,
-    shard_of,
-)
-from medseq.pipeline.config import IngestConfig, PreprocessConfig
+from medseq.components.ingest.steps import Tagged
 
 
-def run_in_process(pattern: str, root: str, staging: str, key: bytes, labels: dict[str, str],
-                   classes: tuple[str, ...], preprocess: PreprocessConfig, ingest: IngestConfig) -> None:
-    """MatchFiles -> ReadHeaders -> GroupBySeries -> BuildRecords -> shards and side files."""
-    groups: dict[str, list[bytes]] = {}
-    rejected: list[RejectedRow] = []
-    read = ReadHeaderStep(root, key)
-    for path in storage.match(pattern):  # what fileio.MatchFiles lists
-        for out in read.process(path):
-            if isinstance(out, Tagged):
-                rejected.append(out.value)
-            else:
-                source, header = cast("tuple[str, bytes]", out)
-                groups.setdefault(source, []).append(header)
-    records: list[Record] = []
-    labeled: list[str] = []
-    build = BuildRecordStep(root, key, labels, classes, preprocess, ingest.split, staging=staging,
-                        decode_timeout_s=ingest.decode_timeout_s)
-    build.start_bundle()
-    for group in groups.items():
-        for out in build.process(group):
-            if isinstance(out, Record):
-                records.append(out)
-            elif isinstance(out, Tagged) and out.tag == REJECTED:
-                rejected.append(out.value)
-            elif isinstance(out, Tagged):
-                labeled.append(out.value)
-    build.finish_bundle()
-    sizes: dict[str, int] = {}
-    for record in records:
-        sizes[record.split] = sizes.get(record.split, 0) + record.nbytes
-    shards: dict[tuple[str, int, int], list[Record]] = {}
-    for record in records:
-        shard, _ = shard_of(record, sizes, ingest.num_shards, ingest.shard_size_mb * 2**20)
-        shards.setdefault(shard, []).append(record)
-    write = WriteShardStep(staging)
-    for shard_records in shards.items():
-        list(write.process(shard_records))
-    _write_lines(staging, "_index", (r.index_line() for r in records))
-    _write_lines(staging, "_rejected", (r.to_json() for r in rejected))
-    _write_lines(staging, "_labeled", labeled)
+class LocalGraph:
+    """`graph.Graph` over lists: one bundle per step, every element in this process."""
 
+    spills_headers = False  # the headers are in this process's memory anyway
 
-def _write_lines(staging: str, prefix: str, lines: Iterable[str]) -> None:
-    """One text file per side output, as WriteToText leaves them for `finalize`."""
-    path = storage.join(staging, f"{prefix}-in-process")
-    with storage.create(path) as f:
-        f.write("".join(line + "\n" for line in lines).encode())
+    @classmethod
+    def run(cls, graph: Callable[..., None], *args: Any) -> None:
+        graph(cls(), *args)
+
+    def files(self, label: str, pattern: str) -> list[Any]:
+        return storage.match(pattern)  # what fileio.MatchFiles lists
+
+    def spread(self, label: str, items: list[Any]) -> list[Any]:
+        return items
+
+    def pardo(self, label: str, items: list[Any], step: Any, tags: tuple[str, ...] = ()) -> tuple[list[Any], ...]:
+        main: list[Any] = []
+        tagged: dict[str, list[Any]] = {t: [] for t in tags}
+        step.start_bundle()
+        for item in items:
+            for out in step.process(item):
+                if isinstance(out, Tagged):
+                    tagged[out.tag].append(out.value)
+                else:
+                    main.append(out)
+        step.finish_bundle()
+        return (main, *(tagged[t] for t in tags))
+
+    def map(self, label: str, items: list[Any], fn: Callable[..., Any], **kwargs: Any) -> list[Any]:
+        return [fn(item, **kwargs) for item in items]
+
+    def group(self, label: str, pairs: list[tuple[Any, Any]]) -> list[tuple[Any, list[Any]]]:
+        groups: dict[Any, list[Any]] = {}
+        for k, v in pairs:
+            groups.setdefault(k, []).append(v)
+        return list(groups.items())
+
+    def sum_per_key(self, label: str, pairs: list[tuple[Any, int]]) -> list[tuple[Any, int]]:
+        sums: dict[Any, int] = {}
+        for k, v in pairs:
+            sums[k] = sums.get(k, 0) + v
+        return list(sums.items())
+
+    def as_dict(self, pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+        return dict(pairs)
+
+    def flatten(self, label: str, collections: Iterable[list[Any]]) -> list[Any]:
+        return [item for items in collections for item in items]
+
+    def write_lines(self, label: str, lines: list[str], prefix: str) -> None:
+        """One text file per side output, as WriteToText leaves them for `finalize`."""
+        with storage.create(f"{prefix}-in-process.jsonl") as f:
+            f.write("".join(line + "\n" for line in lines).encode())

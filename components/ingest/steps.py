@@ -26,6 +26,7 @@ from medseq.components.ingest import deid, storage
 from medseq.components.ingest.records import encode_example, write_tfrecords
 from medseq.components.preprocessing import reasons
 from medseq.components.preprocessing.headers import FileHeader, read_header
+from medseq.components.preprocessing.inflate import DEFAULT_MAX_INFLATED_MB, limit_bytes
 from medseq.components.preprocessing.prepare import prepare_series
 from medseq.components.preprocessing.reasons import Rejected
 from medseq.components.preprocessing.transform import Prepared
@@ -139,15 +140,17 @@ class _Progress:
 _PROGRESS = _Progress()
 
 
-def read_file_header(path: str, resolved_root: str | None) -> FileHeader | Rejected:
+def read_file_header(path: str, resolved_root: str | None,
+                     max_inflated_mb: float = DEFAULT_MAX_INFLATED_MB) -> FileHeader | Rejected:
     """One input file's header, or why it cannot be read: ingest's rules for every file
-    (links out of the input are not followed), and predict's too."""
+    (links out of the input are not followed, deflated data sets inflate within
+    `max_inflated_mb`), and predict's too."""
     try:
         if outside(path, resolved_root):
             return Rejected(reasons.OUTSIDE_INPUT, "a symbolic link that points outside the input folder; "
                             "expected files inside it (the link is not followed)")
         with open_binary(path) as f:
-            return read_header(f, path)
+            return read_header(f, path, limit_bytes(max_inflated_mb))
     except Rejected as exc:
         return exc
     except OSError as exc:
@@ -174,8 +177,9 @@ class ReadHeaderStep:
 
     REJECTED = REJECTED
 
-    def __init__(self, root: str, key: bytes, *, staging: str | None = None) -> None:
-        self.root, self.key = root, key
+    def __init__(self, root: str, key: bytes, *, staging: str | None = None,
+                 max_inflated_mb: float = DEFAULT_MAX_INFLATED_MB) -> None:
+        self.root, self.key, self.max_inflated_mb = root, key, max_inflated_mb
         self.resolved_root = real_root(root)  # once, not once per file
         self.staging = staging if staging is not None and "://" not in staging else None
         self._spill: _Spill | None = None
@@ -191,7 +195,7 @@ class ReadHeaderStep:
     def process(self, path: str) -> Iterator[object]:
         _PROGRESS.add("files")
         self.counts.inc("files_read")
-        header = read_file_header(path, self.resolved_root)
+        header = read_file_header(path, self.resolved_root, self.max_inflated_mb)
         if isinstance(header, Rejected):
             yield self._dead_letter(path, header)
             return

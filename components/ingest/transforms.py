@@ -1,4 +1,6 @@
-"""The DoFns of the ingest job: the Beam-free steps of `steps.py`, each run as a DoFn.
+"""The DoFns of the ingest job: the Beam-free steps of `steps.py`, each run as a DoFn
+(`StepDoFn`, which graph.BeamGraph wraps around every step; the named DoFns below are the
+same for use in other pipelines and tests).
 
 A step's `Tagged` outputs become Beam tagged outputs (rejected inputs leave through
 `REJECTED`) and its counts Beam metrics (namespace "ingest").
@@ -42,7 +44,7 @@ class _BeamCounts(steps.Counts):
         counter.update(value)
 
 
-class _StepDoFn(beam.DoFn):
+class StepDoFn(beam.DoFn):
     """Runs a step's bundles and elements; its Tagged outputs go to their tags."""
 
     def __init__(self, step: Any) -> None:
@@ -62,16 +64,17 @@ class _StepDoFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(out.tag, out.value) if isinstance(out, steps.Tagged) else out
 
 
-class ReadHeader(_StepDoFn):
+class ReadHeader(StepDoFn):
     """steps.ReadHeaderStep: path -> (series key source, header), or a RejectedRow on REJECTED."""
 
     REJECTED = steps.REJECTED
 
-    def __init__(self, root: str, key: bytes, *, staging: str | None = None) -> None:
-        super().__init__(steps.ReadHeaderStep(root, key, staging=staging))
+    def __init__(self, root: str, key: bytes, *, staging: str | None = None,
+                 max_inflated_mb: float = steps.DEFAULT_MAX_INFLATED_MB) -> None:
+        super().__init__(steps.ReadHeaderStep(root, key, staging=staging, max_inflated_mb=max_inflated_mb))
 
 
-class BuildRecord(_StepDoFn):
+class BuildRecord(StepDoFn):
     """steps.BuildRecordStep: (series key source, headers) -> Record; RejectedRows on
     REJECTED, the keyed hashes of labeled series on LABELED."""
 
@@ -85,7 +88,7 @@ class BuildRecord(_StepDoFn):
                                                staging=staging, decode_timeout_s=decode_timeout_s))
 
 
-class WriteShard(_StepDoFn):
+class WriteShard(StepDoFn):
     """steps.WriteShardStep: ((split, shard, n), records) -> the shard file's path."""
 
     def __init__(self, staging: str) -> None:

@@ -29,6 +29,7 @@ from medseq.components.preprocessing.headers import (
     max_value,
     read_dataset,
 )
+from medseq.components.preprocessing.quiet import quiet_pydicom
 from medseq.components.preprocessing.reasons import Rejected
 from medseq.pipeline import features as F
 
@@ -146,6 +147,7 @@ def is_colour(header: FileHeader) -> bool:
     return header.samples_per_pixel == 3 or header.photometric == "PALETTE COLOR"
 
 
+@quiet_pydicom
 def load_series(ordered: OrderedSeries, headers: dict[str, FileHeader], open_file: Callable[[str], IO[bytes]],
                 decode_timeout_s: float | None = None) -> tuple[np.ndarray, SeriesMeta]:
     """Decodes every file of the series once and stacks the frames in `ordered` order.

@@ -25,7 +25,9 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian
 from medseq.components.preprocessing import reasons
 from medseq.components.preprocessing.enhanced import first_item, frame_rescales, frames_geometry, with_per_frame
 from medseq.components.preprocessing.header_values import HeaderValues, pixel_options
+from medseq.components.preprocessing.inflate import DEFAULT_MAX_INFLATED_MB, check_deflated_file, limit_bytes
 from medseq.components.preprocessing.plain_file import PER_FRAME_GROUPS, plain_dataset
+from medseq.components.preprocessing.quiet import quiet_pydicom
 from medseq.components.preprocessing.reasons import Rejected
 
 DEFER_BYTES = 4096
@@ -306,9 +308,12 @@ def header_from_dataset(ds: Dataset, path: str) -> FileHeader:
     )
 
 
+@quiet_pydicom
 def read_dataset(fileobj: IO[bytes], path: str, stop_before_pixels: bool = False,
-                 defer_size: int | None = None) -> Dataset:
-    """dcmread with the failure modes of real archives mapped to reason codes."""
+                 defer_size: int | None = None, max_inflated: int = limit_bytes(DEFAULT_MAX_INFLATED_MB)) -> Dataset:
+    """dcmread with the failure modes of real archives mapped to reason codes; a deflated
+    data set over `max_inflated` bytes is rejected before dcmread inflates it."""
+    check_deflated_file(fileobj, max_inflated)
     head = fileobj.read(512)
     fileobj.seek(0)
     if len(head) < 132 or head[128:132] != b"DICM":
@@ -384,12 +389,15 @@ def _read_deferred_groups(ds: Dataset, fileobj: IO[bytes]) -> None:
         ds._dict[tag] = raw._replace(value=value)
 
 
-def read_header(fileobj: IO[bytes], path: str) -> FileHeader:
+@quiet_pydicom
+def read_header(fileobj: IO[bytes], path: str, max_inflated: int = limit_bytes(DEFAULT_MAX_INFLATED_MB)) -> FileHeader:
+    """The header pass of one file; a deflated data set inflates to at most `max_inflated` bytes."""
     # Large values (the pixels) are skipped, not read, yet their presence is known.
-    plain = plain_dataset(fileobj, DEFER_BYTES)
+    plain = plain_dataset(fileobj, DEFER_BYTES, max_inflated)
     if plain is None:
         fileobj.seek(0)
-        ds, deflated_at = read_dataset(fileobj, path, stop_before_pixels=False, defer_size=DEFER_BYTES), None
+        ds, deflated_at = read_dataset(fileobj, path, stop_before_pixels=False, defer_size=DEFER_BYTES,
+                                       max_inflated=max_inflated), None
     else:
         ds, deflated_at = plain
     _read_deferred_groups(ds, fileobj)

@@ -33,6 +33,8 @@ from pydicom.tag import BaseTag, SequenceDelimiterTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian, PrivateTransferSyntaxes
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 
+from medseq.components.preprocessing.inflate import DEFAULT_MAX_INFLATED_MB, inflate, limit_bytes
+
 UNDEFINED = 0xFFFFFFFF
 PIXEL_DATA = 0x7FE00010
 PER_FRAME_GROUPS = 0x52009230  # deferred as dcmread defers it; read_header reads it where it is plain
@@ -49,12 +51,14 @@ class _NotPlain(Exception):
     """The file needs dcmread."""
 
 
-def plain_dataset(fileobj: IO[bytes], defer_size: int) -> tuple[Dataset, int | None] | None:
+def plain_dataset(fileobj: IO[bytes], defer_size: int,
+                  max_inflated: int = limit_bytes(DEFAULT_MAX_INFLATED_MB)) -> tuple[Dataset, int | None] | None:
     """(the file's data set as dcmread reads it with `defer_size`, where its deflated
     stream starts in the file (None: not deflated)), or None when the file is not plain.
     Reads the header and what follows large values of defined length, not those values
     (native pixels); leaves the file's position anywhere. A deflated data set is inflated
-    whole first, as dcmread inflates it; its values' positions are in the inflated stream."""
+    whole first, as dcmread inflates it (within `max_inflated` bytes, else Rejected
+    INFLATE_LIMIT); its values' positions are in the inflated stream."""
     try:
         window = _Window(fileobj)
         if window.size < 140 or window.get(128, 4) != b"DICM":
@@ -65,7 +69,7 @@ def plain_dataset(fileobj: IO[bytes], defer_size: int) -> tuple[Dataset, int | N
         syntax = _syntax(meta_elements)
         deflated_at = None
         if syntax == DeflatedExplicitVRLittleEndian:
-            window, deflated_at, pos = _inflated(window, pos), pos, 0
+            window, deflated_at, pos = _inflated(window, pos, max_inflated), pos, 0
         implicit = syntax == ImplicitVRLittleEndian
         if pos + 6 > window.size or _looks_implicit(window.get(pos, 6)) != implicit:
             return None  # nothing after the meta, or an encoding pydicom would detect and switch
@@ -78,12 +82,12 @@ def plain_dataset(fileobj: IO[bytes], defer_size: int) -> tuple[Dataset, int | N
     return ds, deflated_at
 
 
-def _inflated(window: _Window, start: int) -> _Window:
-    """The deflated data set from `start` on, inflated whole with dcmread's very call."""
+def _inflated(window: _Window, start: int, limit: int) -> _Window:
+    """The deflated data set from `start` on, inflated whole as dcmread inflates it, within `limit` bytes."""
     if window.get(start, 2) == b"\x00\x00":
         raise _NotPlain  # dcmread would read a command set (group 0000) from the compressed bytes
     window.file.seek(start)
-    return _Window(io.BytesIO(zlib.decompress(window.file.read(), -zlib.MAX_WBITS)))
+    return _Window(io.BytesIO(inflate(window.file.read(), limit)))
 
 
 class _Window:

@@ -1,0 +1,73 @@
+"""The ingest job, defined once: match -> headers -> group by series -> records -> shards.
+
+`ingest_graph` names every step, its input and its tagged outputs against a small `Graph`
+interface. Two executors read it: `BeamGraph` (executor.py) builds the Beam pipeline,
+with these labels as its stable step names, for any runner; `LocalGraph` (in_process.py)
+runs the same steps in this process for a small local input, importing no Beam. Adding a
+step is one edit here. tests/components/ingest/test_pinned_records.py holds both to the
+same bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from medseq.components.ingest import storage
+from medseq.components.ingest.steps import (
+    REJECTED,
+    BuildRecordStep,
+    ReadHeaderStep,
+    Record,
+    RejectedRow,
+    WriteShardStep,
+    shard_of,
+)
+from medseq.pipeline.config import IngestConfig, PreprocessConfig
+
+INDEX, REJECTED_LINES, LABELED_LINES = "_index", "_rejected", "_labeled"  # side files finalize() merges
+
+
+class Graph(Protocol):
+    """What the job needs of an executor. A collection is whatever the executor passes
+    between steps (a PCollection, a list)."""
+
+    spills_headers: bool  # headers spill to the staging folder (a runner that holds a GroupByKey in memory)
+
+    def files(self, label: str, pattern: str) -> Any: ...
+    def spread(self, label: str, items: Any) -> Any: ...
+    def pardo(self, label: str, items: Any, step: Any, tags: tuple[str, ...] = ()) -> tuple[Any, ...]: ...
+    def map(self, label: str, items: Any, fn: Callable[..., Any], **kwargs: Any) -> Any: ...
+    def group(self, label: str, pairs: Any) -> Any: ...
+    def sum_per_key(self, label: str, pairs: Any) -> Any: ...
+    def as_dict(self, pairs: Any) -> Any: ...
+    def flatten(self, label: str, collections: Iterable[Any]) -> Any: ...
+    def write_lines(self, label: str, lines: Any, prefix: str) -> None: ...
+
+
+def _record_size(record: Record) -> tuple[str, int]:
+    return record.split, record.nbytes
+
+
+def ingest_graph(g: Graph, pattern: str, root: str, staging: str, key: bytes, labels: dict[str, str],
+                 classes: tuple[str, ...], preprocess: PreprocessConfig, ingest: IngestConfig) -> None:
+    """Adds the ingest job to `g`, writing shards and side files under `staging`."""
+    paths = g.files("MatchFiles", pattern)
+    # The match is one element's fan-out: without a reshuffle every header read would run
+    # in the bundle (and worker) that listed the files.
+    paths = g.spread("SpreadFiles", paths)
+    read = ReadHeaderStep(root, key, staging=staging if g.spills_headers else None,
+                          max_inflated_mb=ingest.max_inflated_mb)
+    headers, unreadable = g.pardo("ReadHeaders", paths, read, (REJECTED,))
+    build = BuildRecordStep(root, key, labels, classes, preprocess, ingest.split, staging=staging,
+                            decode_timeout_s=ingest.decode_timeout_s)
+    records, rejected, labeled = g.pardo("BuildRecords", g.group("GroupBySeries", headers), build,
+                                         (BuildRecordStep.REJECTED, BuildRecordStep.LABELED))
+    sizes = g.sum_per_key("SizePerSplit", g.map("RecordSizes", records, _record_size))
+    shards = g.map("AssignShards", records, shard_of, sizes=g.as_dict(sizes), num_shards=ingest.num_shards,
+                   shard_bytes=ingest.shard_size_mb * 2**20)
+    g.pardo("WriteShards", g.group("GroupByShard", shards), WriteShardStep(staging))
+    g.write_lines("WriteIndex", g.map("IndexLines", records, Record.index_line), storage.join(staging, INDEX))
+    g.write_lines("WriteRejected", g.map("RejectedLines", g.flatten("AllRejected", (unreadable, rejected)),
+                                         RejectedRow.to_json), storage.join(staging, REJECTED_LINES))
+    g.write_lines("WriteLabeled", labeled, storage.join(staging, LABELED_LINES))
