@@ -138,7 +138,8 @@ def evaluate(examples_dir: str, model_dir: str, out: str | Path, eval_config_pat
         reasons.append(f"TFMA failed ({type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}): "
                        "the gate fails closed")
     intervals = _intervals(preds, sorted(candidate) or [()], settings)
-    checks = gate.threshold_checks(config, candidate, intervals, settings.gate_on_interval, CANDIDATE)
+    checks = gate.threshold_checks(config, candidate, intervals, settings.gate_on_interval, CANDIDATE,
+                                   settings.confidence_level)
     temporal, temporal_check = temporal_reliance(preds, settings)
     checks += [temporal_check] if temporal_check else []
     reasons += [c.line() for c in checks if not c.passed]

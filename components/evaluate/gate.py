@@ -100,6 +100,11 @@ def metric_name(key: metric_types.MetricKey) -> str:
     return name
 
 
+def percent(level: float) -> str:
+    """A confidence level as people write it: 0.95 -> '95%', 0.975 -> '97.5%'."""
+    return f"{level * 100:.10g}%"
+
+
 @dataclass(frozen=True)
 class Check:
     """One threshold on one slice, with what was expected and what was found."""
@@ -110,10 +115,11 @@ class Check:
     found: float | None
     interval: Interval | None
     passed: bool
+    level: float = 0.95  # the interval's confidence level (evaluate.confidence_level)
 
     def line(self) -> str:
         found = "not computed" if self.found is None else f"{self.found:.4f}"
-        ci = f" [95% CI {self.interval[0]:.4f}, {self.interval[1]:.4f}]" if self.interval else ""
+        ci = f" [{percent(self.level)} CI {self.interval[0]:.4f}, {self.interval[1]:.4f}]" if self.interval else ""
         return f"{self.metric} on {self.slice}: expected {self.expected}, found {found}{ci}: " \
                f"{'pass' if self.passed else 'FAIL'}"
 
@@ -122,16 +128,16 @@ class Check:
 
 
 def _value_check(name: str, where: str, bound: config_pb2.GenericValueThreshold, found: float | None,
-                 interval: Interval | None, on_interval: bool) -> Check:
+                 interval: Interval | None, on_interval: bool, level: float) -> Check:
     low = bound.lower_bound.value if bound.HasField("lower_bound") else -np.inf
     high = bound.upper_bound.value if bound.HasField("upper_bound") else np.inf
     parts = ([f">= {low:g}"] if np.isfinite(low) else []) + ([f"<= {high:g}"] if np.isfinite(high) else [])
     expected = " and ".join(parts)
     passed = found is not None and low <= found <= high
     if on_interval and interval is not None:
-        expected += " (the whole 95% interval)"
+        expected += f" (the whole {percent(level)} interval)"
         passed = passed and interval[0] >= low and interval[1] <= high
-    return Check(name, where, expected, found, interval, bool(passed))
+    return Check(name, where, expected, found, interval, bool(passed), level)
 
 
 def _change_check(name: str, where: str, change: config_pb2.GenericChangeThreshold, diff: float | None,
@@ -151,7 +157,7 @@ def _change_check(name: str, where: str, change: config_pb2.GenericChangeThresho
 
 
 def threshold_checks(config: config_pb2.EvalConfig, candidate: Metrics, intervals: Mapping[SliceKey, Mapping[
-        str, Interval]], on_interval: bool, model_name: str) -> list[Check]:
+        str, Interval]], on_interval: bool, model_name: str, level: float = 0.95) -> list[Check]:
     """Every threshold of a `gated_config` on every slice it names, for the candidate."""
     checks = []
     thresholds = metric_specs.metric_thresholds_from_metrics_specs(config.metrics_specs, eval_config=config)
@@ -167,7 +173,7 @@ def threshold_checks(config: config_pb2.EvalConfig, candidate: Metrics, interval
             where = slice_name(slice_key)
             if isinstance(threshold, config_pb2.GenericValueThreshold):
                 checks.append(_value_check(name, where, threshold, values.get(name),
-                                           intervals.get(slice_key, {}).get(name), on_interval))
+                                           intervals.get(slice_key, {}).get(name), on_interval, level))
             else:
                 checks.append(_change_check(name, where, threshold, values.get(name),
                                             values.get(name.replace("_diff", "", 1))))

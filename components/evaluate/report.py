@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from medseq.components.evaluate import plots
+from medseq.components.evaluate.gate import percent
 from medseq.components.evaluate.inference import EvalPredictions
 
 STYLE = """
@@ -55,11 +56,16 @@ def _ordered(metrics: Mapping[str, float]) -> list[str]:
     return first + sorted(m for m in metrics if m not in first and not m.endswith("_diff"))
 
 
+def interval_head(verdict: Mapping[str, Any]) -> str:
+    """The interval column's heading, at the configured level (evaluate.confidence_level)."""
+    return f"{percent(float(verdict.get('confidence_level', 0.95)))} interval"
+
+
 def gate_section(verdict: Mapping[str, Any]) -> str:
     rows = [[esc(c["metric"]), esc(c["slice"]), esc(c["expected"]), num(c["found"]), _ci(c["interval"]),
              '<span class="pass">pass</span>' if c["passed"] else '<span class="fail">FAIL</span>']
             for c in verdict["checks"]]
-    parts = [table(("metric", "slice", "expected", "found", "95% interval", "result"), rows) if rows else
+    parts = [table(("metric", "slice", "expected", "found", interval_head(verdict), "result"), rows) if rows else
              '<p class="fail">No thresholds: the gate fails closed.</p>']
     parts += [f'<p class="fail">{esc(r)}</p>' for r in verdict["reasons"] if not r.startswith(
         tuple(f"{c['metric']} on " for c in verdict["checks"]))]
@@ -69,7 +75,7 @@ def gate_section(verdict: Mapping[str, Any]) -> str:
 
 def metrics_section(verdict: Mapping[str, Any]) -> str:
     metrics, served = verdict["metrics"], verdict["baseline_metrics"]
-    head = ["metric", "candidate", "95% interval"] + (["served model", "change"] if served else [])
+    head = ["metric", "candidate", interval_head(verdict)] + (["served model", "change"] if served else [])
     rows = []
     for m in _ordered(metrics):
         row = [esc(m), num(metrics[m]), _ci(verdict["intervals"].get(m))]
@@ -87,7 +93,7 @@ def slices_section(verdict: Mapping[str, Any]) -> str:
              num(s["metrics"].get(accuracy)), "gated" if s["slice"] in gated else
              '<span class="muted">too small to gate</span>' if s["series"] < verdict.get("min_slice_size", 0)
              else '<span class="muted">reported</span>'] for s in verdict["slices"]]
-    return table(("slice", "series", name, "95% interval", accuracy, "gate"), rows)
+    return table(("slice", "series", name, interval_head(verdict), accuracy, "gate"), rows)
 
 
 def temporal_section(verdict: Mapping[str, Any]) -> str:
@@ -98,7 +104,7 @@ def temporal_section(verdict: Mapping[str, Any]) -> str:
              num(t["frames"]["value"] - t[k]["value"]) if k != "frames" else "-"] for k in labels]
     gate = (f"Gate: refuse when the one-frame drop is below {t['min_drop']:g}." if t["min_drop"] is not None
             else "Not gated (evaluate.temporal_min_drop is off).")
-    return (table(("input", t["metric"], "95% interval", "drop"), rows) +
+    return (table(("input", t["metric"], interval_head(verdict), "drop"), rows) +
             f'<p class="muted">A model that reads the sequence loses {t["metric"]} when time is taken away. {gate}</p>')
 
 

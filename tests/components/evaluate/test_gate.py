@@ -41,12 +41,21 @@ def test_thresholds_bind_to_the_overall_slice_and_to_slices_large_enough():
 
 def test_a_value_check_on_the_interval_states_expected_found_and_interval():
     bound = config_pb2.GenericValueThreshold(lower_bound={"value": 0.85})
-    check = gate._value_check("auc", "overall", bound, 0.9, (0.8, 0.97), on_interval=True)
+    check = gate._value_check("auc", "overall", bound, 0.9, (0.8, 0.97), on_interval=True, level=0.95)
     assert not check.passed  # the point clears 0.85, the lower end of its interval does not
     assert check.line() == ("auc on overall: expected >= 0.85 (the whole 95% interval), found 0.9000 "
                             "[95% CI 0.8000, 0.9700]: FAIL")
-    assert gate._value_check("auc", "overall", bound, 0.9, (0.8, 0.97), on_interval=False).passed
-    assert not gate._value_check("auc", "overall", bound, None, None, on_interval=True).passed  # not computed
+    assert gate._value_check("auc", "overall", bound, 0.9, (0.8, 0.97), on_interval=False, level=0.95).passed
+    assert not gate._value_check("auc", "overall", bound, None, None, on_interval=True, level=0.95).passed
+
+
+def test_interval_texts_state_the_configured_level():
+    from medseq.components.evaluate.report import interval_head
+
+    bound = config_pb2.GenericValueThreshold(lower_bound={"value": 0.85})
+    line = gate._value_check("auc", "overall", bound, 0.9, (0.8, 0.97), on_interval=True, level=0.9).line()
+    assert "(the whole 90% interval)" in line and "[90% CI 0.8000, 0.9700]" in line and "95" not in line
+    assert interval_head({"confidence_level": 0.975}) == "97.5% interval"
 
 
 def test_a_change_check_follows_tfmas_direction():
