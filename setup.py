@@ -43,7 +43,7 @@ setup(
         "keras>=3.15,<3.16",
         "tensorflow-model-analysis==0.52.0",
         "apache-beam==2.77.0",
-        "pydicom>=3.0.2,<4",
+        "pydicom>=3.0.2,<3.1",  # the header pass mirrors 3.0's raw reading (header_values.FAST_PATHS)
         # Pixel codecs, permissive licences only (no GPL pylibjpeg-libjpeg):
         "pylibjpeg==2.1.0",  # MIT; RLE and JPEG 2000 plugin host
         "pylibjpeg-openjpeg==2.6.0",  # MIT (OpenJPEG BSD-2): JPEG 2000

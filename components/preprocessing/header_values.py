@@ -27,6 +27,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+import pydicom
 from pydicom import config
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
@@ -98,6 +99,16 @@ for _keyword in KEYWORDS:
         raise ValueError(f"{_keyword} is not a DICOM keyword")
     _SPECS[_keyword] = (BaseTag(_tag), dictionary_VR(_tag), _CONVERT[dictionary_VR(_tag)])
 
+# The fast paths (plain values here, plain files in plain_file.py, raw functional-group
+# items in enhanced.py) read pydicom's raw elements and mirror its 3.0 conversions, which
+# the tests check against pydicom itself. On any other pydicom every file and value goes
+# through pydicom (setup.py pins 3.0; this guards an install that overrides the pin).
+FAST_PATHS = tuple(pydicom.__version__.split(".")[:2]) == ("3", "0")
+
+
+def _fast_paths() -> bool:
+    return FAST_PATHS  # read when used: a test turns it off
+
 
 class HeaderValues:
     """`get(keyword, default)` and `keyword in values`, as on a pydicom `Dataset`, with the
@@ -113,7 +124,7 @@ class HeaderValues:
         # Opt-in pydicom settings that change what a plain value converts to (dates as
         # objects) or make a merely unusual one an error: then pydicom reads every value.
         plain = not config.datetime_conversion and config.settings.reading_validation_mode != config.RAISE
-        self._raw = ds._dict if self.LEAN and plain else {}
+        self._raw = ds._dict if self.LEAN and _fast_paths() and plain else {}
 
     @property
     def lean(self) -> bool:

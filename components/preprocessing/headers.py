@@ -22,7 +22,7 @@ from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian
 
-from medseq.components.preprocessing import reasons
+from medseq.components.preprocessing import header_values, reasons
 from medseq.components.preprocessing.enhanced import first_item, frame_rescales, frames_geometry, with_per_frame
 from medseq.components.preprocessing.header_values import HeaderValues, pixel_options
 from medseq.components.preprocessing.inflate import DEFAULT_MAX_INFLATED_MB, check_deflated_file, limit_bytes
@@ -393,7 +393,7 @@ def _read_deferred_groups(ds: Dataset, fileobj: IO[bytes]) -> None:
 def read_header(fileobj: IO[bytes], path: str, max_inflated: int = limit_bytes(DEFAULT_MAX_INFLATED_MB)) -> FileHeader:
     """The header pass of one file; a deflated data set inflates to at most `max_inflated` bytes."""
     # Large values (the pixels) are skipped, not read, yet their presence is known.
-    plain = plain_dataset(fileobj, DEFER_BYTES, max_inflated)
+    plain = plain_dataset(fileobj, DEFER_BYTES, max_inflated) if header_values.FAST_PATHS else None
     if plain is None:
         fileobj.seek(0)
         ds, deflated_at = read_dataset(fileobj, path, stop_before_pixels=False, defer_size=DEFER_BYTES,

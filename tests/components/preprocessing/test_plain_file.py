@@ -5,6 +5,7 @@ set is read from its inflated stream, as dcmread reads it."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import pydicom
@@ -63,3 +64,30 @@ def test_a_deflated_file_cut_short_or_corrupt_goes_to_dcmread(pydicom_files):
     start = plain[1]
     for broken in (data[:len(data) - 40], data[:start + 10], data[:start] + b"\xff" * 64):
         assert plain_dataset(io.BytesIO(broken), DEFER_BYTES) is None
+
+
+def test_on_an_untested_pydicom_every_file_goes_through_dcmread(monkeypatch, corpus_files):
+    """The fast paths are gated on the pydicom series the tests cover; off, the header
+    pass reads every file with dcmread and gives the same headers."""
+    from medseq.components.preprocessing import header_values, headers, plain_file
+
+    files = corpus_files[:: max(1, len(corpus_files) // 80)]
+
+    def read_all() -> list:
+        out = []
+        for path in files:
+            with open(path, "rb") as f:
+                try:
+                    # where the pixels start is the fast path's own finding (a deflated file's
+                    # needs its inflated stream): the pixel pass parses the file whole without it
+                    out.append(dataclasses.replace(headers.read_header(f, str(path)), pixels=None))
+                except Exception as exc:  # noqa: BLE001 - a rejection is a result here
+                    out.append((type(exc).__name__, getattr(exc, "code", None)))
+        return out
+
+    fast = read_all()
+    monkeypatch.setattr(header_values, "FAST_PATHS", False)
+    monkeypatch.setattr(headers, "plain_dataset", lambda *a, **k: pytest.fail("the plain-file path ran"))
+    monkeypatch.setattr(plain_file, "plain_dataset", lambda *a, **k: pytest.fail("the plain-file path ran"))
+    assert not header_values.HeaderValues(pydicom.Dataset()).lean
+    assert read_all() == fast
