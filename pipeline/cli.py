@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from medseq.pipeline import __version__, processes
-from medseq.pipeline.errors import InputError, MedseqError
+from . import __version__, processes
+from .errors import InputError, MedseqError
 
 BEAM_COMMANDS = ("convert", "validate", "evaluate", "run")
 NOISY_LIBRARIES = ("tensorflow", "keras", "tf_keras", "apache_beam", "tensorflow_model_analysis", "tfx_bsl",
@@ -85,7 +85,7 @@ PATH_OPTIONS = ("hash_key_file", "eval_config", "schema")
 
 def _config(args: argparse.Namespace) -> Any:
     """The effective config of a command: the shipped one, --config over it, then its options."""
-    from medseq.pipeline.config import load_config
+    from .config import load_config
 
     overrides: dict[str, Any] = {}
     for dest, section, key in CONFIG_OPTIONS:
@@ -104,14 +104,14 @@ def _config(args: argparse.Namespace) -> Any:
 def print_config(args: argparse.Namespace) -> int:
     import yaml
 
-    from medseq.pipeline.config import to_dict
+    from .config import to_dict
 
     print(yaml.safe_dump(to_dict(_config(args)), sort_keys=False), end="")
     return 0
 
 
 def cmd_synth(args: argparse.Namespace, _: list[str]) -> int:
-    from medseq.components import synth
+    from ..components import synth
 
     stats = synth.run(args.task, args.patients, args.seed, args.out, small=args.small)
     labels = ", ".join(f"{k}={v}" for k, v in sorted(stats.labeled.items()))
@@ -121,7 +121,7 @@ def cmd_synth(args: argparse.Namespace, _: list[str]) -> int:
 
 def cmd_convert(args: argparse.Namespace, beam_args: list[str]) -> int:
     processes.fewer_malloc_arenas()  # before Beam starts its threads and workers
-    from medseq.components import ingest
+    from ..components import ingest
 
     config = _config(args)
     out = ingest.run(config, ingest.IngestInputs(config.input, config.labels), args.out, beam_args)
@@ -135,7 +135,7 @@ def cmd_convert(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 
 def cmd_validate(args: argparse.Namespace, beam_args: list[str]) -> int:
-    from medseq.components import validate
+    from ..components import validate
 
     result = validate.run(_config(args), validate.ValidateInputs(args.examples), args.out, beam_args)
     print(open(os.path.join(args.out, "stats.txt")).read(), end="")
@@ -148,7 +148,7 @@ def cmd_validate(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 
 def cmd_train(args: argparse.Namespace, _: list[str]) -> int:
-    from medseq.components import train
+    from ..components import train
 
     config = _config(args)
     out = train.run(config, train.TrainInputs(args.examples), args.out)
@@ -159,7 +159,7 @@ def cmd_train(args: argparse.Namespace, _: list[str]) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace, beam_args: list[str]) -> int:
-    from medseq.components import evaluate, push
+    from ..components import evaluate, push
 
     config = _config(args)
     baseline = args.baseline
@@ -172,7 +172,7 @@ def cmd_evaluate(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 
 def cmd_push(args: argparse.Namespace, _: list[str]) -> int:
-    from medseq.components import push
+    from ..components import push
 
     out = push.run(_config(args), push.PushInputs(args.model, args.evaluation), args.serving_dir)
     removed = f"; removed version(s) {', '.join(map(str, out.removed))}" if out.removed else ""
@@ -181,7 +181,7 @@ def cmd_push(args: argparse.Namespace, _: list[str]) -> int:
 
 
 def cmd_predict(args: argparse.Namespace, _: list[str]) -> int:
-    from medseq.components import predict
+    from ..components import predict
 
     results = predict.predict(args.model, args.input, explain=bool(args.explain))
     print(predict.json_lines(results) if args.json else predict.table(results))
@@ -202,7 +202,7 @@ def cmd_predict(args: argparse.Namespace, _: list[str]) -> int:
 
 
 def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
-    from medseq.pipeline.runner import run_pipeline
+    from .runner import run_pipeline
 
     config = _config(args)
     result = run_pipeline(config, args.out, beam_args, start_from=args.start_from, only=args.only)
@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="print the effective config of this command (shipped, --config, options) and exit")
         return p
 
-    from medseq.components.synth.tasks import TASKS
+    from ..components.synth.tasks import TASKS
 
     p = add("synth", cmd_synth, "Write synthetic DICOM studies and labels.csv.", config=False)
     p.add_argument("--task", required=True, choices=TASKS)
@@ -299,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("run", cmd_run, "Run every stage into one run folder: by default on synthetic cine MR that the "
             "shipped config's `synth` section generates there; `input`/`labels` in a --config for your DICOM.")
     p.add_argument("--out", default="runs/latest", help="run folder (default: runs/latest)")
-    from medseq.pipeline.runner import STAGES
+    from .runner import STAGES
 
     which = p.add_mutually_exclusive_group()
     which.add_argument("--from", dest="start_from", choices=STAGES,
@@ -345,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return exc.exit_code
     _quiet_libraries(args.verbose)
     if from_command_line and not args.verbose:
-        from medseq.pipeline.console import filter_native_logs
+        from .console import filter_native_logs
 
         filter_native_logs()
     sub_parser = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr,index]

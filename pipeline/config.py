@@ -17,9 +17,9 @@ from typing import Any
 
 import yaml
 
-from medseq.components.synth.tasks import TASKS as SYNTH_TASKS
-from medseq.pipeline.errors import ConfigError
-from medseq.pipeline.typed import check_choice, from_dict, section_of, to_dict  # noqa: F401 - to_dict re-exported
+from ..components.synth.tasks import TASKS as SYNTH_TASKS
+from .errors import ConfigError
+from .typed import check_choice, from_dict, section_of, to_dict  # noqa: F401 - to_dict re-exported
 
 SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
 DEFAULT_CONFIG = SCHEMAS_DIR / "pipeline.yaml"

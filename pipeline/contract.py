@@ -19,7 +19,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from medseq.pipeline.errors import InputError
+from .errors import InputError
 
 BeamArgs = Sequence[str]
 

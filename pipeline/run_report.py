@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from medseq.components.evaluate import plots
-from medseq.components.evaluate.inference import PREDICTIONS_FILE, EvalPredictions
-from medseq.components.evaluate.report import (
+from ..components.evaluate import plots
+from ..components.evaluate.inference import PREDICTIONS_FILE, EvalPredictions
+from ..components.evaluate.report import (
     esc,
     gate_section,
     images,
@@ -23,9 +23,9 @@ from medseq.components.evaluate.report import (
     table,
     temporal_section,
 )
-from medseq.pipeline import features as F
-from medseq.pipeline.config import PipelineConfig
-from medseq.pipeline.run_record import RECORD_FILE
+from . import features as F
+from .config import PipelineConfig
+from .run_record import RECORD_FILE
 
 REPORT_FILE = "report.html"
 
@@ -113,7 +113,7 @@ def _strips(run: Path, config: PipelineConfig) -> str:
         return ""
     import tensorflow as tf
 
-    from medseq.components.train.dataset import parse_examples, record_spec, split_files
+    from ..components.train.dataset import parse_examples, record_spec, split_files
 
     spec, pngs, seen = record_spec(run / "ingest"), [], set()
     files = split_files(run / "ingest", "eval")

@@ -26,10 +26,10 @@ from typing import Any
 
 import yaml
 
-from medseq.pipeline import stages
-from medseq.pipeline.config import PipelineConfig, to_dict
-from medseq.pipeline.errors import ConfigError, MedseqError, StageFailed
-from medseq.pipeline.run_record import RunRecord, cache_key
+from . import stages
+from .config import PipelineConfig, to_dict
+from .errors import ConfigError, MedseqError, StageFailed
+from .run_record import RunRecord, cache_key
 
 KEY_FILE = "hash.key"
 STAGES = ("synth", "ingest", "validate", "train", "evaluate", "push")
@@ -100,7 +100,7 @@ class Runner:
 
 
 def _key(run: Path, config: PipelineConfig) -> tuple[bytes, str]:
-    from medseq.components.ingest import deid
+    from ..components.ingest import deid
 
     key_file = Path(config.ingest.hash_key_file) if config.ingest.hash_key_file else run / KEY_FILE
     if not key_file.exists():
@@ -113,7 +113,7 @@ def _key(run: Path, config: PipelineConfig) -> tuple[bytes, str]:
 def run_pipeline(config: PipelineConfig, run_dir: str | Path, beam_args: list[str] | None = None,
                  start_from: str | None = None, only: str | None = None) -> RunOutputs:
     """Runs (or reuses) synth -> ingest -> validate -> train -> evaluate -> push, then writes the run report."""
-    from medseq.components.push.model_card import package_versions
+    from ..components.push.model_card import package_versions
 
     run = Path(run_dir).resolve()
     run.mkdir(parents=True, exist_ok=True)

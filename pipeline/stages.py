@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medseq.pipeline import features as F
-from medseq.pipeline.config import PipelineConfig, SynthConfig, to_dict
-from medseq.pipeline.errors import StageFailed
-from medseq.pipeline.fingerprints import files_fingerprint, tree_fingerprint
+from . import features as F
+from .config import PipelineConfig, SynthConfig, to_dict
+from .errors import StageFailed
+from .fingerprints import files_fingerprint, tree_fingerprint
 
 SYNTH_DIR = "synth"
 SYNTH_RECORD = "synth.json"  # the synth section that made RUN/synth: reused while it matches
@@ -47,7 +47,7 @@ def input_print(where: str) -> str:
 def synthetic_input(synth: SynthConfig, run: Path) -> tuple[Path, bool]:
     """RUN/synth with `medseq synth`'s output for the config's `synth` section; reused when
     it was made from the same section. Returns (folder, reused)."""
-    from medseq.components import synth as synthesize
+    from ..components import synth as synthesize
 
     target = run / SYNTH_DIR
     wanted = to_dict(synth)
@@ -70,7 +70,7 @@ def synth(section: SynthConfig, run: Path) -> Result:
 
 
 def ingest(config: PipelineConfig, out: Path, key: bytes, beam_args: list[str]) -> Result:
-    from medseq.components import ingest as component
+    from ..components import ingest as component
 
     done = component.run(config, component.IngestInputs(config.input, config.labels, key), out, beam_args)
     return Result(f"records {done.records}, rejected {done.rejected} (see ingest/rejected.jsonl)",
@@ -78,7 +78,7 @@ def ingest(config: PipelineConfig, out: Path, key: bytes, beam_args: list[str]) 
 
 
 def validate(config: PipelineConfig, records: Path, out: Path, beam_args: list[str]) -> Result:
-    from medseq.components import validate as component
+    from ..components import validate as component
 
     checked = component.run(config, component.ValidateInputs(str(records)), out, beam_args)
     print((out / "stats.txt").read_text(), end="")
@@ -90,7 +90,7 @@ def validate(config: PipelineConfig, records: Path, out: Path, beam_args: list[s
 
 
 def train(config: PipelineConfig, records: Path, out: Path) -> Result:
-    from medseq.components import train as component
+    from ..components import train as component
 
     trained = component.run(config, component.TrainInputs(str(records)), out)
     resumed = f", resumed at step {trained.resumed_from_step}" if trained.resumed_from_step else ""
@@ -109,7 +109,7 @@ def _served_fingerprint(version: Path) -> str | None:
 def baseline(serving_dir: Path, model_name: str, model: dict[str, str]) -> tuple[Path | None, str]:
     """The served model to compare with, and its cache input. None when nothing is served
     or the served version is this very candidate (a rerun): there is nothing to compare."""
-    from medseq.components import push as component
+    from ..components import push as component
 
     served = component.served_model(serving_dir, model_name)
     if served is None:
@@ -124,7 +124,7 @@ def evaluation_print(out: Path) -> dict[str, str]:
 
 def evaluate(config: PipelineConfig, records: Path, model: Path, out: Path, served: Path | None,
              beam_args: list[str]) -> Result:
-    from medseq.components import evaluate as component
+    from ..components import evaluate as component
 
     inputs = component.EvaluateInputs(str(records), str(model), str(served) if served else None)
     evaluated = component.run(config, inputs, out, beam_args)
@@ -136,7 +136,7 @@ def evaluate(config: PipelineConfig, records: Path, model: Path, out: Path, serv
 
 def served_print(serving_dir: Path, model_name: str, model: dict[str, str]) -> dict[str, str]:
     """{served version: fingerprint} when the newest served version is this model."""
-    from medseq.components import push as component
+    from ..components import push as component
 
     served = component.served_model(serving_dir, model_name)
     if served is None or _served_fingerprint(served) not in model.values():
@@ -146,7 +146,7 @@ def served_print(serving_dir: Path, model_name: str, model: dict[str, str]) -> d
 
 def push(config: PipelineConfig, model: Path, model_print: dict[str, str], evaluation: Path,
          serving_dir: Path) -> Result:
-    from medseq.components import push as component
+    from ..components import push as component
 
     if not (evaluation / F.BLESSED).exists():
         return Result("skipped: not blessed", {})
@@ -162,7 +162,7 @@ def push(config: PipelineConfig, model: Path, model_print: dict[str, str], evalu
 
 def write_run_report(run: Path, config: PipelineConfig) -> Path | None:
     """RUN/report.html; a failure here is reported, never hides the run's own outcome."""
-    from medseq.pipeline.run_report import write_report
+    from .run_report import write_report
 
     try:
         return write_report(run, config)

@@ -11,7 +11,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-from medseq.pipeline.errors import ConfigError
+from .errors import ConfigError
 
 
 def check_choice(where: str, value: str, choices: tuple[str, ...]) -> None:

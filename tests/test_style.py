@@ -2,9 +2,12 @@
 and mypy sees the real `medseq.*` modules, so calls between modules are checked.
 
 The design card's layout keeps `pipeline/` and `components/` at the top of the repository
-while they import as `medseq.pipeline` and `medseq.components` (setup.py maps them). mypy
-cannot follow that mapping, so it runs on a view of the tree under the import names: a
-folder `medseq/` whose packages are links to the real folders.
+while they install as `medseq.pipeline` and `medseq.components` (setup.py maps them). The
+library's own imports are relative (`from ...pipeline import features`), so a tool that
+reads the tree by folders (an IDE, pyright, an import-graph tool) resolves every one of
+them, and the installed names still work. mypy names modules by their packages, not
+folders, so it runs on a view of the tree under the import names: a folder `medseq/`
+whose packages are links to the real folders.
 """
 
 from __future__ import annotations
@@ -61,3 +64,38 @@ def test_mypy_checks_a_call_from_one_module_into_another(tmp_path):
     assert result.returncode == 1, result.stdout
     assert 'Argument 1 to "tree_fingerprint" has incompatible type "int"' in result.stdout
     assert 'Revealed type is "def (root: str | pathlib.Path' in result.stdout  # the real signature, not Any
+
+
+def _resolves_in_tree(path: Path, level: int, module: str | None, names: list[str]) -> bool:
+    """A relative import resolved by folders alone, as an IDE or pyright reads the tree."""
+    base = path.parent
+    for _ in range(level - 1):
+        base = base.parent
+    target = base.joinpath(*module.split(".")) if module else base
+    if target.with_suffix(".py").is_file():
+        return True  # names from a module
+    if not (target / "__init__.py").is_file():
+        return False
+    # names from a package: its submodules, or names its __init__ defines (not checked here)
+    return all((target / f"{n}.py").is_file() or (target / n / "__init__.py").is_file() or
+               n in (target / "__init__.py").read_text() for n in names)
+
+
+def test_the_trees_own_imports_are_relative_and_resolve_by_folder():
+    """Library code imports its own modules relatively, so a tool that reads the tree
+    (IDEs, pyright, import-graph tools) sees every edge; the installed names stay medseq.*."""
+    import ast
+
+    absolute, unresolved, relative = [], [], 0
+    for top in PACKAGES:
+        for path in sorted((REPO / top).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.level:
+                    relative += 1
+                    if not _resolves_in_tree(path, node.level, node.module, [a.name for a in node.names]):
+                        unresolved.append(f"{path.relative_to(REPO)}:{node.lineno}")
+                elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                    names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                    where = f"{path.relative_to(REPO)}:{node.lineno}"
+                    absolute += [where for n in names if n.split(".")[0] == "medseq"]
+    assert not absolute and not unresolved and relative > 200, (absolute, unresolved)

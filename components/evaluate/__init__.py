@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medseq.components.evaluate.executor import EvaluateOutputs, evaluate
-from medseq.pipeline.config import PipelineConfig
-from medseq.pipeline.contract import BeamArgs, EvaluateInputs, absolute
+from ...pipeline.config import PipelineConfig
+from ...pipeline.contract import BeamArgs, EvaluateInputs, absolute
+from .executor import EvaluateOutputs, evaluate
 
 
 def run(config: PipelineConfig, inputs: EvaluateInputs, out: str | Path,

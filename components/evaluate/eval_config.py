@@ -8,9 +8,9 @@ from pathlib import Path
 from google.protobuf import text_format
 from tensorflow_model_analysis.proto import config_pb2
 
-from medseq.pipeline import features as F
-from medseq.pipeline.config import DEFAULT_EVAL_CONFIG, DEFAULT_EVAL_CONFIG_MULTICLASS
-from medseq.pipeline.errors import ConfigError
+from ...pipeline import features as F
+from ...pipeline.config import DEFAULT_EVAL_CONFIG, DEFAULT_EVAL_CONFIG_MULTICLASS
+from ...pipeline.errors import ConfigError
 
 CANDIDATE, BASELINE = "candidate", "baseline"
 

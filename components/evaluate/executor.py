@@ -18,14 +18,14 @@ import numpy as np
 import tensorflow_model_analysis as tfma
 from google.protobuf import text_format
 
-from medseq.components.evaluate import gate, report
-from medseq.components.evaluate.eval_config import BASELINE, CANDIDATE, has_thresholds, load_eval_config, prepare_config
-from medseq.components.evaluate.inference import PREDICTIONS_FILE, VARIANTS, EvalPredictions, predict_split
-from medseq.components.evaluate.intervals import Interval, bootstrap_intervals, metrics_of
-from medseq.components.train.dataset import record_spec
-from medseq.pipeline import features as F
-from medseq.pipeline.config import EvaluateConfig
-from medseq.pipeline.fingerprints import tree_fingerprint
+from ...pipeline import features as F
+from ...pipeline.config import EvaluateConfig
+from ...pipeline.fingerprints import tree_fingerprint
+from ..train.dataset import record_spec
+from . import gate, report
+from .eval_config import BASELINE, CANDIDATE, has_thresholds, load_eval_config, prepare_config
+from .inference import PREDICTIONS_FILE, VARIANTS, EvalPredictions, predict_split
+from .intervals import Interval, bootstrap_intervals, metrics_of
 
 VERDICT_VERSION = 1
 

@@ -17,8 +17,8 @@ import numpy as np
 from tensorflow_model_analysis.metrics import metric_specs, metric_types
 from tensorflow_model_analysis.proto import config_pb2
 
-from medseq.components.evaluate.inference import EvalPredictions
-from medseq.components.evaluate.intervals import Interval
+from .inference import EvalPredictions
+from .intervals import Interval
 
 SliceKey = tuple[tuple[str, str], ...]  # TFMA's: () overall, (("modality", "MR"),), ...
 Metrics = Mapping[SliceKey, Mapping[str, float]]

@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from medseq.components.train.dataset import parse_examples, split_files
-from medseq.components.train.export import load_spec
-from medseq.pipeline import features as F
-from medseq.pipeline.errors import InputError
+from ...pipeline import features as F
+from ...pipeline.errors import InputError
+from ..train.dataset import parse_examples, split_files
+from ..train.export import load_spec
 
 VARIANTS = ("frames", "shuffled", "one_frame")
 PREDICTIONS_FILE = "predictions.json"  # written by evaluate beside BLESSED: the run report redraws from it

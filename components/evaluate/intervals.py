@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from medseq.components.train.metrics import binary_auc
+from ..train.metrics import binary_auc
 
 Interval = tuple[float, float]
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from medseq.components.evaluate.intervals import precision_recall_steps
+from .intervals import precision_recall_steps
 
 
 def _subplots(*grid: int, figsize: tuple[float, float], **kwargs: Any) -> tuple[Figure, Any]:

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from medseq.components.evaluate import plots
-from medseq.components.evaluate.gate import percent
-from medseq.components.evaluate.inference import EvalPredictions
+from . import plots
+from .gate import percent
+from .inference import EvalPredictions
 
 STYLE = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1100px;

@@ -12,11 +12,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from medseq.components.ingest import deid
-from medseq.components.ingest.executor import IngestOutputs, run_job
-from medseq.pipeline.config import PipelineConfig
-from medseq.pipeline.contract import BeamArgs, IngestInputs, absolute
-from medseq.pipeline.lean_beam import default_beam_args, import_beam_without_optional_io
+from ...pipeline.config import PipelineConfig
+from ...pipeline.contract import BeamArgs, IngestInputs, absolute
+from ...pipeline.lean_beam import default_beam_args, import_beam_without_optional_io
+from . import deid
+from .executor import IngestOutputs, run_job
 
 __all__ = ["IngestInputs", "IngestOutputs", "run"]
 

@@ -15,10 +15,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from medseq.pipeline.errors import HashKeyError
+from ...pipeline.errors import HashKeyError
 
 if TYPE_CHECKING:
-    from medseq.components.preprocessing.headers import FileHeader
+    from ..preprocessing.headers import FileHeader
 
 KEY_ENV = "MEDSEQ_HASH_KEY"
 MIN_KEY_BYTES = 16

@@ -17,14 +17,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from medseq.components.ingest import storage
-from medseq.components.ingest.graph import INDEX, LABELED_LINES, REJECTED_LINES, ingest_graph
-from medseq.components.ingest.in_process import LocalGraph
-from medseq.components.ingest.output_lock import output_lock
-from medseq.components.ingest.storage import open_binary
-from medseq.pipeline import features as F
-from medseq.pipeline.config import IngestConfig, PreprocessConfig, to_dict
-from medseq.pipeline.errors import InputError
+from ...pipeline import features as F
+from ...pipeline.config import IngestConfig, PreprocessConfig, to_dict
+from ...pipeline.errors import InputError
+from . import storage
+from .graph import INDEX, LABELED_LINES, REJECTED_LINES, ingest_graph
+from .in_process import LocalGraph
+from .output_lock import output_lock
+from .storage import open_binary
 
 if TYPE_CHECKING:
     import apache_beam as beam
@@ -120,7 +120,7 @@ class BeamGraph:
         return items | label >> self.beam.Reshuffle()
 
     def pardo(self, label: str, items: Any, step: Any, tags: tuple[str, ...] = ()) -> tuple[Any, ...]:
-        from medseq.components.ingest.transforms import StepDoFn
+        from .transforms import StepDoFn
 
         out = items | label >> self.beam.ParDo(StepDoFn(step)).with_outputs(*tags, main="main")
         return (out.main, *(out[t] for t in tags))

@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from medseq.components.ingest import storage
-from medseq.components.ingest.steps import (
+from ...pipeline.config import IngestConfig, PreprocessConfig
+from . import storage
+from .steps import (
     REJECTED,
     BuildRecordStep,
     ReadHeaderStep,
@@ -23,7 +24,6 @@ from medseq.components.ingest.steps import (
     WriteShardStep,
     shard_of,
 )
-from medseq.pipeline.config import IngestConfig, PreprocessConfig
 
 INDEX, REJECTED_LINES, LABELED_LINES = "_index", "_rejected", "_labeled"  # side files finalize() merges
 

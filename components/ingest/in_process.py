@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from medseq.components.ingest import storage
-from medseq.components.ingest.steps import Tagged
+from . import storage
+from .steps import Tagged
 
 
 class LocalGraph:

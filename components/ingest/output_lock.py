@@ -15,8 +15,8 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from medseq.pipeline.errors import InputError
-from medseq.pipeline.processes import alive
+from ...pipeline.errors import InputError
+from ...pipeline.processes import alive
 
 LOCK_FILE = ".medseq.lock"
 LEFTOVER_PREFIXES = (".medseq-staging-", ".medseq-old-")

@@ -22,16 +22,16 @@ from typing import IO, Any, NamedTuple
 
 import numpy as np
 
-from medseq.components.ingest import deid, storage
-from medseq.components.ingest.records import encode_example, write_tfrecords
-from medseq.components.preprocessing import reasons
-from medseq.components.preprocessing.headers import FileHeader, read_header
-from medseq.components.preprocessing.inflate import DEFAULT_MAX_INFLATED_MB, limit_bytes
-from medseq.components.preprocessing.prepare import prepare_series
-from medseq.components.preprocessing.reasons import Rejected
-from medseq.components.preprocessing.transform import Prepared
-from medseq.pipeline import features as F
-from medseq.pipeline.config import PreprocessConfig, SplitConfig
+from ...pipeline import features as F
+from ...pipeline.config import PreprocessConfig, SplitConfig
+from ..preprocessing import reasons
+from ..preprocessing.headers import FileHeader, read_header
+from ..preprocessing.inflate import DEFAULT_MAX_INFLATED_MB, limit_bytes
+from ..preprocessing.prepare import prepare_series
+from ..preprocessing.reasons import Rejected
+from ..preprocessing.transform import Prepared
+from . import deid, storage
+from .records import encode_example, write_tfrecords
 
 log = logging.getLogger("medseq.ingest")
 PROGRESS_SECONDS = 5.0

@@ -14,8 +14,9 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from medseq.components.ingest import steps
-from medseq.components.ingest.steps import (  # noqa: F401 - the job's names, from one place
+from ...pipeline.config import PreprocessConfig, SplitConfig
+from . import steps
+from .steps import (  # noqa: F401 - the job's names, from one place
     REJECTED,
     Record,
     RejectedRow,
@@ -24,7 +25,6 @@ from medseq.components.ingest.steps import (  # noqa: F401 - the job's names, fr
     real_root,
     shard_of,
 )
-from medseq.pipeline.config import PreprocessConfig, SplitConfig
 
 
 class _BeamCounts(steps.Counts):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from medseq.components.predict.executor import Prediction, predict, prepare_folder, read_series
+from .executor import Prediction, predict, prepare_folder, read_series
 
 TOP_FRAMES = 3
 

@@ -15,16 +15,16 @@ from pathlib import Path
 
 import numpy as np
 
-from medseq.components.ingest import deid
-from medseq.components.ingest.steps import input_files, read_file_header, real_root
-from medseq.components.preprocessing import reasons
-from medseq.components.preprocessing.headers import FileHeader
-from medseq.components.preprocessing.prepare import prepare_series
-from medseq.components.preprocessing.reasons import Rejected
-from medseq.components.preprocessing.transform import Prepared
-from medseq.pipeline import features as F
-from medseq.pipeline.config import PreprocessConfig, from_dict
-from medseq.pipeline.errors import InputError
+from ...pipeline import features as F
+from ...pipeline.config import PreprocessConfig, from_dict
+from ...pipeline.errors import InputError
+from ..ingest import deid
+from ..ingest.steps import input_files, read_file_header, real_root
+from ..preprocessing import reasons
+from ..preprocessing.headers import FileHeader
+from ..preprocessing.prepare import prepare_series
+from ..preprocessing.reasons import Rejected
+from ..preprocessing.transform import Prepared
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ def predict(model_dir: str | Path, root: str | Path, explain: bool = False) -> l
     """Predictions for every series under `root`, in folder order."""
     import tensorflow as tf
 
-    from medseq.components.train.export import load_spec
+    from ..train.export import load_spec
 
     spec = load_spec(model_dir)
     config = from_dict(PreprocessConfig, spec.preprocess, "model preprocess")

@@ -19,19 +19,19 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import UID, JPEG2000Lossless, JPEGLSLossless, JPEGLSNearLossless, RLELossless
 
-from medseq.components.preprocessing import reasons
-from medseq.components.preprocessing.enhanced import frame_rescales
-from medseq.components.preprocessing.geometry import OrderedSeries
-from medseq.components.preprocessing.headers import (
+from ...pipeline import features as F
+from . import reasons
+from .enhanced import frame_rescales
+from .geometry import OrderedSeries
+from .headers import (
     UNDEFINED_LENGTH,
     FileHeader,
     header_window,
     max_value,
     read_dataset,
 )
-from medseq.components.preprocessing.quiet import quiet_pydicom
-from medseq.components.preprocessing.reasons import Rejected
-from medseq.pipeline import features as F
+from .quiet import quiet_pydicom
+from .reasons import Rejected
 
 # The pixel pass runs one worker per core, so a codec's CPU time is what counts, not its
 # wall time. CPU a frame, measured here on the benchmark's 192-256 px 12-bit frames

@@ -21,8 +21,8 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 
-from medseq.components.preprocessing.header_values import HeaderValues
-from medseq.components.preprocessing.plain_file import PER_FRAME_GROUPS, sequence_items
+from .header_values import HeaderValues
+from .plain_file import PER_FRAME_GROUPS, sequence_items
 
 _PER_FRAME = "PerFrameFunctionalGroupsSequence"
 T = TypeVar("T")

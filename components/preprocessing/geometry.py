@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medseq.components.preprocessing import reasons
-from medseq.components.preprocessing.headers import FileHeader, FrameRef
-from medseq.components.preprocessing.reasons import Rejected
-from medseq.pipeline import features as F
+from ...pipeline import features as F
+from . import reasons
+from .headers import FileHeader, FrameRef
+from .reasons import Rejected
 
 ORIENTATION_TOL = 1e-3  # direction cosines
 POSITION_TOL_MM = 0.01

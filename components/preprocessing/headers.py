@@ -22,13 +22,13 @@ from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian
 
-from medseq.components.preprocessing import header_values, reasons
-from medseq.components.preprocessing.enhanced import first_item, frame_rescales, frames_geometry, with_per_frame
-from medseq.components.preprocessing.header_values import HeaderValues, pixel_options
-from medseq.components.preprocessing.inflate import DEFAULT_MAX_INFLATED_MB, check_deflated_file, limit_bytes
-from medseq.components.preprocessing.plain_file import PER_FRAME_GROUPS, plain_dataset
-from medseq.components.preprocessing.quiet import quiet_pydicom
-from medseq.components.preprocessing.reasons import Rejected
+from . import header_values, reasons
+from .enhanced import first_item, frame_rescales, frames_geometry, with_per_frame
+from .header_values import HeaderValues, pixel_options
+from .inflate import DEFAULT_MAX_INFLATED_MB, check_deflated_file, limit_bytes
+from .plain_file import PER_FRAME_GROUPS, plain_dataset
+from .quiet import quiet_pydicom
+from .reasons import Rejected
 
 DEFER_BYTES = 4096
 UNDEFINED_LENGTH = 0xFFFFFFFF

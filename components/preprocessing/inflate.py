@@ -13,8 +13,8 @@ from __future__ import annotations
 import zlib
 from typing import IO
 
-from medseq.components.preprocessing import reasons
-from medseq.components.preprocessing.reasons import Rejected
+from . import reasons
+from .reasons import Rejected
 
 DEFAULT_MAX_INFLATED_MB = 1024.0
 FIRST_CHUNK = 16 << 20  # zlib joins its output blocks at the end: twice this is held for a moment

@@ -33,7 +33,7 @@ from pydicom.tag import BaseTag, SequenceDelimiterTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian, PrivateTransferSyntaxes
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 
-from medseq.components.preprocessing.inflate import DEFAULT_MAX_INFLATED_MB, inflate, limit_bytes
+from .inflate import DEFAULT_MAX_INFLATED_MB, inflate, limit_bytes
 
 UNDEFINED = 0xFFFFFFFF
 PIXEL_DATA = 0x7FE00010

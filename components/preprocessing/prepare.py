@@ -6,14 +6,14 @@ import dataclasses
 from collections.abc import Callable
 from typing import IO
 
-from medseq.components.preprocessing import reasons
-from medseq.components.preprocessing.decode import load_series
-from medseq.components.preprocessing.geometry import OrderedSeries, order_series
-from medseq.components.preprocessing.headers import FileHeader
-from medseq.components.preprocessing.reasons import Rejected
-from medseq.components.preprocessing.transform import Prepared, preprocess, temporal_indices
-from medseq.pipeline import features as F
-from medseq.pipeline.config import PreprocessConfig
+from ...pipeline import features as F
+from ...pipeline.config import PreprocessConfig
+from . import reasons
+from .decode import load_series
+from .geometry import OrderedSeries, order_series
+from .headers import FileHeader
+from .reasons import Rejected
+from .transform import Prepared, preprocess, temporal_indices
 
 
 def frames_to_decode(ordered: OrderedSeries, config: PreprocessConfig) -> OrderedSeries:

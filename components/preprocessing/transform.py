@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from medseq.components.preprocessing.decode import SeriesMeta
-from medseq.pipeline import features as F
-from medseq.pipeline.config import PreprocessConfig, parse_window
+from ...pipeline import features as F
+from ...pipeline.config import PreprocessConfig, parse_window
+from .decode import SeriesMeta
 
 # Rec. 601 luma. Applied as three elementwise products, not `rgb @ weights`: numpy hands
 # matrix products to OpenBLAS, whose kernel (chosen for the CPU at run time) fixes the

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medseq.components.push.executor import PushOutputs, push, served_model
-from medseq.pipeline.config import PipelineConfig
-from medseq.pipeline.contract import BeamArgs, PushInputs
+from ...pipeline.config import PipelineConfig
+from ...pipeline.contract import BeamArgs, PushInputs
+from .executor import PushOutputs, push, served_model
 
 __all__ = ["PushInputs", "PushOutputs", "push", "run", "served_model"]
 

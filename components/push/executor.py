@@ -18,13 +18,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from medseq.components.push.model_card import CARD_FILE, model_card
-from medseq.components.push.warmup import WARMUP_FILE, warmup_requests, write_warmup
-from medseq.components.train.export import load_spec, load_spec_json
-from medseq.pipeline import features as F
-from medseq.pipeline.errors import InputError, StageFailed
-from medseq.pipeline.fingerprints import tree_fingerprint
-from medseq.pipeline.processes import alive
+from ...pipeline import features as F
+from ...pipeline.errors import InputError, StageFailed
+from ...pipeline.fingerprints import tree_fingerprint
+from ...pipeline.processes import alive
+from ..train.export import load_spec, load_spec_json
+from .model_card import CARD_FILE, model_card
+from .warmup import WARMUP_FILE, warmup_requests, write_warmup
 
 STAGING_PREFIX = ".incoming-"
 RETIRED_PREFIX = ".retired-"

@@ -12,7 +12,7 @@ import datetime
 from importlib import metadata
 from typing import Any
 
-from medseq.pipeline import features as F
+from ...pipeline import features as F
 
 CARD_FILE = "medseq_model.json"
 CARD_SCHEMA = "medseq-model-card/1"

@@ -15,9 +15,9 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-from medseq.components.ingest.records import encode_example
-from medseq.components.train.dataset import RecordSpec
-from medseq.pipeline import features as F
+from ...pipeline import features as F
+from ..ingest.records import encode_example
+from ..train.dataset import RecordSpec
 
 WARMUP_FILE = "tf_serving_warmup_requests"
 MAX_RECORDS = 1000  # TF Serving's own limit on warm-up records

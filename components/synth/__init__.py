@@ -5,16 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from medseq.components.synth.tasks import CLASSES, TASKS
+from .tasks import CLASSES, TASKS
 
 if TYPE_CHECKING:
-    from medseq.components.synth.generator import SynthStats
+    from .generator import SynthStats
 
 __all__ = ["CLASSES", "TASKS", "run"]
 
 
 def run(task: str, patients: int, seed: int, out: str | Path, small: bool = False) -> SynthStats:
     """Writes `out/dicom/` and `out/labels.csv`; same arguments, same bytes."""
-    from medseq.components.synth.generator import generate  # numpy, pydicom: only when writing
+    from .generator import generate  # numpy, pydicom: only when writing
 
     return generate(task, patients, seed, Path(out), small=small)

@@ -25,7 +25,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from medseq.components.synth.phantoms import Scanner
+from .phantoms import Scanner
 
 MR_IMAGE = UID("1.2.840.10008.5.1.4.1.1.4")
 ENHANCED_MR_IMAGE = UID("1.2.840.10008.5.1.4.1.1.4.1")

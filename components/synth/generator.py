@@ -16,8 +16,8 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from medseq.components.synth import phantoms
-from medseq.components.synth.dicom_writer import (
+from . import phantoms
+from .dicom_writer import (
     SYNTAX_WEIGHTS,
     TRANSFER_SYNTAXES,
     Patient,
@@ -28,7 +28,7 @@ from medseq.components.synth.dicom_writer import (
     enhanced_series,
     uid,
 )
-from medseq.components.synth.tasks import EF_RANGES
+from .tasks import EF_RANGES
 
 SITES = ("St. Elsewhere General Hospital", "Northfield University Medical Center",
          "Lakeside Imaging Clinic")

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medseq.components.train.executor import TrainOutputs, train
-from medseq.pipeline.config import PipelineConfig
-from medseq.pipeline.contract import BeamArgs, TrainInputs, absolute
+from ...pipeline.config import PipelineConfig
+from ...pipeline.contract import BeamArgs, TrainInputs, absolute
+from .executor import TrainOutputs, train
 
 __all__ = ["TrainInputs", "TrainOutputs", "run", "train"]
 

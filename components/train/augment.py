@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from medseq.pipeline import features as F
+from ...pipeline import features as F
 
 
 def spatial_permutations(height: int, width: int, ops: tuple[str, ...]) -> np.ndarray:

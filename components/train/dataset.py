@@ -19,9 +19,9 @@ from typing import Any
 
 import tensorflow as tf
 
-from medseq.components.train.augment import augment
-from medseq.pipeline import features as F
-from medseq.pipeline.errors import InputError
+from ...pipeline import features as F
+from ...pipeline.errors import InputError
+from .augment import augment
 
 SHUFFLE_BUFFER = 1024  # records; a pass over a larger split is shuffled within windows of this size
 

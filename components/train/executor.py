@@ -17,7 +17,10 @@ from pathlib import Path
 import tensorflow as tf
 from tensorflow.python.framework import config as tf_framework_config
 
-from medseq.components.train.dataset import (
+from ...pipeline.config import TrainConfig, to_dict
+from ...pipeline.errors import ConfigError, InputError
+from ...pipeline.fingerprints import files_fingerprint
+from .dataset import (
     RecordSpec,
     StreamPosition,
     eval_dataset,
@@ -27,14 +30,11 @@ from medseq.components.train.dataset import (
     split_files,
     train_stream,
 )
-from medseq.components.train.export import export_saved_model
-from medseq.components.train.loop import Trainer, make_strategy
-from medseq.components.train.metrics import auc_from_histograms, class_weights
-from medseq.components.train.progress import EpochProgress, History
-from medseq.components.train.state import Checkpoints, agreed_step
-from medseq.pipeline.config import TrainConfig, to_dict
-from medseq.pipeline.errors import ConfigError, InputError
-from medseq.pipeline.fingerprints import files_fingerprint
+from .export import export_saved_model
+from .loop import Trainer, make_strategy
+from .metrics import auc_from_histograms, class_weights
+from .progress import EpochProgress, History
+from .state import Checkpoints, agreed_step
 
 __all__ = ["TrainOutputs", "Trainer", "make_strategy", "train"]
 

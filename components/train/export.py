@@ -17,9 +17,9 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from medseq.components.train.dataset import RecordSpec, parse_examples
-from medseq.pipeline import features as F
-from medseq.pipeline.errors import InputError
+from ...pipeline import features as F
+from ...pipeline.errors import InputError
+from .dataset import RecordSpec, parse_examples
 
 SPEC_FILE = "medseq_spec.json"
 

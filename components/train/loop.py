@@ -16,12 +16,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from medseq.components.train.dataset import RecordSpec
-from medseq.components.train.metrics import auc, histograms
-from medseq.components.train.model import build_model
-from medseq.components.train.state import TrainState
-from medseq.pipeline.config import TrainConfig
-from medseq.pipeline.errors import ConfigError
+from ...pipeline.config import TrainConfig
+from ...pipeline.errors import ConfigError
+from .dataset import RecordSpec
+from .metrics import auc, histograms
+from .model import build_model
+from .state import TrainState
 
 
 def make_strategy(config: TrainConfig) -> tf.distribute.Strategy:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 import tensorflow as tf
 
-from medseq.pipeline.errors import ConfigError
+from ...pipeline.errors import ConfigError
 
 BINS = 200
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import keras
 from keras import layers, ops
 
-from medseq.components.train.dataset import RecordSpec
-from medseq.pipeline import features as F
-from medseq.pipeline.config import TrainConfig
-from medseq.pipeline.errors import ConfigError
+from ...pipeline import features as F
+from ...pipeline.config import TrainConfig
+from ...pipeline.errors import ConfigError
+from .dataset import RecordSpec
 
 # keras.applications backbones (always built with weights=None: nothing is downloaded).
 # They expect three channels in [0, 255], like the ImageNet weights a user may load.

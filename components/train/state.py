@@ -19,8 +19,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from medseq.components.train.metrics import BINS
-from medseq.pipeline.errors import InputError
+from ...pipeline.errors import InputError
+from .metrics import BINS
 
 BEST = "best"
 

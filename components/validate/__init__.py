@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medseq.components.validate.executor import ValidateOutputs, table, validate
-from medseq.pipeline.config import PipelineConfig
-from medseq.pipeline.contract import BeamArgs, ValidateInputs, absolute
-from medseq.pipeline.lean_beam import default_beam_args
+from ...pipeline.config import PipelineConfig
+from ...pipeline.contract import BeamArgs, ValidateInputs, absolute
+from ...pipeline.lean_beam import default_beam_args
+from .executor import ValidateOutputs, table, validate
 
 __all__ = ["ValidateInputs", "ValidateOutputs", "run", "table", "validate"]
 

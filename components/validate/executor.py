@@ -17,11 +17,11 @@ import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from medseq.components.train.dataset import split_files
-from medseq.components.validate.schema import infer_schema, load_schema, schema_text
-from medseq.components.validate.stats import RecordStats, SplitStats
-from medseq.pipeline import features as F
-from medseq.pipeline.errors import InputError
+from ...pipeline import features as F
+from ...pipeline.errors import InputError
+from ..train.dataset import split_files
+from .schema import infer_schema, load_schema, schema_text
+from .stats import RecordStats, SplitStats
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from typing import Any
 from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-from medseq.pipeline.config import DEFAULT_SCHEMA
-from medseq.pipeline.errors import ConfigError
+from ...pipeline.config import DEFAULT_SCHEMA
+from ...pipeline.errors import ConfigError
 
 KIND_OF_TYPE = {schema_pb2.BYTES: "bytes", schema_pb2.INT: "int", schema_pb2.FLOAT: "float"}
 

@@ -15,8 +15,8 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from medseq.components.validate.schema import check_record
-from medseq.pipeline import features as F
+from ...pipeline import features as F
+from .schema import check_record
 
 _FLOATS = {"float16": np.float16, "float32": np.float32, "uint8": np.uint8}
 
