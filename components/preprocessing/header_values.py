@@ -25,15 +25,17 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import pydicom
 from pydicom import config
 from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.pixels.utils import as_pixel_options
 from pydicom.tag import BaseTag
+
+from .plain_file import sequence_items
 
 _DECIMAL = re.compile(rb" *[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)? *\Z")
 _INTEGER = re.compile(rb" *[+-]?\d{1,12} *\Z")  # 12: DICOM's longest IS; pydicom keeps larger ones as floats
@@ -110,32 +112,91 @@ def _fast_paths() -> bool:
     return FAST_PATHS  # read when used: a test turns it off
 
 
+class RawElements(Protocol):
+    """The raw elements of a data set or of a sequence item, as pydicom's public
+    `Dataset.get_item(tag, keep_deferred=True)` gives them (not converted), and its
+    `get`/`in` by keyword: what `HeaderValues` reads. A `Dataset` is one; so is `RawItem`."""
+
+    def get_item(self, key: BaseTag, *, keep_deferred: bool = ...) -> Any: ...
+    def get(self, key: str, default: Any = None) -> Any: ...
+    def __contains__(self, key: Any) -> bool: ...
+
+
+class Fallback:
+    """Shared by the raw items of one read: set when one of them meets a value only pydicom
+    reads exactly, so that the caller reads the whole sequence through pydicom instead."""
+
+    __slots__ = ("needed",)
+
+    def __init__(self) -> None:
+        self.needed = False
+
+
+class RawItem:
+    """A sequence item's raw elements, read from the file's bytes without pydicom's
+    Dataset (`plain_file.sequence_items`). `get` of a sequence gives its items; of
+    anything else (a value `HeaderValues` found not plain) it gives `default` and sets the
+    shared `Fallback`: the caller's result is then discarded and read through pydicom."""
+
+    __slots__ = ("elements", "fallback")
+
+    def __init__(self, elements: dict[BaseTag, DataElement | RawDataElement], fallback: Fallback) -> None:
+        self.elements, self.fallback = elements, fallback
+
+    def get_item(self, key: BaseTag, *, keep_deferred: bool = True) -> DataElement | RawDataElement | None:
+        return self.elements.get(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        tag = tag_for_keyword(key)
+        elem = self.elements.get(BaseTag(tag)) if tag is not None else None
+        if tag is None or elem is None:
+            return default
+        raw = raw_sequence(elem) if dictionary_VR(tag) == "SQ" else None
+        if raw is not None:
+            items = sequence_items(*raw)
+            if items is not None:
+                return [RawItem(item, self.fallback) for item in items]
+        self.fallback.needed = True
+        return default
+
+    def __contains__(self, key: Any) -> bool:
+        tag = tag_for_keyword(key) if isinstance(key, str) else key
+        return tag is not None and BaseTag(tag) in self.elements
+
+    def __len__(self) -> int:  # an empty item is falsy, as an empty Dataset is
+        return len(self.elements)
+
+
+def raw_sequence(elem: object) -> tuple[bytes, bool] | None:
+    """(value, implicit VR) of a sequence pydicom has not converted yet, little endian,
+    its value read; None for anything else."""
+    if isinstance(elem, RawDataElement) and (elem.VR == "SQ" or (elem.VR is None and elem.is_implicit_VR)) \
+            and elem.is_little_endian and isinstance(elem.value, bytes):
+        return elem.value, elem.is_implicit_VR
+    return None
+
+
 class HeaderValues:
     """`get(keyword, default)` and `keyword in values`, as on a pydicom `Dataset`, with the
     plain values of `KEYWORDS` read without pydicom's conversion. The data set is left
-    as it was read for those; every other keyword is the data set's own `get`."""
+    as it was read for those; every other keyword is the source's own `get`."""
 
     LEAN = True  # False: every value through pydicom (the tests compare the two)
 
-    __slots__ = ("ds", "_raw")
+    __slots__ = ("ds", "lean")
 
-    def __init__(self, ds: Dataset) -> None:
-        self.ds = ds
+    def __init__(self, ds: Dataset | RawItem) -> None:
+        self.ds: Dataset | RawItem = ds
         # Opt-in pydicom settings that change what a plain value converts to (dates as
         # objects) or make a merely unusual one an error: then pydicom reads every value.
         plain = not config.datetime_conversion and config.settings.reading_validation_mode != config.RAISE
-        self._raw = ds._dict if self.LEAN and _fast_paths() and plain else {}
-
-    @property
-    def lean(self) -> bool:
-        """Plain values are read without pydicom (not with LEAN off or opt-in settings)."""
-        return self._raw is self.ds._dict
+        self.lean = isinstance(ds, RawItem) or (self.LEAN and _fast_paths() and plain)
 
     def get(self, keyword: str, default: Any = None) -> Any:
         spec = _SPECS.get(keyword)
-        if spec is not None and self._raw:
+        if spec is not None and self.lean:
             tag, vr, convert = spec
-            elem = self._raw.get(tag)
+            elem = self.ds.get_item(tag, keep_deferred=True)
             if elem is None:
                 return default
             if type(elem) is RawDataElement and elem.value and elem.is_little_endian and (
@@ -147,7 +208,7 @@ class HeaderValues:
 
     def __contains__(self, keyword: str) -> bool:
         spec = _SPECS.get(keyword)
-        return spec[0] in self.ds._dict if spec is not None else keyword in self.ds
+        return spec[0] in self.ds if spec is not None else keyword in self.ds
 
 
 # pydicom's Image Pixel attributes, by the names its decoders take (pixels/utils.py).
@@ -162,7 +223,8 @@ def pixel_options(values: HeaderValues) -> dict[str, Any]:
     A frame count pydicom would warn about and correct, or an Extended Offset Table,
     goes to pydicom's own function."""
     frames = values.get("NumberOfFrames", 1)
-    if not isinstance(frames, int) or frames < 1 or "ExtendedOffsetTable" in values:
+    if (not isinstance(frames, int) or frames < 1 or "ExtendedOffsetTable" in values) and \
+            isinstance(values.ds, Dataset):  # the Image Pixel module is a data set's, never an item's
         return as_pixel_options(values.ds, pixel_keyword="PixelData")
     options = {name: values.get(keyword) for keyword, name in _IMAGE_PIXEL if keyword in values}
     options["number_of_frames"] = frames

@@ -223,7 +223,7 @@ def pixel_ref(ds: Dataset, header: FileHeader, deflated_at: int | None = None) -
     if (deflated and deflated_at is None) or header.transfer_syntax == ExplicitVRBigEndian or \
             header.photometric == "PALETTE COLOR":
         return None
-    raw = ds._dict.get(pydicom.tag.Tag(0x7FE0, 0x0010))
+    raw = ds.get_item(BaseTag(0x7FE00010), keep_deferred=True)
     if not isinstance(raw, RawDataElement) or raw.value_tell is None or "ModalityLUTSequence" in ds or \
             (deflated and raw.length == UNDEFINED_LENGTH):
         return None
@@ -377,7 +377,7 @@ def _read_deferred_groups(ds: Dataset, fileobj: IO[bytes]) -> None:
     bytes), so that `enhanced` can read their items plainly. Not in a deflated file,
     whose positions are in its inflated stream."""
     tag = BaseTag(PER_FRAME_GROUPS)
-    raw = ds._dict.get(tag)
+    raw = ds.get_item(tag, keep_deferred=True)
     meta = getattr(ds, "file_meta", None)
     if not isinstance(raw, RawDataElement) or raw.value is not None or raw.value_tell is None or \
             raw.length == UNDEFINED_LENGTH or meta is None or \
@@ -386,7 +386,7 @@ def _read_deferred_groups(ds: Dataset, fileobj: IO[bytes]) -> None:
     fileobj.seek(raw.value_tell)
     value = fileobj.read(raw.length)
     if len(value) == raw.length:
-        ds._dict[tag] = raw._replace(value=value)
+        ds[tag] = raw._replace(value=value)
 
 
 @quiet_pydicom

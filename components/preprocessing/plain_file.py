@@ -25,7 +25,7 @@ import struct
 import zlib
 from typing import IO, BinaryIO, cast
 
-from pydicom.charset import default_encoding
+from pydicom.charset import convert_encodings, default_encoding
 from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.fileutil import read_undefined_length_value
@@ -78,8 +78,15 @@ def plain_dataset(fileobj: IO[bytes], defer_size: int,
         return None
     ds = Dataset(elements)
     ds.file_meta = meta
-    ds.set_original_encoding(implicit, True, ds._character_set)  # as dcmread ends (it converts the charset)
+    ds.set_original_encoding(implicit, True, _character_set(ds))  # as dcmread ends
     return ds, deflated_at
+
+
+def _character_set(ds: Dataset) -> str | list[str]:
+    """The data set's encodings, as pydicom's `Dataset._character_set` gives them to
+    dcmread (it converts Specific Character Set in place, as dcmread does)."""
+    charset = ds.get(BaseTag(CHARSET), None)
+    return convert_encodings(charset.value) if charset else default_encoding
 
 
 def _inflated(window: _Window, start: int, limit: int) -> _Window:

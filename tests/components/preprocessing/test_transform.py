@@ -47,6 +47,7 @@ def test_header_window_and_percentile_fallback():
 
 def test_the_percentile_of_a_sorted_view_is_numpys_percentile_to_the_bit(monkeypatch):
     """_Sorted skips numpy's partition; on sorted values that changes nothing numpy reads."""
+    tested = transform.SKIP_PARTITION
     rng = np.random.default_rng(3)
     percentiles = [(0.5, 99.5), (1.0, 99.0), (0.0, 100.0), (25.0, 75.0), (33.3, 66.7)]
     for size in (1, 2, 3, 7, 100, 4097, 65536):
@@ -59,6 +60,9 @@ def test_the_percentile_of_a_sorted_view_is_numpys_percentile_to_the_bit(monkeyp
                 expected = np.percentile(data.copy(), q)
                 got = np.percentile(np.sort(data).view(transform._Sorted), q, overwrite_input=True)
                 assert got.dtype == expected.dtype and np.array_equal(got, expected), (size, q)
+                for skip in (True, False):  # the entry ingest calls, on this numpy and on any other
+                    monkeypatch.setattr(transform, "SKIP_PARTITION", skip)
+                    assert np.array_equal(transform.sorted_percentiles(data, q), expected), (size, q, skip)
     with_nan = rng.normal(0.0, 1.0, 1000).astype(np.float32)
     with_nan[17] = np.nan
     assert np.isnan(np.percentile(np.sort(with_nan).view(transform._Sorted), (1.0, 99.0))).all()
@@ -67,6 +71,7 @@ def test_the_percentile_of_a_sorted_view_is_numpys_percentile_to_the_bit(monkeyp
     monkeypatch.setattr(transform._Sorted, "partition", lambda self, *a, **k: calls.append(a))
     np.percentile(np.sort(data).view(transform._Sorted), (1.0, 99.0), overwrite_input=True)
     assert calls
+    assert tested == (tuple(int(p) for p in np.__version__.split(".")[:2]) == (2, 4))
 
 
 def test_rgb_to_gray_uses_luma_and_rgb_mode_keeps_colour():
