@@ -18,8 +18,8 @@ from . import storage
 from .steps import (
     REJECTED,
     BuildRecordStep,
+    Placed,
     ReadHeaderStep,
-    Record,
     RejectedRow,
     WriteShardStep,
     shard_of,
@@ -45,8 +45,12 @@ class Graph(Protocol):
     def write_lines(self, label: str, lines: Any, prefix: str) -> None: ...
 
 
-def _record_size(record: Record) -> tuple[str, int]:
-    return record.split, record.nbytes
+def _record_size(placed: Placed) -> tuple[str, int]:
+    return placed.record.split, placed.record.nbytes
+
+
+def _index_line(placed: Placed) -> str:
+    return placed.record.index_line()
 
 
 def ingest_graph(g: Graph, pattern: str, root: str, staging: str, key: bytes, labels: dict[str, str],
@@ -67,7 +71,7 @@ def ingest_graph(g: Graph, pattern: str, root: str, staging: str, key: bytes, la
     shards = g.map("AssignShards", records, shard_of, sizes=g.as_dict(sizes), num_shards=ingest.num_shards,
                    shard_bytes=ingest.shard_size_mb * 2**20)
     g.pardo("WriteShards", g.group("GroupByShard", shards), WriteShardStep(staging))
-    g.write_lines("WriteIndex", g.map("IndexLines", records, Record.index_line), storage.join(staging, INDEX))
+    g.write_lines("WriteIndex", g.map("IndexLines", records, _index_line), storage.join(staging, INDEX))
     g.write_lines("WriteRejected", g.map("RejectedLines", g.flatten("AllRejected", (unreadable, rejected)),
                                          RejectedRow.to_json), storage.join(staging, REJECTED_LINES))
     g.write_lines("WriteLabeled", labeled, storage.join(staging, LABELED_LINES))

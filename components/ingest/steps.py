@@ -35,6 +35,7 @@ from .records import encode_example, write_tfrecords
 
 log = logging.getLogger("medseq.ingest")
 PROGRESS_SECONDS = 5.0
+SpillRef = tuple[str, int, int]  # (spill file, offset, length)
 
 
 @dataclass(frozen=True)
@@ -62,18 +63,24 @@ class Record:
     # the model reads, not of the keyed series_key: the same data trains in the same
     # order (the same weights) whatever the secret key.
     order_key: str
-    # Where BuildRecord put the tf.train.Example's bytes: a spill file of its bundle in
-    # the staging folder. The bytes never travel through the runner (a local runner holds
-    # every element of a GroupByKey in memory): memory stays flat as the archive grows.
-    spill: str
-    offset: int
-    nbytes: int
+    nbytes: int  # of its tf.train.Example
 
     def index_line(self) -> str:
         return json.dumps({"split": self.split, "series_key": self.series_key, "label": self.label,
                            "modality": self.modality, "manufacturer": self.manufacturer,
                            "valid_frames": self.valid_frames, "files": self.files,
                            "bytes": self.nbytes}, sort_keys=True)
+
+
+class Placed(NamedTuple):
+    """A record and where its tf.train.Example's bytes are: with a local staging folder, a
+    spill file of the bundle that built it (`SpillRef`: the bytes never travel through the
+    runner, which on one machine holds every element of a GroupByKey in memory, so memory
+    stays flat as the archive grows); with a remote one (workers that share no disk with
+    each other), the bytes themselves, through the runner's own shuffle."""
+
+    record: Record
+    example: SpillRef | bytes
 
 
 open_binary = storage.open_binary  # a file of any filesystem, read as stored
@@ -214,7 +221,8 @@ class ReadHeaderStep:
 
 
 class BuildRecordStep:
-    """(series key source, headers) -> Record: order, check, label, decode, preprocess, hash."""
+    """(series key source, headers) -> Placed(Record, example): order, check, label, decode,
+    preprocess, hash. The example spills to a local staging folder, else travels itself."""
 
     REJECTED = REJECTED
     LABELED = LABELED
@@ -225,6 +233,7 @@ class BuildRecordStep:
         self.root, self.key, self.labels, self.classes = root, key, labels, classes
         self.config, self.split, self.decode_timeout_s = preprocess_config, split, decode_timeout_s
         self.staging = staging
+        self.spills = "://" not in staging
         self._spill: _Spill | None = None
         self.counts = Counts()
 
@@ -300,12 +309,14 @@ class BuildRecordStep:
         self.counts.inc("series_written")
         self.counts.update("valid_frames", prepared.valid_frames)
         _PROGRESS.add("series")
+        record = Record(self._split_of(first.patient_id), series_key, label, first.modality,
+                        _vendor(first.manufacturer), prepared.valid_frames,
+                        len(headers) - len(ordered.duplicates), content_key(prepared, label), len(example))
+        if not self.spills:
+            yield Placed(record, example)
+            return
         self._spill = self._spill or _Spill.new(self.staging)
-        offset = self._spill.write(example)
-        yield Record(self._split_of(first.patient_id), series_key, label, first.modality,
-                     _vendor(first.manufacturer), prepared.valid_frames,
-                     len(headers) - len(ordered.duplicates), content_key(prepared, label),
-                     self._spill.path, offset, len(example))
+        yield Placed(record, (self._spill.path, self._spill.write(example), len(example)))
 
 
 def content_key(prepared: Prepared, label: str) -> str:
@@ -322,7 +333,6 @@ def _vendor(manufacturer: str) -> str:
 
 
 SPILL_PREFIX = "_spill-"  # staging files starting with "_" are removed when the job ends
-SpillRef = tuple[str, int, int]  # (spill file, offset, length)
 
 
 class _Spill:
@@ -380,7 +390,7 @@ class _SpillReader:
 
 
 class WriteShardStep:
-    """((split, shard, n), records) -> one gzip TFRecord file, records in order_key order."""
+    """((split, shard, n), placed records) -> one gzip TFRecord file, records in order_key order."""
 
     def __init__(self, staging: str) -> None:
         self.staging = staging
@@ -392,21 +402,23 @@ class WriteShardStep:
     def finish_bundle(self) -> None:
         pass
 
-    def process(self, element: tuple[tuple[str, int, int], Iterable[Record]]) -> Iterator[str]:
+    def process(self, element: tuple[tuple[str, int, int], Iterable[Placed]]) -> Iterator[str]:
         (split, shard, n), records = element
         path = storage.join(self.staging, split, f"{split}-{shard:05d}-of-{n:05d}.tfrecord.gz")
-        ordered = sorted(records, key=lambda r: (r.order_key, r.series_key))
+        ordered = sorted(records, key=lambda p: (p.record.order_key, p.record.series_key))
         spilled = _SpillReader()
         try:
             with storage.create(path) as f:
-                write_tfrecords(f, (spilled.read(r.spill, r.offset, r.nbytes) for r in ordered))
+                write_tfrecords(f, (p.example if isinstance(p.example, bytes) else spilled.read(*p.example)
+                                    for p in ordered))
         finally:
             spilled.close()
         yield path
 
 
-def shard_of(record: Record, sizes: dict[str, int], num_shards: int,
-             shard_bytes: float) -> tuple[tuple[str, int, int], Record]:
+def shard_of(placed: Placed, sizes: dict[str, int], num_shards: int,
+             shard_bytes: float) -> tuple[tuple[str, int, int], Placed]:
     """Stable shard choice: from the order key, so reruns put each record in the same file."""
+    record = placed.record
     n = num_shards or max(1, int(np.ceil(sizes.get(record.split, 0) / shard_bytes)))
-    return (record.split, int(record.order_key[:8], 16) % n, n), record
+    return (record.split, int(record.order_key[:8], 16) % n, n), placed

@@ -75,7 +75,7 @@ class ReadHeader(StepDoFn):
 
 
 class BuildRecord(StepDoFn):
-    """steps.BuildRecordStep: (series key source, headers) -> Record; RejectedRows on
+    """steps.BuildRecordStep: (series key source, headers) -> Placed(Record, example); RejectedRows on
     REJECTED, the keyed hashes of labeled series on LABELED."""
 
     REJECTED = steps.REJECTED

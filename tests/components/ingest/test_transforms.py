@@ -47,8 +47,9 @@ def test_build_record_turns_a_series_into_one_example(pydicom_files, tmp_path):
                  | beam.ParDo(BuildRecord(root, KEY, {uid: "b"}, ("a", "b"), config, SplitConfig(),
                                              staging=str(tmp_path)))
                  .with_outputs(BuildRecord.REJECTED, main="records"))
-        summary = built.records | beam.Map(lambda r: (r.series_key, r.label, r.valid_frames, r.files))
-        assert_that(summary, equal_to([(deid.keyed_hash(KEY, "series", uid), "b", 5, 5)]))
+        summary = built.records | beam.Map(lambda p: (p.record.series_key, p.record.label, p.record.valid_frames,
+                                                       p.record.files, p.record.nbytes > 0))
+        assert_that(summary, equal_to([(deid.keyed_hash(KEY, "series", uid), "b", 5, 5, True)]))
 
 
 def test_unlabeled_series_goes_to_the_dead_letter_output(pydicom_files, tmp_path):
@@ -123,3 +124,37 @@ def test_links_anywhere_on_the_path_that_lead_out_of_the_input_are_outside(tmp_p
     assert outside(str(root / "a" / "linked_file.dcm"), real)
     assert outside(str(root / "linked_folder" / "f.dcm"), real)
     assert outside(str(root / "a" / ".." / "linked_folder" / "f.dcm"), real)
+
+
+def test_a_record_travels_itself_where_the_staging_folder_is_remote(pydicom_files, tmp_path):
+    """A local staging folder holds the examples in spill files (memory stays flat on one
+    machine); with a remote one workers share no disk, so the example travels itself."""
+    import pydicom
+
+    from medseq.components.ingest.steps import BuildRecordStep, Placed, ReadHeaderStep, Tagged
+
+    paths = [str(pydicom_files / "CT_small.dcm")]
+    uid = str(pydicom.dcmread(paths[0], stop_before_pixels=True).SeriesInstanceUID)
+    read = ReadHeaderStep(str(pydicom_files), KEY)
+    grouped: dict[str, list[bytes]] = {}
+    for path in paths:
+        for source, header in read.process(path):
+            grouped.setdefault(source, []).append(header)
+    config = PreprocessConfig(frames=4, height=16, width=16, temporal="pad", min_frames=1)
+    examples = {}
+    for staging in (str(tmp_path), "gs://bucket/staging"):
+        build = BuildRecordStep(str(pydicom_files), KEY, {uid: "b"}, ("a", "b"), config, SplitConfig(),
+                                staging=staging)
+        build.start_bundle()
+        [placed] = [o for item in grouped.items() for o in build.process(item) if not isinstance(o, Tagged)]
+        build.finish_bundle()
+        assert isinstance(placed, Placed)
+        if isinstance(placed.example, bytes):
+            examples[staging] = placed.example
+        else:
+            spill, offset, length = placed.example
+            with open(spill, "rb") as f:
+                f.seek(offset)
+                examples[staging] = f.read(length)
+    local, remote = examples.values()
+    assert isinstance(remote, bytes) and local == remote and len(remote) == placed.record.nbytes
