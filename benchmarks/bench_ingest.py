@@ -141,7 +141,7 @@ def _naive_file(path: str) -> int:
     try:
         with open(path, "rb") as f:
             header = read_header(f, path)
-        _, prepared = prepare_series([header], lambda p: open(p, "rb"), PreprocessConfig(min_frames=1))
+        [(_, prepared)] = prepare_series([header], lambda p: open(p, "rb"), PreprocessConfig(min_frames=1))
     except Exception:  # noqa: BLE001 - the naive job skips what it cannot read
         return 0
     _WRITER.write(encode_example({"frames": prepared.frames.tobytes(), "valid_frames": [prepared.valid_frames]}))

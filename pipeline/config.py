@@ -30,6 +30,7 @@ DEFAULT_EVAL_CONFIG_MULTICLASS = SCHEMAS_DIR / "eval_config_multiclass.pbtxt"  #
 DTYPES = ("uint8", "float16", "float32")
 TEMPORAL_MODES = ("sample", "pad")
 STACK_MODES = ("average", "sample", "pad")
+FOUR_D_MODES = ("per_position", "reject")
 COLOR_MODES = ("gray", "rgb")
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "tpu")
 AUGMENTATIONS = ("flip", "rot90", "roll")
@@ -54,6 +55,10 @@ class PreprocessConfig:
     # averaging (area weights) down to T and keeps every slice (padded, masked) up to T.
     temporal: str = "sample"
     stack: str = "average"
+    # A 4-D series (several times at each slice position: multi-slice cine, DCE,
+    # perfusion): `per_position` makes one time-series record per slice position (they
+    # share the series' label, patient and split); `reject` rejects it (duplicate_position).
+    four_d: str = "per_position"
     dtype: str = "uint8"
     color: str = "gray"
     # Per modality, one entry per output channel: "C/W" (fixed window, e.g. "40/400"),
@@ -71,6 +76,7 @@ class PreprocessConfig:
         check_choice("preprocess.dtype", self.dtype, DTYPES)
         check_choice("preprocess.temporal", self.temporal, TEMPORAL_MODES)
         check_choice("preprocess.stack", self.stack, STACK_MODES)
+        check_choice("preprocess.four_d", self.four_d, FOUR_D_MODES)
         check_choice("preprocess.color", self.color, COLOR_MODES)
         if "default" not in self.windows:
             raise ConfigError("preprocess.windows: expected a 'default' entry for other modalities")

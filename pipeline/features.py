@@ -14,6 +14,7 @@ MANUFACTURER = "manufacturer"
 SITE = "site"
 SPACING = "spacing"
 FRAME_AXIS = "frame_axis"
+POSITION_INDEX = "position_index"  # only in the records of a 4-D series: its slice position
 
 # Values of FRAME_AXIS: what consecutive frames step through. Training augments by
 # it (a cine may start at any phase, a slice stack may not be rolled).
@@ -26,6 +27,8 @@ BYTES_FEATURES = (FRAMES, FRAMES_DTYPE, SERIES_KEY, PATIENT_KEY, MODALITY, MANUF
 INT_FEATURES = (FRAMES_SHAPE, VALID_FRAMES, LABEL)
 FLOAT_FEATURES = (SPACING,)
 ALL_FEATURES = BYTES_FEATURES + INT_FEATURES + FLOAT_FEATURES
+OPTIONAL_FEATURES = (POSITION_INDEX,)  # in some records only; readers that do not know them ignore them
+CONTRACT_FEATURES = ALL_FEATURES + OPTIONAL_FEATURES
 
 # Features TFMA slices on (DESIGN: per modality, vendor, site).
 SLICE_FEATURES = (MODALITY, MANUFACTURER, SITE)

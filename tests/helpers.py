@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
+import pydicom
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -85,3 +88,40 @@ def record_beam_pipelines(monkeypatch) -> list[tuple[str, list[str]]]:
 
     monkeypatch.setattr(beam.Pipeline, "__init__", spy)
     return built
+
+
+CINE = SAMPLES / "cine_ef" / "dicom" / "PA000000" / "ST000000" / "SE000003"  # 18 phases, 48x48
+POSITIONS = 3
+SLICE_MM = 8.0
+
+
+def write_cine_sax(root: Path, one_series: bool, drop: int | None = None, runaway_trigger: bool = False) -> str:
+    """CINE at POSITIONS slice positions (its pixels rolled by the position, so each
+    position looks different), as one series (file names shuffled, instance numbers
+    running on across positions) or one series per position. Returns the series UID."""
+    rng = random.Random(7)
+    files = sorted(CINE.iterdir())
+    uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+    written = 0
+    for k in range(POSITIONS):
+        for n, path in enumerate(files):
+            if drop is not None and (k, n) == (1, drop):
+                continue
+            ds = pydicom.dcmread(path)
+            orientation = np.array(ds.ImageOrientationPatient, float)
+            normal = np.cross(orientation[:3], orientation[3:])
+            ds.ImagePositionPatient = [round(float(v), 4) for v in np.array(ds.ImagePositionPatient, float)
+                                       + k * SLICE_MM * normal]
+            ds.PixelData = np.roll(ds.pixel_array, 5 * k, axis=1).tobytes()
+            ds.SOPInstanceUID = f"{ds.SOPInstanceUID}.{k + 1}"
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            ds.InstanceNumber = k * len(files) + n + 1 if one_series else n + 1
+            if runaway_trigger:
+                ds.TriggerTime = float(ds.TriggerTime) + 1000.0 * k
+            if not one_series:
+                ds.SeriesInstanceUID = f"{uid}.{k + 1}"
+            written += 1
+            name = f"IM{rng.randrange(10**8):08d}" if one_series else f"S{k}/IM{n:04d}"
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            ds.save_as(root / name, enforce_file_format=True)
+    return uid

@@ -100,3 +100,8 @@ def safe_relpath(path: str, root: str, key: bytes, identifiers: tuple[str, ...] 
     rel = path[len(root):].lstrip("/") if path.startswith(root) else path.rsplit("/", 1)[-1]
     parts = [f"h-{keyed_hash(key, 'path', p)[:12]}" if _risky(p, identifiers) else p for p in rel.split("/")]
     return "/".join(parts)
+
+
+def record_source(series_source: str, position: int | None) -> str:
+    """What a record's series_key hashes: the series, or one slice position of a 4-D series."""
+    return series_source if position is None else f"{series_source}/position/{position}"

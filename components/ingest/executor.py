@@ -177,6 +177,10 @@ def finalize(staging: str, out: str, classes: tuple[str, ...], config: dict[str,
         "labels_csv": {"rows": labels_listed, "found": labels_found, "not_found": labels_listed - labels_found},
         "config": config,
     }
+    four_d = [r["four_d"] for r in index if "four_d" in r]
+    if four_d:  # which attribute ordered the times of each 4-D series (one count per series)
+        qc["four_d"] = {"records": len(four_d), "series": sum(p == 0 for p, _, _ in four_d),
+                        "time_attributes": dict(sorted(Counter(a for p, _, a in four_d if p == 0).items()))}
     with storage.create(storage.join(staging, "qc.json.tmp")) as f:
         f.write(json.dumps(qc, indent=2, sort_keys=True).encode())
     storage.delete(storage.files_starting(storage.join(staging, "_")))

@@ -25,6 +25,7 @@ import numpy as np
 from ...pipeline import features as F
 from ...pipeline.config import PreprocessConfig, SplitConfig
 from ..preprocessing import reasons
+from ..preprocessing.geometry import OrderedSeries
 from ..preprocessing.headers import FileHeader, read_header
 from ..preprocessing.inflate import DEFAULT_MAX_INFLATED_MB, limit_bytes
 from ..preprocessing.prepare import prepare_series
@@ -64,12 +65,16 @@ class Record:
     # order (the same weights) whatever the secret key.
     order_key: str
     nbytes: int  # of its tf.train.Example
+    # A 4-D series' record: (its slice position, the series' positions, the attribute that ordered time).
+    four_d: tuple[int, int, str] | None = None
 
     def index_line(self) -> str:
-        return json.dumps({"split": self.split, "series_key": self.series_key, "label": self.label,
-                           "modality": self.modality, "manufacturer": self.manufacturer,
-                           "valid_frames": self.valid_frames, "files": self.files,
-                           "bytes": self.nbytes}, sort_keys=True)
+        line: dict[str, Any] = {"split": self.split, "series_key": self.series_key, "label": self.label,
+                                "modality": self.modality, "manufacturer": self.manufacturer,
+                                "valid_frames": self.valid_frames, "files": self.files, "bytes": self.nbytes}
+        if self.four_d is not None:
+            line["four_d"] = list(self.four_d)
+        return json.dumps(line, sort_keys=True)
 
 
 class Placed(NamedTuple):
@@ -273,7 +278,7 @@ class BuildRecordStep:
             if label not in self.classes:
                 raise Rejected(reasons.UNKNOWN_LABEL, f"its label is not one of the configured classes "
                                f"({', '.join(self.classes)})")
-            ordered, prepared = prepare_series(headers, open_binary, self.config, self.decode_timeout_s)
+            parts = prepare_series(headers, open_binary, self.config, self.decode_timeout_s)
         except Rejected as exc:
             yield Tagged(REJECTED, self._reject(headers, series_key, exc.code, exc.message))
             return
@@ -285,14 +290,24 @@ class BuildRecordStep:
                 headers, series_key, reasons.PROCESSING_ERROR, f"unexpected {type(exc).__name__} while decoding "
                 "or preprocessing"))
             return
-        for path in ordered.duplicates:
+        for path in parts[0][0].duplicates:
             yield Tagged(REJECTED, RejectedRow(
                 deid.safe_relpath(path, self.root, self.key, deid.series_identifiers(headers)), series_key,
                 reasons.DUPLICATE_INSTANCE,
                 "an exact duplicate of another file's SOP Instance UID in this series; one copy was used"))
+        counted: set[str] = set()
+        for ordered, prepared in parts:
+            files = {f.path for f in ordered.frames} - counted  # each input file in one record's count
+            counted |= files
+            yield self._placed(headers, ordered, prepared, label, source, len(files))
+
+    def _placed(self, headers: list[FileHeader], ordered: OrderedSeries, prepared: Prepared, label: str,
+                source: str, files: int) -> Placed:
         first = headers[0]
+        four_d = (ordered.position, ordered.positions, ordered.time_attribute) if ordered.position is not None else None
+        series_key = deid.keyed_hash(self.key, "series", deid.record_source(source, ordered.position))
         frames = prepared.frames
-        example = encode_example({
+        features: dict[str, Any] = {
             F.FRAMES: frames.tobytes(),
             F.FRAMES_SHAPE: list(frames.shape),
             F.FRAMES_DTYPE: str(frames.dtype).encode(),
@@ -305,18 +320,20 @@ class BuildRecordStep:
             F.SITE: deid.keyed_hash(self.key, "site", first.institution)[:16].encode(),
             F.SPACING: np.asarray(prepared.spacing, np.float32),
             F.FRAME_AXIS: ordered.axis.encode(),
-        })
+        }
+        if four_d:
+            features[F.POSITION_INDEX] = [ordered.position]
+        example = encode_example(features)
         self.counts.inc("series_written")
         self.counts.update("valid_frames", prepared.valid_frames)
         _PROGRESS.add("series")
         record = Record(self._split_of(first.patient_id), series_key, label, first.modality,
-                        _vendor(first.manufacturer), prepared.valid_frames,
-                        len(headers) - len(ordered.duplicates), content_key(prepared, label), len(example))
+                        _vendor(first.manufacturer), prepared.valid_frames, files, content_key(prepared, label),
+                        len(example), four_d)
         if not self.spills:
-            yield Placed(record, example)
-            return
+            return Placed(record, example)
         self._spill = self._spill or _Spill.new(self.staging)
-        yield Placed(record, (self._spill.path, self._spill.write(example), len(example)))
+        return Placed(record, (self._spill.path, self._spill.write(example), len(example)))
 
 
 def content_key(prepared: Prepared, label: str) -> str:

@@ -21,6 +21,7 @@ from ...pipeline.errors import InputError
 from ..ingest import deid
 from ..ingest.steps import input_files, read_file_header, real_root
 from ..preprocessing import reasons
+from ..preprocessing.geometry import OrderedSeries
 from ..preprocessing.headers import FileHeader
 from ..preprocessing.prepare import prepare_series
 from ..preprocessing.reasons import Rejected
@@ -88,14 +89,21 @@ def prepare_folder(root: str | Path, config: PreprocessConfig, key: bytes | None
         paths = sorted(h.path for h in headers)
         folder = os.path.commonpath(paths) if len(paths) > 1 else paths[0]
         where = deid.safe_relpath(folder, str(root), key, deid.series_identifiers(headers)) or "."
-        series_key = deid.keyed_hash(key, "series", source)
+        parts: list[tuple[OrderedSeries, Prepared]] = []
+        failed: Rejected | None = None
         try:
-            item: Prepared | Rejected = prepare_series(headers, lambda p: open(p, "rb"), config)[1]
+            parts = prepare_series(headers, lambda p: open(p, "rb"), config)
         except Rejected as exc:
-            item = exc
+            failed = exc
         except Exception as exc:  # noqa: BLE001 - one series must not hide the others
-            item = Rejected(reasons.PROCESSING_ERROR, f"unexpected {type(exc).__name__} while preparing the series")
-        out.append(PreparedSeries(where, series_key, item))
+            failed = Rejected(reasons.PROCESSING_ERROR, f"unexpected {type(exc).__name__} while preparing the series")
+        if failed is not None:
+            out.append(PreparedSeries(where, deid.keyed_hash(key, "series", source), failed))
+        for ordered, prepared in parts:  # one per slice position of a 4-D series, as ingest's records
+            name = where if ordered.position is None else f"{where}#position{ordered.position}"
+            out.append(PreparedSeries(name, deid.keyed_hash(key, "series", deid.record_source(source,
+                                                                                            ordered.position)),
+                                      prepared))
     return out
 
 

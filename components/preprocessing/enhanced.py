@@ -65,8 +65,8 @@ def first_item(node: Node | HeaderValues | None, *path: str) -> Node | None:
 
 
 def frames_geometry(ds: Dataset, per_frame: Sequence[Node] | None,
-                    time_offsets: list[float | None]) -> list[tuple[Any, Any, Any]]:
-    """(position, orientation, temporal) of each frame of a multi-frame object."""
+                    time_offsets: list[float | None]) -> list[tuple[Any, Any, Any, tuple[tuple[str, float], ...]]]:
+    """(position, orientation, temporal, time candidates) of each frame of a multi-frame object."""
     shared = first_item(ds, "SharedFunctionalGroupsSequence")
     found: list[Any] = []
 
@@ -78,20 +78,26 @@ def frames_geometry(ds: Dataset, per_frame: Sequence[Node] | None,
 
 
 def _frame_geometry(per_frame: Sequence[Node] | None, shared_orient: Callable[[], Any], index: int,
-                    time_offset: float | None) -> tuple[Any, Any, Any]:
+                    time_offset: float | None) -> tuple[Any, Any, Any, tuple[tuple[str, float], ...]]:
     item = per_frame[index] if per_frame and index < len(per_frame) else None
     pos = first_item(item, "PlanePositionSequence") if item is not None else None
     orient = (first_item(item, "PlaneOrientationSequence") if item is not None else None) or shared_orient()
     cardiac = first_item(item, "CardiacSynchronizationSequence") if item is not None else None
-    temporal = HeaderValues(cardiac).get("NominalCardiacTriggerDelayTime") if cardiac is not None else None
+    cardiac_values = HeaderValues(cardiac) if cardiac is not None else None
+    temporal = cardiac_values.get("NominalCardiacTriggerDelayTime") if cardiac_values is not None else None
     content = first_item(item, "FrameContentSequence") if item is not None else None
     index_value = HeaderValues(content).get("TemporalPositionIndex") if content is not None else None
+    times = [("NominalCardiacTriggerDelayTime", temporal),
+             ("NominalPercentageOfCardiacPhase",
+              cardiac_values.get("NominalPercentageOfCardiacPhase") if cardiac_values is not None else None),
+             ("TemporalPositionIndex", index_value), ("FrameTime", time_offset)]
     if temporal is None and index_value is not None:
         temporal = float(index_value)  # an index: orders, carries no ms
     if temporal is None:
         temporal = time_offset
     return (HeaderValues(pos).get("ImagePositionPatient") if pos is not None else None,
-            HeaderValues(orient).get("ImageOrientationPatient") if orient is not None else None, temporal)
+            HeaderValues(orient).get("ImageOrientationPatient") if orient is not None else None, temporal,
+            tuple((k, float(v)) for k, v in times if isinstance(v, (int, float)) and not isinstance(v, bool)))
 
 
 def _rescale_of(per_frame: Sequence[Node] | None, shared: Node | None, frame: int) -> tuple[float, float] | None:

@@ -15,6 +15,7 @@ import numpy as np
 
 from ...pipeline import features as F
 from . import reasons
+from .four_d import grid_of, looks_4d
 from .headers import FileHeader, FrameRef
 from .reasons import Rejected
 
@@ -29,6 +30,11 @@ class OrderedSeries:
     kind: str  # "spatial" (slices), "temporal" (cine at one position) or "stack" (no geometry)
     interval: float  # mm between slices, ms between frames, 0 when unknown
     duplicates: tuple[str, ...]  # paths of files dropped as exact duplicate instances
+    # A 4-D series arranged per position (four_d.py): this part's slice position (0 the
+    # first along the slice normal), how many there are, and the attribute that ordered time.
+    position: int | None = None
+    positions: int = 1
+    time_attribute: str = ""
 
     @property
     def axis(self) -> str:
@@ -77,6 +83,62 @@ def _temporal_order(frames: list[FrameRef]) -> tuple[list[FrameRef], float]:
     return ordered, max(interval, 0.0)
 
 
+def _distances(frames: list[FrameRef]) -> tuple[np.ndarray, np.ndarray]:
+    """Each frame's distance along the slice normal (mm) and its rounded position key."""
+    orientation = np.asarray(frames[0].orientation)
+    nx, ny, nz = (float(v) for v in np.cross(orientation[:3], orientation[3:]))
+    # Summed in Python, not np.dot (BLAS: the kernel of the CPU picks the order of the sums).
+    distance = np.array([nx * f.position[0] + ny * f.position[1] + nz * f.position[2]  # type: ignore[index]
+                         for f in frames])
+    return distance, np.round(distance / POSITION_TOL_MM).astype(np.int64)
+
+
+def _check_spacing(distances: np.ndarray) -> float:
+    """The interval of positions sorted along the normal, or Rejected for gaps or unequal spacing."""
+    gaps = np.diff(distances)
+    interval = float(np.min(gaps))
+    if np.max(np.abs(gaps - interval)) > SPACING_REL_TOL * interval + POSITION_TOL_MM:
+        ratio = gaps / interval
+        if np.allclose(ratio, np.round(ratio), atol=SPACING_REL_TOL):
+            raise Rejected(reasons.MISSING_SLICES, f"{int(np.sum(np.round(ratio) - 1))} slice(s) missing "
+                           f"from a stack spaced {interval:.3g} mm")
+        raise Rejected(reasons.INCONSISTENT_SPACING, f"expected uniform slice spacing, found intervals "
+                       f"from {gaps.min():.3g} to {gaps.max():.3g} mm")
+    return float(np.mean(gaps))
+
+
+def arrange_series(headers: list[FileHeader], four_d: str = "per_position") -> tuple[OrderedSeries, ...]:
+    """The series as one ordered stack or cine, or, for a 4-D series (several frames at
+    each slice position) under `four_d: per_position`, one time series per position in
+    slice order. Raises Rejected with the reason."""
+    kept, duplicates = drop_duplicates(headers)
+    frames = [f for h in kept for f in h.frames]
+    if len(frames) < 4 or not all(f.position and f.orientation for f in frames):
+        return (order_series(headers),)
+    _check_uniform(kept)
+    _check_orientation(frames)
+    distance, keys = _distances(frames)
+    counts = np.unique(keys, return_counts=True)[1]
+    if len(counts) == 1 or len(counts) == len(frames) or not looks_4d(list(counts)):
+        return (order_series(headers),)
+    if four_d == "reject":
+        raise Rejected(reasons.DUPLICATE_POSITION, f"{len(frames)} images at {len(counts)} slice positions: a 4-D "
+                       "acquisition, and preprocess.four_d is reject (per_position converts it)")
+    grid = grid_of(frames, distance, keys)
+    _check_spacing(np.asarray(grid.slice_distances))
+    return tuple(OrderedSeries(part, "temporal", grid.time_interval_ms, tuple(duplicates), position=i,
+                               positions=len(grid.positions), time_attribute=grid.time_attribute)
+                 for i, part in enumerate(grid.positions))
+
+
+def _check_orientation(frames: list[FrameRef]) -> None:
+    orientation = np.asarray(frames[0].orientation)
+    for f in frames[1:]:
+        if np.max(np.abs(np.asarray(f.orientation) - orientation)) > ORIENTATION_TOL:
+            raise Rejected(reasons.INCONSISTENT_ORIENTATION,
+                           "the images do not share one ImageOrientationPatient")
+
+
 def order_series(headers: list[FileHeader]) -> OrderedSeries:
     """Orders all frames of a series (headers share one series key) or raises Rejected."""
     headers, duplicates = drop_duplicates(headers)
@@ -90,16 +152,9 @@ def order_series(headers: list[FileHeader]) -> OrderedSeries:
             sorted(frames, key=lambda f: (f.instance_number, f.path, f.frame)), 0.0)
         return OrderedSeries(tuple(ordered), "stack", interval, tuple(duplicates))
 
-    orientation = np.asarray(frames[0].orientation)
-    for f in frames[1:]:
-        if np.max(np.abs(np.asarray(f.orientation) - orientation)) > ORIENTATION_TOL:
-            raise Rejected(reasons.INCONSISTENT_ORIENTATION,
-                           "the images do not share one ImageOrientationPatient")
-    nx, ny, nz = (float(v) for v in np.cross(orientation[:3], orientation[3:]))
-    # Summed in Python, not np.dot (BLAS: the kernel of the CPU picks the order of the sums).
-    distance = np.array([nx * f.position[0] + ny * f.position[1] + nz * f.position[2]  # type: ignore[index]
-                         for f in frames])
-    unique = np.unique(np.round(distance / POSITION_TOL_MM).astype(np.int64))
+    _check_orientation(frames)
+    distance, keys = _distances(frames)
+    unique = np.unique(keys)
     if len(unique) == 1:
         ordered, interval = _temporal_order(frames)
         return OrderedSeries(tuple(ordered), "temporal", interval, tuple(duplicates))
@@ -108,13 +163,4 @@ def order_series(headers: list[FileHeader]) -> OrderedSeries:
                        "a 4-D or repeated acquisition, expected one image per position")
     order = np.lexsort((np.array([f.instance_number for f in frames]), distance))
     ordered = [frames[i] for i in order]
-    gaps = np.diff(distance[order])
-    interval = float(np.min(gaps))
-    if np.max(np.abs(gaps - interval)) > SPACING_REL_TOL * interval + POSITION_TOL_MM:
-        ratio = gaps / interval
-        if np.allclose(ratio, np.round(ratio), atol=SPACING_REL_TOL):
-            raise Rejected(reasons.MISSING_SLICES, f"{int(np.sum(np.round(ratio) - 1))} slice(s) missing "
-                           f"from a stack spaced {interval:.3g} mm")
-        raise Rejected(reasons.INCONSISTENT_SPACING, f"expected uniform slice spacing, found intervals "
-                       f"from {gaps.min():.3g} to {gaps.max():.3g} mm")
-    return OrderedSeries(tuple(ordered), "spatial", float(np.mean(gaps)), tuple(duplicates))
+    return OrderedSeries(tuple(ordered), "spatial", _check_spacing(distance[order]), tuple(duplicates))

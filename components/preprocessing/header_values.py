@@ -81,7 +81,7 @@ def _binary(code: str) -> Callable[[bytes], Any]:
 _CONVERT: dict[str, Callable[[bytes], Any]] = {
     "UI": _uid, "CS": _plain_text, "DA": _plain_text, "LO": _plain_text, "SH": _plain_text,
     "PN": _plain_text, "DS": _numbers(_DECIMAL, float), "IS": _numbers(_INTEGER, int),
-    "US": _binary("H"), "UL": _binary("I"), "FD": _binary("d"),
+    "US": _binary("H"), "UL": _binary("I"), "FD": _binary("d"), "FL": _binary("f"), "TM": _plain_text,
 }
 # The values the header pass reads; each has one VR in the DICOM dictionary.
 KEYWORDS = (
@@ -93,6 +93,7 @@ KEYWORDS = (
     "InstanceNumber", "NumberOfFrames", "TemporalPositionIdentifier", "Rows", "Columns", "SamplesPerPixel",
     "BitsAllocated", "BitsStored", "PixelRepresentation", "PlanarConfiguration",
     "NominalCardiacTriggerDelayTime", "TemporalPositionIndex",  # in an enhanced object's functional groups
+    "AcquisitionTime", "ContentTime", "NominalPercentageOfCardiacPhase",  # what may order a 4-D series in time
 )
 _SPECS: dict[str, tuple[BaseTag, str, Callable[[bytes], Any]]] = {}
 for _keyword in KEYWORDS:

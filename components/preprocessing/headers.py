@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -48,6 +49,9 @@ class FrameRef:
     position: tuple[float, float, float] | None
     orientation: tuple[float, ...] | None
     temporal: float | None  # trigger delay or frame time offset, ms
+    # Every attribute that may order the frames of a 4-D series in time, as (keyword,
+    # value) (geometry.py picks the one that orders; times of day in seconds).
+    times: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,42 @@ def pixel_spacing(ds: Dataset | HeaderValues) -> tuple[float, float] | None:
                 if spacing:
                     return (spacing[0], spacing[1])
     return None
+
+
+TIMES_OF_DAY = ("AcquisitionTime", "ContentTime")  # TM values
+CLASSIC_TIMES = ("TriggerTime", "NominalPercentageOfCardiacPhase", "TemporalPositionIdentifier",
+                 "AcquisitionTime", "ContentTime")
+
+
+def time_of_day(value: Any) -> float | None:
+    """A DICOM TM (HHMMSS.FFFFFF, or its shorter forms) as seconds after midnight."""
+    text = str(value).strip().replace(":", "")
+    match = re.fullmatch(r"(\d{2})(\d{2})?(\d{2})?(\.\d{1,6})?", text)
+    if not match:
+        return None
+    hours, minutes, seconds, fraction = match.groups()
+    return int(hours) * 3600 + int(minutes or 0) * 60 + int(seconds or 0) + float(fraction or 0)
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def candidate_times(values: HeaderValues | Any, keywords: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
+    """(keyword, value) of each of `keywords` the source holds as one number (a TM as seconds)."""
+    found = []
+    for keyword in keywords:
+        value = values.get(keyword) if values is not None else None
+        if value in (None, "") or isinstance(value, (list, MultiValue)):
+            continue
+        number = time_of_day(value) if keyword in TIMES_OF_DAY else _number(value)
+        if number is not None:
+            found.append((keyword, number))
+    return tuple(found)
 
 
 def _classic_temporal(ds: HeaderValues) -> Any:
@@ -277,15 +317,15 @@ def header_from_dataset(ds: Dataset, path: str) -> FileHeader:
         if multiframe else []
     for i in range(n_frames):
         if multiframe:
-            position, orientation, temporal = geometry[i]
+            position, orientation, temporal, times = geometry[i]
         else:
             position, orientation = v.get("ImagePositionPatient"), v.get("ImageOrientationPatient")
-            temporal = _classic_temporal(v)
+            temporal, times = _classic_temporal(v), candidate_times(v, CLASSIC_TIMES)
         frames.append(FrameRef(
             path=path, frame=i, sop_uid=sop_uid,
             instance_number=_int(v.get("InstanceNumber")),
             position=_floats(position, 3), orientation=_floats(orientation, 6),  # type: ignore[arg-type]
-            temporal=float(temporal) if temporal not in (None, "") else None,
+            temporal=float(temporal) if temporal not in (None, "") else None, times=times,
         ))
     return FileHeader(
         path=path,

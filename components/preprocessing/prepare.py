@@ -10,7 +10,7 @@ from ...pipeline import features as F
 from ...pipeline.config import PreprocessConfig
 from . import reasons
 from .decode import load_series
-from .geometry import OrderedSeries, order_series
+from .geometry import OrderedSeries, arrange_series
 from .headers import FileHeader
 from .reasons import Rejected
 from .transform import Prepared, preprocess, temporal_indices
@@ -30,9 +30,17 @@ def frames_to_decode(ordered: OrderedSeries, config: PreprocessConfig) -> Ordere
 
 
 def prepare_series(headers: list[FileHeader], open_file: Callable[[str], IO[bytes]],
-                   config: PreprocessConfig, decode_timeout_s: float | None = None) -> tuple[OrderedSeries, Prepared]:
-    """Order and check, decode the frames kept, preprocess; raises Rejected with the reason."""
-    ordered = order_series(headers)
+                   config: PreprocessConfig, decode_timeout_s: float | None = None
+                   ) -> list[tuple[OrderedSeries, Prepared]]:
+    """Order and check, decode the frames kept, preprocess; raises Rejected with the reason.
+    One (ordered, prepared) for a series; one per slice position, in slice order, for a
+    4-D series under `preprocess.four_d: per_position`."""
+    return [_prepare(ordered, headers, open_file, config, decode_timeout_s)
+            for ordered in arrange_series(headers, config.four_d)]
+
+
+def _prepare(ordered: OrderedSeries, headers: list[FileHeader], open_file: Callable[[str], IO[bytes]],
+             config: PreprocessConfig, decode_timeout_s: float | None) -> tuple[OrderedSeries, Prepared]:
     if len(ordered.frames) < config.min_frames:
         raise Rejected(reasons.TOO_FEW_FRAMES, f"expected at least {config.min_frames} frames, "
                        f"found {len(ordered.frames)}")

@@ -137,3 +137,31 @@ def _preprocess(model_dir: str):
     from medseq.pipeline.config import PreprocessConfig, from_dict
 
     return from_dict(PreprocessConfig, load_spec(model_dir).preprocess)
+
+
+def test_predict_prepares_a_4d_folder_as_ingest_records_it(config, tmp_path):
+    """A raw multi-slice cine: predict's tensor for each slice position is the record ingest wrote for it."""
+    import dataclasses
+
+    import pydicom as dicom
+    import tensorflow as tf
+
+    from helpers import KEY, convert, write_cine_sax
+    from medseq.components.ingest import deid
+
+    uid = write_cine_sax(tmp_path / "in", one_series=True)
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"series_instance_uid,label\n{uid},normal\n")
+    assert dicom.dcmread(next((tmp_path / "in").iterdir()), stop_before_pixels=True).SeriesInstanceUID == uid
+    cfg = dataclasses.replace(config, input=str(tmp_path / "in"), labels=str(labels))
+    convert(cfg, tmp_path / "out")
+    written = {}
+    for shard in (tmp_path / "out").glob("*/*.tfrecord.gz"):
+        for raw in tf.data.TFRecordDataset(str(shard), compression_type="GZIP"):
+            f = tf.train.Example.FromString(raw.numpy()).features.feature
+            written[f[F.SERIES_KEY].bytes_list.value[0].decode()] = f[F.FRAMES].bytes_list.value[0]
+    prepared = predict.prepare_folder(tmp_path / "in", config.preprocess, key=KEY)
+    assert [p.where for p in prepared] == [f".#position{k}" for k in range(3)]
+    for k, series in enumerate(prepared):
+        assert series.series_key == deid.keyed_hash(KEY, "series", f"{uid}/position/{k}")
+        assert series.item.frames.tobytes() == written[series.series_key]

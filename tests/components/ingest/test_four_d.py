@@ -1,0 +1,132 @@
+"""4-D series: a multi-slice cine in one series converts to one time-series record per
+slice position, each with the frames (in time order) that the same cine gives when it is
+written one series per slice; holes, no usable time and `four_d: reject` are rejections."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import tensorflow as tf
+
+from helpers import CINE, KEY, POSITIONS, SAMPLES, SLICE_MM, convert, write_cine_sax
+from medseq.components.ingest import deid
+from medseq.pipeline import features as F
+
+
+def run(config, root: Path, out: Path, uids: list[str], **preprocess):
+    labels = root.parent / f"{root.name}-labels.csv"
+    labels.write_text("series_instance_uid,label\n" + "".join(f"{u},normal\n" for u in uids))
+    config = dataclasses.replace(config, input=str(root), labels=str(labels),
+                                 preprocess=dataclasses.replace(config.preprocess, **preprocess))
+    convert(config, out)
+    records = []
+    for shard in sorted(out.glob("*/*.tfrecord.gz")):
+        for raw in tf.data.TFRecordDataset(str(shard), compression_type="GZIP"):
+            records.append(tf.train.Example.FromString(raw.numpy()).features.feature)
+    rejected = [json.loads(line) for line in (out / F.REJECTED_FILE).read_text().splitlines()]
+    return records, rejected, json.loads((out / F.QC_FILE).read_text())
+
+
+@pytest.fixture(scope="module")
+def sax(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sax")
+    uid = write_cine_sax(root / "one", one_series=True)
+    write_cine_sax(root / "per_slice", one_series=False)
+    return root, uid
+
+
+def _frames(feature) -> np.ndarray:
+    shape = list(feature[F.FRAMES_SHAPE].int64_list.value)
+    dtype = feature[F.FRAMES_DTYPE].bytes_list.value[0].decode()
+    return np.frombuffer(feature[F.FRAMES].bytes_list.value[0], dtype).reshape(shape)
+
+
+def test_a_multi_slice_cine_in_one_series_gives_one_record_per_position(config, sax, tmp_path):
+    root, uid = sax
+    four_d, rejected, qc = run(config, root / "one", tmp_path / "one", [uid], min_frames=2)
+    per_slice, _, _ = run(config, root / "per_slice", tmp_path / "slices", [f"{uid}.{k + 1}" for k in range(3)],
+                          min_frames=2)
+    assert [r["reason"] for r in rejected if r["reason"] != "unlabeled"] == []
+    assert qc["four_d"] == {"records": 3, "series": 1, "time_attributes": {"TriggerTime": 1}}
+    assert qc["files"]["in_records"] == POSITIONS * len(list(CINE.iterdir()))
+    by_position = {r[F.POSITION_INDEX].int64_list.value[0]: r for r in four_d}
+    assert sorted(by_position) == [0, 1, 2]
+    slices = {r[F.SERIES_KEY].bytes_list.value[0].decode(): r for r in per_slice}
+    for k in range(POSITIONS):
+        own = slices[deid.keyed_hash(KEY, "series", f"{uid}.{k + 1}")]
+        record = by_position[k]
+        # The right frames in the right order: what the same slice gives as a series of its own.
+        assert np.array_equal(_frames(record), _frames(own)), k
+        assert record[F.FRAME_AXIS].bytes_list.value[0] == b"time"
+        assert record[F.VALID_FRAMES].int64_list.value == own[F.VALID_FRAMES].int64_list.value
+        assert F.POSITION_INDEX not in own
+    assert len({r[F.PATIENT_KEY].bytes_list.value[0] for r in four_d}) == 1  # one patient, hence one split
+    assert len({r[F.SERIES_KEY].bytes_list.value[0] for r in four_d}) == POSITIONS
+    assert len({r[F.LABEL].int64_list.value[0] for r in four_d}) == 1
+    assert not np.array_equal(_frames(by_position[0]), _frames(by_position[1]))
+
+
+def test_a_grid_with_a_hole_no_time_that_orders_and_the_reject_policy_are_rejections(config, sax, tmp_path):
+    root, uid = sax
+    write_cine_sax(tmp_path / "hole", one_series=True, drop=4)
+    _, rejected, _ = run(config, tmp_path / "hole", tmp_path / "out-hole", [uid])
+    [row] = [r for r in rejected if r["reason"] != "unlabeled"]
+    assert row["reason"] == "incomplete_4d" and row["files"] == POSITIONS * 18 - 1
+    assert "expected 3 slice positions x 18 times = 54 images, found 53" in row["message"]
+    write_cine_sax(tmp_path / "runaway", one_series=True, runaway_trigger=True)
+    _, rejected, _ = run(config, tmp_path / "runaway", tmp_path / "out-runaway", [uid])
+    assert [r["reason"] for r in rejected if r["reason"] != "unlabeled"] == ["unordered_4d"]
+    records, rejected, _ = run(config, root / "one", tmp_path / "out-reject", [uid], four_d="reject")
+    [row] = [r for r in rejected if r["reason"] != "unlabeled"]
+    assert records == [] and row["reason"] == "duplicate_position" and "preprocess.four_d is reject" in row["message"]
+
+
+ENHANCED = SAMPLES / "cine_ef" / "dicom" / "PA000006" / "ST000000" / "SE000003"  # one enhanced MR cine, 20 frames
+
+
+def write_enhanced_sax(path: Path) -> str:
+    """ENHANCED's 20 phases at POSITIONS slice positions in one enhanced MR object, frames
+    ordered position-major as scanners often write them, each position's pixels rolled."""
+    import copy
+
+    ds = pydicom.dcmread(next(ENHANCED.iterdir()))
+    pixels = ds.pixel_array
+    groups = list(ds.PerFrameFunctionalGroupsSequence)
+    orientation = np.array(ds.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient
+                           if "PlaneOrientationSequence" in ds.SharedFunctionalGroupsSequence[0]
+                           else groups[0].PlaneOrientationSequence[0].ImageOrientationPatient, float)
+    normal = np.cross(orientation[:3], orientation[3:])
+    frames, items = [], []
+    for k in range(POSITIONS):
+        for t, group in enumerate(groups):
+            item = copy.deepcopy(group)
+            position = np.array(item.PlanePositionSequence[0].ImagePositionPatient, float) + k * SLICE_MM * normal
+            item.PlanePositionSequence[0].ImagePositionPatient = [round(float(v), 4) for v in position]
+            item.FrameContentSequence[0].InStackPositionNumber = k + 1
+            item.FrameContentSequence[0].TemporalPositionIndex = t + 1
+            items.append(item)
+            frames.append(np.roll(pixels[t], 5 * k, axis=1))
+    ds.PerFrameFunctionalGroupsSequence = items
+    ds.NumberOfFrames = len(frames)
+    ds.PixelData = np.stack(frames).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return str(ds.SeriesInstanceUID)
+
+
+def test_an_enhanced_multi_frame_4d_object_gives_one_record_per_position(config, tmp_path):
+    (tmp_path / "in").mkdir()
+    uid = write_enhanced_sax(tmp_path / "in" / "IM0001")
+    records, rejected, qc = run(config, tmp_path / "in", tmp_path / "out", [uid], min_frames=2)
+    assert [r["reason"] for r in rejected] == [] and qc["files"]["in_records"] == 1
+    assert qc["four_d"]["records"] == POSITIONS and qc["four_d"]["series"] == 1
+    assert list(qc["four_d"]["time_attributes"]) == ["NominalCardiacTriggerDelayTime"]
+    by_position = {r[F.POSITION_INDEX].int64_list.value[0]: _frames(r) for r in records}
+    assert sorted(by_position) == [0, 1, 2]
+    # Position k holds the cine rolled by 5k pixels: the same frames, in the same order.
+    for k in (1, 2):
+        assert np.array_equal(np.roll(by_position[0], 5 * k, axis=2), by_position[k]), k
