@@ -73,7 +73,8 @@ def plain_dataset(fileobj: IO[bytes], defer_size: int,
         implicit = syntax == ImplicitVRLittleEndian
         if pos + 6 > window.size or _looks_implicit(window.get(pos, 6)) != implicit:
             return None  # nothing after the meta, or an encoding pydicom would detect and switch
-        elements, _ = _walk(window, pos, implicit=implicit, defer_size=defer_size, group=None)
+        elements, _ = _walk(window, pos, implicit=implicit, defer_size=defer_size, group=None,
+                            inflated=deflated_at is not None)
     except (_NotPlain, OSError, ValueError, zlib.error):
         return None
     ds = Dataset(elements)
@@ -141,10 +142,12 @@ def _looks_implicit(head: bytes) -> bool:
 
 
 def _walk(window: _Window, pos: int, *, implicit: bool, defer_size: int | None,
-          group: int | None) -> tuple[dict[BaseTag, DataElement | RawDataElement], int]:
+          group: int | None, inflated: bool = False) -> tuple[dict[BaseTag, DataElement | RawDataElement], int]:
     """The elements from `pos` on (of `group` only, when given), as pydicom's
     `data_element_generator` yields them; raises _NotPlain at anything it would treat
-    specially. Returns them and where the walk stopped."""
+    specially. Returns them and where the walk stopped. In an `inflated` data set the
+    per-frame functional groups are read, not deferred: a deferred read goes back to the
+    file, whose bytes there are deflated."""
     elements: dict[BaseTag, DataElement | RawDataElement] = {}
     last = -1
     while pos < window.size:
@@ -178,7 +181,8 @@ def _walk(window: _Window, pos: int, *, implicit: bool, defer_size: int | None,
             pos = start + length
             if pos > window.size:
                 raise _NotPlain  # runs past the end: dcmread decides what a truncated file is
-            if defer_size is not None and length > defer_size and tag != CHARSET:
+            if defer_size is not None and length > defer_size and tag != CHARSET and \
+                    not (inflated and tag == PER_FRAME_GROUPS):
                 if tag not in (PIXEL_DATA, PER_FRAME_GROUPS) and not g % 2:
                     raise _NotPlain  # a deferred public value is read again from the file on use
                 value = None

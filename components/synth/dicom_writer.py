@@ -74,6 +74,7 @@ class SeriesGeometry:
     pixel_spacing: float
     slice_thickness: float
     trigger_times: tuple[float, ...] | None = None  # ms, cine only
+    temporal_indices: tuple[int, ...] | None = None  # an enhanced 4-D object's TemporalPositionIndex per frame
 
 
 def uid(seed: int, *parts: object) -> str:
@@ -182,7 +183,7 @@ def enhanced_series(study: Study, series_uid: str, number: int, description: str
         content = Dataset()
         content.InStackPositionNumber = k + 1
         if geometry.trigger_times is not None:
-            content.TemporalPositionIndex = k + 1
+            content.TemporalPositionIndex = geometry.temporal_indices[k] if geometry.temporal_indices else k + 1
             cardiac = Dataset()
             cardiac.NominalCardiacTriggerDelayTime = round(geometry.trigger_times[k], 2)
             item.CardiacSynchronizationSequence = Sequence([cardiac])

@@ -17,6 +17,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from . import phantoms
+from .cine_sax import cine_sax
 from .dicom_writer import (
     SYNTAX_WEIGHTS,
     TRANSFER_SYNTAXES,
@@ -139,7 +140,7 @@ def _paths(rng: np.random.Generator, patient_index: int, study_index: int, serie
 
 def generate(task: str, patients: int, seed: int, out: Path, small: bool = False) -> SynthStats:
     """Writes `out/dicom/...` and `out/labels.csv` for `patients` patients."""
-    make_series = _ct if task == "ct_nodule" else _cine
+    make_series = {"ct_nodule": _ct, "cine_sax": cine_sax}.get(task, _cine)
     modality = "CT" if task == "ct_nodule" else "MR"
     dicom_root = out / "dicom"
     dicom_root.mkdir(parents=True, exist_ok=True)
@@ -153,12 +154,15 @@ def generate(task: str, patients: int, seed: int, out: Path, small: bool = False
             study = _study(seed, task, patient, si)
             matrix = phantoms.SMALL_MATRIX[study.scanner.matrix] if small else study.scanner.matrix
             made, label = make_series(seed, study, rng, matrix, task)
-            datasets = made if isinstance(made, list) else [made]
-            labels.append((datasets[0].SeriesInstanceUID, label))
-            stats.labeled[label] = stats.labeled.get(label, 0) + 1
+            # A task writes one labeled series, or several (cine_sax: one per slice for some vendors).
+            labeled = [m if isinstance(m, list) else [m] for m in made] if task == "cine_sax" else \
+                [made if isinstance(made, list) else [made]]
+            for datasets in labeled:
+                labels.append((datasets[0].SeriesInstanceUID, label))
+                stats.labeled[label] = stats.labeled.get(label, 0) + 1
             syntax = TRANSFER_SYNTAXES[int(rng.choice(len(TRANSFER_SYNTAXES), p=SYNTAX_WEIGHTS))]
-            for series_number, series in ((datasets[0].SeriesNumber, datasets),
-                                          (1, _localizer(seed, study, rng, matrix, modality))):
+            for series_number, series in ([(d[0].SeriesNumber, d) for d in labeled] +
+                                          [(1, _localizer(seed, study, rng, matrix, modality))]):
                 paths = _paths(rng, pi, si, series_number, len(series))
                 for ds, rel in zip(series, paths, strict=True):
                     stats.slices += int(ds.get("NumberOfFrames", 1))

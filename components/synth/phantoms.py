@@ -65,19 +65,22 @@ def _cycle(n_frames: int, systole: float) -> np.ndarray:
 
 
 def cine_frames(
-    rng: np.random.Generator, scanner: Scanner, matrix: int, n_frames: int, ef: float
+    rng: np.random.Generator, scanner: Scanner, matrix: int, n_frames: int, ef: float,
+    cavity_scale: float = 1.0, noise_rng: np.random.Generator | None = None,
 ) -> tuple[np.ndarray, CineTruth]:
     """Short-axis cine over one heartbeat: a bright blood pool in a myocardial ring.
 
     Neither the end-diastolic nor the end-systolic size alone tells the class (see
     CAVITY_MM); the wall thickens in systole by a fraction drawn apart from the EF. Only
-    the change of the blood pool between frames tells the ejection fraction.
+    the change of the blood pool between frames tells the ejection fraction. For one
+    slice of a stack (cine_sax): `cavity_scale` narrows the cavity towards the apex and
+    `noise_rng` draws the slice's own noise, `rng` giving every slice the same heart.
     """
     spacing = rng.uniform(*FOV_MM) / matrix
     rows, cols = _grid(matrix, spacing)
     cavity = float(np.exp(rng.uniform(*np.log(CAVITY_MM))))
     anchor = rng.uniform(*ANCHOR)
-    ed_radius = cavity * (1.0 - ef) ** (-anchor / 2)  # area scales by (1 - ef) from ED to ES
+    ed_radius = cavity_scale * cavity * (1.0 - ef) ** (-anchor / 2)  # area scales by (1 - ef) from ED to ES
     es_radius = ed_radius * np.sqrt(1.0 - ef)
     wall, thickening = rng.uniform(6.0, 12.0), rng.uniform(0.2, 0.6)
     mediastinum = rng.uniform(30.0, 70.0)
@@ -101,7 +104,8 @@ def cine_frames(
     lung = ((rows / 70.0) ** 2 + ((np.abs(cols) - 55.0) / 35.0) ** 2 <= 1.0) & ~(radius_map < mediastinum)
     background = (np.where(body, 0.25, 0.0) - np.where(body & lung, 0.2, 0.0)).astype(np.float32)
     # All frames at once: the same draws, in the same order, as one frame at a time.
-    noise = rng.standard_normal((n_frames, 2, matrix, matrix), dtype=np.float32) * np.float32(scanner.noise)
+    noise = (noise_rng or rng).standard_normal((n_frames, 2, matrix, matrix), dtype=np.float32) * \
+        np.float32(scanner.noise)
     img = np.where(radius_map[None] <= radii[:, None, None], np.float32(1.0),
                    np.where(radius_map[None] <= outer[:, None, None], np.float32(0.12), background[None]))
     frames = (np.hypot(img + noise[:, 0], noise[:, 1]) * scale).astype(np.float32)  # Rician magnitude

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-TASKS = ("cine_ef", "cine_ef3", "ct_nodule")
+TASKS = ("cine_ef", "cine_ef3", "cine_sax", "ct_nodule")
 CLASSES = {"cine_ef": ("normal", "reduced_ef"), "cine_ef3": ("normal", "mildly_reduced_ef", "reduced_ef"),
-           "ct_nodule": ("clear", "nodule")}
+           "cine_sax": ("normal", "reduced_ef"), "ct_nodule": ("clear", "nodule")}
+# cine_sax: the volumetric ejection fraction over every slice (Simpson's method) decides;
+# reduced_ef studies have a dysfunctional region on some slices only.
+SAX_EF = {"reduced_ef": (0.15, 0.37), "normal": (0.45, 0.70)}
 # Ejection fraction drawn per class, with gaps at the class borders (40 % for two
 # classes; 40 and 50 % for three, after the HFrEF / HFmrEF / HFpEF ranges).
 EF_RANGES = {

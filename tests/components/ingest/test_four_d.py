@@ -89,7 +89,7 @@ def test_a_grid_with_a_hole_no_time_that_orders_and_the_reject_policy_are_reject
 ENHANCED = SAMPLES / "cine_ef" / "dicom" / "PA000006" / "ST000000" / "SE000003"  # one enhanced MR cine, 20 frames
 
 
-def write_enhanced_sax(path: Path) -> str:
+def write_enhanced_sax(path: Path, deflated: bool = False) -> str:
     """ENHANCED's 20 phases at POSITIONS slice positions in one enhanced MR object, frames
     ordered position-major as scanners often write them, each position's pixels rolled."""
     import copy
@@ -114,6 +114,8 @@ def write_enhanced_sax(path: Path) -> str:
     ds.PerFrameFunctionalGroupsSequence = items
     ds.NumberOfFrames = len(frames)
     ds.PixelData = np.stack(frames).tobytes()
+    if deflated:
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
     ds.save_as(path, enforce_file_format=True)
     return str(ds.SeriesInstanceUID)
 
@@ -130,3 +132,21 @@ def test_an_enhanced_multi_frame_4d_object_gives_one_record_per_position(config,
     # Position k holds the cine rolled by 5k pixels: the same frames, in the same order.
     for k in (1, 2):
         assert np.array_equal(np.roll(by_position[0], 5 * k, axis=2), by_position[k]), k
+
+
+def test_a_deflated_enhanced_object_keeps_each_frames_geometry(tmp_path, monkeypatch):
+    """Its per-frame groups (8 KB here, over the 4 KB the header pass defers) are read from
+    the inflated data set: a deferred read would go back to the deflated file (a bug the
+    4-D work found: every frame lost its position)."""
+    from medseq.components.preprocessing import header_values, headers
+
+    path = tmp_path / "IM0001"
+    write_enhanced_sax(path, deflated=True)
+    with open(path, "rb") as f:
+        fast = headers.read_header(f, str(path))
+    monkeypatch.setattr(header_values, "FAST_PATHS", False)  # every value through pydicom
+    with open(path, "rb") as f:
+        slow = headers.read_header(f, str(path))
+    assert all(frame.position is not None for frame in fast.frames) and len(fast.frames) == POSITIONS * 20
+    assert [f.position for f in fast.frames] == [f.position for f in slow.frames]
+    assert [f.times for f in fast.frames] == [f.times for f in slow.frames]
