@@ -24,20 +24,23 @@ PHASES = (16, 30)
 SLICE_GAP_MM = (8.0, 10.0)
 
 
-def _slice_efs(rng: np.random.Generator, label: str, slices: int, scales: np.ndarray) -> np.ndarray:
-    """Per-slice ejection fractions whose volumetric EF (area-weighted) falls in the class range."""
-    low, high = SAX_EF[label]
-    weights = scales ** 2 / np.sum(scales ** 2)  # a slice's share of the end-diastolic volume (roughly)
-    for _ in range(100):
-        efs = rng.uniform(0.50, 0.72, slices)
-        if label == "reduced_ef":
-            run = int(rng.integers(max(2, slices * 2 // 5), max(3, slices * 4 // 5) + 1))
-            start = int(rng.integers(0, slices - run + 1))
-            efs[start:start + run] = rng.uniform(0.0, 0.15, run)
-        volumetric = float(np.sum(weights * efs))
-        if low <= volumetric <= high:
-            return efs
-    return np.full(slices, (low + high) / 2)  # not reached for these ranges
+def _slice_efs(rng: np.random.Generator, label: str, slices: int) -> np.ndarray:
+    """Per-slice ejection fractions for a study of `label`: all normal, or a dysfunctional
+    run of 40-80 % of the slices among normal ones."""
+    efs = rng.uniform(0.50, 0.72, slices)
+    if label == "reduced_ef":
+        run = int(rng.integers(max(2, slices * 2 // 5), max(3, slices * 4 // 5) + 1))
+        start = int(rng.integers(0, slices - run + 1))
+        efs[start:start + run] = rng.uniform(0.0, 0.15, run)
+    return efs
+
+
+def _radii(heart_seed: int, scanner: phantoms.Scanner, phases: int, efs: np.ndarray,
+           scales: np.ndarray) -> list[tuple[float, ...]]:
+    """Each slice's blood-pool radius per phase, as cine_frames draws them (they do not
+    depend on the matrix: a 2-pixel render is enough)."""
+    return [phantoms.cine_frames(np.random.default_rng(heart_seed), scanner, 2, phases, float(ef),
+                                 cavity_scale=float(scale))[1].radii_mm for ef, scale in zip(efs, scales, strict=True)]
 
 
 def volumetric_ef(radii: list[tuple[float, ...]]) -> float:
@@ -52,16 +55,18 @@ def cine_sax(seed: int, study: Study, rng: np.random.Generator, matrix: int,
     label = "reduced_ef" if rng.random() < 0.5 else "normal"
     slices, phases = int(rng.integers(SLICES[0], SLICES[1] + 1)), int(rng.integers(PHASES[0], PHASES[1] + 1))
     scales = np.sqrt(1.0 - 0.75 * (np.arange(slices) / (slices - 1)) ** 2)  # base to apex
-    efs = _slice_efs(rng, label, slices, scales)
     heart_seed = int(rng.integers(2**63))
-    frames, radii = [], []
+    low, high = SAX_EF[label]
+    for _ in range(200):  # the volumetric EF inside the class's range, never in the gap between classes
+        efs = _slice_efs(rng, label, slices)
+        if low <= volumetric_ef(_radii(heart_seed, study.scanner, phases, efs, scales)) <= high:
+            break
+    frames = []
     for k in range(slices):
         stack, truth = phantoms.cine_frames(np.random.default_rng(heart_seed), study.scanner, matrix, phases,
                                             float(efs[k]), cavity_scale=float(scales[k]),
                                             noise_rng=np.random.default_rng([heart_seed, k]))
         frames.append(np.clip(np.rint(stack), 0, 4095).astype(np.uint16))
-        radii.append(truth.radii_mm)
-    label = "reduced_ef" if volumetric_ef(radii) < 0.40 else "normal"  # the truth the phantom drew
     row = np.array([0.70, 0.70, -0.14]) / np.linalg.norm([0.70, 0.70, -0.14])
     col = np.cross(row, np.array([0.2, -0.3, 0.93]))
     col /= np.linalg.norm(col)

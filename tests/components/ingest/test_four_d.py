@@ -150,3 +150,22 @@ def test_a_deflated_enhanced_object_keeps_each_frames_geometry(tmp_path, monkeyp
     assert all(frame.position is not None for frame in fast.frames) and len(fast.frames) == POSITIONS * 20
     assert [f.position for f in fast.frames] == [f.position for f in slow.frames]
     assert [f.times for f in fast.frames] == [f.times for f in slow.frames]
+
+
+def test_synthetic_cine_sax_converts_whole_with_the_default_policy(config, tmp_path):
+    """`medseq synth --task cine_sax`: stacks written as one series (classic and enhanced,
+    every transfer syntax) and as one series per slice all become records."""
+    from medseq.components import synth
+
+    synth.run("cine_sax", patients=8, seed=1, out=tmp_path / "sax", small=True)
+    sax = tmp_path / "sax"
+    cfg = dataclasses.replace(config, input=str(sax / "dicom"), labels=str(sax / "labels.csv"),
+                              preprocess=dataclasses.replace(config.preprocess, min_frames=2))
+    convert(cfg, tmp_path / "out")
+    qc = json.loads((tmp_path / "out" / F.QC_FILE).read_text())
+    assert set(qc["rejected"]) <= {"unlabeled", "not_dicom"}, qc["rejected"]  # localizers and junk only
+    labeled = len((tmp_path / "sax" / "labels.csv").read_text().splitlines()) - 1
+    four_d = qc["four_d"]
+    # Every labeled series is in the records: a 4-D one as one record per slice position.
+    assert sum(qc["records"].values()) == labeled - four_d["series"] + four_d["records"]
+    assert four_d["series"] >= 2 and four_d["records"] >= 6 * four_d["series"]

@@ -163,3 +163,40 @@ def test_patients_have_several_studies_and_vendors_differ(generated):
     assert any(len(s) >= 2 for s in studies.values())
     sizes = [next(iter(v)) for v in matrices.values() if len(v) == 1]
     assert len(set(sizes)) == len(sizes)  # each vendor its own matrix
+
+
+def test_cine_sax_is_a_4d_stack_whose_label_is_the_volumetric_ejection_fraction(generated, tmp_path):
+    """Read back as a person would: the bright blood pool, counted in pixels over every slice
+    at each phase, gives the ejection fraction the label says (Simpson's method); some
+    vendors write the stack as one series of several positions, others one series per slice."""
+    series, _ = read_all(generated["cine_sax"])
+    labels = dict(csv.reader(open(generated["cine_sax"] / "labels.csv")))
+    studies = defaultdict(list)
+    for uid, datasets in series.items():
+        if uid in labels:
+            studies[datasets[0].StudyInstanceUID].append(datasets)
+    kinds = set()
+    for stacks in studies.values():
+        frames = []  # (slice position, trigger time, image)
+        for datasets in stacks:
+            for ds in datasets:
+                if "PerFrameFunctionalGroupsSequence" in ds:
+                    for item, image in zip(ds.PerFrameFunctionalGroupsSequence, ds.pixel_array, strict=True):
+                        frames.append((float(item.PlanePositionSequence[0].ImagePositionPatient[2]),
+                                       float(item.CardiacSynchronizationSequence[0].NominalCardiacTriggerDelayTime),
+                                       image))
+                else:
+                    frames.append((float(ds.ImagePositionPatient[2]), float(ds.TriggerTime), ds.pixel_array))
+        positions = sorted({round(p, 2) for p, _, _ in frames})
+        times = sorted({round(t, 1) for _, t, _ in frames})
+        assert 6 <= len(positions) <= 12 and 16 <= len(times) <= 30 and len(frames) == len(positions) * len(times)
+        kinds.add("one series" if len(stacks) == 1 else "one per slice")
+        threshold = 0.5 * max(float(image.max()) for _, _, image in frames)
+        volume = defaultdict(int)
+        for _, t, image in frames:
+            volume[round(t, 1)] += int(np.sum(image > threshold))  # the blood pool is the brightest tissue
+        ef = 1.0 - min(volume.values()) / max(volume.values())
+        label = {labels[s[0].SeriesInstanceUID] for s in stacks}
+        assert len(label) == 1
+        assert (ef < 0.42) == (label == {"reduced_ef"}), (ef, label)
+    assert kinds == {"one series", "one per slice"}
