@@ -182,8 +182,11 @@ def enhanced_series(study: Study, series_uid: str, number: int, description: str
         item.PlanePositionSequence = Sequence([pos])
         content = Dataset()
         content.InStackPositionNumber = k + 1
+        if geometry.temporal_indices is not None:
+            content.TemporalPositionIndex = geometry.temporal_indices[k]
+        elif geometry.trigger_times is not None:
+            content.TemporalPositionIndex = k + 1
         if geometry.trigger_times is not None:
-            content.TemporalPositionIndex = geometry.temporal_indices[k] if geometry.temporal_indices else k + 1
             cardiac = Dataset()
             cardiac.NominalCardiacTriggerDelayTime = round(geometry.trigger_times[k], 2)
             item.CardiacSynchronizationSequence = Sequence([cardiac])

@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset
 
 from . import phantoms
 from .cine_sax import cine_sax
+from .dce import dce_kinetics
 from .dicom_writer import (
     SYNTAX_WEIGHTS,
     TRANSFER_SYNTAXES,
@@ -140,7 +141,7 @@ def _paths(rng: np.random.Generator, patient_index: int, study_index: int, serie
 
 def generate(task: str, patients: int, seed: int, out: Path, small: bool = False) -> SynthStats:
     """Writes `out/dicom/...` and `out/labels.csv` for `patients` patients."""
-    make_series = {"ct_nodule": _ct, "cine_sax": cine_sax}.get(task, _cine)
+    make_series = {"ct_nodule": _ct, "cine_sax": cine_sax, "dce_kinetics": dce_kinetics}.get(task, _cine)
     modality = "CT" if task == "ct_nodule" else "MR"
     dicom_root = out / "dicom"
     dicom_root.mkdir(parents=True, exist_ok=True)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-TASKS = ("cine_ef", "cine_ef3", "cine_sax", "ct_nodule")
+TASKS = ("cine_ef", "cine_ef3", "cine_sax", "ct_nodule", "dce_kinetics")
 CLASSES = {"cine_ef": ("normal", "reduced_ef"), "cine_ef3": ("normal", "mildly_reduced_ef", "reduced_ef"),
-           "cine_sax": ("normal", "reduced_ef"), "ct_nodule": ("clear", "nodule")}
+           "cine_sax": ("normal", "reduced_ef"), "ct_nodule": ("clear", "nodule"),
+           "dce_kinetics": ("benign", "malignant")}
 # cine_sax: the volumetric ejection fraction over every slice (Simpson's method) decides;
 # reduced_ef studies have a dysfunctional region on some slices only.
 SAX_EF = {"reduced_ef": (0.15, 0.37), "normal": (0.45, 0.70)}

@@ -200,3 +200,41 @@ def test_cine_sax_is_a_4d_stack_whose_label_is_the_volumetric_ejection_fraction(
         assert len(label) == 1
         assert (ef < 0.42) == (label == {"reduced_ef"}), (ef, label)
     assert kinds == {"one series", "one per slice"}
+
+
+def test_dce_kinetics_classes_share_their_values_and_differ_only_in_their_order(generated):
+    """The two kinetics take one set of lesion values in two orders (an order-blind model
+    is at chance by construction); read back, a benign lesion enhances persistently and a
+    malignant one peaks at once and washes out."""
+    from medseq.components.synth.dce import lesion_curve
+
+    for seed in range(20):
+        benign = lesion_curve(np.random.default_rng(seed), 9, malignant=False)
+        malignant = lesion_curve(np.random.default_rng(seed), 9, malignant=True)
+        assert np.array_equal(np.sort(benign), np.sort(malignant)) and not np.array_equal(benign, malignant)
+        assert np.all(np.diff(benign) >= 0) and np.argmax(malignant) == 1 and np.all(np.diff(malignant[1:]) <= 0)
+    series, _ = read_all(generated["dce_kinetics"])
+    labels = dict(csv.reader(open(generated["dce_kinetics"] / "labels.csv")))
+    seen = set()
+    for uid, datasets in series.items():
+        if uid not in labels:
+            continue
+        if "PerFrameFunctionalGroupsSequence" in datasets[0]:
+            ds = datasets[0]
+            index = [int(i.FrameContentSequence[0].TemporalPositionIndex) for i in ds.PerFrameFunctionalGroupsSequence]
+            z = [float(i.PlanePositionSequence[0].ImagePositionPatient[2]) for i in ds.PerFrameFunctionalGroupsSequence]
+            frames = list(zip(z, index, ds.pixel_array, strict=True))
+        else:
+            frames = [(float(d.ImagePositionPatient[2]), int(d.TemporalPositionIdentifier), d.pixel_array)
+                      for d in datasets]
+        first_slice = min(z for z, _, _ in frames)
+        images = [img for _, _, img in sorted((f for f in frames if f[0] == first_slice), key=lambda f: f[1])]
+        peak = np.unravel_index(np.argmax(np.mean(images, axis=0)), images[0].shape)  # the lesion enhances most
+        r, c = peak
+        curve = [float(np.mean(img[max(r - 1, 0):r + 2, max(c - 1, 0):c + 2])) for img in images]
+        if labels[uid] == "malignant":
+            assert int(np.argmax(curve)) < len(curve) / 2 and curve[-1] < 0.9 * max(curve), curve  # wash-out
+        else:
+            assert int(np.argmax(curve)) >= len(curve) / 2 and curve[-1] > 0.9 * max(curve), curve  # persistent
+        seen.add(labels[uid])
+    assert seen == {"benign", "malignant"}
