@@ -30,6 +30,7 @@ DEFAULT_EVAL_CONFIG_MULTICLASS = SCHEMAS_DIR / "eval_config_multiclass.pbtxt"  #
 DTYPES = ("uint8", "float16", "float32")
 TEMPORAL_MODES = ("sample", "pad")
 STACK_MODES = ("average", "sample", "pad")
+SEQUENCE_MODELS = ("lstm", "mean_pool")
 FOUR_D_MODES = ("per_position", "reject")
 COLOR_MODES = ("gray", "rgb")
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "tpu")
@@ -183,6 +184,9 @@ class TrainConfig:
     # The LSTM reads frame features standardized over their sequence, plus the
     # sequence's mean and spread of them (model.SequenceStandardization).
     sequence_norm: bool = True
+    # How the frame features become one: `lstm` reads them in order; `mean_pool` averages
+    # them over the valid frames, blind to their order (a control: what order adds).
+    sequence_model: str = "lstm"
     lstm_layers: int = 1
     lstm_units: int = 32
     bidirectional: bool = False
@@ -205,6 +209,10 @@ class TrainConfig:
         check_choice("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
         check_choice("train.monitor_mode", self.monitor_mode, MONITOR_MODES)
         check_choice("train.mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        check_choice("train.sequence_model", self.sequence_model, SEQUENCE_MODELS)
+        if self.sequence_model == "mean_pool" and self.frame_difference:
+            raise ConfigError("train.sequence_model: mean_pool is blind to the order of the frames; expected "
+                              "frame_difference: false beside it (a difference from the previous frame carries order)")
         for op in self.augment:
             check_choice("train.augment", op, AUGMENTATIONS)
         if isinstance(self.class_weight, str):

@@ -111,6 +111,16 @@ class SequenceStandardization(layers.Layer):
         return z, ops.repeat(context, ops.shape(x)[1], axis=1)
 
 
+class MaskedMean(layers.Layer):
+    """(B, T, F) features and their (B, T) mask -> (B, F), the mean over the valid frames:
+    the same whatever the order of the frames (`train.sequence_model: mean_pool`)."""
+
+    def call(self, features: keras.KerasTensor, mask: keras.KerasTensor) -> keras.KerasTensor:
+        weights = ops.expand_dims(ops.cast(mask, "float32"), -1)
+        total = ops.sum(ops.cast(features, "float32") * weights, axis=1)
+        return total / ops.maximum(ops.sum(weights, axis=1), 1.0)
+
+
 def build_model(spec: RecordSpec, config: TrainConfig) -> keras.Model:
     """frames (B, T, H, W, C) + valid_frames (B,) -> class probabilities (B, K), float32."""
     policy = "float32" if config.mixed_precision == "off" else config.mixed_precision
@@ -141,7 +151,11 @@ def _build(spec: RecordSpec, config: TrainConfig) -> keras.Model:
         z, context = SequenceStandardization(dtype="float32", name="sequence_standardization")(x, mask)
         context = layers.LayerNormalization(dtype="float32", name="sequence_context")(context)
         x = layers.Concatenate(name="standardized_and_context")([z, context])
-    for i in range(config.lstm_layers):
+    if config.sequence_model == "mean_pool":
+        x = layers.Dense(config.lstm_units, activation="relu", name="pooled_features")(
+            MaskedMean(dtype="float32", name="mean_over_frames")(x, mask))
+        x = layers.Dropout(config.dropout, name="dropout_0")(x)
+    for i in range(config.lstm_layers if config.sequence_model == "lstm" else 0):
         last = i == config.lstm_layers - 1
         lstm = layers.LSTM(config.lstm_units, return_sequences=not last, name=f"lstm_{i}")
         x = (layers.Bidirectional(lstm, name=f"bilstm_{i}") if config.bidirectional else lstm)(x, mask=mask)

@@ -98,3 +98,18 @@ def test_mixed_float16_scales_the_loss(cine_records, tmp_path):
                       keras.optimizers.LossScaleOptimizer)
     result = train(cine_records, tmp_path, dataclasses.replace(TINY, mixed_precision="mixed_float16"))
     assert np.isfinite(result.history[0]["loss"])
+
+
+def test_the_mean_pool_control_is_blind_to_the_order_of_the_frames_and_the_lstm_is_not():
+    keras.utils.set_random_seed(1)
+    pooled = build_model(SPEC, dataclasses.replace(TINY, sequence_model="mean_pool", frame_difference=False))
+    keras.utils.set_random_seed(1)
+    lstm = build_model(SPEC, dataclasses.replace(TINY, frame_difference=False))
+    x = inputs(2, valid=3, seed=4)
+    shuffled = {**x, F.FRAMES: x[F.FRAMES][:, [2, 0, 1, 3]]}  # the valid frames reordered, the padding kept
+    np.testing.assert_allclose(pooled(x, training=False).numpy(), pooled(shuffled, training=False).numpy(),
+                               rtol=1e-5, atol=1e-6)
+    assert np.max(np.abs(lstm(x, training=False).numpy() - lstm(shuffled, training=False).numpy())) > 1e-4
+    assert not any(isinstance(layer, keras.layers.LSTM) for layer in pooled.layers)
+    with pytest.raises(ConfigError, match="frame_difference: false"):
+        TrainConfig(sequence_model="mean_pool")
