@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, cast
 
 import pydicom
 from pydicom import config
@@ -114,13 +114,21 @@ def _fast_paths() -> bool:
 
 
 class RawElements(Protocol):
-    """The raw elements of a data set or of a sequence item, as pydicom's public
-    `Dataset.get_item(tag, keep_deferred=True)` gives them (not converted), and its
-    `get`/`in` by keyword: what `HeaderValues` reads. A `Dataset` is one; so is `RawItem`."""
+    """The elements of a data set or of a sequence item as stored (pydicom's raw elements
+    until a value is read): `items()` as pydicom's public `Dataset.items()` gives them,
+    and `get`/`in` by keyword. What `HeaderValues` reads; a `Dataset` is one, so is `RawItem`."""
 
-    def get_item(self, key: BaseTag, *, keep_deferred: bool = ...) -> Any: ...
+    def items(self) -> Any: ...
     def get(self, key: str, default: Any = None) -> Any: ...
     def __contains__(self, key: Any) -> bool: ...
+
+
+def stored_elements(source: RawElements) -> Mapping[BaseTag, DataElement | RawDataElement]:
+    """{tag: element as stored}: the live read-only view behind `items()` (no copy, and no
+    conversion of the tag on each look-up as `Dataset.get_item` does: 0.14 ms a file)."""
+    items = source.items()
+    mapping = getattr(items, "mapping", None)  # dict_items.mapping (Python >= 3.10)
+    return cast("Mapping[BaseTag, DataElement | RawDataElement]", mapping if mapping is not None else dict(items))
 
 
 class Fallback:
@@ -144,8 +152,8 @@ class RawItem:
     def __init__(self, elements: dict[BaseTag, DataElement | RawDataElement], fallback: Fallback) -> None:
         self.elements, self.fallback = elements, fallback
 
-    def get_item(self, key: BaseTag, *, keep_deferred: bool = True) -> DataElement | RawDataElement | None:
-        return self.elements.get(key)
+    def items(self) -> Any:
+        return self.elements.items()
 
     def get(self, key: str, default: Any = None) -> Any:
         tag = tag_for_keyword(key)
@@ -184,10 +192,11 @@ class HeaderValues:
 
     LEAN = True  # False: every value through pydicom (the tests compare the two)
 
-    __slots__ = ("ds", "lean")
+    __slots__ = ("ds", "lean", "_stored")
 
     def __init__(self, ds: Dataset | RawItem) -> None:
         self.ds: Dataset | RawItem = ds
+        self._stored = stored_elements(ds)
         # Opt-in pydicom settings that change what a plain value converts to (dates as
         # objects) or make a merely unusual one an error: then pydicom reads every value.
         plain = not config.datetime_conversion and config.settings.reading_validation_mode != config.RAISE
@@ -197,7 +206,7 @@ class HeaderValues:
         spec = _SPECS.get(keyword)
         if spec is not None and self.lean:
             tag, vr, convert = spec
-            elem = self.ds.get_item(tag, keep_deferred=True)
+            elem = self._stored.get(tag)
             if elem is None:
                 return default
             if type(elem) is RawDataElement and elem.value and elem.is_little_endian and (
@@ -209,7 +218,7 @@ class HeaderValues:
 
     def __contains__(self, keyword: str) -> bool:
         spec = _SPECS.get(keyword)
-        return spec[0] in self.ds if spec is not None else keyword in self.ds
+        return spec[0] in self._stored if spec is not None else keyword in self.ds
 
 
 # pydicom's Image Pixel attributes, by the names its decoders take (pixels/utils.py).

@@ -16,7 +16,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from . import phantoms
-from .dicom_writer import SeriesGeometry, Study, classic_series, enhanced_series, uid
+from .dicom_writer import SeriesGeometry, Study, as_files, classic_series, enhanced_series, uid
 from .tasks import SAX_EF
 
 SLICES = (6, 12)
@@ -50,7 +50,7 @@ def volumetric_ef(radii: list[tuple[float, ...]]) -> float:
 
 
 def cine_sax(seed: int, study: Study, rng: np.random.Generator, matrix: int,
-             task: str) -> tuple[list[list[Dataset] | Dataset], str]:
+             task: str) -> tuple[list[list[Dataset]], str]:
     """The study's cine stack as series (one, or one per slice) and its label."""
     label = "reduced_ef" if rng.random() < 0.5 else "normal"
     slices, phases = int(rng.integers(SLICES[0], SLICES[1] + 1)), int(rng.integers(PHASES[0], PHASES[1] + 1))
@@ -78,7 +78,7 @@ def cine_sax(seed: int, study: Study, rng: np.random.Generator, matrix: int,
     times = tuple(rr * t / phases for t in range(phases))
     extra = {"CardiacNumberOfImages": phases, "NominalInterval": round(rr), "ScanningSequence": "GR",
              "SequenceVariant": "SS", "MagneticFieldStrength": 1.5}
-    places = [tuple(float(x) for x in origin + k * gap * normal) for k in range(slices)]
+    places = [(float(x), float(y), float(z)) for x, y, z in (origin + k * gap * normal for k in range(slices))]
     series_uid = uid(seed, "series", study.uid, "sax")
     if study.scanner.manufacturer == "SIEMENS":  # one series per slice: 3-D cines
         return [classic_series(study, f"{series_uid}.{k + 1}", 10 + k, f"CINE SAX {k + 1}", "MR", frames[k],
@@ -89,4 +89,5 @@ def cine_sax(seed: int, study: Study, rng: np.random.Generator, matrix: int,
                               truth.pixel_spacing, 8.0, times * slices, tuple(range(1, phases + 1)) * slices)
     stored = np.concatenate(frames)
     make = enhanced_series if rng.random() < 0.25 else classic_series
-    return [make(study, series_uid, 3, "CINE SAX STACK", "MR", stored, geometry, (0.0, 1.0), seed, extra)], label
+    return [as_files(make(study, series_uid, 3, "CINE SAX STACK", "MR", stored, geometry, (0.0, 1.0), seed,
+                          extra))], label

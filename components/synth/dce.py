@@ -16,7 +16,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from . import phantoms
-from .dicom_writer import SeriesGeometry, Study, classic_series, enhanced_series, uid
+from .dicom_writer import SeriesGeometry, Study, as_files, classic_series, enhanced_series, uid
 
 SLICES = (2, 4)
 PHASES = (6, 12)
@@ -58,7 +58,7 @@ def dce_frames(rng: np.random.Generator, scanner: phantoms.Scanner, matrix: int,
 
 
 def dce_kinetics(seed: int, study: Study, rng: np.random.Generator, matrix: int,
-                 task: str) -> tuple[list[Dataset] | Dataset, str]:
+                 task: str) -> tuple[list[list[Dataset]], str]:
     """The study's dynamic series (one 4-D series) and its label."""
     malignant = bool(rng.random() < 0.5)
     slices, phases = int(rng.integers(SLICES[0], SLICES[1] + 1)), int(rng.integers(PHASES[0], PHASES[1] + 1))
@@ -78,9 +78,9 @@ def dce_kinetics(seed: int, study: Study, rng: np.random.Generator, matrix: int,
     enhanced = rng.random() < 0.3
     made = (enhanced_series if enhanced else classic_series)(study, series_uid, 5, "DYN T1 FS", "MR", stored,
                                                            geometry, (0.0, 1.0), seed, extra)
-    for i, ds in enumerate(made if isinstance(made, list) else []):
+    for i, ds in enumerate(made if isinstance(made, list) else []):  # classic files
         t = i % phases  # classic files: each carries its temporal position and acquisition time
         ds.TemporalPositionIdentifier = t + 1
         seconds = times[t]
         ds.AcquisitionTime = f"{int(seconds // 3600):02d}{int(seconds % 3600 // 60):02d}{seconds % 60:09.6f}"
-    return made, CLASSES[int(malignant)]
+    return [as_files(made)], CLASSES[int(malignant)]

@@ -217,3 +217,8 @@ def encode(ds: Dataset, transfer_syntax: UID) -> Dataset:
         meta.TransferSyntaxUID = transfer_syntax
     ds.preamble = b"\x00" * 128
     return ds
+
+
+def as_files(made: list[Dataset] | Dataset) -> list[Dataset]:
+    """A series as its files: classic_series' list, or enhanced_series' one object."""
+    return made if isinstance(made, list) else [made]

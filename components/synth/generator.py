@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from .dicom_writer import (
     Patient,
     SeriesGeometry,
     Study,
+    as_files,
     classic_series,
     encode,
     enhanced_series,
@@ -74,7 +75,7 @@ def _study(seed: int, task: str, patient: Patient, k: int) -> Study:
 
 
 def _cine(seed: int, study: Study, rng: np.random.Generator, matrix: int,
-          task: str) -> tuple[list[Dataset] | Dataset, str]:
+          task: str) -> tuple[list[list[Dataset]], str]:
     ranges = EF_RANGES[task]
     label = sorted(ranges)[int(rng.random() * len(ranges))]
     ef = rng.uniform(*ranges[label])
@@ -95,11 +96,11 @@ def _cine(seed: int, study: Study, rng: np.random.Generator, matrix: int,
     extra = {"CardiacNumberOfImages": n, "NominalInterval": round(rr), "HeartRate": round(60000 / rr),
              "ScanningSequence": "GR", "SequenceVariant": "SS", "MagneticFieldStrength": 1.5}
     make = enhanced_series if rng.random() < 0.25 else classic_series
-    return make(study, series_uid, 3, "CINE SAX", "MR", stored, geometry, (0.0, 1.0), seed, extra), label
+    return [as_files(make(study, series_uid, 3, "CINE SAX", "MR", stored, geometry, (0.0, 1.0), seed, extra))], label
 
 
 def _ct(seed: int, study: Study, rng: np.random.Generator, matrix: int,
-        task: str) -> tuple[list[Dataset] | Dataset, str]:
+        task: str) -> tuple[list[list[Dataset]], str]:
     label = "nodule" if rng.random() < 0.5 else "clear"
     n = int(rng.integers(16, 49))
     hu, truth = phantoms.ct_slab(rng, study.scanner, matrix, n, label == "nodule")
@@ -115,7 +116,7 @@ def _ct(seed: int, study: Study, rng: np.random.Generator, matrix: int,
     series_uid = uid(seed, "series", study.uid, "ct")
     extra = {"KVP": 120, "ConvolutionKernel": "B30f"}
     make = enhanced_series if rng.random() < 0.25 else classic_series
-    return make(study, series_uid, 2, "CHEST 1.0", "CT", stored, geometry, rescale, seed, extra), label
+    return [as_files(make(study, series_uid, 2, "CHEST 1.0", "CT", stored, geometry, rescale, seed, extra))], label
 
 
 def _localizer(seed: int, study: Study, rng: np.random.Generator, matrix: int, modality: str) -> list[Dataset]:
@@ -141,7 +142,9 @@ def _paths(rng: np.random.Generator, patient_index: int, study_index: int, serie
 
 def generate(task: str, patients: int, seed: int, out: Path, small: bool = False) -> SynthStats:
     """Writes `out/dicom/...` and `out/labels.csv` for `patients` patients."""
-    make_series = {"ct_nodule": _ct, "cine_sax": cine_sax, "dce_kinetics": dce_kinetics}.get(task, _cine)
+    makers: dict[str, Callable[[int, Study, np.random.Generator, int, str], tuple[list[list[Dataset]], str]]] = {
+        "ct_nodule": _ct, "cine_sax": cine_sax, "dce_kinetics": dce_kinetics}
+    make_series = makers.get(task, _cine)
     modality = "CT" if task == "ct_nodule" else "MR"
     dicom_root = out / "dicom"
     dicom_root.mkdir(parents=True, exist_ok=True)
@@ -154,10 +157,7 @@ def generate(task: str, patients: int, seed: int, out: Path, small: bool = False
         for si in range(n_studies):
             study = _study(seed, task, patient, si)
             matrix = phantoms.SMALL_MATRIX[study.scanner.matrix] if small else study.scanner.matrix
-            made, label = make_series(seed, study, rng, matrix, task)
-            # A task writes one labeled series, or several (cine_sax: one per slice for some vendors).
-            labeled = [m if isinstance(m, list) else [m] for m in made] if task == "cine_sax" else \
-                [made if isinstance(made, list) else [made]]
+            labeled, label = make_series(seed, study, rng, matrix, task)  # one series, or one per slice
             for datasets in labeled:
                 labels.append((datasets[0].SeriesInstanceUID, label))
                 stats.labeled[label] = stats.labeled.get(label, 0) + 1
