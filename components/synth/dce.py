@@ -5,8 +5,9 @@ A few slices (2-4) through a lesion x 6-12 phases. The lesion's signal over the 
 is one set of values drawn per study, arranged in time by the class: `benign` (type I,
 persistent enhancement: the values in rising order) or `malignant` (type III, wash-in
 then wash-out: baseline, the peak at once, then the rest falling). Both classes take the
-same values in a different order, the background tissue and the noise are drawn alike,
-so a model blind to the order of the frames is at chance by construction. Written as one
+same values in a different order, the tissue does not change over time and the noise
+is drawn alike, so a model blind to the order of the frames is at chance by
+construction. Written as one
 series of classic files or one enhanced multi-frame object.
 """
 
@@ -35,15 +36,16 @@ def lesion_curve(rng: np.random.Generator, phases: int, malignant: bool) -> np.n
 def dce_frames(rng: np.random.Generator, scanner: phantoms.Scanner, matrix: int, slices: int,
                curve: np.ndarray) -> tuple[np.ndarray, float]:
     """(slices, phases, matrix, matrix) MR signal and the pixel spacing: a breast outline of
-    slowly enhancing tissue and a lesion on every slice, its size changing along z."""
+    tissue and a lesion on every slice, its size changing along z."""
     spacing = rng.uniform(160.0, 220.0) / matrix
     rows, cols = phantoms._grid(matrix, spacing)
     body_a, body_b = rng.uniform(60, 80), rng.uniform(70, 90)
     breast = ((rows - 20.0) / body_a) ** 2 + (cols / body_b) ** 2 <= 1.0
     center = (rng.uniform(-10, 30), rng.uniform(-30, 30))
     radius = rng.uniform(6.0, 12.0)
+    # The tissue around the lesion does not change over the phases: a frame is its lesion
+    # level and fresh noise, nothing else, so the frames of either class are one set.
     tissue = rng.uniform(0.12, 0.2)
-    uptake = np.linspace(1.0, rng.uniform(1.1, 1.4), len(curve))  # the same slow rise in either class
     scale = 1000.0 * scanner.gain
     out = np.empty((slices, len(curve), matrix, matrix), np.float32)
     for k in range(slices):
@@ -51,7 +53,7 @@ def dce_frames(rng: np.random.Generator, scanner: phantoms.Scanner, matrix: int,
         lesion = (rows - center[0]) ** 2 + (cols - center[1]) ** 2 <= r * r
         noise = rng.standard_normal((len(curve), 2, matrix, matrix), dtype=np.float32) * np.float32(scanner.noise)
         for t, level in enumerate(curve):
-            img = np.where(breast, np.float32(tissue * uptake[t]), np.float32(0.0))
+            img = np.where(breast, np.float32(tissue), np.float32(0.0))
             img = np.where(lesion, np.float32(level), img)
             out[k, t] = np.hypot(img + noise[t, 0], noise[t, 1]) * scale
     return out, float(spacing)
