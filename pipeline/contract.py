@@ -19,8 +19,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .errors import InputError
-
 BeamArgs = Sequence[str]
 
 
@@ -57,9 +55,3 @@ class PushInputs:
 def absolute(path: str) -> str:
     """A local path made absolute (workers may run elsewhere); a URI as given."""
     return path if "://" in path else os.path.abspath(path)
-
-
-def require_folder(path: str, what: str) -> str:
-    if "://" not in path and not os.path.isdir(path):
-        raise InputError(f"{what} not found: {path} (expected a folder)")
-    return path

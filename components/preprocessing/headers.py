@@ -190,11 +190,11 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def candidate_times(values: HeaderValues | Any, keywords: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
+def candidate_times(values: HeaderValues, keywords: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
     """(keyword, value) of each of `keywords` the source holds as one number (a TM as seconds)."""
     found = []
     for keyword in keywords:
-        value = values.get(keyword) if values is not None else None
+        value = values.get(keyword)
         if value in (None, "") or isinstance(value, (list, MultiValue)):
             continue
         number = time_of_day(value) if keyword in TIMES_OF_DAY else _number(value)
