@@ -24,7 +24,13 @@ cache holds less than the 10x input also counts reading from disk); time at 1x, 
 peak RSS (the largest process) at 1x and at `--rss-factor`x. Each run's files are read
 once just before it (`warm`), so every run starts from the same page-cache state. Goals (issue 11): marginal
 >= 1.6x the floor and >= 1.0x naive; start-up <= 2 s; RSS at 10x <= 1.2x RSS at 1x; time
-at 4x <= 4.4x time at 1x. Writes JSON to benchmarks/results/bench_ingest.json.
+at 4x <= 4.4x time at 1x.
+
+4. The 4-D chunk (issue 22), first: `cine_sax` chunks (`--four-d-patients`, seeds 101
+   and 102), its own floor and convert at 1x and 2x; goal: marginal >= 1.5x its floor.
+   `--only-four-d` runs it alone.
+
+Writes JSON to benchmarks/results/bench_ingest.json.
 """
 
 from __future__ import annotations
@@ -49,11 +55,11 @@ RESULTS = Path(__file__).resolve().parent / "results" / "bench_ingest.json"
 KEY = "benchmark-key-0123456789"
 
 
-def make_chunks(root: Path, patients: int, chunks: int) -> None:
+def make_chunks(root: Path, patients: int, chunks: int, task: str = "cine_ef", first_seed: int = 1) -> None:
     for i in range(chunks):
         target = root / f"c{i:02d}"
         if not (target / "labels.csv").exists():
-            synth.run("cine_ef", patients, seed=i + 1, out=target)
+            synth.run(task, patients, seed=first_seed + i, out=target)
 
 
 def inputs(root: Path, chunks: int, out: Path) -> tuple[str, Path, list[Path]]:
@@ -180,14 +186,51 @@ def slope(seconds: dict[int, float]) -> float:
             / sum((k - mean_x) ** 2 for k in seconds))
 
 
+def four_d_chunk(root: Path, patients: int, work: Path) -> dict[str, object]:
+    """The 4-D chunk: `cine_sax` (multi-slice cine, a third of its studies one 4-D series,
+    classic or enhanced; the others one series per slice) at full-size matrices, converted
+    with the default policy. Its own floor; the marginal is the time 2x takes beyond 1x."""
+    make_chunks(root, patients, 2, task="cine_sax", first_seed=101)
+    work.mkdir(parents=True, exist_ok=True)
+    _, _, files = inputs(root, 1, work)
+    frames = frame_count(files)
+    warm(files)
+    floors = [decode_floor(files)]
+    timings = {}
+    for factor in (1, 2):
+        pattern, labels, chunk_files = inputs(root, factor, work)
+        warm(chunk_files)
+        timings[factor] = convert(pattern, labels, work / f"out-{factor}")[0]
+    warm(files)
+    floors.append(decode_floor(files))
+    floor = sum(floors) / 2
+    marginal = timings[2] - timings[1]
+    qc = json.loads((work / "out-1" / "qc.json").read_text())
+    return {"files": len(files), "frames": frames, "floors_s": floors, "floor_s": floor,
+            "timings_s": timings, "marginal_s": marginal, "marginal_vs_floor": floor / marginal,
+            "four_d": qc.get("four_d"), "records": sum(qc["records"].values())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--patients", type=int, default=220, help="patients per chunk (1x)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rss-factor", type=int, default=10, help="the larger input of the memory check")
     parser.add_argument("--data", help="keep the synthetic chunks in this folder (reused when present)")
+    parser.add_argument("--four-d-patients", type=int, default=24, help="cine_sax patients per 4-D chunk")
+    parser.add_argument("--only-four-d", action="store_true", help="run the 4-D chunk alone (its own JSON key)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
+        sax = four_d_chunk(Path(args.data or tmp) / "sax-chunks", args.four_d_patients, Path(tmp) / "sax")
+        print(f"4-D chunk (cine_sax, {args.four_d_patients} patients): {sax['files']} files, {sax['frames']} frames, "
+              f"{sax['records']} records ({sax['four_d']}); floor {sax['floor_s']:.2f} s, convert 1x "
+              f"{sax['timings_s'][1]:.1f} s, 2x {sax['timings_s'][2]:.1f} s: marginal {sax['marginal_s']:.2f} s, "
+              f"{sax['marginal_vs_floor']:.2f}x the floor (goal >= 1.5)")
+        if args.only_four_d:
+            previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+            RESULTS.write_text(json.dumps({**previous, "four_d": sax}, indent=2) + "\n")
+            print(f"written {RESULTS} (four_d)")
+            return
         root = Path(args.data or tmp) / "chunks"
         make_chunks(root, args.patients, max(4, args.rss_factor))
         work = Path(tmp)
@@ -245,7 +288,8 @@ def main() -> None:
         "frames": frames, "floor_s": floor, "floors_s": floors, "floor_one_core_s": floor_one_core,
         "floor_split_s": floor_split, "naive_s": naive_s, "naive_marginal_s": naive_marginal,
         "convert_s": t1, "marginal_s": marginal, "marginal_all_sizes_s": marginal_all,
-        "start_up_s": start_up, "timings": {k: {"seconds": v[0], "peak_rss_mb": v[1]} for k, v in timings.items()},
+        "start_up_s": start_up, "four_d": sax,
+        "timings": {k: {"seconds": v[0], "peak_rss_mb": v[1]} for k, v in timings.items()},
         "ratios": {"marginal_vs_floor": floor / marginal, "marginal_all_sizes_vs_floor": floor / marginal_all,
                    "marginal_vs_one_core_floor": floor_one_core / marginal,
                    "split_floor_vs_floor": floor / floor_split, "marginal_vs_naive": naive_marginal / marginal,

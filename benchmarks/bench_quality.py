@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from medseq.components import ingest, synth, train
+from medseq.components import evaluate, ingest, synth, train
 from medseq.components.evaluate.inference import shuffle_frames
 from medseq.components.evaluate.intervals import bootstrap_intervals
 from medseq.components.synth import phantoms
@@ -39,15 +39,15 @@ from medseq.components.synth.tasks import EF_RANGES
 from medseq.components.train.dataset import eval_dataset, record_spec, split_files
 from medseq.components.train.metrics import auc, binary_auc
 from medseq.pipeline import features as F
-from medseq.pipeline.config import PipelineConfig, load_config
+from medseq.pipeline.config import EvaluateConfig, PipelineConfig, load_config
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_quality.json"
 KEY = b"benchmark-key-0123456789"
 Picker = Callable[[np.ndarray, int], int]
 
 
-def convert(task: str, patients: int, seed: int, tmp: Path, config: PipelineConfig) -> Path:
-    data, records = tmp / f"{task}-data", tmp / f"{task}-records-{config.preprocess.stack}"
+def convert(task: str, patients: int, seed: int, tmp: Path, config: PipelineConfig, tag: str = "") -> Path:
+    data, records = tmp / f"{task}-data", tmp / f"{task}-records-{tag or config.preprocess.stack}"
     if not (data / "labels.csv").exists():
         synth.run(task, patients, seed, data, small=True)
     ingest.run(config, ingest.IngestInputs(str(data / "dicom"), str(data / "labels.csv"), KEY), records)
@@ -169,6 +169,80 @@ def ct(args: argparse.Namespace, tmp: Path, config: PipelineConfig) -> list[dict
     return rows
 
 
+def with_preprocess(config: PipelineConfig, **changes: object) -> PipelineConfig:
+    return dataclasses.replace(config, preprocess=dataclasses.replace(config.preprocess, **changes))
+
+
+def with_train(config: PipelineConfig, **changes: object) -> PipelineConfig:
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, **changes))
+
+
+def temporal_gate(records: Path, model: str, out: Path, min_drop: float) -> dict[str, object]:
+    """`medseq evaluate` of `model` with `evaluate.temporal_min_drop`: its verdict and the temporal check."""
+    settings = EvaluateConfig(temporal_min_drop=min_drop, bootstrap_samples=1000)
+    result = evaluate.evaluate(str(records), model, out, settings=settings)
+    [check] = [c for c in result.checks if "one frame repeated" in c.name]
+    return {"decision": F.BLESSED if result.blessed else F.NOT_BLESSED, "temporal_check_passed": check.passed,
+            "auc_drop_one_frame": round(check.value, 4)}
+
+
+def dce(args: argparse.Namespace, tmp: Path, config: PipelineConfig) -> list[dict[str, object]]:
+    """dce_kinetics: every phase kept (T = 12, `temporal: pad`), one record per slice position;
+    the sequence model, the same shuffled at test, and the order-blind control (mean-pooled
+    frame features, no frame differences); each through evaluate's temporal gate."""
+    config = with_preprocess(config, frames=12, temporal="pad")
+    records = convert("dce_kinetics", args.dce_patients, args.seed, tmp, config)
+    rows = []
+    for name, variant in (("sequence (LSTM)", config),
+                          ("order-blind (mean-pooled frames)",
+                           with_train(config, sequence_model="mean_pool", frame_difference=False))):
+        model, seconds = trained(records, tmp / f"dce-train-{variant.train.sequence_model}", variant)
+        gated = temporal_gate(records, model, tmp / f"dce-eval-{variant.train.sequence_model}", args.min_drop)
+        rows.append(scored(f"dce_kinetics, {name}", *predictions(model, records), train_seconds=round(seconds),
+                           evaluate=gated))
+        if variant is config:
+            rows.append(scored("dce_kinetics, sequence, frames shuffled at test",
+                               *predictions(model, records, shuffle=np.random.default_rng(1))))
+    return rows
+
+
+def per_patient(probs: np.ndarray, labels: np.ndarray, patients: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The mean probability of each patient's records (a cine_sax patient has one study, one label)."""
+    keys = sorted(set(patients))
+    index = {k: i for i, k in enumerate(keys)}
+    rows = np.array([index[p] for p in patients])
+    total = np.zeros((len(keys), probs.shape[1]))
+    np.add.at(total, rows, probs)
+    counts = np.bincount(rows, minlength=len(keys))[:, None]
+    label = np.zeros(len(keys), np.int64)
+    label[rows] = labels
+    return total / counts, label
+
+
+def patient_keys(records: Path, split: str = "test") -> list[str]:
+    return [tf.train.Example.FromString(raw.numpy()).features.feature[F.PATIENT_KEY].bytes_list.value[0].decode()
+            for raw in tf.data.TFRecordDataset(split_files(records, split), compression_type="GZIP")]
+
+
+def sax(args: argparse.Namespace, tmp: Path, config: PipelineConfig) -> list[dict[str, object]]:
+    """cine_sax under `four_d: per_position` (the default) and `volumes`, side by side: AUC
+    per record and per patient (the mean of the patient's records)."""
+    rows = []
+    for four_d in ("per_position", "volumes"):
+        variant = with_preprocess(config, four_d=four_d, depth=args.depth)
+        records = convert("cine_sax", args.sax_patients, args.seed, tmp, variant, tag=four_d)
+        model, seconds = trained(records, tmp / f"sax-train-{four_d}", variant)
+        probs, labels = predictions(model, records)
+        rows.append(scored(f"cine_sax, four_d: {four_d}, per record", probs, labels, train_seconds=round(seconds)))
+        rows.append(scored(f"cine_sax, four_d: {four_d}, per patient",
+                           *per_patient(probs, labels, patient_keys(records))))
+        shutil.rmtree(records)
+    return rows
+
+
+SECTIONS = {"cine": cine, "ct": ct, "dce": dce, "sax": sax}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--patients", type=int, default=1000, help="cine_ef patients (about 1.3 series each)")
@@ -177,7 +251,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="override train.epochs of the shipped config")
     parser.add_argument("--split", type=float, nargs=3, default=(0.5, 0.1, 0.4), metavar=("TRAIN", "EVAL", "TEST"),
                         help="patient split; a large test share narrows the intervals of the controls")
-    parser.add_argument("--skip-ct", action="store_true")
+    parser.add_argument("--dce-patients", type=int, default=300, help="dce_kinetics patients (2-4 records each)")
+    parser.add_argument("--sax-patients", type=int, default=300, help="cine_sax patients")
+    parser.add_argument("--depth", type=int, default=8, help="preprocess.depth of cine_sax under volumes")
+    parser.add_argument("--min-drop", type=float, default=0.1, help="evaluate.temporal_min_drop of the dce gate")
+    parser.add_argument("--only", nargs="+", choices=sorted(SECTIONS), default=sorted(SECTIONS),
+                        help="sections to run (all by default)")
     parser.add_argument("--json", default=str(RESULTS))
     args = parser.parse_args()
     config = load_config()
@@ -185,8 +264,10 @@ def main() -> None:
     config = dataclasses.replace(config, ingest=dataclasses.replace(config.ingest, split=split))
     if args.epochs:
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=args.epochs))
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        rows = cine(args, Path(tmp), config) + ([] if args.skip_ct else ct(args, Path(tmp), config))
+        for name in args.only:
+            rows += SECTIONS[name](args, Path(tmp), config)
     print(f"bench_quality: shipped config, {config.train.epochs} epochs, split {args.split}; test split AUC with "
           "bootstrap 95 % interval")
     for row in rows:
@@ -194,7 +275,10 @@ def main() -> None:
         interval = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if isinstance(ci, list) else ""
         n = f"{row['series']} series" if row["series"] else ""
         seconds = f"{row['train_seconds']} s" if "train_seconds" in row else ""
-        print(f"  {row['model']:52} AUC {row['auc']:.3f} {interval:16} {n:11} {seconds}")
+        gate = row.get("evaluate")
+        verdict = (f" {gate['decision']} (drop {gate['auc_drop_one_frame']:.3f}, temporal gate "
+                   f"{'passed' if gate['temporal_check_passed'] else 'failed'})") if isinstance(gate, dict) else ""
+        print(f"  {row['model']:52} AUC {row['auc']:.3f} {interval:16} {n:11} {seconds}{verdict}")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")
 

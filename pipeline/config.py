@@ -31,7 +31,7 @@ DTYPES = ("uint8", "float16", "float32")
 TEMPORAL_MODES = ("sample", "pad")
 STACK_MODES = ("average", "sample", "pad")
 SEQUENCE_MODELS = ("lstm", "mean_pool")
-FOUR_D_MODES = ("per_position", "reject")
+FOUR_D_MODES = ("per_position", "volumes", "reject")
 COLOR_MODES = ("gray", "rgb")
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "tpu")
 AUGMENTATIONS = ("flip", "rot90", "roll")
@@ -58,8 +58,12 @@ class PreprocessConfig:
     stack: str = "average"
     # A 4-D series (several times at each slice position: multi-slice cine, DCE,
     # perfusion): `per_position` makes one time-series record per slice position (they
-    # share the series' label, patient and split); `reject` rejects it (duplicate_position).
+    # share the series' label, patient and split); `volumes` one record per series, a
+    # sequence of T volumes of `depth` positions (T x D x H x W x C; every record of the
+    # set then has that shape: a series at one position fills D with it, a slice stack
+    # is one volume); `reject` rejects it (duplicate_position).
     four_d: str = "per_position"
+    depth: int = 8  # D under four_d: volumes (positions resampled along the slice normal)
     dtype: str = "uint8"
     color: str = "gray"
     # Per modality, one entry per output channel: "C/W" (fixed window, e.g. "40/400"),
@@ -71,7 +75,7 @@ class PreprocessConfig:
     min_frames: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("frames", "height", "width", "min_frames"):
+        for name in ("frames", "height", "width", "depth", "min_frames"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"preprocess.{name}: expected a positive integer, found {getattr(self, name)}")
         check_choice("preprocess.dtype", self.dtype, DTYPES)
@@ -93,6 +97,11 @@ class PreprocessConfig:
         low, high = self.percentiles
         if not 0 <= low < high <= 100:
             raise ConfigError(f"preprocess.percentiles: expected 0 <= low < high <= 100, found {self.percentiles}")
+
+    @property
+    def volumes(self) -> bool:
+        """Records are sequences of volumes (T x D x H x W x C)."""
+        return self.four_d == "volumes"
 
     @property
     def channels(self) -> int:

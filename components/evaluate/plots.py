@@ -117,7 +117,10 @@ def curves_plot(history: Sequence[Mapping[str, float]], metric: str) -> str:
 
 
 def frame_strip(frames: np.ndarray, valid: int, title: str, most: int = 8) -> str:
-    """Up to `most` of a series' valid frames side by side (first channel, grey)."""
+    """Up to `most` of a series' valid frames side by side (first channel, grey; of a
+    sequence of volumes, the middle position of each)."""
+    if frames.ndim == 5:
+        frames = frames[:, frames.shape[1] // 2]
     picks = np.unique(np.linspace(0, max(valid - 1, 0), min(most, max(valid, 1))).round().astype(int))
     fig, axes = _subplots(1, len(picks), figsize=(1.1 * len(picks), 1.35), squeeze=False)
     for ax, t in zip(axes[0], picks, strict=True):

@@ -65,7 +65,8 @@ class Record:
     # order (the same weights) whatever the secret key.
     order_key: str
     nbytes: int  # of its tf.train.Example
-    # A 4-D series' record: (its slice position, the series' positions, the attribute that ordered time).
+    # A 4-D series' record: (its slice position, 0 for a record of volumes; the series'
+    # positions; the attribute that ordered time).
     four_d: tuple[int, int, str] | None = None
 
     def index_line(self) -> str:
@@ -304,7 +305,8 @@ class BuildRecordStep:
     def _placed(self, headers: list[FileHeader], ordered: OrderedSeries, prepared: Prepared, label: str,
                 source: str, files: int) -> Placed:
         first = headers[0]
-        four_d = (ordered.position, ordered.positions, ordered.time_attribute) if ordered.position is not None else None
+        # A 4-D series: one of its per-position records, or its one record of volumes.
+        four_d = (ordered.position or 0, ordered.positions, ordered.time_attribute) if ordered.positions > 1 else None
         series_key = deid.keyed_hash(self.key, "series", deid.record_source(source, ordered.position))
         frames = prepared.frames
         features: dict[str, Any] = {
@@ -321,7 +323,7 @@ class BuildRecordStep:
             F.SPACING: np.asarray(prepared.spacing, np.float32),
             F.FRAME_AXIS: ordered.axis.encode(),
         }
-        if four_d:
+        if ordered.position is not None:
             features[F.POSITION_INDEX] = [ordered.position]
         example = encode_example(features)
         self.counts.inc("series_written")

@@ -35,6 +35,7 @@ class OrderedSeries:
     position: int | None = None
     positions: int = 1
     time_attribute: str = ""
+    slice_interval: float = 0.0  # mm between the positions of a 4-D series
 
     @property
     def axis(self) -> str:
@@ -109,8 +110,8 @@ def _check_spacing(distances: np.ndarray) -> float:
 
 def arrange_series(headers: list[FileHeader], four_d: str = "per_position") -> tuple[OrderedSeries, ...]:
     """The series as one ordered stack or cine, or, for a 4-D series (several frames at
-    each slice position) under `four_d: per_position`, one time series per position in
-    slice order. Raises Rejected with the reason."""
+    each slice position) under `four_d: per_position` or `volumes`, one time series per
+    position in slice order. Raises Rejected with the reason."""
     kept, duplicates = drop_duplicates(headers)
     frames = [f for h in kept for f in h.frames]
     if len(frames) < 4 or not all(f.position and f.orientation for f in frames):
@@ -123,11 +124,12 @@ def arrange_series(headers: list[FileHeader], four_d: str = "per_position") -> t
         return (order_series(headers),)
     if four_d == "reject":
         raise Rejected(reasons.DUPLICATE_POSITION, f"{len(frames)} images at {len(counts)} slice positions: a 4-D "
-                       "acquisition, and preprocess.four_d is reject (per_position converts it)")
+                       "acquisition, and preprocess.four_d is reject (per_position or volumes convert it)")
     grid = grid_of(frames, distance, keys)
-    _check_spacing(np.asarray(grid.slice_distances))
+    gap = _check_spacing(np.asarray(grid.slice_distances))
     return tuple(OrderedSeries(part, "temporal", grid.time_interval_ms, tuple(duplicates), position=i,
-                               positions=len(grid.positions), time_attribute=grid.time_attribute)
+                               positions=len(grid.positions), time_attribute=grid.time_attribute,
+                               slice_interval=gap)
                  for i, part in enumerate(grid.positions))
 
 

@@ -13,7 +13,7 @@ from .decode import load_series
 from .geometry import OrderedSeries, arrange_series
 from .headers import FileHeader
 from .reasons import Rejected
-from .transform import Prepared, preprocess, temporal_indices
+from .transform import Prepared, preprocess, preprocess_volumes, temporal_indices
 
 
 def frames_to_decode(ordered: OrderedSeries, config: PreprocessConfig) -> OrderedSeries:
@@ -34,16 +34,49 @@ def prepare_series(headers: list[FileHeader], open_file: Callable[[str], IO[byte
                    ) -> list[tuple[OrderedSeries, Prepared]]:
     """Order and check, decode the frames kept, preprocess; raises Rejected with the reason.
     One (ordered, prepared) for a series; one per slice position, in slice order, for a
-    4-D series under `preprocess.four_d: per_position`."""
-    return [_prepare(ordered, headers, open_file, config, decode_timeout_s)
-            for ordered in arrange_series(headers, config.four_d)]
+    4-D series under `preprocess.four_d: per_position`; one sequence of volumes for any
+    series under `volumes`."""
+    parts = arrange_series(headers, config.four_d)
+    by_path = {h.path: h for h in headers}
+    if config.volumes:
+        return [_prepare_volumes(parts, by_path, open_file, config, decode_timeout_s)]
+    return [_prepare(ordered, by_path, open_file, config, decode_timeout_s) for ordered in parts]
 
 
-def _prepare(ordered: OrderedSeries, headers: list[FileHeader], open_file: Callable[[str], IO[bytes]],
+def _check_frames(count: int, config: PreprocessConfig) -> None:
+    if count < config.min_frames:
+        raise Rejected(reasons.TOO_FEW_FRAMES, f"expected at least {config.min_frames} frames, found {count}")
+
+
+def _prepare(ordered: OrderedSeries, headers: dict[str, FileHeader], open_file: Callable[[str], IO[bytes]],
              config: PreprocessConfig, decode_timeout_s: float | None) -> tuple[OrderedSeries, Prepared]:
-    if len(ordered.frames) < config.min_frames:
-        raise Rejected(reasons.TOO_FEW_FRAMES, f"expected at least {config.min_frames} frames, "
-                       f"found {len(ordered.frames)}")
-    volume, meta = load_series(frames_to_decode(ordered, config), {h.path: h for h in headers}, open_file,
-                               decode_timeout_s)
+    _check_frames(len(ordered.frames), config)
+    volume, meta = load_series(frames_to_decode(ordered, config), headers, open_file, decode_timeout_s)
     return ordered, preprocess(volume, meta, config)
+
+
+def as_positions(parts: tuple[OrderedSeries, ...]) -> tuple[tuple[OrderedSeries, ...], float]:
+    """The parts of a series as positions x times, and the mm between positions: the
+    positions of a 4-D series; a slice stack's slices (one time point each); a cine or
+    clip at one position."""
+    if len(parts) > 1:
+        return parts, parts[0].slice_interval
+    series = parts[0]
+    if series.axis == F.AXIS_SPACE:
+        return tuple(dataclasses.replace(series, frames=(f,)) for f in series.frames), series.interval
+    return parts, 0.0
+
+
+def _prepare_volumes(parts: tuple[OrderedSeries, ...], headers: dict[str, FileHeader],
+                     open_file: Callable[[str], IO[bytes]], config: PreprocessConfig,
+                     decode_timeout_s: float | None) -> tuple[OrderedSeries, Prepared]:
+    _check_frames(len(parts[0].frames), config)  # frames at one position, or slices of a stack
+    positions, slice_mm = as_positions(parts)
+    kept = [frames_to_decode(p, config) for p in positions]
+    # One pass over the files for every position: an enhanced object holding them all is decoded once.
+    merged = dataclasses.replace(kept[0], frames=tuple(f for k in kept for f in k.frames))
+    volume, meta = load_series(merged, headers, open_file, decode_timeout_s)
+    volume = volume.reshape(len(kept), len(kept[0].frames), *volume.shape[1:])
+    first = parts[0]
+    ordered = dataclasses.replace(first, frames=tuple(f for p in parts for f in p.frames), position=None)
+    return ordered, preprocess_volumes(volume, meta, slice_mm, config)

@@ -48,9 +48,11 @@ def sorted_percentiles(values: np.ndarray, percentiles: tuple[float, float]) -> 
 
 @dataclass(frozen=True)
 class Prepared:
-    frames: np.ndarray  # (T, H, W, C) in config.dtype
+    frames: np.ndarray  # (T, H, W, C) in config.dtype; (T, D, H, W, C) under four_d: volumes
     valid_frames: int
-    spacing: tuple[float, float, float]  # row mm, column mm, slice mm or frame ms (output grid)
+    # Of the output grid: row mm, column mm, slice mm or frame ms; under four_d: volumes
+    # row mm, column mm, slice mm (along D), frame ms.
+    spacing: tuple[float, ...]
 
 
 def _window(volume: np.ndarray, spec: str, meta: SeriesMeta, percentiles: tuple[float, float]) -> np.ndarray:
@@ -180,10 +182,60 @@ def preprocess(volume: np.ndarray, meta: SeriesMeta, config: PreprocessConfig) -
     resized = np.clip(_resize(channels, config.height, config.width), 0.0, 1.0)
     frames = np.zeros((config.frames, config.height, config.width, resized.shape[-1]), np.float32)
     frames[:valid] = resized
-    if config.dtype == "uint8":
-        out = np.round(frames * 255.0).astype(np.uint8)
-    else:
-        out = frames.astype(config.dtype)
     row, col = meta.pixel_spacing or (1.0, 1.0)
     spacing = (row * h / config.height, col * w / config.width, float(step))
-    return Prepared(out, valid, spacing)
+    return Prepared(_stored(frames, config), valid, spacing)
+
+
+def _stored(frames: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """[0, 1] float32 -> the record's dtype."""
+    if config.dtype == "uint8":
+        return np.round(frames * 255.0).astype(np.uint8)
+    return frames.astype(config.dtype)
+
+
+def depth_weights(n: int, depth: int) -> np.ndarray:
+    """(D, n) weights of n slice positions onto D: thick-slab averaging down (the area
+    weights of `frame_weights`, as stacks are averaged), linear interpolation up, the
+    identity at n == D."""
+    if n >= depth:
+        return frame_weights(n, depth)
+    at = np.linspace(0.0, n - 1.0, depth)
+    low = np.floor(at).astype(np.int64)
+    high = np.minimum(low + 1, n - 1)
+    weights = np.zeros((depth, n), np.float32)
+    rows = np.arange(depth)
+    np.add.at(weights, (rows, low), (1.0 - (at - low)).astype(np.float32))
+    np.add.at(weights, (rows, high), (at - low).astype(np.float32))
+    return weights
+
+
+def preprocess_volumes(volumes: np.ndarray, meta: SeriesMeta, slice_mm: float, config: PreprocessConfig) -> Prepared:
+    """(P, n, H, W[, 3]) in modality units, P slice positions in order along the normal and
+    the same n frames at each -> the T x D x H x W x C sequence of volumes of
+    `preprocess.four_d: volumes`.
+
+    Time is resampled as `preprocess` does (the frame axis of one position; a single time
+    point is one volume, not repeated), the window is computed over the whole series (one
+    mapping for every position, as a viewer shows a 4-D series), and the positions are
+    resampled along the slice normal to D with `depth_weights`.
+    """
+    positions, n, h, w = volumes.shape[:4]
+    mode = "pad" if n == 1 else frame_mode(meta, config)
+    picks, valid = temporal_indices(n, config.frames, mode)
+    volumes = volumes[:, picks]
+    kept = len(picks)
+    step = meta.interval * (n - 1) / (kept - 1) if kept > 1 and n > 1 else meta.interval
+    flat = volumes.reshape(positions * kept, *volumes.shape[2:])
+    resized = np.clip(_resize(_channels(flat, meta, config), config.height, config.width), 0.0, 1.0)
+    stacked = resized.reshape(positions, kept, *resized.shape[1:])
+    along = slab_average(stacked, depth_weights(positions, config.depth))  # (D, kept, H, W, C)
+    frames = np.zeros((config.frames, config.depth, *along.shape[2:]), np.float32)
+    frames[:valid] = np.moveaxis(along, 1, 0)[:valid]
+    row, col = meta.pixel_spacing or (1.0, 1.0)
+    if positions >= config.depth:
+        depth_mm = slice_mm * positions / config.depth
+    else:
+        depth_mm = slice_mm * (positions - 1) / max(config.depth - 1, 1)
+    spacing = (row * h / config.height, col * w / config.width, float(depth_mm), float(step))
+    return Prepared(_stored(frames, config), valid, spacing)

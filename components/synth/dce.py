@@ -42,7 +42,7 @@ def dce_frames(rng: np.random.Generator, scanner: phantoms.Scanner, matrix: int,
     body_a, body_b = rng.uniform(60, 80), rng.uniform(70, 90)
     breast = ((rows - 20.0) / body_a) ** 2 + (cols / body_b) ** 2 <= 1.0
     center = (rng.uniform(-10, 30), rng.uniform(-30, 30))
-    radius = rng.uniform(6.0, 12.0)
+    radius = rng.uniform(10.0, 20.0)  # mm: a 2-4 cm mass
     # The tissue around the lesion does not change over the phases: a frame is its lesion
     # level and fresh noise, nothing else, so the frames of either class are one set.
     tissue = rng.uniform(0.12, 0.2)

@@ -30,7 +30,8 @@ def spatial_permutations(height: int, width: int, ops: tuple[str, ...]) -> np.nd
 
 
 def augment(parsed: dict[str, tf.Tensor], ops: tuple[str, ...], seed: tf.Tensor) -> dict[str, tf.Tensor]:
-    """`parsed` holds frames (B, T, H, W, C), valid_frames, frame_axis; returns it augmented.
+    """`parsed` holds frames (B, T, H, W, C) or (B, T, D, H, W, C), valid_frames, frame_axis;
+    returns it augmented.
 
     Flips and rotations are one gather of every frame's pixels through a drawn
     permutation (cheaper than transforming the whole batch once per choice).
@@ -38,11 +39,12 @@ def augment(parsed: dict[str, tf.Tensor], ops: tuple[str, ...], seed: tf.Tensor)
     frames, valid = parsed[F.FRAMES], parsed[F.VALID_FRAMES]
     batch, steps = tf.shape(frames)[0], tf.shape(frames)[1]
     spatial_seed, roll_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    _, _, height, width, channels = frames.shape
+    height, width, channels = frames.shape[-3:]
     table = spatial_permutations(height, width, ops)
     if len(table) > 1:
         choice = tf.random.stateless_uniform([batch], spatial_seed, 0, len(table), dtype=tf.int32)
-        flat = tf.reshape(frames, [batch, steps, height * width, channels])
+        # Every image of a sequence (of each volume's positions too) moves the same way.
+        flat = tf.reshape(frames, [batch, -1, height * width, channels])
         moved = tf.gather(flat, tf.gather(tf.constant(table), choice), axis=2, batch_dims=1)
         frames = tf.reshape(moved, tf.shape(frames))
     if "roll" in ops:

@@ -37,10 +37,21 @@ class RecordSpec:
     dtype: str
     classes: tuple[str, ...]
     preprocess: dict[str, Any] = field(default_factory=dict, compare=False)  # the ingest config
+    depth: int = 0  # D of a sequence of volumes (preprocess.four_d: volumes); 0: frames are images
 
     @property
-    def shape(self) -> tuple[int, int, int, int]:
+    def shape(self) -> tuple[int, ...]:
+        """(T, H, W, C), or (T, D, H, W, C) for a sequence of volumes."""
+        if self.depth:
+            return (self.frames, self.depth, self.height, self.width, self.channels)
         return (self.frames, self.height, self.width, self.channels)
+
+    @classmethod
+    def of_shape(cls, shape: list[int], dtype: str, classes: tuple[str, ...],
+                 preprocess: dict[str, Any]) -> RecordSpec:
+        """The spec whose `shape` is `shape` (4 or 5 values)."""
+        t, *depth, h, w, c = shape
+        return cls(t, h, w, c, dtype, classes, preprocess, depth[0] if depth else 0)
 
     def to_json(self) -> dict[str, object]:
         return {"shape": list(self.shape), "dtype": self.dtype, "classes": list(self.classes),
@@ -61,7 +72,9 @@ def record_spec(examples_dir: str | Path) -> RecordSpec:
     pre = qc["config"]["preprocess"]
     windows = next(iter(pre["windows"].values()))
     channels = len(windows) * (3 if pre["color"] == "rgb" else 1)
-    return RecordSpec(pre["frames"], pre["height"], pre["width"], channels, pre["dtype"], tuple(qc["classes"]), pre)
+    depth = pre["depth"] if pre.get("four_d") == "volumes" else 0
+    return RecordSpec(pre["frames"], pre["height"], pre["width"], channels, pre["dtype"], tuple(qc["classes"]), pre,
+                      depth)
 
 
 def split_count(examples_dir: str | Path, split: str) -> int:

@@ -77,5 +77,4 @@ def load_spec_json(model_dir: str | Path) -> dict[str, Any]:
 
 def load_spec(model_dir: str | Path) -> RecordSpec:
     data = load_spec_json(model_dir)
-    t, h, w, c = data["shape"]
-    return RecordSpec(t, h, w, c, data["dtype"], tuple(data["classes"]), data.get("preprocess", {}))
+    return RecordSpec.of_shape(data["shape"], data["dtype"], tuple(data["classes"]), data.get("preprocess", {}))

@@ -19,7 +19,7 @@ from medseq.pipeline import features as F
 
 
 def run(config, root: Path, out: Path, uids: list[str], **preprocess):
-    labels = root.parent / f"{root.name}-labels.csv"
+    labels = out.parent / f"{out.name}-labels.csv"  # beside the output: the input may be the repo's samples
     labels.write_text("series_instance_uid,label\n" + "".join(f"{u},normal\n" for u in uids))
     config = dataclasses.replace(config, input=str(root), labels=str(labels),
                                  preprocess=dataclasses.replace(config.preprocess, **preprocess))
@@ -169,3 +169,63 @@ def test_synthetic_cine_sax_converts_whole_with_the_default_policy(config, tmp_p
     # Every labeled series is in the records: a 4-D one as one record per slice position.
     assert sum(qc["records"].values()) == labeled - four_d["series"] + four_d["records"]
     assert four_d["series"] >= 2 and four_d["records"] >= 6 * four_d["series"]
+
+
+def test_volumes_give_one_sequence_of_volumes_per_series_with_each_position_in_place(config, sax, tmp_path):
+    """`four_d: volumes`: the multi-slice cine is one T x D x H x W x C record whose
+    position k (D = the positions) holds the frames of its per-position record; resampled
+    to D = 5, the outer and middle positions land on source positions and the others
+    between them; a cine at one position fills D with itself."""
+    root, uid = sax
+    per_position, _, _ = run(config, root / "one", tmp_path / "pp", [uid], min_frames=2)
+    by_position = {r[F.POSITION_INDEX].int64_list.value[0]: _frames(r) for r in per_position}
+    [record], rejected, qc = run(config, root / "one", tmp_path / "vol", [uid], min_frames=2, four_d="volumes",
+                                 depth=POSITIONS)
+    assert [r["reason"] for r in rejected if r["reason"] != "unlabeled"] == []
+    volume = _frames(record)
+    t, h, w, c = by_position[0].shape
+    assert volume.shape == (t, POSITIONS, h, w, c) and F.POSITION_INDEX not in record
+    assert record[F.SERIES_KEY].bytes_list.value[0].decode() == deid.keyed_hash(KEY, "series", uid)
+    assert qc["four_d"] == {"records": 1, "series": 1, "time_attributes": {"TriggerTime": 1}}
+    assert qc["files"]["in_records"] == POSITIONS * len(list(CINE.iterdir()))
+    for k in range(POSITIONS):  # one window over the series; the rolled positions share their values
+        assert np.array_equal(volume[:, k], by_position[k]), k
+    spacing = list(record[F.SPACING].float_list.value)
+    assert len(spacing) == 4 and spacing[2] == pytest.approx(SLICE_MM, rel=1e-3)
+
+    [five], _, _ = run(config, root / "one", tmp_path / "vol5", [uid], min_frames=2, four_d="volumes", depth=5)
+    five = _frames(five)
+    for d, k in ((0, 0), (2, 1), (4, 2)):
+        assert np.array_equal(five[:, d], by_position[k]), d
+    between = (by_position[0].astype(float) + by_position[1]) / 2
+    assert np.abs(five[:, 1] - between).max() <= 1.0  # halfway, to the rounding of uint8
+
+    slices, _, _ = run(config, root / "per_slice", tmp_path / "vol-slices", [f"{uid}.{k + 1}" for k in range(3)],
+                       min_frames=2, four_d="volumes", depth=4)
+    for record in slices:  # a 3-D cine: one position, the same image at every depth
+        frames = _frames(record)
+        assert frames.shape[1] == 4 and all(np.array_equal(frames[:, d], frames[:, 0]) for d in range(4))
+
+
+def test_volumes_of_an_enhanced_4d_object_and_of_a_slice_stack(config, tmp_path):
+    """The enhanced object's positions are its volume's positions; a slice stack (CT) is one
+    volume (valid_frames 1, its slices along D) in the same record set."""
+    (tmp_path / "in").mkdir()
+    uid = write_enhanced_sax(tmp_path / "in" / "IM0001")
+    [record], rejected, qc = run(config, tmp_path / "in", tmp_path / "out", [uid], min_frames=2, four_d="volumes",
+                                 depth=POSITIONS)
+    assert [r["reason"] for r in rejected] == [] and qc["four_d"]["series"] == 1
+    volume = _frames(record)
+    assert volume.shape[:2] == (16, POSITIONS)
+    for k in (1, 2):
+        assert np.array_equal(np.roll(volume[:, 0], 5 * k, axis=2), volume[:, k]), k
+
+    flat = SAMPLES / "ct_nodule" / "dicom" / "flat"  # the CT series of several patients, in one folder
+    ds = pydicom.dcmread(min(flat.iterdir()), stop_before_pixels=True)
+    [record], rejected, _ = run(config, flat, tmp_path / "ct", [str(ds.SeriesInstanceUID)], four_d="volumes",
+                                depth=6)
+    assert {r["reason"] for r in rejected} <= {"unlabeled", "not_dicom"}
+    volume = _frames(record)
+    assert record[F.VALID_FRAMES].int64_list.value[0] == 1 and record[F.FRAME_AXIS].bytes_list.value[0] == b"space"
+    assert volume.shape[:2] == (16, 6) and not volume[1:].any()  # one volume, then padding
+    assert len({volume[0, d].tobytes() for d in range(6)}) == 6  # six different slabs of the stack

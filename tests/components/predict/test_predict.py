@@ -139,8 +139,10 @@ def _preprocess(model_dir: str):
     return from_dict(PreprocessConfig, load_spec(model_dir).preprocess)
 
 
-def test_predict_prepares_a_4d_folder_as_ingest_records_it(config, tmp_path):
-    """A raw multi-slice cine: predict's tensor for each slice position is the record ingest wrote for it."""
+@pytest.mark.parametrize("four_d", ["per_position", "volumes"])
+def test_predict_prepares_a_4d_folder_as_ingest_records_it(config, tmp_path, four_d):
+    """A raw multi-slice cine: predict's tensor for each slice position (or for the series,
+    as volumes) is the record ingest wrote for it."""
     import dataclasses
 
     import pydicom as dicom
@@ -153,14 +155,20 @@ def test_predict_prepares_a_4d_folder_as_ingest_records_it(config, tmp_path):
     labels = tmp_path / "labels.csv"
     labels.write_text(f"series_instance_uid,label\n{uid},normal\n")
     assert dicom.dcmread(next((tmp_path / "in").iterdir()), stop_before_pixels=True).SeriesInstanceUID == uid
-    cfg = dataclasses.replace(config, input=str(tmp_path / "in"), labels=str(labels))
+    preprocess = dataclasses.replace(config.preprocess, four_d=four_d, depth=3)
+    cfg = dataclasses.replace(config, input=str(tmp_path / "in"), labels=str(labels), preprocess=preprocess)
     convert(cfg, tmp_path / "out")
     written = {}
     for shard in (tmp_path / "out").glob("*/*.tfrecord.gz"):
         for raw in tf.data.TFRecordDataset(str(shard), compression_type="GZIP"):
             f = tf.train.Example.FromString(raw.numpy()).features.feature
             written[f[F.SERIES_KEY].bytes_list.value[0].decode()] = f[F.FRAMES].bytes_list.value[0]
-    prepared = predict.prepare_folder(tmp_path / "in", config.preprocess, key=KEY)
+    prepared = predict.prepare_folder(tmp_path / "in", preprocess, key=KEY)
+    if four_d == "volumes":
+        [series] = prepared
+        assert series.where == "." and series.series_key == deid.keyed_hash(KEY, "series", uid)
+        assert series.item.frames.ndim == 5 and series.item.frames.tobytes() == written[series.series_key]
+        return
     assert [p.where for p in prepared] == [f".#position{k}" for k in range(3)]
     for k, series in enumerate(prepared):
         assert series.series_key == deid.keyed_hash(KEY, "series", f"{uid}/position/{k}")

@@ -61,3 +61,25 @@ def test_no_augmentation_is_identity():
     inputs = batch([F.AXIS_TIME, F.AXIS_SPACE], [6, 6])
     out = augment(inputs, (), tf.constant([0, 0], tf.int64))
     assert out[F.FRAMES] is inputs[F.FRAMES]
+
+
+def test_every_position_of_a_volume_moves_the_same_way():
+    """Records of volumes (B, T, D, H, W, C): a flip or rotation is one for the whole
+    sequence, every position of every volume; a roll moves whole volumes."""
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 200, (8, 8, 1)).astype(np.uint8)  # + 10 t + d stays below 256
+    # Volume t, position d: the image plus 10 t + d, so a moved image says where it came from.
+    frames = np.stack([np.stack([image + 10 * t + d for d in range(3)]) for t in range(4)])[None].repeat(2, 0)
+    inputs = {F.FRAMES: tf.constant(frames), F.VALID_FRAMES: tf.constant([4, 4], tf.int32),
+              F.FRAME_AXIS: tf.constant([F.AXIS_TIME] * 2)}
+    moved = 0
+    for seed in range(8):
+        got = augment(inputs, ALL, tf.constant([seed, 5], tf.int64))[F.FRAMES].numpy()
+        for b in range(2):
+            offsets = got[b] - got[b, :, :1]  # each position against the first of its volume
+            assert all(np.all(offsets[:, d] == d) for d in range(3))  # positions kept, moved as one
+            start = int(got[b, 0, 0].astype(int).min() - image.min()) // 10
+            transform = got[b, 0, 0] - 10 * start
+            assert all(np.array_equal(got[b, t, 0], transform + 10 * ((start + t) % 4)) for t in range(4))
+            moved += not np.array_equal(transform, image)
+    assert moved > 0
