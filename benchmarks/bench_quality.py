@@ -2,6 +2,7 @@
 the same pipeline shown one frame per series, side by side in one run.
 
     python benchmarks/bench_quality.py [--patients 1000] [--ct-patients 300] [--epochs 30] [--split 0.5 0.1 0.4]
+        [--only cine ct dce sax] [--dce-patients 300] [--sax-patients 300] [--depth 8] [--min-drop 0.1]
 
 cine_ef (synthetic short-axis cine, `medseq synth --small`), converted and trained with
 the shipped config; AUC on the test split (patients never used for training or for
@@ -13,8 +14,16 @@ picking the epoch) with a bootstrap 95 % interval over series:
 - the Bayes-optimal AUC of one frame from the phantom's exact cavity radius, the bound
   the synthetic task puts on any single-frame model;
 - ct_nodule with the shipped config (goal: AUC >= 0.90), and with uniform slice
-  picking instead of thick-slab averaging (`preprocess.stack: sample`).
-Prints a table and writes JSON (benchmarks/results/bench_quality.json).
+  picking instead of thick-slab averaging (`preprocess.stack: sample`);
+- dce_kinetics (4-D, one record per slice position, every phase kept: T = 12, `temporal:
+  pad`): the sequence model (goal >= 0.95), the same with frames shuffled at test and an
+  order-blind model (frame features mean-pooled, no frame differences; goals <= 0.60),
+  each through `medseq evaluate` with `evaluate.temporal_min_drop` (goal: the order-blind
+  model refused, the sequence model blessed);
+- cine_sax under `preprocess.four_d: per_position` and `volumes`, side by side, per
+  record and per patient (goal >= 0.95).
+Prints a table and writes JSON (benchmarks/results/bench_quality.json; the rows of the
+sections not run are kept from the earlier run).
 """
 
 from __future__ import annotations
@@ -181,9 +190,9 @@ def temporal_gate(records: Path, model: str, out: Path, min_drop: float) -> dict
     """`medseq evaluate` of `model` with `evaluate.temporal_min_drop`: its verdict and the temporal check."""
     settings = EvaluateConfig(temporal_min_drop=min_drop, bootstrap_samples=1000)
     result = evaluate.evaluate(str(records), model, out, settings=settings)
-    [check] = [c for c in result.checks if "one frame repeated" in c.name]
+    [check] = [c for c in result.checks if "one frame repeated" in c.metric]
     return {"decision": F.BLESSED if result.blessed else F.NOT_BLESSED, "temporal_check_passed": check.passed,
-            "auc_drop_one_frame": round(check.value, 4)}
+            "auc_drop_one_frame": round(float(check.found or 0.0), 4), "reasons": list(result.reasons)}
 
 
 def dce(args: argparse.Namespace, tmp: Path, config: PipelineConfig) -> list[dict[str, object]]:
@@ -267,7 +276,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only:
-            rows += SECTIONS[name](args, Path(tmp), config)
+            rows += [{**row, "section": name} for row in SECTIONS[name](args, Path(tmp), config)]
     print(f"bench_quality: shipped config, {config.train.epochs} epochs, split {args.split}; test split AUC with "
           "bootstrap 95 % interval")
     for row in rows:
@@ -279,8 +288,25 @@ def main() -> None:
         verdict = (f" {gate['decision']} (drop {gate['auc_drop_one_frame']:.3f}, temporal gate "
                    f"{'passed' if gate['temporal_check_passed'] else 'failed'})") if isinstance(gate, dict) else ""
         print(f"  {row['model']:52} AUC {row['auc']:.3f} {interval:16} {n:11} {seconds}{verdict}")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")
+    write_results(Path(args.json), args, rows)
+
+
+def write_results(path: Path, args: argparse.Namespace, rows: list[dict[str, object]]) -> None:
+    """The rows of the sections run now, beside those of the other sections from earlier runs."""
+    kept: list[dict[str, object]] = []
+    runs: dict[str, object] = {}
+    if path.exists():
+        previous = json.loads(path.read_text())
+        runs = previous.get("runs", {})
+        for row in previous["rows"]:
+            section = row.get("section") or ("ct" if str(row["model"]).startswith("ct_nodule") else "cine")
+            if section not in args.only:
+                kept.append({**row, "section": section})
+        for section in {str(row["section"]) for row in kept} - set(runs):
+            runs[section] = previous.get("args")
+    runs.update({name: vars(args) for name in args.only})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"runs": runs, "rows": kept + rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

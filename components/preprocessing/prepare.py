@@ -6,10 +6,12 @@ import dataclasses
 from collections.abc import Callable
 from typing import IO
 
+import numpy as np
+
 from ...pipeline import features as F
 from ...pipeline.config import PreprocessConfig
 from . import reasons
-from .decode import load_series
+from .decode import SeriesMeta, load_series
 from .geometry import OrderedSeries, arrange_series
 from .headers import FileHeader
 from .reasons import Rejected
@@ -40,7 +42,23 @@ def prepare_series(headers: list[FileHeader], open_file: Callable[[str], IO[byte
     by_path = {h.path: h for h in headers}
     if config.volumes:
         return [_prepare_volumes(parts, by_path, open_file, config, decode_timeout_s)]
+    if len(parts) > 1 and len({f.path for p in parts for f in p.frames}) == 1:
+        # One enhanced object holding every position: decoded once, not once per position.
+        _check_frames(len(parts[0].frames), config)
+        volumes, meta = decode_positions(parts, by_path, open_file, config, decode_timeout_s)
+        return [(part, preprocess(volume, meta, config)) for part, volume in zip(parts, volumes, strict=True)]
     return [_prepare(ordered, by_path, open_file, config, decode_timeout_s) for ordered in parts]
+
+
+def decode_positions(positions: tuple[OrderedSeries, ...], headers: dict[str, FileHeader],
+                     open_file: Callable[[str], IO[bytes]], config: PreprocessConfig,
+                     decode_timeout_s: float | None) -> tuple[np.ndarray, SeriesMeta]:
+    """(P, n, H, W[, 3]): the frames the resampling keeps at each position (the same n at
+    every one), from one pass over the files; the meta of the first position's file."""
+    kept = [frames_to_decode(p, config) for p in positions]
+    merged = dataclasses.replace(kept[0], frames=tuple(f for k in kept for f in k.frames))
+    volume, meta = load_series(merged, headers, open_file, decode_timeout_s)
+    return volume.reshape(len(kept), len(kept[0].frames), *volume.shape[1:]), meta
 
 
 def _check_frames(count: int, config: PreprocessConfig) -> None:
@@ -72,11 +90,7 @@ def _prepare_volumes(parts: tuple[OrderedSeries, ...], headers: dict[str, FileHe
                      decode_timeout_s: float | None) -> tuple[OrderedSeries, Prepared]:
     _check_frames(len(parts[0].frames), config)  # frames at one position, or slices of a stack
     positions, slice_mm = as_positions(parts)
-    kept = [frames_to_decode(p, config) for p in positions]
-    # One pass over the files for every position: an enhanced object holding them all is decoded once.
-    merged = dataclasses.replace(kept[0], frames=tuple(f for k in kept for f in k.frames))
-    volume, meta = load_series(merged, headers, open_file, decode_timeout_s)
-    volume = volume.reshape(len(kept), len(kept[0].frames), *volume.shape[1:])
+    volume, meta = decode_positions(positions, headers, open_file, config, decode_timeout_s)
     first = parts[0]
     ordered = dataclasses.replace(first, frames=tuple(f for p in parts for f in p.frames), position=None)
     return ordered, preprocess_volumes(volume, meta, slice_mm, config)
