@@ -115,12 +115,12 @@ def test_the_mean_pool_control_is_blind_to_the_order_of_the_frames_and_the_lstm_
         TrainConfig(sequence_model="mean_pool")
 
 
-def test_a_sequence_of_volumes_is_read_by_a_3d_encoder_and_backbones_refuse_it():
+def test_a_sequence_of_volumes_is_read_by_a_volume_encoder_and_backbones_refuse_it():
     spec = RecordSpec(4, 16, 16, 1, "uint8", ("a", "b"), depth=3)
     model = build_model(spec, TINY)
     encoder = model.get_layer("per_frame_cnn").layer
     assert encoder.input_shape == (None, 3, 16, 16, 2)  # D, H, W, frame and difference
-    assert any(isinstance(layer, keras.layers.Conv3D) for layer in encoder.layers)
+    assert encoder.get_layer("per_position_cnn").output.shape == (None, 3, 4)  # each position's features
     frames = np.random.default_rng(0).integers(0, 255, (2, *spec.shape), dtype=np.uint8)
     probs = model({F.FRAMES: frames, F.VALID_FRAMES: np.array([4, 2], np.int32)}, training=False).numpy()
     assert probs.shape == (2, 2) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
