@@ -170,7 +170,7 @@ def cine(args: argparse.Namespace, tmp: Path, config: PipelineConfig) -> list[di
 def ct(args: argparse.Namespace, tmp: Path, config: PipelineConfig) -> list[dict[str, object]]:
     rows = []
     for stack in ("average", "sample"):
-        variant = dataclasses.replace(config, preprocess=dataclasses.replace(config.preprocess, stack=stack))
+        variant = with_preprocess(config, stack=stack)
         records = convert("ct_nodule", args.ct_patients, args.seed, tmp, variant)
         model, seconds = trained(records, tmp / f"ct-train-{stack}", variant)
         rows.append(scored(f"ct_nodule, stack: {stack}", *predictions(model, records), train_seconds=round(seconds)))
@@ -272,7 +272,7 @@ def main() -> None:
     split = dataclasses.replace(config.ingest.split, **dict(zip(("train", "eval", "test"), args.split, strict=True)))
     config = dataclasses.replace(config, ingest=dataclasses.replace(config.ingest, split=split))
     if args.epochs:
-        config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=args.epochs))
+        config = with_train(config, epochs=args.epochs)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only:

@@ -15,7 +15,7 @@ from .decode import SeriesMeta, load_series
 from .geometry import OrderedSeries, arrange_series
 from .headers import FileHeader
 from .reasons import Rejected
-from .transform import Prepared, preprocess, preprocess_volumes, temporal_indices
+from .transform import Prepared, picked_step, preprocess, preprocess_volumes, temporal_indices
 
 
 def frames_to_decode(ordered: OrderedSeries, config: PreprocessConfig) -> OrderedSeries:
@@ -27,7 +27,7 @@ def frames_to_decode(ordered: OrderedSeries, config: PreprocessConfig) -> Ordere
     """
     n = len(ordered.frames)
     picks, _ = temporal_indices(n, config.frames, config.stack if ordered.axis == F.AXIS_SPACE else config.temporal)
-    step = ordered.interval * (n - 1) / (len(picks) - 1) if len(picks) > 1 and n > 1 else ordered.interval
+    step = picked_step(ordered.interval, n, len(picks))
     return dataclasses.replace(ordered, frames=tuple(ordered.frames[i] for i in picks), interval=step)
 
 

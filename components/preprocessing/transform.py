@@ -160,6 +160,17 @@ def slab_average(volume: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return out
 
 
+def picked_step(interval: float, n: int, kept: int) -> float:
+    """The interval between `kept` frames picked uniformly from `n` spaced by `interval`."""
+    return interval * (n - 1) / (kept - 1) if kept > 1 and n > 1 else interval
+
+
+def _pixel_spacing(meta: SeriesMeta, h: int, w: int, config: PreprocessConfig) -> tuple[float, float]:
+    """Row and column mm of the output grid, from an h x w image."""
+    row, col = meta.pixel_spacing or (1.0, 1.0)
+    return row * h / config.height, col * w / config.width
+
+
 def frame_mode(meta: SeriesMeta, config: PreprocessConfig) -> str:
     """The resampling along the frame axis: `stack` for slice stacks, `temporal` otherwise."""
     return config.stack if meta.axis == F.AXIS_SPACE else config.temporal
@@ -177,14 +188,12 @@ def preprocess(volume: np.ndarray, meta: SeriesMeta, config: PreprocessConfig) -
         step = meta.interval * n / config.frames
     else:
         volume = volume[picks]
-        step = meta.interval * (n - 1) / (len(picks) - 1) if len(picks) > 1 and n > 1 else meta.interval
+        step = picked_step(meta.interval, n, len(picks))
     channels = _channels(volume, meta, config)
     resized = np.clip(_resize(channels, config.height, config.width), 0.0, 1.0)
     frames = np.zeros((config.frames, config.height, config.width, resized.shape[-1]), np.float32)
     frames[:valid] = resized
-    row, col = meta.pixel_spacing or (1.0, 1.0)
-    spacing = (row * h / config.height, col * w / config.width, float(step))
-    return Prepared(_stored(frames, config), valid, spacing)
+    return Prepared(_stored(frames, config), valid, (*_pixel_spacing(meta, h, w, config), float(step)))
 
 
 def _stored(frames: np.ndarray, config: PreprocessConfig) -> np.ndarray:
@@ -225,17 +234,16 @@ def preprocess_volumes(volumes: np.ndarray, meta: SeriesMeta, slice_mm: float, c
     picks, valid = temporal_indices(n, config.frames, mode)
     volumes = volumes[:, picks]
     kept = len(picks)
-    step = meta.interval * (n - 1) / (kept - 1) if kept > 1 and n > 1 else meta.interval
     flat = volumes.reshape(positions * kept, *volumes.shape[2:])
     resized = np.clip(_resize(_channels(flat, meta, config), config.height, config.width), 0.0, 1.0)
     stacked = resized.reshape(positions, kept, *resized.shape[1:])
     along = slab_average(stacked, depth_weights(positions, config.depth))  # (D, kept, H, W, C)
     frames = np.zeros((config.frames, config.depth, *along.shape[2:]), np.float32)
     frames[:valid] = np.moveaxis(along, 1, 0)[:valid]
-    row, col = meta.pixel_spacing or (1.0, 1.0)
     if positions >= config.depth:
         depth_mm = slice_mm * positions / config.depth
     else:
-        depth_mm = slice_mm * (positions - 1) / max(config.depth - 1, 1)
-    spacing = (row * h / config.height, col * w / config.width, float(depth_mm), float(step))
-    return Prepared(_stored(frames, config), valid, spacing)
+        depth_mm = picked_step(slice_mm, positions, config.depth)
+    step = picked_step(meta.interval, n, kept)
+    return Prepared(_stored(frames, config), valid,
+                    (*_pixel_spacing(meta, h, w, config), float(depth_mm), float(step)))

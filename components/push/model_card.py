@@ -33,6 +33,7 @@ def package_versions() -> dict[str, str]:
 def model_card(spec_json: dict[str, Any], verdict: dict[str, Any], model_name: str, version: int) -> dict[str, Any]:
     """The card of `version` from the model's medseq_spec.json and its evaluation verdict."""
     shape = list(spec_json["shape"])
+    volumes = len(shape) == 5  # T, D, H, W, C: preprocess.four_d: volumes
     classes = list(spec_json["classes"])
     training = spec_json.get("training", {})
     return {
@@ -44,8 +45,8 @@ def model_card(spec_json: dict[str, Any], verdict: dict[str, Any], model_name: s
         "package_versions": package_versions(),
         "network_data_format": {
             "inputs": {
-                F.FRAMES: {"type": "image series" if len(shape) == 4 else "series of volumes",
-                           "format": "T,H,W,C" if len(shape) == 4 else "T,D,H,W,C", "shape": shape,
+                F.FRAMES: {"type": "series of volumes" if volumes else "image series",
+                           "format": "T,D,H,W,C" if volumes else "T,H,W,C", "shape": shape,
                            "dtype": spec_json["dtype"], "frame_axis": "time (cine, clips) or space (slice stacks)"},
                 F.VALID_FRAMES: {"type": "int32", "meaning": "frames before padding (the LSTM mask)"},
                 "examples": {"type": "serialized tf.Example of the record contract (serving_default)"},
