@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import json
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, NoReturn
 
 from . import __version__, processes
@@ -186,10 +184,11 @@ def cmd_predict(args: argparse.Namespace, _: list[str]) -> int:
     results = predict.predict(args.model, args.input, explain=bool(args.explain))
     print(predict.json_lines(results) if args.json else predict.table(results))
     if args.explain:
-        Path(args.explain).write_text(json.dumps([r.to_json() for r in results], indent=2) + "\n")
+        folder = predict.write_explanation(results, args.explain)
         if not args.json:
             print(predict.explanation(results))
-        print(f"predict: per-frame importance -> {args.explain}", file=sys.stderr)
+        spatial = f"; where in the frames (Grad-CAM arrays and overlays) -> {folder}" if folder else ""
+        print(f"predict: per-frame importance -> {args.explain}{spatial}", file=sys.stderr)
     files = sum(not r.series_key for r in results)
     series = len(results) - files
     failed = sum(r.rejected is not None for r in results if r.series_key)
@@ -293,8 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="folder of DICOM files, any nesting (one or more series)")
     p.add_argument("--json", action="store_true", help="one JSON line per series instead of a table")
     p.add_argument("--explain", metavar="FILE", nargs="?", const="explain.json",
-                   help="per-frame importance by temporal occlusion, printed and written to FILE "
-                   "(default explain.json)")
+                   help="which frames mattered (temporal occlusion), printed and written to FILE (default "
+                   "explain.json), and where in them (Grad-CAM: an array and a PNG overlay per series in "
+                   "FILE's stem + _attribution/)")
 
     p = add("run", cmd_run, "Run every stage into one run folder: by default on synthetic cine MR that the "
             "shipped config's `synth` section generates there; `input`/`labels` in a --config for your DICOM.")

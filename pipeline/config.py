@@ -41,6 +41,8 @@ MONITOR_MODES = ("max", "min")
 MIXED_PRECISION = ("off", "mixed_float16", "mixed_bfloat16")
 CLASS_WEIGHTS = ("none", "auto")
 FRAME_STRIPS = ("synthetic", "on", "off")
+KEEP_OR_REJECT = ("reject", "keep")
+REGION_MODES = ("crop", "mask", "off")
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,30 @@ class SplitConfig:
 
 
 @dataclass(frozen=True)
+class PixelPhiConfig:
+    """Text burned into the pixels (ingest.pixel_phi): what DICOM says of it, and what
+    ingest and `medseq predict` then do (components/preprocessing/pixel_phi.py)."""
+
+    # Burned In Annotation (0028,0301) YES: the file says its pixels carry identifying text.
+    burned_in_annotation: str = "reject"
+    # Secondary captures (the SC SOP classes) and converted images (a Conversion Type such
+    # as WSD, SYN, DRW): screenshots and scanned documents, text likely anywhere.
+    secondary_capture: str = "reject"
+    # Ultrasound listing its imaging regions (Sequence of Ultrasound Regions): `crop` keeps
+    # the bounding box of their union and zeroes what lies outside the regions inside it,
+    # `mask` zeroes everything outside them at the image's size, `off` keeps every pixel.
+    ultrasound_regions: str = "crop"
+
+    def __post_init__(self) -> None:
+        check_choice("ingest.pixel_phi.burned_in_annotation", self.burned_in_annotation, KEEP_OR_REJECT)
+        check_choice("ingest.pixel_phi.secondary_capture", self.secondary_capture, KEEP_OR_REJECT)
+        check_choice("ingest.pixel_phi.ultrasound_regions", self.ultrasound_regions, REGION_MODES)
+
+
+SAFE_PIXEL_PHI = PixelPhiConfig()  # the defaults: what a caller that names no policy gets
+
+
+@dataclass(frozen=True)
 class IngestConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     num_shards: int = 0  # 0: chosen from shard_size_mb
@@ -157,6 +183,8 @@ class IngestConfig:
     # A deflated data set (untrusted input) inflates to at most this much; a larger one is
     # rejected as inflate_limit before it is held in memory. 1 GB holds any real series file.
     max_inflated_mb: float = 1024.0
+    # Applied in ingest and, from the model's spec, in `medseq predict` alike.
+    pixel_phi: PixelPhiConfig = field(default_factory=PixelPhiConfig)
     beam_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:

@@ -38,6 +38,8 @@ SPLITS = ("train", "eval", "test")
 # Model signature names.
 SERVING_SIGNATURE = "serving_default"
 FRAMES_SIGNATURE = "predict_frames"
+EXPLAIN_SIGNATURE = "explain_frames"  # predict_frames' outputs plus ATTRIBUTION (Grad-CAM)
+ATTRIBUTION = "attribution"
 PROBABILITIES = "probabilities"
 CLASS_IDS = "class_ids"
 

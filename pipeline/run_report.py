@@ -57,9 +57,15 @@ def _qc(qc: dict[str, Any] | None) -> str:
     rejected = table(("rejection reason", "files or series"), [[esc(k), str(v)] for k, v in qc["rejected"].items()]) \
         if qc["rejected"] else "<p>No input rejected.</p>"
     files = qc["files"]
+    phi = qc.get("pixel_phi", {})
+    decided = {**{k: v for k, v in phi.get("records", {}).items() if v},
+               **{k: v for k, v in phi.get("rejected", {}).items() if v}}
+    pixels = (f"<p>Text burned into the pixels (<code>ingest.pixel_phi</code>): "
+              f"{esc(', '.join(f'{k} {v}' for k, v in decided.items()) or 'nothing declared by any input')}.</p>"
+              if phi else "")
     return (f"<p>{files['in_records']} input files went into records, {files['rejected']} into "
             f"<code>rejected.jsonl</code>. Modalities: {esc(qc['modalities'])}; vendors: "
-            f"{esc(qc['manufacturers'])}.</p>{splits}{rejected}")
+            f"{esc(qc['manufacturers'])}.</p>{pixels}{splits}{rejected}")
 
 
 def _training(history: list[dict[str, float]] | None) -> str:
@@ -107,6 +113,8 @@ def _card(record: dict[str, Any]) -> str:
 
 
 def _strips(run: Path, config: PipelineConfig) -> str:
+    """A few frames of the first held-out series of each class; where the run's model is
+    there, the frames that drove its decision under its Grad-CAM map too."""
     wanted = config.report.frame_strips == "on" or (config.report.frame_strips == "synthetic" and
                                                     config.synth is not None)
     if not wanted:
@@ -115,7 +123,10 @@ def _strips(run: Path, config: PipelineConfig) -> str:
 
     from ..components.train.dataset import parse_examples, record_spec, split_files
 
-    spec, pngs, seen = record_spec(run / "ingest"), [], set()
+    spec, pngs, overlays, seen = record_spec(run / "ingest"), [], [], set()
+    model = run / "train" / "model"
+    signatures = tf.saved_model.load(str(model)).signatures if (model / "saved_model.pb").exists() else {}
+    explain = signatures.get(F.EXPLAIN_SIGNATURE)
     files = split_files(run / "ingest", "eval")
     for raw in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(1):
         parsed = parse_examples(raw, spec)
@@ -123,11 +134,21 @@ def _strips(run: Path, config: PipelineConfig) -> str:
         if label in seen:
             continue
         seen.add(label)
-        pngs.append(plots.frame_strip(parsed[F.FRAMES][0].numpy(), int(parsed[F.VALID_FRAMES][0]),
-                                      f"{spec.classes[label]} (synthetic)"))
+        frames, valid = parsed[F.FRAMES][0].numpy(), int(parsed[F.VALID_FRAMES][0])
+        name = spec.classes[label]
+        pngs.append(plots.frame_strip(frames, valid, f"{name} (synthetic)" if config.synth else name))
+        if explain is not None:
+            out = explain(frames=parsed[F.FRAMES], valid_frames=tf.cast(parsed[F.VALID_FRAMES], tf.int32))
+            attribution = out[F.ATTRIBUTION].numpy()[0]
+            predicted = spec.classes[int(out[F.CLASS_IDS].numpy()[0])]
+            overlays.append(plots.attribution_overlay(frames, attribution, plots.drivers((), attribution[:valid]),
+                                                      f"{name}, predicted {predicted}: where (Grad-CAM)"))
         if len(seen) == len(spec.classes):
             break
-    return f"<h2>Frames per class</h2><div class=plots>{images(pngs)}</div>"
+    where = (f"<h2>Where the model looked</h2><p class=muted>Grad-CAM of the predicted class on the frames it "
+             f"found most in, for the same held-out series.</p><div class=plots>{images(overlays)}</div>"
+             if overlays else "")
+    return f"<h2>Frames per class</h2><div class=plots>{images(pngs)}</div>{where}"
 
 
 def write_report(run: Path, config: PipelineConfig) -> Path:

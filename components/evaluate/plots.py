@@ -116,6 +116,34 @@ def curves_plot(history: Sequence[Mapping[str, float]], metric: str) -> str:
     return _png(fig)
 
 
+def drivers(importance: Sequence[float], attribution: np.ndarray, most: int = 4) -> list[int]:
+    """The frames that drove the decision, in time order: the `most` whose removal lowers
+    the predicted probability most (temporal occlusion), else those Grad-CAM found most in."""
+    if len(importance):
+        ranked = sorted(range(len(importance)), key=lambda t: -importance[t])
+    else:
+        ranked = list(np.argsort(-attribution.reshape(len(attribution), -1).sum(axis=1), kind="stable"))
+    return sorted(int(t) for t in ranked[:most])
+
+
+def attribution_overlay(frames: np.ndarray, attribution: np.ndarray, picks: Sequence[int], title: str) -> str:
+    """The picked frames (first channel, grey) under their Grad-CAM map (warm colours where
+    the evidence for the predicted class lies), each with its frame index. Of a sequence of
+    volumes, the position the map finds most in at that time."""
+    fig, axes = _subplots(1, len(picks), figsize=(1.4 * len(picks), 1.7), squeeze=False)
+    for ax, t in zip(axes[0], picks, strict=True):
+        frame, heat = frames[t], attribution[t]
+        if frames.ndim == 5:  # T, D, H, W, C
+            d = int(np.argmax(heat.reshape(len(heat), -1).sum(axis=1)))
+            frame, heat = frame[d], heat[d]
+        ax.imshow(frame[:, :, 0], cmap="gray")
+        ax.imshow(heat, cmap="inferno", alpha=0.45 * (heat > 0.05), vmin=0.0, vmax=1.0)
+        ax.set_axis_off()
+        ax.set_title(f"frame {t}", fontsize=6)
+    fig.suptitle(title, fontsize=8)
+    return _png(fig)
+
+
 def frame_strip(frames: np.ndarray, valid: int, title: str, most: int = 8) -> str:
     """Up to `most` of a series' valid frames side by side (first channel, grey; of a
     sequence of volumes, the middle position of each)."""

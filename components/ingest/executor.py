@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ...pipeline import features as F
 from ...pipeline.config import IngestConfig, PreprocessConfig, to_dict
 from ...pipeline.errors import InputError
+from ..preprocessing import pixel_phi
 from . import storage
 from .graph import INDEX, LABELED_LINES, REJECTED_LINES, ingest_graph
 from .in_process import LocalGraph
@@ -181,6 +182,9 @@ def finalize(staging: str, out: str, classes: tuple[str, ...], config: dict[str,
     if four_d:  # which attribute ordered the times of each 4-D series (one count per series)
         qc["four_d"] = {"records": len(four_d), "series": sum(p == 0 for p, _, _ in four_d),
                         "time_attributes": dict(sorted(Counter(a for p, _, a in four_d if p == 0).items()))}
+    # What ingest.pixel_phi did: the records it let in by each decision, the series it kept out.
+    qc["pixel_phi"] = {"records": {d: sum(d in r.get("pixel_phi", ()) for r in index) for d in pixel_phi.DECISIONS},
+                       "rejected": {c: qc["rejected"].get(c, 0) for c in pixel_phi.REJECTIONS}}
     with storage.create(storage.join(staging, "qc.json.tmp")) as f:
         f.write(json.dumps(qc, indent=2, sort_keys=True).encode())
     storage.delete(storage.files_starting(storage.join(staging, "_")))

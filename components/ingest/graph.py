@@ -64,7 +64,7 @@ def ingest_graph(g: Graph, pattern: str, root: str, staging: str, key: bytes, la
                           max_inflated_mb=ingest.max_inflated_mb)
     headers, unreadable = g.pardo("ReadHeaders", paths, read, (REJECTED,))
     build = BuildRecordStep(root, key, labels, classes, preprocess, ingest.split, staging=staging,
-                            decode_timeout_s=ingest.decode_timeout_s)
+                            decode_timeout_s=ingest.decode_timeout_s, pixel_phi=ingest.pixel_phi)
     records, rejected, labeled = g.pardo("BuildRecords", g.group("GroupBySeries", headers), build,
                                          (BuildRecordStep.REJECTED, BuildRecordStep.LABELED))
     sizes = g.sum_per_key("SizePerSplit", g.map("RecordSizes", records, _record_size))

@@ -23,7 +23,7 @@ from typing import IO, Any, NamedTuple
 import numpy as np
 
 from ...pipeline import features as F
-from ...pipeline.config import PreprocessConfig, SplitConfig
+from ...pipeline.config import SAFE_PIXEL_PHI, PixelPhiConfig, PreprocessConfig, SplitConfig
 from ..preprocessing import reasons
 from ..preprocessing.geometry import OrderedSeries
 from ..preprocessing.headers import FileHeader, read_header
@@ -68,6 +68,7 @@ class Record:
     # A 4-D series' record: (its slice position, 0 for a record of volumes; the series'
     # positions; the attribute that ordered time).
     four_d: tuple[int, int, str] | None = None
+    pixel_phi: tuple[str, ...] = ()  # what ingest.pixel_phi did to let it in (pixel_phi.DECISIONS)
 
     def index_line(self) -> str:
         line: dict[str, Any] = {"split": self.split, "series_key": self.series_key, "label": self.label,
@@ -75,6 +76,8 @@ class Record:
                                 "valid_frames": self.valid_frames, "files": self.files, "bytes": self.nbytes}
         if self.four_d is not None:
             line["four_d"] = list(self.four_d)
+        if self.pixel_phi:
+            line["pixel_phi"] = list(self.pixel_phi)
         return json.dumps(line, sort_keys=True)
 
 
@@ -235,9 +238,10 @@ class BuildRecordStep:
 
     def __init__(self, root: str, key: bytes, labels: dict[str, str], classes: tuple[str, ...],
                  preprocess_config: PreprocessConfig, split: SplitConfig, *, staging: str,
-                 decode_timeout_s: float | None = None) -> None:
+                 decode_timeout_s: float | None = None, pixel_phi: PixelPhiConfig = SAFE_PIXEL_PHI) -> None:
         self.root, self.key, self.labels, self.classes = root, key, labels, classes
         self.config, self.split, self.decode_timeout_s = preprocess_config, split, decode_timeout_s
+        self.pixel_phi = pixel_phi
         self.staging = staging
         self.spills = "://" not in staging
         self._spill: _Spill | None = None
@@ -279,7 +283,7 @@ class BuildRecordStep:
             if label not in self.classes:
                 raise Rejected(reasons.UNKNOWN_LABEL, f"its label is not one of the configured classes "
                                f"({', '.join(self.classes)})")
-            parts = prepare_series(headers, open_binary, self.config, self.decode_timeout_s)
+            parts = prepare_series(headers, open_binary, self.config, self.decode_timeout_s, self.pixel_phi)
         except Rejected as exc:
             yield Tagged(REJECTED, self._reject(headers, series_key, exc.code, exc.message))
             return
@@ -331,7 +335,7 @@ class BuildRecordStep:
         _PROGRESS.add("series")
         record = Record(self._split_of(first.patient_id), series_key, label, first.modality,
                         _vendor(first.manufacturer), prepared.valid_frames, files, content_key(prepared, label),
-                        len(example), four_d)
+                        len(example), four_d, prepared.pixel_phi)
         if not self.spills:
             return Placed(record, example)
         self._spill = self._spill or _Spill.new(self.staging)

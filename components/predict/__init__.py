@@ -1,9 +1,14 @@
 """`medseq predict`: a raw DICOM folder -> class probabilities per series, printed as
-an aligned table or JSON lines, with optional per-frame importance (`--explain`)."""
+an aligned table or JSON lines, with optional explanations (`--explain`): which frames
+mattered (temporal occlusion) and where in them (Grad-CAM)."""
 
 from __future__ import annotations
 
+import base64
 import json
+from pathlib import Path
+
+import numpy as np
 
 from .executor import Prediction, predict, prepare_folder, read_series
 
@@ -39,4 +44,31 @@ def explanation(results: list[Prediction]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Prediction", "explanation", "json_lines", "predict", "prepare_folder", "read_series", "table"]
+def write_explanation(results: list[Prediction], path: str | Path) -> Path | None:
+    """`path` (explain.json): every series' JSON, with, where the model gives Grad-CAM,
+    `attribution` (an .npy of the (T, [D,] H, W) map, float16) and `overlay` (a PNG of the
+    frames that drove the decision under their map), both in the folder
+    `<stem>_attribution` beside it and named relative to it. Returns that folder, or None
+    where no series has a map."""
+    from ..evaluate import plots
+
+    path = Path(path)
+    folder = path.with_name(f"{path.stem}_attribution")
+    entries = []
+    for index, r in enumerate(results):
+        entry = r.to_json()
+        if r.attribution is not None and r.frames is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            np.save(folder / f"{index:04d}.npy", r.attribution.astype(np.float16))
+            picks = plots.drivers(r.frame_importance, r.attribution)
+            png = plots.attribution_overlay(r.frames, r.attribution, picks, f"{r.label}: where (Grad-CAM)")
+            (folder / f"{index:04d}.png").write_bytes(base64.b64decode(png))
+            entry.update(attribution=f"{folder.name}/{index:04d}.npy", overlay=f"{folder.name}/{index:04d}.png",
+                         overlay_frames=picks)
+        entries.append(entry)
+    path.write_text(json.dumps(entries, indent=2) + "\n")
+    return folder if folder.exists() else None
+
+
+__all__ = ["Prediction", "explanation", "json_lines", "predict", "prepare_folder", "read_series", "table",
+           "write_explanation"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ...pipeline import features as F
-from ...pipeline.config import PreprocessConfig, from_dict
+from ...pipeline.config import SAFE_PIXEL_PHI, PixelPhiConfig, PreprocessConfig, from_dict
 from ...pipeline.errors import InputError
 from ..ingest import deid
 from ..ingest.steps import input_files, read_file_header, real_root
@@ -37,6 +37,10 @@ class Prediction:
     rejected: str | None = None  # reason code when the series (or, series_key "", a file) could not be read
     message: str = ""  # what was expected and found, for a rejected series
     frame_importance: tuple[float, ...] = field(default=(), repr=False)  # --explain: one per valid frame
+    # --explain: Grad-CAM of the predicted class, (T, [D,] H, W) in [0, 1], and the frames it
+    # is of (the model's input), for the overlays; None for a model without explain_frames.
+    attribution: np.ndarray | None = field(default=None, repr=False, compare=False)
+    frames: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, object]:
         if self.rejected:
@@ -71,7 +75,8 @@ def read_series(root: Path) -> tuple[dict[str, list[FileHeader]], list[tuple[str
     return groups, rejected
 
 
-def prepare_folder(root: str | Path, config: PreprocessConfig, key: bytes | None = None) -> list[PreparedSeries]:
+def prepare_folder(root: str | Path, config: PreprocessConfig, key: bytes | None = None,
+                   phi: PixelPhiConfig = SAFE_PIXEL_PHI) -> list[PreparedSeries]:
     """Every series under `root` through the shared preprocessing, in folder order, after
     the files that are no part of a series (series_key "", item: why).
 
@@ -92,7 +97,7 @@ def prepare_folder(root: str | Path, config: PreprocessConfig, key: bytes | None
         parts: list[tuple[OrderedSeries, Prepared]] = []
         failed: Rejected | None = None
         try:
-            parts = prepare_series(headers, lambda p: open(p, "rb"), config)
+            parts = prepare_series(headers, lambda p: open(p, "rb"), config, phi=phi)
         except Rejected as exc:
             failed = exc
         except Exception as exc:  # noqa: BLE001 - one series must not hide the others
@@ -133,9 +138,13 @@ def predict(model_dir: str | Path, root: str | Path, explain: bool = False) -> l
 
     spec = load_spec(model_dir)
     config = from_dict(PreprocessConfig, spec.preprocess, "model preprocess")
-    signature = tf.saved_model.load(str(model_dir)).signatures[F.FRAMES_SIGNATURE]
+    # The model's own ingest.pixel_phi (a model from before it: the safe defaults).
+    phi = from_dict(PixelPhiConfig, spec.pixel_phi.get("policy", {}), "model pixel_phi")
+    signatures = tf.saved_model.load(str(model_dir)).signatures
+    signature = signatures[F.FRAMES_SIGNATURE]
+    spatial = signatures.get(F.EXPLAIN_SIGNATURE) if explain else None  # absent in models before it
     results = []
-    for series in prepare_folder(root, config):
+    for series in prepare_folder(root, config, phi=phi):
         item = series.item
         if isinstance(item, Rejected):
             results.append(Prediction(series.where, series.series_key, None, {}, item.code, item.message))
@@ -144,7 +153,12 @@ def predict(model_dir: str | Path, root: str | Path, explain: bool = False) -> l
         probs = out[F.PROBABILITIES].numpy()[0]
         target = int(np.argmax(probs))
         importance = frame_importance(signature, item, target) if explain else ()
+        attribution = None
+        if spatial is not None:
+            attribution = spatial(frames=tf.constant(item.frames[None]),
+                                  valid_frames=tf.constant([item.valid_frames]))[F.ATTRIBUTION].numpy()[0]
         results.append(Prediction(series.where, series.series_key, spec.classes[target],
                                   {c: float(p) for c, p in zip(spec.classes, probs, strict=True)},
-                                  frame_importance=importance))
+                                  frame_importance=importance, attribution=attribution,
+                                  frames=item.frames if attribution is not None else None))
     return results

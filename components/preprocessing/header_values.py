@@ -94,6 +94,7 @@ KEYWORDS = (
     "BitsAllocated", "BitsStored", "PixelRepresentation", "PlanarConfiguration",
     "NominalCardiacTriggerDelayTime", "TemporalPositionIndex",  # in an enhanced object's functional groups
     "AcquisitionTime", "ContentTime", "NominalPercentageOfCardiacPhase",  # what may order a 4-D series in time
+    "BurnedInAnnotation", "ConversionType",  # text in the pixels (pixel_phi.py)
 )
 _SPECS: dict[str, tuple[BaseTag, str, Callable[[bytes], Any]]] = {}
 for _keyword in KEYWORDS:

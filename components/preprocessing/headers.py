@@ -94,6 +94,13 @@ class FileHeader:
     frames: tuple[FrameRef, ...]
     identifiers: tuple[str, ...] = field(default=(), repr=False)  # only to scrub reported paths
     pixels: PixelRef | None = field(default=None, repr=False)  # None: the pixel pass reads the whole file
+    # What the file says of text in its pixels (pixel_phi.py): Burned In Annotation, the
+    # SOP class and Conversion Type (secondary captures), and the ultrasound regions as
+    # (min x, min y, max x, max y) boxes, inclusive; None where it lists no regions.
+    burned_in: str = ""
+    sop_class: str = ""
+    conversion_type: str = ""
+    regions: tuple[tuple[int, int, int, int], ...] | None = None
 
     @property
     def series_key_source(self) -> str:
@@ -345,7 +352,28 @@ def header_from_dataset(ds: Dataset, path: str) -> FileHeader:
         multiframe=multiframe,
         frames=tuple(frames),
         identifiers=identifying_values(v),
+        burned_in=str(v.get("BurnedInAnnotation", "") or "").strip().upper(),
+        sop_class=str(v.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta is not None
+                                                   else "")),
+        conversion_type=str(v.get("ConversionType", "") or "").strip().upper(),
+        regions=ultrasound_regions(v),
     )
+
+
+_REGION_CORNERS = ("RegionLocationMinX0", "RegionLocationMinY0", "RegionLocationMaxX1", "RegionLocationMaxY1")
+
+
+def ultrasound_regions(ds: HeaderValues) -> tuple[tuple[int, int, int, int], ...] | None:
+    """The boxes of the Sequence of Ultrasound Regions (an item without its four corners
+    as numbers is left out); None where the file has no such sequence."""
+    if "SequenceOfUltrasoundRegions" not in ds:
+        return None
+    boxes = []
+    for item in ds.get("SequenceOfUltrasoundRegions") or ():
+        corners = [item.get(k) for k in _REGION_CORNERS]
+        if all(isinstance(c, int) and not isinstance(c, bool) for c in corners):
+            boxes.append((corners[0], corners[1], corners[2], corners[3]))
+    return tuple(boxes)
 
 
 @quiet_pydicom

@@ -9,8 +9,8 @@ from typing import IO
 import numpy as np
 
 from ...pipeline import features as F
-from ...pipeline.config import PreprocessConfig
-from . import reasons
+from ...pipeline.config import SAFE_PIXEL_PHI, PixelPhiConfig, PreprocessConfig
+from . import pixel_phi, reasons
 from .decode import SeriesMeta, load_series
 from .geometry import OrderedSeries, arrange_series
 from .headers import FileHeader
@@ -32,32 +32,52 @@ def frames_to_decode(ordered: OrderedSeries, config: PreprocessConfig) -> Ordere
 
 
 def prepare_series(headers: list[FileHeader], open_file: Callable[[str], IO[bytes]],
-                   config: PreprocessConfig, decode_timeout_s: float | None = None
-                   ) -> list[tuple[OrderedSeries, Prepared]]:
+                   config: PreprocessConfig, decode_timeout_s: float | None = None,
+                   phi: PixelPhiConfig = SAFE_PIXEL_PHI) -> list[tuple[OrderedSeries, Prepared]]:
     """Order and check, decode the frames kept, preprocess; raises Rejected with the reason.
     One (ordered, prepared) for a series; one per slice position, in slice order, for a
     4-D series under `preprocess.four_d: per_position`; one sequence of volumes for any
-    series under `volumes`."""
+    series under `volumes`. `phi` (ingest.pixel_phi) screens the headers first and keeps
+    only the imaging regions of ultrasound; each Prepared names what it decided."""
+    screened = pixel_phi.screen(headers, phi)
     parts = arrange_series(headers, config.four_d)
     by_path = {h.path: h for h in headers}
+    load = _Loader(by_path, open_file, decode_timeout_s, phi)
     if config.volumes:
-        return [_prepare_volumes(parts, by_path, open_file, config, decode_timeout_s)]
-    if len(parts) > 1 and len({f.path for p in parts for f in p.frames}) == 1:
+        prepared = [_prepare_volumes(parts, load, config)]
+    elif len(parts) > 1 and len({f.path for p in parts for f in p.frames}) == 1:
         # One enhanced object holding every position: decoded once, not once per position.
         _check_frames(len(parts[0].frames), config)
-        volumes, meta = decode_positions(parts, by_path, open_file, config, decode_timeout_s)
-        return [(part, preprocess(volume, meta, config)) for part, volume in zip(parts, volumes, strict=True)]
-    return [_prepare(ordered, by_path, open_file, config, decode_timeout_s) for ordered in parts]
+        volumes, meta = decode_positions(parts, load, config)
+        prepared = [(part, preprocess(volume, meta, config)) for part, volume in zip(parts, volumes, strict=True)]
+    else:
+        prepared = [_prepare(ordered, load, config) for ordered in parts]
+    decisions = screened + load.decisions
+    return [(o, dataclasses.replace(p, pixel_phi=decisions)) for o, p in prepared] if decisions else prepared
 
 
-def decode_positions(positions: tuple[OrderedSeries, ...], headers: dict[str, FileHeader],
-                     open_file: Callable[[str], IO[bytes]], config: PreprocessConfig,
-                     decode_timeout_s: float | None) -> tuple[np.ndarray, SeriesMeta]:
+class _Loader:
+    """`load_series` on the files of one series, then only its imaging area (pixel_phi)."""
+
+    def __init__(self, headers: dict[str, FileHeader], open_file: Callable[[str], IO[bytes]],
+                 decode_timeout_s: float | None, phi: PixelPhiConfig) -> None:
+        self.headers, self.open_file, self.decode_timeout_s, self.phi = headers, open_file, decode_timeout_s, phi
+        self.decisions: tuple[str, ...] = ()
+
+    def __call__(self, ordered: OrderedSeries) -> tuple[np.ndarray, SeriesMeta]:
+        volume, meta = load_series(ordered, self.headers, self.open_file, self.decode_timeout_s)
+        volume, self.decisions = pixel_phi.imaging_area(volume, ordered.frames, self.headers, self.phi)
+        return volume, meta
+
+
+def decode_positions(positions: tuple[OrderedSeries, ...], load: Callable[[OrderedSeries], tuple[np.ndarray,
+                                                                                               SeriesMeta]],
+                     config: PreprocessConfig) -> tuple[np.ndarray, SeriesMeta]:
     """(P, n, H, W[, 3]): the frames the resampling keeps at each position (the same n at
     every one), from one pass over the files; the meta of the first position's file."""
     kept = [frames_to_decode(p, config) for p in positions]
     merged = dataclasses.replace(kept[0], frames=tuple(f for k in kept for f in k.frames))
-    volume, meta = load_series(merged, headers, open_file, decode_timeout_s)
+    volume, meta = load(merged)
     return volume.reshape(len(kept), len(kept[0].frames), *volume.shape[1:]), meta
 
 
@@ -66,10 +86,9 @@ def _check_frames(count: int, config: PreprocessConfig) -> None:
         raise Rejected(reasons.TOO_FEW_FRAMES, f"expected at least {config.min_frames} frames, found {count}")
 
 
-def _prepare(ordered: OrderedSeries, headers: dict[str, FileHeader], open_file: Callable[[str], IO[bytes]],
-             config: PreprocessConfig, decode_timeout_s: float | None) -> tuple[OrderedSeries, Prepared]:
+def _prepare(ordered: OrderedSeries, load: _Loader, config: PreprocessConfig) -> tuple[OrderedSeries, Prepared]:
     _check_frames(len(ordered.frames), config)
-    volume, meta = load_series(frames_to_decode(ordered, config), headers, open_file, decode_timeout_s)
+    volume, meta = load(frames_to_decode(ordered, config))
     return ordered, preprocess(volume, meta, config)
 
 
@@ -85,12 +104,11 @@ def as_positions(parts: tuple[OrderedSeries, ...]) -> tuple[tuple[OrderedSeries,
     return parts, 0.0
 
 
-def _prepare_volumes(parts: tuple[OrderedSeries, ...], headers: dict[str, FileHeader],
-                     open_file: Callable[[str], IO[bytes]], config: PreprocessConfig,
-                     decode_timeout_s: float | None) -> tuple[OrderedSeries, Prepared]:
+def _prepare_volumes(parts: tuple[OrderedSeries, ...], load: _Loader,
+                     config: PreprocessConfig) -> tuple[OrderedSeries, Prepared]:
     _check_frames(len(parts[0].frames), config)  # frames at one position, or slices of a stack
     positions, slice_mm = as_positions(parts)
-    volume, meta = decode_positions(positions, headers, open_file, config, decode_timeout_s)
+    volume, meta = decode_positions(positions, load, config)
     first = parts[0]
     ordered = dataclasses.replace(first, frames=tuple(f for p in parts for f in p.frames), position=None)
     return ordered, preprocess_volumes(volume, meta, slice_mm, config)

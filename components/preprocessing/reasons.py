@@ -27,6 +27,9 @@ DUPLICATE_POSITION = "duplicate_position"
 INCOMPLETE_4D = "incomplete_4d"  # a 4-D series whose positions do not all hold the same number of times
 UNORDERED_4D = "unordered_4d"  # a 4-D series that no time attribute orders the same way at every position
 TOO_FEW_FRAMES = "too_few_frames"
+BURNED_IN_ANNOTATION = "burned_in_annotation"  # Burned In Annotation YES (ingest.pixel_phi)
+SECONDARY_CAPTURE = "secondary_capture"  # a screenshot, scan or other converted image (ingest.pixel_phi)
+NO_IMAGING_REGION = "no_imaging_region"  # ultrasound whose listed regions leave no pixel of the image
 UNLABELED = "unlabeled"
 UNKNOWN_LABEL = "unknown_label"
 PROCESSING_ERROR = "processing_error"  # an unexpected failure on one input; the job goes on
@@ -36,7 +39,8 @@ ALL = (
     UNSUPPORTED_TRANSFER_SYNTAX, DECODE_ERROR, DECODE_TIMEOUT, INFLATE_LIMIT, OUTSIDE_INPUT, DUPLICATE_INSTANCE,
     INCONSISTENT_SHAPE,
     INCONSISTENT_ORIENTATION, INCONSISTENT_FRAME_OF_REFERENCE, INCONSISTENT_SPACING,
-    MISSING_SLICES, DUPLICATE_POSITION, INCOMPLETE_4D, UNORDERED_4D, TOO_FEW_FRAMES, UNLABELED, UNKNOWN_LABEL,
+    MISSING_SLICES, DUPLICATE_POSITION, INCOMPLETE_4D, UNORDERED_4D, TOO_FEW_FRAMES, BURNED_IN_ANNOTATION,
+    SECONDARY_CAPTURE, NO_IMAGING_REGION, UNLABELED, UNKNOWN_LABEL,
     PROCESSING_ERROR,
 )
 

@@ -53,6 +53,7 @@ class Prepared:
     # Of the output grid: row mm, column mm, slice mm or frame ms; under four_d: volumes
     # row mm, column mm, slice mm (along D), frame ms.
     spacing: tuple[float, ...]
+    pixel_phi: tuple[str, ...] = ()  # what ingest.pixel_phi did to let the series in (pixel_phi.DECISIONS)
 
 
 def _window(volume: np.ndarray, spec: str, meta: SeriesMeta, percentiles: tuple[float, float]) -> np.ndarray:

@@ -53,9 +53,12 @@ def model_card(spec_json: dict[str, Any], verdict: dict[str, Any], model_name: s
             },
             "outputs": {F.PROBABILITIES: {"type": "float32", "shape": [len(classes)], "class_names": classes},
                         F.CLASS_IDS: {"type": "int32", "meaning": "argmax of probabilities"}},
-            "signatures": [F.SERVING_SIGNATURE, F.FRAMES_SIGNATURE],
+            "signatures": [F.SERVING_SIGNATURE, F.FRAMES_SIGNATURE, F.EXPLAIN_SIGNATURE],
         },
         "preprocessing": spec_json.get("preprocess", {}),
+        # ingest.pixel_phi: the policy on text burned into the pixels (predict applies it
+        # too) and what it decided over the training records' ingest.
+        "pixel_phi": spec_json.get("pixel_phi", {}),
         "classes": classes,
         "fingerprints": {"model": verdict.get("model_fingerprint"), "training_records": training.get("records")},
         "training": {k: v for k, v in training.items() if k != "records"},

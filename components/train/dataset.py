@@ -38,6 +38,9 @@ class RecordSpec:
     classes: tuple[str, ...]
     preprocess: dict[str, Any] = field(default_factory=dict, compare=False)  # the ingest config
     depth: int = 0  # D of a sequence of volumes (preprocess.four_d: volumes); 0: frames are images
+    # ingest.pixel_phi's `policy` (which `medseq predict` applies too) and qc.json's counts
+    # of what it decided (`records`, `rejected`).
+    pixel_phi: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -48,14 +51,14 @@ class RecordSpec:
 
     @classmethod
     def of_shape(cls, shape: list[int], dtype: str, classes: tuple[str, ...],
-                 preprocess: dict[str, Any]) -> RecordSpec:
+                 preprocess: dict[str, Any], pixel_phi: dict[str, Any] | None = None) -> RecordSpec:
         """The spec whose `shape` is `shape` (4 or 5 values)."""
         t, *depth, h, w, c = shape
-        return cls(t, h, w, c, dtype, classes, preprocess, depth[0] if depth else 0)
+        return cls(t, h, w, c, dtype, classes, preprocess, depth[0] if depth else 0, pixel_phi or {})
 
     def to_json(self) -> dict[str, object]:
         return {"shape": list(self.shape), "dtype": self.dtype, "classes": list(self.classes),
-                "preprocess": self.preprocess}
+                "preprocess": self.preprocess, "pixel_phi": self.pixel_phi}
 
 
 def _qc(examples_dir: str | Path) -> dict[str, Any]:
@@ -73,8 +76,9 @@ def record_spec(examples_dir: str | Path) -> RecordSpec:
     windows = next(iter(pre["windows"].values()))
     channels = len(windows) * (3 if pre["color"] == "rgb" else 1)
     depth = pre["depth"] if pre.get("four_d") == "volumes" else 0
+    pixel_phi = {"policy": qc["config"].get("ingest", {}).get("pixel_phi", {}), **qc.get("pixel_phi", {})}
     return RecordSpec(pre["frames"], pre["height"], pre["width"], channels, pre["dtype"], tuple(qc["classes"]), pre,
-                      depth)
+                      depth, pixel_phi)
 
 
 def split_count(examples_dir: str | Path, split: str) -> int:

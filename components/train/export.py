@@ -5,6 +5,9 @@
   TF Serving's Predict/Classify clients use this one.
 - `predict_frames`: preprocessed frames + valid_frames -> the same outputs, for
   clients that run the shared preprocessing themselves (`medseq predict`).
+- `explain_frames`: the inputs of `predict_frames` -> its outputs and `attribution`,
+  where in each frame the evidence for the predicted class lies (Grad-CAM,
+  attribution.py; `medseq predict --explain`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import tensorflow as tf
 
 from ...pipeline import features as F
 from ...pipeline.errors import InputError
+from .attribution import grad_cam
 from .dataset import RecordSpec, parse_examples
 
 SPEC_FILE = "medseq_spec.json"
@@ -51,11 +55,12 @@ def export_saved_model(model: keras.Model, spec: RecordSpec, path: str | Path,
         probs = model({F.FRAMES: frames, F.VALID_FRAMES: valid_frames}, training=False)
         return _outputs(probs, spec)
 
+    frames_inputs = [tf.TensorSpec([None, *spec.shape], tf.dtypes.as_dtype(spec.dtype), name=F.FRAMES),
+                     tf.TensorSpec([None], tf.int32, name=F.VALID_FRAMES)]
     archive.add_endpoint(F.SERVING_SIGNATURE, serve_examples,
                          input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
-    archive.add_endpoint(F.FRAMES_SIGNATURE, serve_frames, input_signature=[
-        tf.TensorSpec([None, *spec.shape], tf.dtypes.as_dtype(spec.dtype), name=F.FRAMES),
-        tf.TensorSpec([None], tf.int32, name=F.VALID_FRAMES)])
+    archive.add_endpoint(F.FRAMES_SIGNATURE, serve_frames, input_signature=frames_inputs)
+    archive.add_endpoint(F.EXPLAIN_SIGNATURE, grad_cam(model), input_signature=frames_inputs)
     archive.write_out(str(tmp), verbose=False)
     extra = tmp / "assets.extra"
     extra.mkdir(exist_ok=True)
@@ -77,4 +82,5 @@ def load_spec_json(model_dir: str | Path) -> dict[str, Any]:
 
 def load_spec(model_dir: str | Path) -> RecordSpec:
     data = load_spec_json(model_dir)
-    return RecordSpec.of_shape(data["shape"], data["dtype"], tuple(data["classes"]), data.get("preprocess", {}))
+    return RecordSpec.of_shape(data["shape"], data["dtype"], tuple(data["classes"]), data.get("preprocess", {}),
+                               data.get("pixel_phi", {}))

@@ -1,6 +1,8 @@
 """The sequence classifier: TimeDistributed frame encoder -> (Bi)LSTM over time -> head.
 
 A frame is an image (2-D encoder) or, for records of volumes, a volume (2.5-D encoder).
+The encoder is two TimeDistributed layers, its convolutions (`FEATURE_MAPS`, every
+frame's last feature maps) and their pooling, so that an explanation can read the maps.
 
 Padded frames (beyond `valid_frames`) are masked, so the LSTM reads only real frames.
 The mask is right-padded and the LSTM has no recurrent dropout, so on a GPU Keras runs
@@ -25,16 +27,22 @@ from .dataset import RecordSpec
 
 # keras.applications backbones (always built with weights=None: nothing is downloaded).
 # They expect three channels in [0, 255], like the ImageNet weights a user may load.
+# Without their pooling: `backbone` pools their last feature maps itself, where Grad-CAM
+# (components/train/attribution.py) reads them.
 BACKBONES: dict[str, Callable[..., keras.Model]] = {
     "mobilenet_v3_small": lambda shape: keras.applications.MobileNetV3Small(
-        input_shape=shape, include_top=False, weights=None, pooling="avg", include_preprocessing=True),
+        input_shape=shape, include_top=False, weights=None, pooling=None, include_preprocessing=True),
     "efficientnet_b0": lambda shape: keras.applications.EfficientNetB0(
-        input_shape=shape, include_top=False, weights=None, pooling="avg"),
+        input_shape=shape, include_top=False, weights=None, pooling=None),
 }
+# The layer whose output is every frame's last feature maps (B, T, h, w, F), or every
+# volume's (B, T, D, h, w, F): what the frame encoder pools, and what Grad-CAM reads.
+FEATURE_MAPS = "per_frame_cnn"
 
 
-def small_cnn(spec: RecordSpec, config: TrainConfig, channels: int) -> keras.Model:
-    """Conv-ReLU-pool blocks, then global average pooling: (H, W, C) in [0, 1] -> features.
+def small_cnn(spec: RecordSpec, config: TrainConfig, channels: int) -> tuple[keras.Model, keras.Model]:
+    """Conv-ReLU-pool blocks, then global average pooling: (H, W, C) in [0, 1] -> features,
+    as (the blocks: frame -> feature maps, the pooling: feature maps -> features).
 
     No BatchNorm: a batch of 4 series is 4 samples to it (a series' frames are near
     copies), and a model trained on such batch statistics predicted one class for every
@@ -44,39 +52,55 @@ def small_cnn(spec: RecordSpec, config: TrainConfig, channels: int) -> keras.Mod
     """
     if spec.depth:
         return volume_encoder(spec, config, channels)
-    return _small_cnn_2d(spec, config, channels, "frame_encoder")
+    blocks = _conv_blocks(spec, config, channels, "frame_encoder")
+    return blocks, _pooling(blocks.output.shape[1:])
 
 
-def volume_encoder(spec: RecordSpec, config: TrainConfig, channels: int) -> keras.Model:
+def volume_encoder(spec: RecordSpec, config: TrainConfig, channels: int) -> tuple[keras.Model, keras.Model]:
     """The volume encoder of a sequence of volumes (2.5-D): the 2-D blocks of `small_cnn`,
     shared by every position of the volume, then a learned mix of the positions' features
-    in their order along the slice normal: (D, H, W, C) -> features. A wall that barely
-    moves on three slices of eight stays visible as the features of those positions.
+    in their order along the slice normal: (D, H, W, C) -> (D, h, w, F) maps -> features.
+    A wall that barely moves on three slices of eight stays visible as the features of
+    those positions.
 
     Not 3x3x3 convolutions: on 2 CPU cores a Conv3D encoder of the same widths took 6x the
     time per image of the 2-D one (an epoch of cine_sax at 8 x 64 x 64 volumes in over
     10 minutes), while this costs what the per-position records of the same series cost.
     """
     inputs = keras.Input((spec.depth, spec.height, spec.width, channels))
-    per_position = layers.TimeDistributed(_small_cnn_2d(spec, config, channels, "image_encoder"),
-                                          name="per_position_cnn")(inputs)
-    x = layers.Flatten(name="positions_in_order")(per_position)
+    maps = layers.TimeDistributed(_conv_blocks(spec, config, channels, "image_encoder"),
+                                  name="per_position_cnn")(inputs)
+    blocks = keras.Model(inputs, maps, name="frame_encoder")
+    pooled = keras.Input(maps.shape[1:])
+    x = layers.TimeDistributed(_pooling(maps.shape[2:]), name="per_position_features")(pooled)
+    x = layers.Flatten(name="positions_in_order")(x)
     x = layers.Dense(2 * config.conv_filters[-1], activation="relu", name="across_positions")(x)
-    return keras.Model(inputs, x, name="frame_encoder")
+    return blocks, keras.Model(pooled, x, name="frame_pooling")
 
 
-def _small_cnn_2d(spec: RecordSpec, config: TrainConfig, channels: int, name: str) -> keras.Model:
+def _conv_blocks(spec: RecordSpec, config: TrainConfig, channels: int, name: str) -> keras.Model:
+    """Conv-ReLU-pool blocks up to the last convolution's output, not pooled: `_pooling`
+    pools it (a max over 2 x 2, then the average), so Grad-CAM reads the last convolution
+    at twice the resolution of the pooled maps."""
     inputs = keras.Input((spec.height, spec.width, channels))
     x = inputs
-    for filters in config.conv_filters:
+    for i, filters in enumerate(config.conv_filters):
+        x = layers.MaxPooling2D(2)(x) if i else x
         x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
-        x = layers.MaxPooling2D(2)(x)
-    x = layers.GlobalAveragePooling2D()(x)
     return keras.Model(inputs, x, name=name)
 
 
-def backbone(spec: RecordSpec, config: TrainConfig, channels: int) -> keras.Model:
-    """A keras.applications network as frame encoder, optionally with local weights.
+def _pooling(maps_shape: tuple[int | None, ...], max_first: bool = True) -> keras.Model:
+    """Feature maps -> features: the last block's 2 x 2 max pooling (small_cnn), then the
+    global average."""
+    maps = keras.Input(maps_shape)
+    x = layers.MaxPooling2D(2)(maps) if max_first else maps
+    return keras.Model(maps, layers.GlobalAveragePooling2D()(x), name="frame_pooling")
+
+
+def backbone(spec: RecordSpec, config: TrainConfig, channels: int) -> tuple[keras.Model, keras.Model]:
+    """A keras.applications network as frame encoder, optionally with local weights: its
+    last feature maps, then their global average (the network's own `pooling="avg"`).
 
     Its stem takes three channels in [0, 255]: grey (the mean of the channels) three
     times, or with `frame_difference` grey, difference (centred on mid-grey), grey.
@@ -101,7 +125,8 @@ def backbone(spec: RecordSpec, config: TrainConfig, channels: int) -> keras.Mode
         except ValueError as exc:
             raise ConfigError(f"train.encoder_weights: {path} does not fit {config.encoder} "
                               f"without its top ({str(exc).splitlines()[0]})") from None
-    return keras.Model(inputs, net(x), name="frame_encoder")
+    blocks = keras.Model(inputs, net(x), name="frame_encoder")
+    return blocks, _pooling(blocks.output.shape[1:], max_first=False)
 
 
 class FrameDifference(layers.Layer):
@@ -171,8 +196,9 @@ def _build(spec: RecordSpec, config: TrainConfig) -> keras.Model:
     if config.frame_difference:
         x = FrameDifference(name="frame_difference")(x)
         channels *= 2
-    encoder = small_cnn(spec, config, channels) if config.encoder == "small_cnn" else backbone(spec, config, channels)
-    x = layers.TimeDistributed(encoder, name="per_frame_cnn")(x)
+    blocks, pooling = (small_cnn if config.encoder == "small_cnn" else backbone)(spec, config, channels)
+    x = layers.TimeDistributed(blocks, name=FEATURE_MAPS)(x)
+    x = layers.TimeDistributed(pooling, name="frame_features")(x)
     # The same features are dropped in every frame of a sequence: dropping them frame by
     # frame would fake the very changes between frames that the LSTM has to read.
     x = layers.Dropout(config.dropout, noise_shape=(None, 1, x.shape[-1]), name="feature_dropout")(x)

@@ -145,4 +145,5 @@ def test_a_run_killed_in_training_keeps_a_true_record_and_resumes_there(tmp_path
     assert 'id="outcome">BLESSED' in dom and 'id="decision">BLESSED<' in dom
     assert f'<td class="n">{qc["records"]["train"]}</td>' in dom and "unlabeled" in dom
     assert f"{verdict['metrics']['auc']:.4f}" in dom and "Does the model use time?" in dom
-    assert dom.count("data:image/png;base64,") >= 7 and "model fingerprint" in dom  # curves, plots, strips, card
+    assert dom.count("data:image/png;base64,") >= 9 and "model fingerprint" in dom  # curves, plots, strips, card
+    assert "Where the model looked" in dom and "predicted" in dom  # Grad-CAM overlays of the held-out series

@@ -20,14 +20,16 @@ from helpers import IN_PROCESS, KEY, convert
 from medseq.components.preprocessing import reasons
 from medseq.components.train.dataset import split_files
 from medseq.pipeline import features as F
-from medseq.pipeline.config import load_config
+from medseq.pipeline.config import PixelPhiConfig, load_config
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
 
 def _config(root: Path, labels: Path, **ingest_changes: object):
     config = load_config().on_input(str(root), str(labels))
-    # One-file series are fine here: most mutants are a series of their own, and must reach the decoder.
+    # One-file series are fine here: most mutants are a series of their own, and must reach the decoder,
+    # pydicom's secondary captures (most of its compressed files) too.
+    ingest_changes = {"pixel_phi": PixelPhiConfig(secondary_capture="keep"), **ingest_changes}
     return dataclasses.replace(config, preprocess=dataclasses.replace(config.preprocess, min_frames=1),
                                ingest=dataclasses.replace(config.ingest, **ingest_changes))
 
@@ -107,7 +109,7 @@ def test_a_decode_time_limit_rejects_slow_files(corpus, tmp_path):
 RSS_SCRIPT = """
 import dataclasses, json, resource, sys
 from medseq.components import ingest
-from medseq.pipeline.config import load_config
+from medseq.pipeline.config import PixelPhiConfig, load_config
 config = load_config().on_input(sys.argv[1], sys.argv[2])
 config = dataclasses.replace(config, preprocess=dataclasses.replace(config.preprocess, min_frames=1))
 ingest.run(config, ingest.IngestInputs(sys.argv[1], sys.argv[2], b"k" * 32), sys.argv[3], ["--runner=DirectRunner"])

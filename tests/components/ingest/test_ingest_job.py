@@ -22,6 +22,7 @@ from helpers import IN_PROCESS, KEY, SAMPLES, convert
 from medseq.components import synth
 from medseq.components.ingest import deid
 from medseq.pipeline import features as F
+from medseq.pipeline.config import PixelPhiConfig
 
 IDENTIFIER_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "StudyDate", "AccessionNumber",
                    "InstitutionName", "ReferringPhysicianName", "StudyInstanceUID", "SeriesInstanceUID",
@@ -181,6 +182,12 @@ def test_pydicom_test_files_order_reject_and_explain(tmp_path, pydicom_files, co
     cfg = dataclasses.replace(config, input=str(root), labels=str(tmp_path / "labels.csv"),
                               preprocess=dataclasses.replace(config.preprocess, temporal="pad", min_frames=1))
     out = tmp_path / "out"
+    convert(cfg, out, key=KEY, beam_args=IN_PROCESS)
+    rejected = {json.loads(line)["path"]: json.loads(line)["reason"] for line in open(out / F.REJECTED_FILE)}
+    assert rejected["JPEG-lossy.dcm"] == "secondary_capture"  # Conversion Type WSD: screened before decoding
+    # Kept, it reaches the decoder, which names what it cannot read.
+    cfg = dataclasses.replace(cfg, ingest=dataclasses.replace(cfg.ingest, pixel_phi=PixelPhiConfig(
+        secondary_capture="keep")))
     convert(cfg, out, key=KEY, beam_args=IN_PROCESS)
     rejected = {json.loads(line)["path"]: json.loads(line)["reason"] for line in open(out / F.REJECTED_FILE)}
     assert rejected["MR_truncated.dcm"] == "decode_error"

@@ -130,6 +130,19 @@ def test_explain_gives_one_importance_per_valid_frame(trained, folder_with_a_bro
     assert [len(e["frame_importance"]) for e in explained] == valid
     assert all(np.isfinite(e["frame_importance"]).all() for e in explained)
     assert printed.count("driven most by frame") == 2
+    # Where in the frames: a Grad-CAM array per series and a PNG of the frames that drove it.
+    from PIL import Image
+
+    from medseq.components.train.export import load_spec
+
+    for entry, frames in zip(explained, valid, strict=True):
+        attribution = np.load(out.parent / entry["attribution"])
+        assert attribution.shape == load_spec(trained.model_dir).shape[:-1]  # T, H, W
+        assert attribution.max() == 1.0 and attribution.min() >= 0.0 and not attribution[frames:].any()
+        ranked = sorted(range(frames), key=lambda t: -entry["frame_importance"][t])[:4]
+        assert entry["overlay_frames"] == sorted(ranked)
+        with Image.open(out.parent / entry["overlay"]) as png:
+            assert png.format == "PNG" and png.width > 2 * png.height
 
 
 def _preprocess(model_dir: str):

@@ -66,6 +66,12 @@ def test_push_writes_atomic_integer_versions_with_a_model_card(blessed, trained,
     assert card["version"] == 2 and card["classes"] == list(spec.classes)
     assert card["network_data_format"]["inputs"]["frames"]["shape"] == list(spec.shape)
     assert card["preprocessing"]["frames"] == spec.frames
+    # ingest.pixel_phi: the policy predict applies too, and what it decided over the training data
+    assert card["pixel_phi"]["policy"] == {"burned_in_annotation": "reject", "secondary_capture": "reject",
+                                           "ultrasound_regions": "crop"}
+    assert card["pixel_phi"]["records"]["cropped_to_regions"] == 0 and "burned_in_annotation" in \
+        card["pixel_phi"]["rejected"]
+    assert F.EXPLAIN_SIGNATURE in card["network_data_format"]["signatures"]
     assert card["fingerprints"]["model"] == tree_fingerprint(trained.model_dir)
     assert card["fingerprints"]["training_records"]["files"] >= 1
     assert card["evaluation"]["decision"] == F.BLESSED and "auc" in card["evaluation"]["metrics"]
