@@ -12,8 +12,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,28 @@ def _outputs(probabilities: tf.Tensor, spec: RecordSpec) -> dict[str, tf.Tensor]
     if len(spec.classes) == 2:
         out["probability"] = probabilities[:, 1]
     return out
+
+
+@contextlib.contextmanager
+def portable_lstm(model: keras.Model) -> Iterator[None]:
+    """Every LSTM of `model` traced with its portable kernel while in the block.
+
+    Keras picks an LSTM's kernel when it traces it: on a host that sees a GPU, the fused
+    cuDNN op (`CudnnRNNV3`), which has no CPU kernel, so a SavedModel exported there
+    could not be served by a CPU TF Serving, nor converted for LiteRT or ONNX. Training
+    keeps the fused kernel; the served graphs never hold it, whatever host exported them
+    (tests/components/train/test_export.py traces as if on a GPU and scans every graph).
+    """
+    lstms = [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+             if isinstance(layer, keras.layers.LSTM)]
+    before = [layer.use_cudnn for layer in lstms]
+    for layer in lstms:
+        layer.use_cudnn = False
+    try:
+        yield
+    finally:
+        for layer, value in zip(lstms, before, strict=True):
+            layer.use_cudnn = value
 
 
 def export_saved_model(model: keras.Model, spec: RecordSpec, path: str | Path,
@@ -57,11 +81,12 @@ def export_saved_model(model: keras.Model, spec: RecordSpec, path: str | Path,
 
     frames_inputs = [tf.TensorSpec([None, *spec.shape], tf.dtypes.as_dtype(spec.dtype), name=F.FRAMES),
                      tf.TensorSpec([None], tf.int32, name=F.VALID_FRAMES)]
-    archive.add_endpoint(F.SERVING_SIGNATURE, serve_examples,
-                         input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
-    archive.add_endpoint(F.FRAMES_SIGNATURE, serve_frames, input_signature=frames_inputs)
-    archive.add_endpoint(F.EXPLAIN_SIGNATURE, grad_cam(model), input_signature=frames_inputs)
-    archive.write_out(str(tmp), verbose=False)
+    with portable_lstm(model):
+        archive.add_endpoint(F.SERVING_SIGNATURE, serve_examples,
+                             input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+        archive.add_endpoint(F.FRAMES_SIGNATURE, serve_frames, input_signature=frames_inputs)
+        archive.add_endpoint(F.EXPLAIN_SIGNATURE, grad_cam(model), input_signature=frames_inputs)
+        archive.write_out(str(tmp), verbose=False)
     extra = tmp / "assets.extra"
     extra.mkdir(exist_ok=True)
     (extra / SPEC_FILE).write_text(json.dumps({**spec.to_json(), "training": training or {}}, indent=2))
