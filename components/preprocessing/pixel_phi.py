@@ -44,7 +44,10 @@ SECONDARY_CAPTURE_KEPT = "secondary_capture_kept"
 CROPPED = "cropped_to_regions"
 MASKED = "masked_to_regions"
 REGIONS_KEPT = "regions_not_applied"  # ultrasound_regions: off, on a file that lists some
-DECISIONS = (BURNED_IN_KEPT, SECONDARY_CAPTURE_KEPT, CROPPED, MASKED, REGIONS_KEPT)
+# Ultrasound listing no region: kept whole (nothing says where its imaging area is), and
+# counted, since it is where a banner is most likely to have come through.
+NO_REGIONS_LISTED = "ultrasound_without_regions"
+DECISIONS = (BURNED_IN_KEPT, SECONDARY_CAPTURE_KEPT, CROPPED, MASKED, REGIONS_KEPT, NO_REGIONS_LISTED)
 REJECTIONS = (reasons.BURNED_IN_ANNOTATION, reasons.SECONDARY_CAPTURE, reasons.NO_IMAGING_REGION)
 
 
@@ -93,7 +96,7 @@ def imaging_area(volume: np.ndarray, frames: Sequence[FrameRef], headers: dict[s
     taken (none for a series without regions)."""
     listed = {f.path: headers[f.path].regions for f in frames}
     if all(boxes is None for boxes in listed.values()):
-        return volume, ()
+        return volume, (NO_REGIONS_LISTED,) if headers[frames[0].path].modality == "US" else ()
     if policy.ultrasound_regions == "off":
         return volume, (REGIONS_KEPT,)
     if any(boxes is None for boxes in listed.values()):

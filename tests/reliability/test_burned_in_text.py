@@ -144,6 +144,14 @@ def test_burned_in_annotation_is_rejected_unless_kept_and_predict_applies_the_mo
     assert series.item.code == reasons.BURNED_IN_ANNOTATION
 
 
+def test_ultrasound_without_regions_is_kept_whole_and_counted(pydicom_files, tmp_path):
+    ds = _rgb_clip(pydicom_files, marked=False)
+    del ds.SequenceOfUltrasoundRegions
+    qc = _convert(_write(ds, tmp_path / "in"), tmp_path / "out")
+    assert qc["records"]["eval"] == 1 and qc["pixel_phi"]["records"]["ultrasound_without_regions"] == 1
+    assert qc["pixel_phi"]["records"]["cropped_to_regions"] == 0
+
+
 @pytest.mark.parametrize("name", ["SC_rgb_rle.dcm", "JPEG2000.dcm"])  # an SC class; and ConversionType WSD
 def test_secondary_captures_are_rejected_by_default(pydicom_files, tmp_path, name):
     ds = pydicom.dcmread(pydicom_files / name)
