@@ -120,7 +120,7 @@ def test_a_sequence_of_volumes_is_read_by_a_volume_encoder_and_backbones_refuse_
     model = build_model(spec, TINY)
     encoder = model.get_layer("per_frame_cnn").layer
     assert encoder.input_shape == (None, 3, 16, 16, 2)  # D, H, W, frame and difference
-    assert encoder.get_layer("per_position_cnn").output.shape == (None, 3, 8, 8, 4)  # each position's maps
+    assert encoder.get_layer("per_position_cnn").output.shape == (None, 3, 16, 16, 4)  # last conv, unpooled
     assert model.get_layer("frame_features").output.shape == (None, 4, 8)  # mixed across the positions
     frames = np.random.default_rng(0).integers(0, 255, (2, *spec.shape), dtype=np.uint8)
     probs = model({F.FRAMES: frames, F.VALID_FRAMES: np.array([4, 2], np.int32)}, training=False).numpy()

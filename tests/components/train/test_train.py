@@ -68,7 +68,7 @@ def test_training_keeps_history_curves_and_exports_the_best_epoch(trained):
             assert len(curves[name]) == 3, (split, name)
     assert scalars(out / "logs" / "train")["learning_rate"][0] == pytest.approx(history[0]["learning_rate"])
     loaded = tf.saved_model.load(trained.model_dir)
-    assert set(loaded.signatures) == {F.SERVING_SIGNATURE, F.FRAMES_SIGNATURE}
+    assert set(loaded.signatures) == {F.SERVING_SIGNATURE, F.FRAMES_SIGNATURE, F.EXPLAIN_SIGNATURE}
     assert load_spec(trained.model_dir).classes == ("normal", "reduced_ef")
 
 
