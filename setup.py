@@ -8,6 +8,7 @@ ROOT = Path(__file__).parent
 # The design card fixes the top-level layout (pipeline/, components/, schemas/,
 # data_samples/); they install as the `medseq` namespace: medseq.pipeline, ...
 TOP = ("pipeline", "components", "schemas", "data_samples")
+EDGE = ["ai-edge-litert==2.3.0", "tf2onnx==1.17.0", "onnxruntime==1.32.0"]
 
 
 def packages():
@@ -56,7 +57,12 @@ setup(
         "google-crc32c>=1.5,<2",  # TFRecord framing in ingest workers
         "numpy>=1.26,<3",
     ],
-    extras_require={"test": ["pytest>=8,<10", "ruff>=0.17,<0.18", "mypy>=2.4,<2.5"]},
+    extras_require={
+        # Edge and portable export (`medseq export`, `push.formats`); all Apache-2.0/MIT,
+        # and none of them changes TensorFlow's own pins.
+        "edge": EDGE,
+        "test": ["pytest>=8,<10", "ruff>=0.17,<0.18", "mypy>=2.4,<2.5", *EDGE],
+    },
     entry_points={"console_scripts": ["medseq=medseq.pipeline.cli:main"]},
     classifiers=[
         "License :: OSI Approved :: Apache Software License",

@@ -14,21 +14,29 @@ loaded back with `tf.saved_model.load`, as TF Serving loads it. Per batch size (
   parses and decodes them);
 - `parsing alone`: that parsing and decoding by itself, in one tf.function.
 
-Rounds interleave the four so that machine noise hits all alike. Prints p50/p99 in ms,
+- `litert <precision>`, `onnx fp32`: the edge artifacts `medseq export` writes of the
+  same model (unrolled LSTM, frozen, built-in ops only), run on the frames under the
+  runtime a device would use (LiteRT's interpreter, its signature runner; onnxruntime's
+  CPU provider), each with its file size beside the SavedModel's folder.
+
+Rounds interleave the callers so that machine noise hits all alike. Prints p50/p99 in ms,
 the ratios against `keras graph`, and writes JSON (benchmarks/results/bench_serving.json).
-Goal: signature / Keras at most 1.1.
+Goal: signature / Keras at most 1.1. `--no-edge` leaves the artifacts out (they need
+`pip install 'medseq[edge]'`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -37,15 +45,38 @@ from medseq.components.train.dataset import RecordSpec, parse_examples
 from medseq.components.train.export import export_saved_model
 from medseq.components.train.model import build_model
 from medseq.pipeline import features as F
-from medseq.pipeline.config import load_config
+from medseq.pipeline.config import EXPORT_FORMATS, load_config
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_serving.json"
 SPEC = RecordSpec(16, 64, 64, 1, "uint8", ("normal", "reduced_ef"))
 
 
-def callers(batch: int, tmp: Path) -> dict[str, Callable[[], object]]:
-    model = build_model(SPEC, load_config().train)
-    loaded = tf.saved_model.load(str(export_saved_model(model, SPEC, tmp / f"model-{batch}")))
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def artifacts(model: keras.Model) -> dict[str, bytes]:
+    """Each offered (format, precision) of `model`, converted as `medseq export` does."""
+    from medseq.components.export import convert
+
+    function = convert.frozen_function(model, SPEC)
+    return {f"{fmt} {precision}": (convert.to_litert if fmt == "litert" else convert.to_onnx)(function,
+                                                                                              precision).data
+            for fmt, precisions in EXPORT_FORMATS.items() for precision in precisions}
+
+
+def callers(model: keras.Model, model_dir: Path, edge: dict[str, bytes],
+            batch: int) -> dict[str, Callable[[], object]]:
+    from medseq.components.export import runtimes
+
+    loaded = tf.saved_model.load(str(model_dir))
     frames = tf.constant(synthetic_frames(SPEC, batch))
     valid = tf.constant(np.full(batch, SPEC.frames, np.int32))
     examples = tf.constant([synthetic_example(f) for f in frames.numpy()])
@@ -53,17 +84,21 @@ def callers(batch: int, tmp: Path) -> dict[str, Callable[[], object]]:
     graph = tf.function(lambda x: model(x, training=False))
     parse = tf.function(lambda e: parse_examples(e, SPEC)[F.FRAMES])
     by_frames, by_examples = loaded.signatures[F.FRAMES_SIGNATURE], loaded.signatures[F.SERVING_SIGNATURE]
-    return {
+    fns: dict[str, Callable[[], object]] = {
         "keras eager": lambda: model(inputs, training=False).numpy(),
         "keras graph": lambda: graph(inputs).numpy(),
         "predict_frames": lambda: by_frames(**inputs)[F.PROBABILITIES].numpy(),
         "serving_default": lambda: by_examples(examples=examples)[F.PROBABILITIES].numpy(),
         "parsing alone": lambda: parse(examples).numpy(),  # what serving_default adds: parse + decode_raw
     }
+    frames_np, valid_np = frames.numpy(), valid.numpy()
+    for name, data in edge.items():
+        run = runtimes.of_bytes(name.split()[0], data)
+        fns[name] = lambda run=run: run(frames_np, valid_np)
+    return fns
 
 
-def measure(batch: int, rounds: int, calls: int, tmp: Path) -> dict[str, dict[str, float]]:
-    fns = callers(batch, tmp)
+def measure(fns: dict[str, Callable[[], object]], rounds: int, calls: int) -> dict[str, dict[str, float]]:
     for fn in fns.values():  # trace and warm up
         for _ in range(5):
             fn()
@@ -82,17 +117,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--calls", type=int, default=60, help="calls per caller and round")
+    parser.add_argument("--no-edge", action="store_true", help="leave out the LiteRT and ONNX artifacts")
     args = parser.parse_args()
-    results: dict[str, object] = {"machine": platform.processor() or platform.machine(), "cores": tf.config.
-                                  threading.get_inter_op_parallelism_threads(), "batches": {}}
-    print(f"{'batch':>5}  {'caller':<16} {'p50 ms':>8} {'p99 ms':>8} {'p50 / keras graph':>18}")
+    results: dict[str, object] = {"machine": cpu_name(), "cores": os.cpu_count(), "batches": {}}
     with tempfile.TemporaryDirectory() as tmp:
+        model = build_model(SPEC, load_config().train)
+        model_dir = export_saved_model(model, SPEC, Path(tmp) / "model")
+        edge = {} if args.no_edge else artifacts(model)
+        sizes = {"saved_model": folder_bytes(Path(model_dir)), **{name: len(data) for name, data in edge.items()}}
+        results["bytes"] = sizes
+        print("size: " + ", ".join(f"{name} {size / 1024:.0f} KiB" for name, size in sizes.items()))
+        print(f"{'batch':>5}  {'caller':<20} {'p50 ms':>8} {'p99 ms':>8} {'p50 / keras graph':>18}")
         for batch in (1, 8):
-            rows = measure(batch, args.rounds, args.calls, Path(tmp))
+            rows = measure(callers(model, Path(model_dir), edge, batch), args.rounds, args.calls)
             base = rows["keras graph"]["p50_ms"]
             for name, row in rows.items():
                 row["ratio_p50"] = row["p50_ms"] / base
-                print(f"{batch:>5}  {name:<16} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} {row['ratio_p50']:>18.2f}")
+                print(f"{batch:>5}  {name:<20} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} {row['ratio_p50']:>18.2f}")
             results["batches"][str(batch)] = rows  # type: ignore[index]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")

@@ -75,7 +75,7 @@ CONFIG_OPTIONS = (
     ("num_shards", "ingest", "num_shards"), ("hash_key_file", "ingest", "hash_key_file"),
     ("epochs", "train", "epochs"), ("batch_size", "train", "batch_size"), ("strategy", "train", "strategy"),
     ("eval_config", "evaluate", "eval_config"), ("model_name", "push", "model_name"),
-    ("keep_versions", "push", "keep_versions"), ("schema", "validate", "schema"),
+    ("keep_versions", "push", "keep_versions"), ("formats", "push", "formats"), ("schema", "validate", "schema"),
     ("infer_schema", "validate", "infer_schema"),
 )
 PATH_OPTIONS = ("hash_key_file", "eval_config", "schema")
@@ -172,10 +172,29 @@ def cmd_evaluate(args: argparse.Namespace, beam_args: list[str]) -> int:
 def cmd_push(args: argparse.Namespace, _: list[str]) -> int:
     from ..components import push
 
-    out = push.run(_config(args), push.PushInputs(args.model, args.evaluation), args.serving_dir)
+    out = push.run(_config(args), push.PushInputs(args.model, args.evaluation, args.examples), args.serving_dir)
     removed = f"; removed version(s) {', '.join(map(str, out.removed))}" if out.removed else ""
     print(f"push: version {out.version} -> {out.version_dir} (config {out.models_config}){removed}")
+    for refused in out.refused:
+        print(f"push: {refused['format']}:{refused['precision']} not shipped: {refused['reason']}")
     return 0
+
+
+def cmd_export(args: argparse.Namespace, _: list[str]) -> int:
+    from .config import EXPORT_FORMATS
+
+    pairs = [(f, p) for f in args.format for p in args.precision]
+    formats = tuple(f"{f}:{p}" for f, p in pairs if p in EXPORT_FORMATS[f])
+    for f, p in pairs:
+        if p not in EXPORT_FORMATS[f]:
+            print(f"export: {f} {p} is not offered ({f} offers {', '.join(EXPORT_FORMATS[f])})", file=sys.stderr)
+    if not formats:
+        raise InputError("export: none of the requested format and precision pairs is offered")
+    from ..components import export
+
+    out = export.run(_config(args), export.ExportInputs(args.model, args.examples, formats), args.out)
+    print(f"export: {len(out.artifacts)} of {len(formats)} artifact(s) written -> {out.out}")
+    return 1 if out.refused else 0
 
 
 def cmd_predict(args: argparse.Namespace, _: list[str]) -> int:
@@ -232,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     from ..components.synth.tasks import TASKS
+    from .config import EXPORT_FORMATS, OFFERED_EXPORTS
 
     p = add("synth", cmd_synth, "Write synthetic DICOM studies and labels.csv.", config=False)
     p.add_argument("--task", required=True, choices=TASKS)
@@ -285,10 +305,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--serving-dir", required=True, help="TF Serving base folder (model_name/version inside)")
     p.add_argument("--model-name", help="default: push.model_name of the config (medseq)")
     p.add_argument("--keep-versions", type=int, help="default: push.keep_versions of the config (3); 0 keeps all")
+    p.add_argument("--formats", nargs="+", metavar="FORMAT:PRECISION",
+                   help="edge artifacts shipped beside the SavedModel in assets.extra/edge/, each behind its parity "
+                   f"gate (default: push.formats, none): {OFFERED_EXPORTS}")
+    p.add_argument("--examples", help="the output folder of `medseq convert`: its eval split gates the artifacts "
+                   "(needed with --formats)")
+
+    p = add("export", cmd_export, "Convert a trained model to LiteRT (.tflite) or ONNX for edge and browser "
+            "runtimes (built-in ops only); each artifact is written only if its parity gate passes on the eval "
+            "split under its own runtime (max |dp| <= 1e-5 fp32, 1e-3 fp16, 1e-2 dynamic_int8; AUC change >= "
+            "-0.01). Exit status 1 if any was refused.")
+    p.add_argument("--model", required=True, help="the output folder of `medseq train` (or a SavedModel it wrote)")
+    p.add_argument("--examples", required=True, help="the output folder of `medseq convert` (eval split)")
+    p.add_argument("--format", nargs="+", required=True, choices=sorted(EXPORT_FORMATS), help="litert, onnx")
+    p.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "fp16", "dynamic_int8"],
+                   help="default fp32; onnx offers fp32 only")
+    p.add_argument("--out", required=True, help="writes model_<precision>.tflite|.onnx, medseq_spec.json, "
+                   "medseq_export.json")
 
     p = add("predict", cmd_predict, "Predict every series under a raw DICOM folder with the shared preprocessing.",
             config=False)
-    p.add_argument("--model", required=True, help="SavedModel written by `medseq train` or `push`")
+    p.add_argument("--model", required=True, help="SavedModel written by `medseq train` or `push`, or a .tflite "
+                   "or .onnx file written by `medseq export` (medseq_spec.json beside it)")
     p.add_argument("--input", required=True, help="folder of DICOM files, any nesting (one or more series)")
     p.add_argument("--json", action="store_true", help="one JSON line per series instead of a table")
     p.add_argument("--explain", metavar="FILE", nargs="?", const="explain.json",

@@ -38,6 +38,11 @@ AUGMENTATIONS = ("flip", "rot90", "roll")
 ENCODERS = ("small_cnn", "mobilenet_v3_small", "efficientnet_b0")
 LR_SCHEDULES = ("constant", "cosine")
 MONITOR_MODES = ("max", "min")
+# `medseq export` and push.formats: the precisions each format offers. Measured and left
+# out (README, "Edge and portable export"): full int8 LiteRT and dynamic int8 ONNX failed
+# their gates; ONNX fp16 needs onnxconverter-common, which is not installed.
+EXPORT_FORMATS = {"litert": ("fp32", "fp16", "dynamic_int8"), "onnx": ("fp32",)}
+OFFERED_EXPORTS = ", ".join(f"{f}:{p}" for f, ps in EXPORT_FORMATS.items() for p in ps)
 MIXED_PRECISION = ("off", "mixed_float16", "mixed_bfloat16")
 CLASS_WEIGHTS = ("none", "auto")
 FRAME_STRIPS = ("synthetic", "on", "off")
@@ -304,8 +309,16 @@ class PushConfig:
     model_name: str = "medseq"
     keep_versions: int = 3  # older versions are removed once the new one is in place; 0: keep all
     warmup_batch_sizes: tuple[int, ...] = (1, 8)  # one synthetic warm-up request per signature and size
+    # Edge artifacts shipped beside the SavedModel (assets.extra/edge/), each behind its
+    # parity gate: FORMAT:PRECISION, litert:{fp32,fp16,dynamic_int8}, onnx:fp32.
+    formats: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        for value in self.formats:
+            fmt, _, precision = value.partition(":")
+            if precision not in EXPORT_FORMATS.get(fmt, ()):
+                raise ConfigError(f"push.formats: expected FORMAT:PRECISION, one of {OFFERED_EXPORTS}; "
+                                  f"found {value!r}")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", self.model_name) or ".." in self.model_name:
             raise ConfigError(f"push.model_name: expected a folder name of letters, digits, '_', '-', '.', "
                               f"found {self.model_name!r}")

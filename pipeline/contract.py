@@ -50,6 +50,14 @@ class EvaluateInputs:
 class PushInputs:
     model: str
     evaluation: str  # an evaluate output folder: push only when it holds BLESSED
+    examples: str | None = None  # the records whose eval split gates push.formats' artifacts
+
+
+@dataclass(frozen=True)
+class ExportInputs:
+    model: str  # a `medseq train` output folder or a medseq SavedModel
+    examples: str  # the records whose eval split the parity gate runs on
+    formats: tuple[str, ...] = ()  # FORMAT:PRECISION; empty: push.formats
 
 
 def absolute(path: str) -> str:

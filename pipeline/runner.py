@@ -178,9 +178,12 @@ def _stages(runner: Runner, config: PipelineConfig, key: bytes, key_id: str, bea
         "evaluate", f"TFMA on held-out patients{against}", to_dict(config.evaluate),
         {**records, **model, "baseline": baseline_in}, lambda: stages.evaluation_print(eval_dir),
         lambda _: stages.evaluate(config, ingest_dir, train_dir / "model", eval_dir, baseline, beam_args))
-    pushed = runner.stage("push", "blessed models only", to_dict(config.push), {**model, **evaluated.outputs},
+    edge = f", with {', '.join(config.push.formats)}" if config.push.formats else ""
+    pushed = runner.stage("push", f"blessed models only{edge}", to_dict(config.push),
+                          {**model, **evaluated.outputs, **(records if config.push.formats else {})},
                           lambda: stages.served_print(serving_dir, config.push.model_name, model),
-                          lambda _: stages.push(config, train_dir / "model", model, eval_dir, serving_dir))
+                          lambda _: stages.push(config, train_dir / "model", model, eval_dir, serving_dir,
+                                                ingest_dir))
     if not evaluated.detail.get("blessed"):
         return RunOutputs(str(run), False, None, tuple(evaluated.detail.get("reasons", ())))
     return RunOutputs(str(run), True, pushed.detail.get("served"), ())

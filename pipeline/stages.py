@@ -145,7 +145,7 @@ def served_print(serving_dir: Path, model_name: str, model: dict[str, str]) -> d
 
 
 def push(config: PipelineConfig, model: Path, model_print: dict[str, str], evaluation: Path,
-         serving_dir: Path) -> Result:
+         serving_dir: Path, records: Path) -> Result:
     from ..components import push as component
 
     if not (evaluation / F.BLESSED).exists():
@@ -154,9 +154,11 @@ def push(config: PipelineConfig, model: Path, model_print: dict[str, str], evalu
     if served is not None and _served_fingerprint(served) in model_print.values():
         return Result(f"version {served.name} already serves this model: nothing to push",
                       {f"version {served.name}": tree_fingerprint(served)}, {"served": str(served)})
-    pushed = component.run(config, component.PushInputs(str(model), str(evaluation)), serving_dir)
+    pushed = component.run(config, component.PushInputs(str(model), str(evaluation), str(records)), serving_dir)
     retired = f"; removed old version(s) {', '.join(map(str, pushed.removed))}" if pushed.removed else ""
-    return Result(f"version {pushed.version}{retired}", {f"version {pushed.version}": tree_fingerprint(
+    not_shipped = [f"{r['format']}:{r['precision']} ({r['reason']})" for r in pushed.refused]
+    refused = f"; not shipped: {', '.join(not_shipped)}" if not_shipped else ""
+    return Result(f"version {pushed.version}{retired}{refused}", {f"version {pushed.version}": tree_fingerprint(
         pushed.version_dir)}, {"served": pushed.version_dir, "version": pushed.version})
 
 

@@ -12,6 +12,7 @@ import secrets
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,6 +27,9 @@ from ..preprocessing.headers import FileHeader
 from ..preprocessing.prepare import prepare_series
 from ..preprocessing.reasons import Rejected
 from ..preprocessing.transform import Prepared
+
+if TYPE_CHECKING:
+    from ..export.runtimes import Predict
 
 
 @dataclass(frozen=True)
@@ -112,47 +116,48 @@ def prepare_folder(root: str | Path, config: PreprocessConfig, key: bytes | None
     return out
 
 
-def frame_importance(signature: object, prepared: Prepared, target: int) -> tuple[float, ...]:
+def frame_importance(run: Predict, prepared: Prepared, target: int) -> tuple[float, ...]:
     """Temporal occlusion: each valid frame is taken out of the sequence in turn (the
     later ones move up, the mask shrinks by one); its importance is how much the
-    probability of `target` drops without it."""
-    import tensorflow as tf
-
+    probability of `target` drops without it. `run`: frames, valid_frames -> probabilities."""
     frames, valid = prepared.frames, prepared.valid_frames
     if valid < 2:
         return (0.0,) * valid
     occluded = np.stack([np.concatenate([np.delete(frames[:valid], t, axis=0), frames[valid - 1:]], axis=0)
                          for t in range(valid)])
-    run = signature  # a concrete function of the SavedModel: frames, valid_frames -> outputs
-    full = run(frames=tf.constant(frames[None]), valid_frames=tf.constant([valid], tf.int32))  # type: ignore
-    without = run(frames=tf.constant(occluded), valid_frames=tf.constant([valid - 1] * valid, tf.int32))  # type: ignore
-    p_full = float(full[F.PROBABILITIES].numpy()[0, target])
-    return tuple(float(p_full - p) for p in without[F.PROBABILITIES].numpy()[:, target])
+    p_full = float(run(frames[None], np.array([valid], np.int32))[0, target])
+    without = run(occluded, np.full(valid, valid - 1, np.int32))
+    return tuple(float(p_full - p) for p in without[:, target])
 
 
 def predict(model_dir: str | Path, root: str | Path, explain: bool = False) -> list[Prediction]:
-    """Predictions for every series under `root`, in folder order."""
+    """Predictions for every series under `root`, in folder order, by a SavedModel or by a
+    LiteRT or ONNX artifact of `medseq export` (no Grad-CAM there: it needs gradients)."""
     import tensorflow as tf
 
+    from ..export import runtimes
     from ..train.export import load_spec
 
     spec = load_spec(model_dir)
     config = from_dict(PreprocessConfig, spec.preprocess, "model preprocess")
     # The model's own ingest.pixel_phi (a model from before it: the safe defaults).
     phi = from_dict(PixelPhiConfig, spec.pixel_phi.get("policy", {}), "model pixel_phi")
-    signatures = tf.saved_model.load(str(model_dir)).signatures
-    signature = signatures[F.FRAMES_SIGNATURE]
-    spatial = signatures.get(F.EXPLAIN_SIGNATURE) if explain else None  # absent in models before it
+    spatial = None
+    if runtimes.artifact_format(model_dir):
+        run = runtimes.load(model_dir)
+    else:
+        signatures = tf.saved_model.load(str(model_dir)).signatures
+        run = runtimes.signature(signatures[F.FRAMES_SIGNATURE])
+        spatial = signatures.get(F.EXPLAIN_SIGNATURE) if explain else None  # absent in models before it
     results = []
     for series in prepare_folder(root, config, phi=phi):
         item = series.item
         if isinstance(item, Rejected):
             results.append(Prediction(series.where, series.series_key, None, {}, item.code, item.message))
             continue
-        out = signature(frames=tf.constant(item.frames[None]), valid_frames=tf.constant([item.valid_frames]))
-        probs = out[F.PROBABILITIES].numpy()[0]
+        probs = run(item.frames[None], np.array([item.valid_frames], np.int32))[0]
         target = int(np.argmax(probs))
-        importance = frame_importance(signature, item, target) if explain else ()
+        importance = frame_importance(run, item, target) if explain else ()
         attribution = None
         if spatial is not None:
             attribution = spatial(frames=tf.constant(item.frames[None]),

@@ -28,6 +28,7 @@ from .warmup import WARMUP_FILE, warmup_requests, write_warmup
 
 STAGING_PREFIX = ".incoming-"
 RETIRED_PREFIX = ".retired-"
+EDGE_DIR = "edge"  # assets.extra/edge/: the LiteRT and ONNX artifacts of push.formats
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class PushOutputs:
     version: int
     models_config: str
     removed: tuple[int, ...] = ()  # versions retired by `keep_versions`
+    refused: tuple[dict[str, object], ...] = ()  # push.formats' artifacts that failed their gate
 
 
 def versions(model_base: Path) -> list[int]:
@@ -107,10 +109,14 @@ def _sweep_leftovers(base: Path) -> None:
 
 
 def push(model_dir: str | Path, evaluation_dir: str | Path, serving_dir: str | Path, model_name: str,
-         keep_versions: int = 3, warmup_batch_sizes: Sequence[int] = (1, 8)) -> PushOutputs:
-    """Copies `model_dir` to the next integer version, only if `evaluation_dir` blessed this very model."""
+         keep_versions: int = 3, warmup_batch_sizes: Sequence[int] = (1, 8), formats: Sequence[str] = (),
+         examples: str | Path | None = None) -> PushOutputs:
+    """Copies `model_dir` to the next integer version, only if `evaluation_dir` blessed this very model;
+    with `formats`, its edge artifacts (gated on the eval split of `examples`) in assets.extra/edge/."""
     evaluation_dir, serving_dir, model_dir = Path(evaluation_dir), Path(serving_dir), Path(model_dir)
     verdict = _blessed_verdict(evaluation_dir, model_dir)
+    if formats and examples is None:
+        raise InputError("push.formats: the artifacts' parity gate needs the records (--examples), found none")
     base = serving_dir / model_name
     base.mkdir(parents=True, exist_ok=True)
     _sweep_leftovers(base)
@@ -118,9 +124,18 @@ def push(model_dir: str | Path, evaluation_dir: str | Path, serving_dir: str | P
     shutil.copytree(model_dir, staging)
     extra = staging / "assets.extra"
     write_warmup(extra / WARMUP_FILE, warmup_requests(load_spec(model_dir), model_name, warmup_batch_sizes))
+    edge = None
+    if formats:
+        from ..export import export, parse_format
+
+        try:
+            edge = export(model_dir, str(examples), extra / EDGE_DIR, [parse_format(f) for f in formats])
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     while True:
         version = (versions(base) or [0])[-1] + 1
-        card = model_card(load_spec_json(model_dir), verdict, model_name, version)
+        card = model_card(load_spec_json(model_dir), verdict, model_name, version, edge)
         (extra / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
         target = base / str(version)
         try:
@@ -132,4 +147,4 @@ def push(model_dir: str | Path, evaluation_dir: str | Path, serving_dir: str | P
                 raise
     config = write_models_config(serving_dir, model_name)
     removed = retire_old_versions(base, keep_versions)
-    return PushOutputs(str(target), version, str(config), removed)
+    return PushOutputs(str(target), version, str(config), removed, tuple(edge.refused) if edge else ())

@@ -17,7 +17,7 @@ from ...pipeline import features as F
 CARD_FILE = "medseq_model.json"
 CARD_SCHEMA = "medseq-model-card/1"
 PACKAGES = ("medseq", "tensorflow", "keras", "tensorflow-model-analysis", "apache-beam", "pydicom", "numpy",
-            "tensorflow-serving-api")
+            "tensorflow-serving-api", "ai-edge-litert", "tf2onnx", "onnxruntime")
 
 
 def package_versions() -> dict[str, str]:
@@ -30,8 +30,10 @@ def package_versions() -> dict[str, str]:
     return found
 
 
-def model_card(spec_json: dict[str, Any], verdict: dict[str, Any], model_name: str, version: int) -> dict[str, Any]:
-    """The card of `version` from the model's medseq_spec.json and its evaluation verdict."""
+def model_card(spec_json: dict[str, Any], verdict: dict[str, Any], model_name: str, version: int,
+               edge: Any = None) -> dict[str, Any]:
+    """The card of `version` from the model's medseq_spec.json and its evaluation verdict;
+    `edge` (export.ExportOutputs) adds its LiteRT and ONNX artifacts."""
     shape = list(spec_json["shape"])
     volumes = len(shape) == 5  # T, D, H, W, C: preprocess.four_d: volumes
     classes = list(spec_json["classes"])
@@ -64,4 +66,7 @@ def model_card(spec_json: dict[str, Any], verdict: dict[str, Any], model_name: s
         "training": {k: v for k, v in training.items() if k != "records"},
         "evaluation": {k: verdict.get(k) for k in ("decision", "eval_series", "confidence_level", "metrics",
                                                     "intervals", "checks", "not_gated", "notes", "temporal")},
+        # push.formats: each artifact in assets.extra/edge/ with its parity figures; the refused, with why.
+        "artifacts": [{**a, "file": f"assets.extra/edge/{a['file']}"} for a in edge.artifacts] if edge else [],
+        "artifacts_refused": list(edge.refused) if edge else [],
     }

@@ -37,6 +37,12 @@ def _outputs(probabilities: tf.Tensor, spec: RecordSpec) -> dict[str, tf.Tensor]
     return out
 
 
+def lstm_layers(model: keras.Model) -> list[keras.layers.LSTM]:
+    """Every LSTM of `model`, inside Bidirectional wrappers too."""
+    return [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+            if isinstance(layer, keras.layers.LSTM)]
+
+
 @contextlib.contextmanager
 def portable_lstm(model: keras.Model) -> Iterator[None]:
     """Every LSTM of `model` traced with its portable kernel while in the block.
@@ -47,8 +53,7 @@ def portable_lstm(model: keras.Model) -> Iterator[None]:
     keeps the fused kernel; the served graphs never hold it, whatever host exported them
     (tests/components/train/test_export.py traces as if on a GPU and scans every graph).
     """
-    lstms = [layer for layer in model._flatten_layers(include_self=False, recursive=True)
-             if isinstance(layer, keras.layers.LSTM)]
+    lstms = lstm_layers(model)
     before = [layer.use_cudnn for layer in lstms]
     for layer in lstms:
         layer.use_cudnn = False
@@ -96,11 +101,13 @@ def export_saved_model(model: keras.Model, spec: RecordSpec, path: str | Path,
 
 
 def load_spec_json(model_dir: str | Path) -> dict[str, Any]:
-    """assets.extra/medseq_spec.json of a medseq SavedModel."""
-    path = Path(model_dir) / "assets.extra" / SPEC_FILE
+    """assets.extra/medseq_spec.json of a medseq SavedModel; for a file (an artifact of
+    `medseq export`), the medseq_spec.json beside it."""
+    model_dir = Path(model_dir)
+    path = model_dir.parent / SPEC_FILE if model_dir.is_file() else model_dir / "assets.extra" / SPEC_FILE
     if not path.exists():
         raise InputError(f"{model_dir}: expected a SavedModel written by `medseq train` (with assets.extra/"
-                         f"{SPEC_FILE}), found none")
+                         f"{SPEC_FILE}) or an artifact of `medseq export` ({SPEC_FILE} beside it), found none")
     data: dict[str, Any] = json.loads(path.read_text())
     return data
 

@@ -29,6 +29,7 @@ def test_a_run_of_volumes_trains_evaluates_pushes_and_predicts_a_raw_4d_folder(t
         "train": {"epochs": 1, "conv_filters": [4], "lstm_units": 4},
         "evaluate": {"eval_config": auc_gate(tmp_path / "eval.pbtxt", 0.0), "temporal_min_drop": -1.0,
                      "bootstrap_samples": 100},
+        "push": {"formats": ["litert:fp32", "onnx:fp32"]},
     }))
     run = tmp_path / "run"
     assert cli.main(["run", "--config", str(config), "--out", str(run)]) == 0
@@ -44,6 +45,13 @@ def test_a_run_of_volumes_trains_evaluates_pushes_and_predicts_a_raw_4d_folder(t
     assert card["network_data_format"]["inputs"][F.FRAMES]["shape"] == [8, DEPTH, 32, 32, 1]
     assert card["network_data_format"]["inputs"][F.FRAMES]["format"] == "T,D,H,W,C"
     assert (served / "assets.extra" / "tf_serving_warmup_requests").stat().st_size > 0
+    # push.formats: the blessed run ships both artifacts of the 5-D model, gated, in the version
+    assert [(a["format"], a["precision"]) for a in card["artifacts"]] == [("litert", "fp32"), ("onnx", "fp32")]
+    assert card["artifacts_refused"] == []
+    for artifact in card["artifacts"]:
+        assert artifact["inputs"][F.FRAMES]["shape"] == [-1, 8, DEPTH, 32, 32, 1], artifact["inputs"]
+        assert artifact["parity"]["passed"] and artifact["parity"]["max_abs_diff"] <= 1e-5
+        assert (served / artifact["file"]).stat().st_size == artifact["bytes"]
 
     write_cine_sax(tmp_path / "raw", one_series=True)
     capsys.readouterr()
@@ -51,3 +59,9 @@ def test_a_run_of_volumes_trains_evaluates_pushes_and_predicts_a_raw_4d_folder(t
     [row] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert row["series"] == "." and row["label"] in ("normal", "reduced_ef") and "rejected" not in row
     assert len(predict.predict(served, tmp_path / "raw", explain=True)[0].frame_importance) == 8
+    for artifact in card["artifacts"]:  # the artifact predicts the raw folder as the SavedModel does
+        assert cli.main(["predict", "--model", str(served / artifact["file"]), "--input", str(tmp_path / "raw"),
+                         "--json"]) == 0
+        [edge_row] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert edge_row["label"] == row["label"]
+        assert edge_row["probabilities"] == pytest.approx(row["probabilities"], abs=1e-5)

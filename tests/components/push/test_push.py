@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -21,7 +22,7 @@ from medseq.components.push.warmup import WARMUP_FILE, read_warmup, run_request
 from medseq.components.train.dataset import split_files
 from medseq.components.train.export import load_spec
 from medseq.pipeline import features as F
-from medseq.pipeline.errors import StageFailed
+from medseq.pipeline.errors import InputError, StageFailed
 from medseq.pipeline.fingerprints import tree_fingerprint
 
 
@@ -91,6 +92,30 @@ def test_warmup_is_synthetic_one_request_per_signature_and_batch_size(blessed, t
     for request in requests:
         probs = run_request(loaded, request)[F.PROBABILITIES]
         assert np.allclose(probs.sum(-1), 1.0, atol=1e-5)
+
+
+def test_push_formats_ship_gated_artifacts_inside_the_version(blessed, trained, cine_records, tmp_path):
+    from medseq.components.export import runtimes
+
+    with pytest.raises(InputError, match="needs the records"):
+        push.push(trained.model_dir, blessed.out, tmp_path / "s", "m", formats=("onnx:fp32",))
+    assert not push.executor.versions(tmp_path / "s" / "m")  # refused before anything was staged
+    out = push.push(trained.model_dir, blessed.out, tmp_path / "s", "m", formats=("litert:fp32", "onnx:fp32"),
+                    examples=cine_records)
+    version = Path(out.version_dir)
+    card = json.loads((version / "assets.extra" / CARD_FILE).read_text())
+    assert [(a["format"], a["precision"]) for a in card["artifacts"]] == [("litert", "fp32"), ("onnx", "fp32")]
+    assert not out.refused and card["artifacts_refused"] == []
+    served = tf.saved_model.load(str(version)).signatures[F.FRAMES_SIGNATURE]
+    spec = load_spec(version)
+    frames = np.random.default_rng(1).integers(0, 256, (2, *spec.shape), dtype=np.uint8)
+    valid = np.array([spec.frames, 3], np.int32)
+    want = served(frames=tf.constant(frames), valid_frames=tf.constant(valid))[F.PROBABILITIES].numpy()
+    for entry in card["artifacts"]:
+        path = version / entry["file"]
+        assert entry["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert entry["source_saved_model"] == card["fingerprints"]["model"] and entry["parity"]["passed"]
+        assert np.abs(runtimes.load(path)(frames, valid) - want).max() < 1e-5  # the shipped file, run alone
 
 
 def _record_secrets(records_dir: Path) -> list[bytes]:

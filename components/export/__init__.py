@@ -1,0 +1,24 @@
+"""`medseq export`: LiteRT and ONNX artifacts of a trained model, behind a parity gate.
+
+convert.py   rebuild the model, trace it unrolled and frozen, convert (built-in ops only)
+runtimes.py  run a SavedModel, a .tflite or an .onnx file behind one call
+parity.py    the gate: |Δp| and the AUC change on the eval split under the target runtime
+executor.py  convert, gate, write, describe (the model-card entries)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ...pipeline.config import PipelineConfig
+from ...pipeline.contract import BeamArgs, ExportInputs
+from .executor import EXPORT_FILE, ExportOutputs, export, parse_format
+
+__all__ = ["EXPORT_FILE", "ExportInputs", "ExportOutputs", "export", "parse_format", "run"]
+
+
+def run(config: PipelineConfig, inputs: ExportInputs, out: str | Path, beam_args: BeamArgs = ()) -> ExportOutputs:
+    """The artifacts `inputs.formats` (else `push.formats`) of `inputs.model` into `out`
+    (no Beam: `beam_args` are unused)."""
+    formats = inputs.formats or config.push.formats
+    return export(inputs.model, inputs.examples, out, [parse_format(f) for f in formats], seed=config.evaluate.seed)

@@ -1,0 +1,140 @@
+"""The parity gate: an artifact is written only if, under its own runtime, it gives the
+SavedModel's probabilities on the eval split.
+
+Checks, each against the SavedModel's `predict_frames` on the same inputs:
+- `eval_batch_8`: every eval record, in batches of 8 (the last one smaller);
+- `batch_1`: the first 16 records one at a time;
+- `short_sequences`: those 16 with fewer valid frames (1, and half of theirs), the frames
+  beyond them zeroed as a shorter series' padding is, in batches of 8.
+
+It passes when the largest |Δp| over all of them is within the precision's tolerance
+and the eval AUC (macro AUC for three or more classes) changes by at least
+`AUC_MIN_CHANGE`; the change's paired bootstrap interval is reported beside it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ...pipeline.errors import InputError
+from ..evaluate.intervals import metrics_of
+from ..train.dataset import RecordSpec, eval_dataset, split_files
+from .runtimes import Predict
+
+TOLERANCE = {"fp32": 1e-5, "fp16": 1e-3, "dynamic_int8": 1e-2}
+AUC_MIN_CHANGE = -0.01
+BATCH = 8
+FEW = 16
+BOOTSTRAP = 1000
+
+
+@dataclass(frozen=True)
+class EvalSplit:
+    frames: np.ndarray
+    valid: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class Parity:
+    precision: str
+    series: int
+    tolerance: float
+    max_abs_diff: float
+    checks: dict[str, float]  # check -> its max |Δp|
+    auc_metric: str
+    auc_reference: float
+    auc: float
+    auc_change_interval: tuple[float, float]
+    failures: tuple[str, ...]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    @property
+    def auc_change(self) -> float:
+        return self.auc - self.auc_reference
+
+    def to_json(self) -> dict[str, object]:
+        return {"split": "eval", "series": self.series, "tolerance": self.tolerance,
+                "max_abs_diff": self.max_abs_diff, "checks": self.checks, "metric": self.auc_metric,
+                "reference": self.auc_reference, "artifact": self.auc, "change": self.auc_change,
+                "change_interval": list(self.auc_change_interval), "min_change": AUC_MIN_CHANGE,
+                "passed": self.passed}
+
+
+def eval_split(examples_dir: str | Path, spec: RecordSpec) -> EvalSplit:
+    files = split_files(examples_dir, "eval")
+    if not files:
+        raise InputError(f"{examples_dir}/eval: expected the eval records the parity gate runs on, found none")
+    frames, valid, labels = [], [], []
+    for inputs, label in eval_dataset(files, spec, 64).as_numpy_iterator():
+        frames.append(inputs["frames"])
+        valid.append(inputs["valid_frames"])
+        labels.append(label)
+    return EvalSplit(np.concatenate(frames), np.concatenate(valid).astype(np.int32), np.concatenate(labels))
+
+
+def batched(run: Predict, frames: np.ndarray, valid: np.ndarray, batch: int) -> np.ndarray:
+    return np.concatenate([run(frames[i:i + batch], valid[i:i + batch]) for i in range(0, len(valid), batch)])
+
+
+def shortened(frames: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each series cut to 1 frame and to half its frames, zero padding beyond."""
+    cuts = np.concatenate([np.ones_like(valid), np.maximum(1, (valid + 1) // 2)]).astype(np.int32)
+    out = np.concatenate([frames, frames])
+    for i, cut in enumerate(cuts):
+        out[i, cut:] = 0
+    return out, cuts
+
+
+def _score(probs: np.ndarray, labels: np.ndarray) -> tuple[str, float]:
+    name = "auc" if probs.shape[1] == 2 else "macro_auc"
+    return name, float(metrics_of(probs, labels)[name])
+
+
+def change_interval(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray, seed: int,
+                    level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of the AUC change over series resampled together (paired)."""
+    rng = np.random.default_rng(seed)
+    changes = []
+    for _ in range(BOOTSTRAP):
+        pick = rng.integers(0, len(labels), len(labels))
+        change = _score(candidate[pick], labels[pick])[1] - _score(reference[pick], labels[pick])[1]
+        if np.isfinite(change):
+            changes.append(change)
+    if not changes:
+        return (float("nan"), float("nan"))
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(changes, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def check(reference: Predict, candidate: Predict, split: EvalSplit, precision: str, seed: int = 0) -> Parity:
+    few = slice(0, min(FEW, len(split)))
+    short_frames, short_valid = shortened(split.frames[few], split.valid[few])
+    ref = batched(reference, split.frames, split.valid, 32)
+    got = batched(candidate, split.frames, split.valid, BATCH)
+    checks = {
+        "eval_batch_8": float(np.abs(got - ref).max()),
+        "batch_1": float(np.abs(batched(candidate, split.frames[few], split.valid[few], 1) - ref[few]).max()),
+        "short_sequences": float(np.abs(batched(candidate, short_frames, short_valid, BATCH)
+                                        - batched(reference, short_frames, short_valid, 32)).max()),
+    }
+    worst = max(checks.values())
+    metric, auc_ref = _score(ref, split.labels)
+    auc = _score(got, split.labels)[1]
+    failures = []
+    if not worst <= TOLERANCE[precision]:
+        failures.append(f"max |Δp| {worst:.2e} above the {precision} tolerance {TOLERANCE[precision]:.0e}")
+    if np.isfinite(auc_ref) and not auc - auc_ref >= AUC_MIN_CHANGE:
+        failures.append(f"eval {metric} {auc:.4f} against {auc_ref:.4f}, a change below {AUC_MIN_CHANGE}")
+    return Parity(precision, len(split), TOLERANCE[precision], worst, checks, metric, auc_ref, auc,
+                  change_interval(ref, got, split.labels, seed), tuple(failures))

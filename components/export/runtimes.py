@@ -1,0 +1,97 @@
+"""The runtimes an artifact is checked and served under, behind one call:
+frames (B, *shape), valid_frames (B,) -> probabilities (B, K) as float64 numpy.
+
+- SavedModel: its `predict_frames` signature (TensorFlow, what TF Serving runs);
+- LiteRT: `ai_edge_litert.interpreter.Interpreter`, its signature runner (the default
+  CPU delegate, XNNPACK, included);
+- ONNX: `onnxruntime.InferenceSession` on the CPU execution provider.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...pipeline import features as F
+from ...pipeline.errors import InputError
+
+Predict = Callable[[np.ndarray, np.ndarray], np.ndarray]
+RUNTIMES = {"litert": "ai-edge-litert", "onnx": "onnxruntime"}
+
+
+def runtime_version(fmt: str) -> str:
+    package = RUNTIMES[fmt]
+    return f"{package} {metadata.version(package)}"
+
+
+def saved_model(model_dir: str | Path) -> Predict:
+    import tensorflow as tf
+
+    return signature(tf.saved_model.load(str(model_dir)).signatures[F.FRAMES_SIGNATURE])
+
+
+def signature(predict_frames: Any) -> Predict:
+    """A SavedModel's `predict_frames` concrete function behind the common call."""
+    import tensorflow as tf
+
+    def run(frames: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        out = predict_frames(**{F.FRAMES: tf.constant(frames), F.VALID_FRAMES: tf.constant(valid, tf.int32)})
+        return np.asarray(out[F.PROBABILITIES].numpy(), np.float64)
+
+    return run
+
+
+def litert(data: bytes, threads: int | None = None) -> Predict:
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_content=data, num_threads=threads).get_signature_runner()
+
+    def run(frames: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        out = runner(**{F.FRAMES: frames, F.VALID_FRAMES: np.asarray(valid, np.int32)})
+        return np.asarray(next(iter(out.values())), np.float64)  # the one output
+
+    return run
+
+
+def onnx(data: bytes, threads: int | None = None) -> Predict:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    if threads:
+        options.intra_op_num_threads = threads
+    session = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+    def run(frames: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        out = session.run([F.PROBABILITIES], {F.FRAMES: frames, F.VALID_FRAMES: np.asarray(valid, np.int32)})
+        return np.asarray(out[0], np.float64)
+
+    return run
+
+
+def of_bytes(fmt: str, data: bytes) -> Predict:
+    return litert(data) if fmt == "litert" else onnx(data)
+
+
+def artifact_format(path: str | Path) -> str | None:
+    """"litert" or "onnx" for a file of that kind, None for anything else (a SavedModel folder)."""
+    suffix = Path(path).suffix
+    return {".tflite": "litert", ".onnx": "onnx"}.get(suffix) if Path(path).is_file() else None
+
+
+def load(path: str | Path) -> Predict:
+    """A SavedModel folder, a .tflite or an .onnx file."""
+    fmt = artifact_format(path)
+    if fmt is None:
+        if not (Path(path) / "saved_model.pb").exists():
+            raise InputError(f"{path}: expected a SavedModel folder, a .tflite or an .onnx file, found neither")
+        return saved_model(path)
+    try:
+        return of_bytes(fmt, Path(path).read_bytes())
+    except ImportError:
+        raise InputError(f"{path}: running a {fmt} artifact needs {RUNTIMES[fmt]}: "
+                         "pip install 'medseq[edge]'") from None
