@@ -43,6 +43,14 @@ MONITOR_MODES = ("max", "min")
 # their gates; ONNX fp16 needs onnxconverter-common, which is not installed.
 EXPORT_FORMATS = {"litert": ("fp32", "fp16", "dynamic_int8"), "onnx": ("fp32",)}
 OFFERED_EXPORTS = ", ".join(f"{f}:{p}" for f, ps in EXPORT_FORMATS.items() for p in ps)
+
+
+def export_format(value: str, where: str = "push.formats") -> tuple[str, str]:
+    """"litert:fp32" -> ("litert", "fp32"), one of EXPORT_FORMATS."""
+    fmt, _, precision = value.partition(":")
+    if precision not in EXPORT_FORMATS.get(fmt, ()):
+        raise ConfigError(f"{where}: expected FORMAT:PRECISION, one of {OFFERED_EXPORTS}; found {value!r}")
+    return fmt, precision
 MIXED_PRECISION = ("off", "mixed_float16", "mixed_bfloat16")
 CLASS_WEIGHTS = ("none", "auto")
 FRAME_STRIPS = ("synthetic", "on", "off")
@@ -174,6 +182,48 @@ SAFE_PIXEL_PHI = PixelPhiConfig()  # the defaults: what a caller that names no p
 
 
 @dataclass(frozen=True)
+class DicomwebConfig:
+    """A DICOMweb input (`--input https://host/dicom-web`): which series QIDO-RS finds, and
+    how gently WADO-RS fetches them (components/ingest/dicomweb.py). Credentials are
+    never here: $MEDSEQ_DICOMWEB_TOKEN or $MEDSEQ_DICOMWEB_USER and _PASSWORD (or *_FILE)."""
+
+    modality: str = ""  # series-level Modality, e.g. CT
+    study_date: str = ""  # YYYYMMDD or a range YYYYMMDD-YYYYMMDD
+    # Any other QIDO-RS study attribute: {keyword or tag: value}, e.g. {StudyDescription: "CARDIAC*"}
+    filters: Mapping[str, str] = field(default_factory=dict)
+    # A CSV with a study_instance_uid or accession_number column: only those studies.
+    studies_csv: str | None = None
+    page_size: int = 100  # QIDO-RS limit per request
+    concurrency: int = 2  # series fetched at once: a hospital's production archive
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 120.0  # between two bytes of a response, not for the whole of it
+    retries: int = 6  # on connection errors, timeouts, 408, 429 and 5xx, after the first try
+    backoff_s: float = 1.0  # the first wait; doubled each try, full jitter, Retry-After honoured
+    max_backoff_s: float = 60.0
+    allow_http: bool = False  # plain http:// to a host that is not a loopback address
+    # Where fetched series are kept between runs (one folder per output); None:
+    # $XDG_CACHE_HOME/medseq/dicomweb (~/.cache/medseq/dicomweb). It holds the archive's
+    # files as they are (identifiers included): never inside the output folder.
+    cache_dir: str | None = None
+
+    def selection(self) -> dict[str, Any]:
+        """What decides which series are fetched (recorded in qc.json); the transport
+        settings and the cache's path, which do not change a record, are left out."""
+        return {"modality": self.modality, "study_date": self.study_date, "filters": dict(self.filters),
+                "studies_csv": "<studies_csv>" if self.studies_csv else None}
+
+    def __post_init__(self) -> None:
+        if self.page_size < 1 or self.concurrency < 1 or self.retries < 0:
+            raise ConfigError(f"ingest.dicomweb: expected page_size >= 1, concurrency >= 1 and retries >= 0, found "
+                              f"{self.page_size}, {self.concurrency}, {self.retries}")
+        if min(self.connect_timeout_s, self.read_timeout_s, self.max_backoff_s) <= 0 or self.backoff_s < 0:
+            raise ConfigError("ingest.dicomweb: expected timeouts and max_backoff_s > 0, backoff_s >= 0")
+        if self.study_date and not re.fullmatch(r"\d{8}|\d{8}-\d{8}|-\d{8}|\d{8}-", self.study_date):
+            raise ConfigError(f"ingest.dicomweb.study_date: expected YYYYMMDD or YYYYMMDD-YYYYMMDD, found "
+                              f"{self.study_date!r}")
+
+
+@dataclass(frozen=True)
 class IngestConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     num_shards: int = 0  # 0: chosen from shard_size_mb
@@ -190,6 +240,7 @@ class IngestConfig:
     max_inflated_mb: float = 1024.0
     # Applied in ingest and, from the model's spec, in `medseq predict` alike.
     pixel_phi: PixelPhiConfig = field(default_factory=PixelPhiConfig)
+    dicomweb: DicomwebConfig = field(default_factory=DicomwebConfig)  # used when the input is a DICOMweb URL
     beam_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -315,10 +366,7 @@ class PushConfig:
 
     def __post_init__(self) -> None:
         for value in self.formats:
-            fmt, _, precision = value.partition(":")
-            if precision not in EXPORT_FORMATS.get(fmt, ()):
-                raise ConfigError(f"push.formats: expected FORMAT:PRECISION, one of {OFFERED_EXPORTS}; "
-                                  f"found {value!r}")
+            export_format(value)
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", self.model_name) or ".." in self.model_name:
             raise ConfigError(f"push.model_name: expected a folder name of letters, digits, '_', '-', '.', "
                               f"found {self.model_name!r}")
@@ -434,7 +482,10 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
     resolve = lambda p: str((base / p).resolve()) if p and "://" not in p else p  # noqa: E731
     return dataclasses.replace(
         config, input=resolve(config.input), labels=resolve(config.labels),
-        ingest=dataclasses.replace(config.ingest, hash_key_file=resolve(config.ingest.hash_key_file)),
+        ingest=dataclasses.replace(config.ingest, hash_key_file=resolve(config.ingest.hash_key_file),
+                                   dicomweb=dataclasses.replace(
+                                       config.ingest.dicomweb, studies_csv=resolve(config.ingest.dicomweb.studies_csv),
+                                       cache_dir=resolve(config.ingest.dicomweb.cache_dir))),
         validate=dataclasses.replace(config.validate, schema=resolve(config.validate.schema)),
         evaluate=dataclasses.replace(config.evaluate, eval_config=resolve(config.evaluate.eval_config)),
         train=dataclasses.replace(config.train, encoder_weights=resolve(config.train.encoder_weights)))

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...pipeline.config import PipelineConfig
+from ...pipeline.config import PipelineConfig, export_format
 from ...pipeline.contract import BeamArgs, ExportInputs
-from .executor import EXPORT_FILE, ExportOutputs, export, parse_format
+from .executor import EXPORT_FILE, ExportOutputs, export
 
-__all__ = ["EXPORT_FILE", "ExportInputs", "ExportOutputs", "export", "parse_format", "run"]
+__all__ = ["EXPORT_FILE", "ExportInputs", "ExportOutputs", "export", "run"]
 
 
 def run(config: PipelineConfig, inputs: ExportInputs, out: str | Path, beam_args: BeamArgs = ()) -> ExportOutputs:
     """The artifacts `inputs.formats` (else `push.formats`) of `inputs.model` into `out`
     (no Beam: `beam_args` are unused)."""
     formats = inputs.formats or config.push.formats
-    return export(inputs.model, inputs.examples, out, [parse_format(f) for f in formats], seed=config.evaluate.seed)
+    return export(inputs.model, inputs.examples, out, [export_format(f, "export") for f in formats],
+                  seed=config.evaluate.seed)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,11 +24,9 @@ from ...pipeline import features as F
 from ...pipeline.config import EXPORT_FORMATS, TrainConfig, from_dict
 from ...pipeline.errors import InputError
 from ..train.dataset import RecordSpec
-from ..train.export import load_spec, load_spec_json, lstm_layers
+from ..train.export import load_spec, load_spec_json, portable_lstm
 from ..train.model import build_model
 
-FORMATS = {"litert": ".tflite", "onnx": ".onnx"}
-OFFERED = EXPORT_FORMATS
 ONNX_OPSET = 17
 
 
@@ -44,22 +42,9 @@ class Converted:
     converter: str  # package and version
 
 
-@contextlib.contextmanager
-def unrolled(model: keras.Model) -> Iterator[None]:
-    """Every LSTM of `model` traced unrolled, on the portable kernel, while in the block."""
-    lstms = lstm_layers(model)
-    before = [(layer.use_cudnn, layer.unroll) for layer in lstms]
-    for layer in lstms:
-        layer.use_cudnn, layer.unroll = False, True
-    try:
-        yield
-    finally:
-        for layer, (cudnn, unroll) in zip(lstms, before, strict=True):
-            layer.use_cudnn, layer.unroll = cudnn, unroll
-
-
-def rebuild(model_dir: str | Path) -> tuple[keras.Model, RecordSpec]:
-    """The Keras model of a medseq SavedModel, in float32, with the SavedModel's weights."""
+def rebuild(model_dir: str | Path, saved: Sequence[tf.Variable]) -> tuple[keras.Model, RecordSpec]:
+    """The Keras model of a medseq SavedModel, in float32, with the SavedModel's weights
+    (`saved`: the variables of the loaded SavedModel, in its order)."""
     model_dir = Path(model_dir)
     spec_json = load_spec_json(model_dir)
     train_config = spec_json.get("training", {}).get("config")
@@ -69,7 +54,6 @@ def rebuild(model_dir: str | Path) -> tuple[keras.Model, RecordSpec]:
     spec = load_spec(model_dir)
     config = dataclasses.replace(from_dict(TrainConfig, train_config, "model train"), mixed_precision="off")
     model = build_model(spec, config)
-    saved = tf.saved_model.load(str(model_dir)).variables
     mine = model.variables
     if len(saved) != len(mine) or any(tuple(a.shape) != tuple(b.shape) for a, b in zip(mine, saved, strict=True)):
         raise InputError(f"{model_dir}: its variables do not fit the model its config builds "
@@ -88,7 +72,7 @@ def frozen_function(model: keras.Model, spec: RecordSpec) -> tf.types.experiment
     def predict_frames(frames: tf.Tensor, valid_frames: tf.Tensor) -> dict[str, tf.Tensor]:
         return {F.PROBABILITIES: model({F.FRAMES: frames, F.VALID_FRAMES: valid_frames}, training=False)}
 
-    with unrolled(model):
+    with portable_lstm(model, unroll=True):
         return convert_variables_to_constants_v2(predict_frames.get_concrete_function())
 
 
@@ -122,8 +106,9 @@ def to_onnx(function: tf.types.experimental.ConcreteFunction, precision: str) ->
     import onnx
     import tf2onnx
 
-    if precision not in OFFERED["onnx"]:
-        raise Refused(f"ONNX: precision {precision} is not offered (expected one of {', '.join(OFFERED['onnx'])})")
+    if precision not in EXPORT_FORMATS["onnx"]:
+        raise Refused(f"ONNX: precision {precision} is not offered "
+                      f"(expected one of {', '.join(EXPORT_FORMATS['onnx'])})")
     inputs, outputs = [t.name for t in function.inputs], [t.name for t in function.outputs]
     with _quiet_converter():
         proto, _ = tf2onnx.convert.from_graph_def(function.graph.as_graph_def(), input_names=inputs,

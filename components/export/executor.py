@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ...pipeline.config import OFFERED_EXPORTS
+from ...pipeline import features as F
 from ...pipeline.errors import InputError
 from ...pipeline.fingerprints import tree_fingerprint
 from ..push.warmup import synthetic_frames
@@ -40,15 +40,6 @@ class ExportOutputs:
     out: str
     artifacts: tuple[dict[str, Any], ...]  # the model-card entry of each written artifact
     refused: tuple[dict[str, object], ...]  # format, precision, reason of each one not written
-
-
-def parse_format(value: str) -> tuple[str, str]:
-    """"litert:fp32" -> ("litert", "fp32"), checked against what is offered."""
-    fmt, _, precision = value.partition(":")
-    if precision not in convert.OFFERED.get(fmt, ()):
-        raise InputError(f"expected an export format as FORMAT:PRECISION, one of {OFFERED_EXPORTS}; "
-                         f"found {value!r}")
-    return fmt, precision
 
 
 def model_folder(path: str | Path) -> Path:
@@ -102,10 +93,13 @@ def export(model: str | Path, examples_dir: str | Path, out: str | Path, formats
     split of `examples_dir`, writes those that pass into `out`."""
     model_dir = model_folder(model)
     out = Path(out)
+    import tensorflow as tf
+
     spec_json = load_spec_json(model_dir)
-    keras_model, spec = convert.rebuild(model_dir)
+    saved_model = tf.saved_model.load(str(model_dir))  # once: the weights to rebuild, the reference to gate on
+    keras_model, spec = convert.rebuild(model_dir, saved_model.variables)
     split = parity.eval_split(examples_dir, spec)
-    reference = runtimes.saved_model(model_dir)
+    reference = runtimes.signature(saved_model.signatures[F.FRAMES_SIGNATURE])
     function = convert.frozen_function(keras_model, spec)
     source = tree_fingerprint(model_dir)
     artifacts: list[dict[str, object]] = []
@@ -129,7 +123,7 @@ def export(model: str | Path, examples_dir: str | Path, out: str | Path, formats
             _say(log, f"export: {label} not written, parity gate failed: {'; '.join(gate.failures)} ({figures})")
             continue
         out.mkdir(parents=True, exist_ok=True)
-        name = f"model_{precision}{convert.FORMATS[fmt]}"
+        name = f"model_{precision}{runtimes.SUFFIXES[fmt]}"
         _write_atomically(out / name, converted.data)
         artifacts.append(_entry(name, fmt, precision, converted, spec, source, gate, latency(candidate, spec)))
         _say(log, f"export: {label} -> {out / name} ({len(converted.data) / 1024:.0f} KiB; {figures})")

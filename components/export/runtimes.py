@@ -21,6 +21,7 @@ from ...pipeline.errors import InputError
 
 Predict = Callable[[np.ndarray, np.ndarray], np.ndarray]
 RUNTIMES = {"litert": "ai-edge-litert", "onnx": "onnxruntime"}
+SUFFIXES = {"litert": ".tflite", "onnx": ".onnx"}
 
 
 def runtime_version(fmt: str) -> str:
@@ -79,8 +80,8 @@ def of_bytes(fmt: str, data: bytes) -> Predict:
 
 def artifact_format(path: str | Path) -> str | None:
     """"litert" or "onnx" for a file of that kind, None for anything else (a SavedModel folder)."""
-    suffix = Path(path).suffix
-    return {".tflite": "litert", ".onnx": "onnx"}.get(suffix) if Path(path).is_file() else None
+    by_suffix = {suffix: fmt for fmt, suffix in SUFFIXES.items()}
+    return by_suffix.get(Path(path).suffix) if Path(path).is_file() else None
 
 
 def load(path: str | Path) -> Predict:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...pipeline import features as F
+from ...pipeline.config import export_format
 from ...pipeline.errors import InputError, StageFailed
 from ...pipeline.fingerprints import tree_fingerprint
 from ...pipeline.processes import alive
@@ -126,10 +127,10 @@ def push(model_dir: str | Path, evaluation_dir: str | Path, serving_dir: str | P
     write_warmup(extra / WARMUP_FILE, warmup_requests(load_spec(model_dir), model_name, warmup_batch_sizes))
     edge = None
     if formats:
-        from ..export import export, parse_format
+        from ..export import export
 
         try:
-            edge = export(model_dir, str(examples), extra / EDGE_DIR, [parse_format(f) for f in formats])
+            edge = export(model_dir, str(examples), extra / EDGE_DIR, [export_format(f) for f in formats])
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

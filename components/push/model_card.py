@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import datetime
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...pipeline import features as F
+
+if TYPE_CHECKING:
+    from ..export import ExportOutputs
 
 CARD_FILE = "medseq_model.json"
 CARD_SCHEMA = "medseq-model-card/1"
@@ -31,9 +34,9 @@ def package_versions() -> dict[str, str]:
 
 
 def model_card(spec_json: dict[str, Any], verdict: dict[str, Any], model_name: str, version: int,
-               edge: Any = None) -> dict[str, Any]:
+               edge: ExportOutputs | None = None) -> dict[str, Any]:
     """The card of `version` from the model's medseq_spec.json and its evaluation verdict;
-    `edge` (export.ExportOutputs) adds its LiteRT and ONNX artifacts."""
+    `edge` adds its LiteRT and ONNX artifacts."""
     shape = list(spec_json["shape"])
     volumes = len(shape) == 5  # T, D, H, W, C: preprocess.four_d: volumes
     classes = list(spec_json["classes"])

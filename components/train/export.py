@@ -37,15 +37,10 @@ def _outputs(probabilities: tf.Tensor, spec: RecordSpec) -> dict[str, tf.Tensor]
     return out
 
 
-def lstm_layers(model: keras.Model) -> list[keras.layers.LSTM]:
-    """Every LSTM of `model`, inside Bidirectional wrappers too."""
-    return [layer for layer in model._flatten_layers(include_self=False, recursive=True)
-            if isinstance(layer, keras.layers.LSTM)]
-
-
 @contextlib.contextmanager
-def portable_lstm(model: keras.Model) -> Iterator[None]:
-    """Every LSTM of `model` traced with its portable kernel while in the block.
+def portable_lstm(model: keras.Model, unroll: bool = False) -> Iterator[None]:
+    """Every LSTM of `model` traced with its portable kernel while in the block, and
+    with `unroll` also unrolled (what LiteRT and ONNX conversion need: no while loop).
 
     Keras picks an LSTM's kernel when it traces it: on a host that sees a GPU, the fused
     cuDNN op (`CudnnRNNV3`), which has no CPU kernel, so a SavedModel exported there
@@ -53,15 +48,16 @@ def portable_lstm(model: keras.Model) -> Iterator[None]:
     keeps the fused kernel; the served graphs never hold it, whatever host exported them
     (tests/components/train/test_export.py traces as if on a GPU and scans every graph).
     """
-    lstms = lstm_layers(model)
-    before = [layer.use_cudnn for layer in lstms]
+    lstms = [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+             if isinstance(layer, keras.layers.LSTM)]
+    before = [(layer.use_cudnn, layer.unroll) for layer in lstms]
     for layer in lstms:
-        layer.use_cudnn = False
+        layer.use_cudnn, layer.unroll = False, unroll or layer.unroll
     try:
         yield
     finally:
-        for layer, value in zip(lstms, before, strict=True):
-            layer.use_cudnn = value
+        for layer, (cudnn, unrolled) in zip(lstms, before, strict=True):
+            layer.use_cudnn, layer.unroll = cudnn, unrolled
 
 
 def export_saved_model(model: keras.Model, spec: RecordSpec, path: str | Path,

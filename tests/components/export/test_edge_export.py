@@ -97,7 +97,7 @@ def test_an_artifact_that_disagrees_with_the_saved_model_is_not_written(monkeypa
     spec = record_spec(synthetic_records)
     config = from_dict(TrainConfig, load_spec_json(good_model)["training"]["config"], "train")
     untrained = build_model(spec, dataclasses.replace(config, mixed_precision="off"))
-    monkeypatch.setattr(convert, "rebuild", lambda _: (untrained, spec))
+    monkeypatch.setattr(convert, "rebuild", lambda *_: (untrained, spec))
     outputs = export(good_model, synthetic_records, tmp_path / "edge", [("litert", "fp32"), ("onnx", "fp32")])
     assert not outputs.artifacts and len(outputs.refused) == 2
     for refused in outputs.refused:
@@ -110,7 +110,7 @@ def test_a_graph_that_needs_tf_ops_is_refused_in_one_line(good_model):
     what LiteRT runs only through Select TF ops: refused, not written."""
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    model, spec = convert.rebuild(good_model)
+    model, spec = convert.rebuild(good_model, tf.saved_model.load(good_model).variables)
     looped = tf.function(lambda f, v: model({F.FRAMES: f, F.VALID_FRAMES: v}, training=False)).get_concrete_function(
         tf.TensorSpec([None, *spec.shape], tf.uint8), tf.TensorSpec([None], tf.int32))
     with pytest.raises(convert.Refused, match="outside TFLITE_BUILTINS") as refused:
