@@ -55,12 +55,15 @@ setup(
         "pyyaml>=6,<7",
         "matplotlib>=3.8,<4",  # PSF-style licence: the evaluation report's plots (Agg backend)
         "google-crc32c>=1.5,<2",  # TFRecord framing in ingest workers
+        "requests>=2.31,<3",  # Apache-2.0: the DICOMweb input (QIDO-RS, WADO-RS); TF pulls it in too
         "numpy>=1.26,<3",
     ],
     extras_require={
         # Edge and portable export (`medseq export`, `push.formats`); all Apache-2.0/MIT,
         # and none of them changes TensorFlow's own pins.
         "edge": EDGE,
+        # benchmarks/bench_fetch.py's baseline (MIT).
+        "bench": ["dicomweb-client==0.61.2"],
         "test": ["pytest>=8,<10", "ruff>=0.17,<0.18", "mypy>=2.4,<2.5", *EDGE],
     },
     entry_points={"console_scripts": ["medseq=medseq.pipeline.cli:main"]},

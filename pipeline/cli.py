@@ -123,6 +123,10 @@ def cmd_convert(args: argparse.Namespace, beam_args: list[str]) -> int:
 
     config = _config(args)
     out = ingest.run(config, ingest.IngestInputs(config.input, config.labels), args.out, beam_args)
+    if out.fetch:
+        from .stages import fetch_line
+
+        print(f"convert: {fetch_line(out.fetch)}")
     print(f"convert: records {out.records}, rejected {out.rejected} -> {out.out}")
     listed = out.qc["labels_csv"]
     if listed["not_found"]:
@@ -261,8 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--small", action="store_true", help="small matrices (48-64 px) for committed samples")
 
     p = add("convert", cmd_convert, "Ingest: DICOM series -> sharded gzip TFRecords (Apache Beam).")
-    p.add_argument("--input", required=True, help="folder or glob of DICOM files (local, gs://, s3://)")
-    p.add_argument("--labels", required=True, help="CSV with columns series_instance_uid,label")
+    p.add_argument("--input", required=True, help="folder or glob of DICOM files (local, gs://, s3://), or a "
+                   "DICOMweb service root (https://host/dicom-web; ingest.dicomweb in --config: filters, "
+                   "concurrency, retries; credentials from $MEDSEQ_DICOMWEB_TOKEN or $MEDSEQ_DICOMWEB_USER/_PASSWORD)")
+    p.add_argument("--labels", required=True, help="CSV with a label column and one of series_instance_uid, "
+                   "study_instance_uid, accession_number")
     p.add_argument("--out", required=True, help="writes OUT/{train,eval,test}/, rejected.jsonl, qc.json")
     p.add_argument("--hash-key-file", help="secret key for the keyed hashes (else $MEDSEQ_HASH_KEY)")
     p.add_argument("--num-shards", type=int, help="shards per split (default: by size, 64 MB)")

@@ -32,3 +32,11 @@ class StageFailed(MedseqError):
 
     default_message = "a pipeline stage failed"
     exit_code = 1
+
+
+class ArchiveError(MedseqError):
+    """The DICOM archive (a DICOMweb service) refused or could not be reached: nothing
+    about the data, so the job stops before it writes anything."""
+
+    default_message = "the DICOMweb service could not be read"
+    exit_code = 1

@@ -4,6 +4,7 @@ beside them, the fingerprints the runner keys its cache on."""
 
 from __future__ import annotations
 
+import datetime
 import glob
 import json
 import os
@@ -35,6 +36,8 @@ def folder_print(folder: Path, marker: str) -> dict[str, str]:
 
 def input_print(where: str) -> str:
     """A local folder, file or glob by content; anything remote by its address only."""
+    if where.startswith(("http://", "https://")):  # DICOMweb: ingest asks the archive each run (incremental)
+        return f"dicomweb:{where} checked {datetime.datetime.now(datetime.UTC).isoformat()}"
     if "://" in where:
         return f"uri:{where}"
     path = Path(where)
@@ -73,8 +76,16 @@ def ingest(config: PipelineConfig, out: Path, key: bytes, beam_args: list[str]) 
     from ..components import ingest as component
 
     done = component.run(config, component.IngestInputs(config.input, config.labels, key), out, beam_args)
-    return Result(f"records {done.records}, rejected {done.rejected} (see ingest/rejected.jsonl)",
+    fetched = f"; {fetch_line(done.fetch)}" if done.fetch else ""
+    return Result(f"records {done.records}, rejected {done.rejected} (see ingest/rejected.jsonl){fetched}",
                   folder_print(out, F.QC_FILE), {"records": done.records, "rejected": done.rejected})
+
+
+def fetch_line(fetch: dict[str, Any]) -> str:
+    """What a DICOMweb input's fetch did, in one line."""
+    return (f"dicomweb: {fetch['listed']} series listed, {fetch['fetched']} fetched ({fetch['instances']} "
+            f"instances, {fetch['mb']:.1f} MB), {fetch['unchanged']} unchanged, {fetch['failed']} failed, "
+            f"{fetch['retried']} retries ({fetch['seconds']:.1f} s)")
 
 
 def validate(config: PipelineConfig, records: Path, out: Path, beam_args: list[str]) -> Result:

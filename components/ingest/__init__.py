@@ -9,14 +9,16 @@ DICOM handling is in `medseq.components.preprocessing`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 from ...pipeline.config import PipelineConfig
 from ...pipeline.contract import BeamArgs, IngestInputs, absolute
 from ...pipeline.lean_beam import default_beam_args, import_beam_without_optional_io
-from . import deid
+from . import deid, dicomweb
 from .executor import IngestOutputs, run_job
+from .steps import RejectedRow
 
 __all__ = ["IngestInputs", "IngestOutputs", "run"]
 
@@ -42,14 +44,26 @@ def _fewer_files_than(input_path: str, limit: int) -> bool:
 
 
 def run(config: PipelineConfig, inputs: IngestInputs, out: str | Path, beam_args: BeamArgs = ()) -> IngestOutputs:
-    """Converts `inputs.input` (labels in `inputs.labels`) into records under `out`."""
+    """Converts `inputs.input` (labels in `inputs.labels`) into records under `out`: a
+    folder or glob, or a DICOMweb service root whose series are fetched first."""
     key = inputs.key if inputs.key is not None else deid.load_key(config.ingest.hash_key_file)
     given = [*config.ingest.beam_args, *beam_args]
-    small = _fewer_files_than(inputs.input, SMALL_INPUT_FILES)
+    out_path = absolute(str(out))
+    if not dicomweb.is_dicomweb(inputs.input):
+        return _convert(config, absolute(inputs.input), absolute(inputs.labels), out_path, key, given)
+    with dicomweb.fetched(inputs.input, config.ingest.dicomweb, key, out_path, given or None,
+                          SMALL_INPUT_FILES) as fetched:
+        outputs = _convert(config, fetched.root, absolute(inputs.labels), out_path, key, given, fetched.rejected)
+        dicomweb.write_manifest(out_path, fetched.manifest)
+    return dataclasses.replace(outputs, fetch=fetched.summary)
+
+
+def _convert(config: PipelineConfig, input_path: str, labels: str, out: str, key: bytes, given: list[str],
+             fetch_rejected: tuple[RejectedRow, ...] = ()) -> IngestOutputs:
+    small = _fewer_files_than(input_path, SMALL_INPUT_FILES)
     # A small local input and no Beam option: no pipeline to build (in_process.py).
     args = None if small and not given else default_beam_args(given, small)
     if args is not None:  # Beam without the integrations a conversion never uses (about 1 s)
         import_beam_without_optional_io()
     record = {"input": "<input>", "labels": "<labels>"}  # paths may name patients; not recorded
-    return run_job(absolute(inputs.input), absolute(inputs.labels), absolute(str(out)), key, config.preprocess,
-                   config.ingest, args, record)
+    return run_job(input_path, labels, out, key, config.preprocess, config.ingest, args, record, fetch_rejected)

@@ -15,7 +15,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ...pipeline import features as F
 from ...pipeline.config import IngestConfig, PreprocessConfig, to_dict
@@ -25,13 +25,16 @@ from . import storage
 from .graph import INDEX, LABELED_LINES, REJECTED_LINES, ingest_graph
 from .in_process import LocalGraph
 from .output_lock import output_lock
+from .steps import RejectedRow
 from .storage import open_binary
 
 if TYPE_CHECKING:
     import apache_beam as beam
 
 log = logging.getLogger("medseq.ingest")
-LABEL_COLUMNS = ("series_instance_uid", "label")
+# labels.csv keys a label by one of these columns (labels per series, or per study as a
+# radiology information system gives them), and has a `label` column.
+LABEL_KEYS = ("series_instance_uid", "study_instance_uid", "accession_number")
 CLASS_NAME = re.compile(r"^[\w][\w .-]{0,63}$")  # class names travel into file names, configs and reports
 
 
@@ -42,10 +45,17 @@ class IngestOutputs:
     rejected: int
     classes: tuple[str, ...]
     qc: dict[str, Any]
+    fetch: dict[str, Any] | None = None  # a DICOMweb input: what its fetch did (dicomweb._summary)
 
 
-def read_labels(path: str) -> tuple[dict[str, str], tuple[str, ...]]:
-    """labels.csv -> ({series uid: label}, sorted class names)."""
+class LabelTable(NamedTuple):
+    labels: dict[str, str]  # key column's value -> class name
+    classes: tuple[str, ...]  # sorted
+    column: str  # one of LABEL_KEYS
+
+
+def read_labels(path: str) -> LabelTable:
+    """labels.csv -> its labels by the key column it has (the first of LABEL_KEYS)."""
     try:
         with open_binary(path) as f:
             raw = f.read()
@@ -57,27 +67,29 @@ def read_labels(path: str) -> tuple[dict[str, str], tuple[str, ...]]:
         raise InputError(f"{path}: expected UTF-8 text, found a byte that is not (0x{raw[exc.start]:02x} at byte "
                          f"{exc.start}); save the labels as UTF-8 CSV") from None
     reader = csv.DictReader(io.StringIO(text))
-    if not reader.fieldnames or not set(LABEL_COLUMNS) <= {c.strip() for c in reader.fieldnames}:
-        raise InputError(f"{path}: expected a CSV header with columns {','.join(LABEL_COLUMNS)}, "
+    columns = {c.strip() for c in reader.fieldnames or []}
+    column = next((c for c in LABEL_KEYS if c in columns), None)
+    if column is None or "label" not in columns:
+        raise InputError(f"{path}: expected a CSV header with a column label and one of {', '.join(LABEL_KEYS)}, "
                          f"found {','.join(reader.fieldnames or [])!r}")
     labels: dict[str, str] = {}
     first_line: dict[str, int] = {}
     for row in reader:
         row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
-        uid, label = row["series_instance_uid"], row["label"]
+        uid, label = row[column], row["label"]
         if not (uid and label):
             continue
         if not CLASS_NAME.match(label):
             raise InputError(f"{path}: line {reader.line_num}: expected a class name of letters, digits, '_', '-', "
                              f"'.' or spaces, found {label[:40]!r}")
         if uid in labels and labels[uid] != label:  # the line numbers, never the UID: it identifies
-            raise InputError(f"{path}: lines {first_line[uid]} and {reader.line_num} give one series two labels "
-                             f"({labels[uid]!r} and {label!r}); expected one label per series")
+            raise InputError(f"{path}: lines {first_line[uid]} and {reader.line_num} give one {column} two "
+                             f"labels ({labels[uid]!r} and {label!r}); expected one label per {column}")
         labels[uid] = label
         first_line.setdefault(uid, reader.line_num)
     if not labels:
-        raise InputError(f"{path}: no labeled series (expected rows of series_instance_uid,label)")
-    return labels, tuple(sorted(set(labels.values())))
+        raise InputError(f"{path}: no labeled rows (expected rows of {column},label)")
+    return LabelTable(labels, tuple(sorted(set(labels.values()))), column)
 
 
 def input_pattern(input_path: str) -> tuple[str, str]:
@@ -203,22 +215,30 @@ def finalize(staging: str, out: str, classes: tuple[str, ...], config: dict[str,
 
 
 def run_job(input_path: str, labels_path: str, out: str, key: bytes, preprocess: PreprocessConfig,
-            ingest: IngestConfig, beam_args: list[str] | None, config_record: dict[str, Any]) -> IngestOutputs:
-    """The job on Beam with `beam_args`, or, with None, its DoFns called in this process."""
-    labels, classes = read_labels(labels_path)
+            ingest: IngestConfig, beam_args: list[str] | None, config_record: dict[str, Any],
+            fetch_rejected: tuple[RejectedRow, ...] = ()) -> IngestOutputs:
+    """The job on Beam with `beam_args`, or, with None, its DoFns called in this process;
+    `fetch_rejected`: the series of a DICOMweb input that could not be fetched."""
+    labels, classes, column = read_labels(labels_path)
     classes = ingest.classes or classes
     pattern, root = input_pattern(input_path)
-    _require_files(pattern, input_path)
+    if not fetch_rejected:
+        _require_files(pattern, input_path)
     with output_lock(out):
         storage.mkdirs(out) if not storage.exists(out) else None
         staging = storage.join(out, f".medseq-staging-{uuid.uuid4().hex[:8]}")
+        if fetch_rejected:  # merged by finalize() with the job's own rejected lines
+            with storage.create(storage.join(staging, f"{REJECTED_LINES}-fetch.jsonl")) as f:
+                f.write("".join(row.to_json() + "\n" for row in fetch_rejected).encode())
         if beam_args is None:
-            LocalGraph.run(ingest_graph, pattern, root, staging, key, labels, classes, preprocess, ingest)
+            LocalGraph.run(ingest_graph, pattern, root, staging, key, labels, classes, preprocess, ingest, column)
         else:
             import apache_beam as beam
             from apache_beam.options.pipeline_options import PipelineOptions
 
             with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
-                ingest_graph(BeamGraph(pipeline), pattern, root, staging, key, labels, classes, preprocess, ingest)
-        record = dict(config_record, preprocess=to_dict(preprocess), ingest=to_dict(ingest))
+                ingest_graph(BeamGraph(pipeline), pattern, root, staging, key, labels, classes, preprocess, ingest,
+                             column)
+        record = dict(config_record, preprocess=to_dict(preprocess),
+                      ingest={**to_dict(ingest), "dicomweb": ingest.dicomweb.selection()})
         return finalize(staging, out, classes, record, len(labels))

@@ -54,8 +54,10 @@ def _index_line(placed: Placed) -> str:
 
 
 def ingest_graph(g: Graph, pattern: str, root: str, staging: str, key: bytes, labels: dict[str, str],
-                 classes: tuple[str, ...], preprocess: PreprocessConfig, ingest: IngestConfig) -> None:
-    """Adds the ingest job to `g`, writing shards and side files under `staging`."""
+                 classes: tuple[str, ...], preprocess: PreprocessConfig, ingest: IngestConfig,
+                 label_column: str = "series_instance_uid") -> None:
+    """Adds the ingest job to `g`, writing shards and side files under `staging`; `labels`
+    are keyed by the headers' `label_column` (executor.LABEL_KEYS)."""
     paths = g.files("MatchFiles", pattern)
     # The match is one element's fan-out: without a reshuffle every header read would run
     # in the bundle (and worker) that listed the files.
@@ -64,7 +66,8 @@ def ingest_graph(g: Graph, pattern: str, root: str, staging: str, key: bytes, la
                           max_inflated_mb=ingest.max_inflated_mb)
     headers, unreadable = g.pardo("ReadHeaders", paths, read, (REJECTED,))
     build = BuildRecordStep(root, key, labels, classes, preprocess, ingest.split, staging=staging,
-                            decode_timeout_s=ingest.decode_timeout_s, pixel_phi=ingest.pixel_phi)
+                            decode_timeout_s=ingest.decode_timeout_s, pixel_phi=ingest.pixel_phi,
+                            label_column=label_column)
     records, rejected, labeled = g.pardo("BuildRecords", g.group("GroupBySeries", headers), build,
                                          (BuildRecordStep.REJECTED, BuildRecordStep.LABELED))
     sizes = g.sum_per_key("SizePerSplit", g.map("RecordSizes", records, _record_size))

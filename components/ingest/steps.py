@@ -238,8 +238,10 @@ class BuildRecordStep:
 
     def __init__(self, root: str, key: bytes, labels: dict[str, str], classes: tuple[str, ...],
                  preprocess_config: PreprocessConfig, split: SplitConfig, *, staging: str,
-                 decode_timeout_s: float | None = None, pixel_phi: PixelPhiConfig = SAFE_PIXEL_PHI) -> None:
+                 decode_timeout_s: float | None = None, pixel_phi: PixelPhiConfig = SAFE_PIXEL_PHI,
+                 label_column: str = "series_instance_uid") -> None:
         self.root, self.key, self.labels, self.classes = root, key, labels, classes
+        self.label_column = label_column  # which header value keys `labels`
         self.config, self.split, self.decode_timeout_s = preprocess_config, split, decode_timeout_s
         self.pixel_phi = pixel_phi
         self.staging = staging
@@ -274,12 +276,14 @@ class BuildRecordStep:
         source, grouped = element
         headers = [FileHeader.from_bytes(v if isinstance(v, bytes) else self._headers.read(*v)) for v in grouped]
         series_key = deid.keyed_hash(self.key, "series", source)
-        label = self.labels.get(headers[0].series_uid)
-        if label is not None:  # which labels.csv rows met a series (keyed: the UID itself is never written)
-            yield Tagged(LABELED, deid.keyed_hash(self.key, "labeled", headers[0].series_uid))
+        label_key = headers[0].label_key(self.label_column)
+        label = self.labels.get(label_key) if label_key else None
+        if label is not None:  # which labels.csv rows met a series (keyed: the value itself is never written)
+            yield Tagged(LABELED, deid.keyed_hash(self.key, "labeled", label_key))
         try:
             if label is None:
-                raise Rejected(reasons.UNLABELED, "the series is not listed in the labels file")
+                by = "" if self.label_column == "series_instance_uid" else f" (by its {self.label_column})"
+                raise Rejected(reasons.UNLABELED, f"the series is not listed in the labels file{by}")
             if label not in self.classes:
                 raise Rejected(reasons.UNKNOWN_LABEL, f"its label is not one of the configured classes "
                                f"({', '.join(self.classes)})")

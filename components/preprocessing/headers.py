@@ -101,6 +101,14 @@ class FileHeader:
     sop_class: str = ""
     conversion_type: str = ""
     regions: tuple[tuple[int, int, int, int], ...] | None = None
+    # What labels.csv may key a series by besides its UID (labels per study, from the RIS).
+    study_uid: str = field(default="", repr=False)
+    accession: str = field(default="", repr=False)
+
+    def label_key(self, column: str) -> str:
+        """This file's value of a labels.csv key column (LABEL_KEYS)."""
+        return {"series_instance_uid": self.series_uid, "study_instance_uid": self.study_uid,
+                "accession_number": self.accession}[column]
 
     @property
     def series_key_source(self) -> str:
@@ -357,6 +365,8 @@ def header_from_dataset(ds: Dataset, path: str) -> FileHeader:
                                                    else "")),
         conversion_type=str(v.get("ConversionType", "") or "").strip().upper(),
         regions=ultrasound_regions(v),
+        study_uid=str(v.get("StudyInstanceUID", "") or ""),
+        accession=str(v.get("AccessionNumber", "") or ""),
     )
 
 

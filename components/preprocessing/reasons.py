@@ -33,6 +33,8 @@ NO_IMAGING_REGION = "no_imaging_region"  # ultrasound whose listed regions leave
 UNLABELED = "unlabeled"
 UNKNOWN_LABEL = "unknown_label"
 PROCESSING_ERROR = "processing_error"  # an unexpected failure on one input; the job goes on
+FETCH_FAILED = "fetch_failed"  # a DICOMweb series that WADO-RS could not deliver (the HTTP status in the message)
+INCOMPLETE_FETCH = "incomplete_fetch"  # fewer instances arrived than QIDO-RS counted
 
 ALL = (
     NOT_DICOM, MISSING_FILE_META, UNREADABLE, TRUNCATED, NO_PIXEL_DATA, MISSING_ATTRIBUTE,
@@ -41,7 +43,7 @@ ALL = (
     INCONSISTENT_ORIENTATION, INCONSISTENT_FRAME_OF_REFERENCE, INCONSISTENT_SPACING,
     MISSING_SLICES, DUPLICATE_POSITION, INCOMPLETE_4D, UNORDERED_4D, TOO_FEW_FRAMES, BURNED_IN_ANNOTATION,
     SECONDARY_CAPTURE, NO_IMAGING_REGION, UNLABELED, UNKNOWN_LABEL,
-    PROCESSING_ERROR,
+    PROCESSING_ERROR, FETCH_FAILED, INCOMPLETE_FETCH,
 )
 
 
