@@ -307,3 +307,24 @@ def test_archive_gone_error_is_one_line(config, tmp_path, credentials):
     with pytest.raises(ArchiveError, match="connection failed"):
         convert(web, tmp_path / "out", beam_args=())
     assert not (tmp_path / "out").exists()
+
+
+def test_medseq_run_takes_a_dicomweb_input_and_asks_the_archive_again(archive, tmp_path, credentials, capsys,
+                                                                        monkeypatch):
+    from medseq.pipeline import cli
+
+    server, _, _ = archive
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    config = tmp_path / "config.yaml"
+    settings = {"concurrency": 3, "filters": {"ModalitiesInStudy": "MR"}}
+    config.write_text(yaml.safe_dump({"input": server.url, "labels": str(CINE / "labels.csv"),
+                                      "ingest": {"dicomweb": settings}}))
+    command = ["run", "--config", str(config), "--out", str(tmp_path / "run"), "--only", "ingest"]
+    assert cli.main(command) == 0
+    first = capsys.readouterr().out
+    assert "series listed" in first and (tmp_path / "run" / "ingest" / "qc.json").exists()
+    assert cli.main(command) == 0  # not reused by address: the archive is asked again, nothing is fetched
+    again = capsys.readouterr().out
+    assert " 0 fetched" in again and "reused" not in again.split("[1/5] ingest")[-1].splitlines()[0]
+    recorded = (tmp_path / "run" / "run.json").read_text()
+    assert PASSWORD not in recorded and "dicomweb:http" in recorded  # the address, never the credentials
