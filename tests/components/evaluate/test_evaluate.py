@@ -19,6 +19,7 @@ from medseq.components.evaluate.intervals import metrics_of
 from medseq.pipeline import cli
 from medseq.pipeline import features as F
 from medseq.pipeline.config import EvaluateConfig
+from medseq.pipeline.errors import EvaluationFailed
 
 VENDOR_FLOOR = ('per_slice_thresholds { slicing_specs { feature_keys: ["manufacturer"] } '
                 'threshold { value_threshold { lower_bound { value: 1.01 } } } }')
@@ -104,12 +105,14 @@ def test_small_slices_are_reported_but_not_gated(synthetic_records, good_model, 
 
 
 @pytest.mark.slow
-def test_a_tfma_error_blesses_nothing(synthetic_records, good_model, tmp_path):
+def test_a_tfma_error_is_no_verdict_and_blesses_nothing(synthetic_records, good_model, tmp_path):
     config = Path(gate_file(tmp_path)).read_text().replace('prediction_key: "probability"', 'prediction_key: "nope"')
     (tmp_path / "broken.pbtxt").write_text(config)
-    result = evaluate(str(synthetic_records), good_model, tmp_path / "e", str(tmp_path / "broken.pbtxt"),
-                      beam_args=IN_PROCESS)
-    assert not result.blessed and result.reasons[0].startswith("TFMA failed")
+    with pytest.raises(EvaluationFailed, match="TFMA could not evaluate the candidate .*no verdict was written"):
+        evaluate(str(synthetic_records), good_model, tmp_path / "e", str(tmp_path / "broken.pbtxt"),
+                 beam_args=IN_PROCESS)
+    # No evaluation, no verdict: neither file, so push has nothing to ship.
+    assert not (tmp_path / "e" / F.BLESSED).exists() and not (tmp_path / "e" / F.NOT_BLESSED).exists()
 
 
 @pytest.mark.slow

@@ -1,0 +1,69 @@
+"""Failures of an object store (S3 through Beam's filesystems) as one line for people."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Iterator, Sequence
+from urllib.parse import urlsplit
+
+from ...pipeline.errors import InputError
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    stack = [exc]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        stack += [c for c in (current.__cause__, current.__context__) if c is not None]
+        stack += [c for c in getattr(current, "exception_details", {}).values() if isinstance(c, BaseException)]
+
+
+@contextlib.contextmanager
+def remote_errors() -> Iterator[None]:
+    """What an object store answered, in one line: an unreachable endpoint, refused
+    credentials, a missing bucket."""
+    try:
+        yield
+    except Exception as exc:
+        line = describe(exc)
+        if line is None:
+            raise
+        raise InputError(line) from None
+
+
+def describe(exc: BaseException) -> str | None:
+    """One line for an object-store failure anywhere in `exc`'s causes; None for others."""
+    for cause in _causes(exc):
+        name = type(cause).__name__
+        text = str(cause)
+        if name in ("EndpointConnectionError", "ConnectTimeoutError") or "Could not connect to the endpoint" in text:
+            return ("cannot reach the object store's endpoint (expected a running S3 service at "
+                    "--s3_endpoint_url, or AWS's default endpoint without it)")
+        if any(code in text for code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "Forbidden")):
+            return ("the object store refused the credentials (expected --s3_access_key_id and "
+                    "--s3_secret_access_key, or AWS's usual variables, of an account that may read and write there)")
+        if "NoSuchBucket" in text:
+            return "the bucket does not exist in the object store (expected an existing bucket in the s3:// path)"
+    return None
+
+
+def check_endpoint(beam_args: Sequence[str], paths: Sequence[str]) -> None:
+    """An S3 endpoint (--s3_endpoint_url) that refuses connections fails here in one line,
+    before Beam's S3 client retries it for minutes."""
+    if not any(p.startswith("s3://") for p in paths):
+        return
+    url = next((a.split("=", 1)[1] for a in beam_args if a.startswith("--s3_endpoint_url=")), None)
+    if not url:
+        return  # AWS's own endpoints
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname or "", port), timeout=10).close()
+    except OSError:
+        raise InputError(f"cannot reach the object store's endpoint {parts.scheme}://{parts.hostname}:{port} "
+                         "(expected a running S3 service at --s3_endpoint_url)") from None

@@ -1,0 +1,100 @@
+"""Ingest on an S3-compatible object store (a real SeaweedFS, tests/object_store.py): the
+default runner, and Beam's portable job service with an EXTERNAL SDK worker pool whose
+workers cannot see the driver's files (a private mount namespace with its own /tmp),
+the way Flink and Spark run Python workers. Both write what a local convert writes,
+byte for byte; what the store refuses is one line."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from object_store import ObjectStore
+from orthanc_server import free_port
+
+from helpers import KEY, SAMPLES, convert
+
+pytestmark = [pytest.mark.slow, pytest.mark.reliability]
+BUCKET = "medseq-test"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    server = ObjectStore(tmp_path_factory.mktemp("seaweedfs"))
+    server.client.create_bucket(Bucket=BUCKET)
+    server.upload(SAMPLES / "cine_ef", BUCKET, "cine")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory, config):
+    out = tmp_path_factory.mktemp("local")
+    convert(config, out, beam_args=())
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and not p.name.startswith(".medseq")}
+
+
+def s3_config(config):
+    return config.on_input(f"s3://{BUCKET}/cine/dicom", f"s3://{BUCKET}/cine/labels.csv")
+
+
+def test_convert_from_and_to_s3_writes_what_a_local_convert_writes(store, config, local):
+    got = convert(s3_config(config), f"s3://{BUCKET}/out/default", beam_args=store.beam_args())
+    assert sum(got.records.values()) > 30
+    assert store.objects(BUCKET, "out/default") == local
+
+
+def test_a_worker_pool_that_shares_no_disk_with_the_driver(store, config, local, tmp_path):
+    if shutil.which("unshare") is None or subprocess.run(
+            ["unshare", "-m", "--propagation", "private", "true"], capture_output=True).returncode:
+        pytest.skip("needs unshare -m (root, util-linux) for the workers' private /tmp")
+    job_port, pool_port = free_port(), free_port()
+    workers_home = Path("/var/tmp") / f"medseq-workers-{os.getpid()}"
+    workers_home.mkdir(parents=True, exist_ok=True)
+    # The workers' own /tmp (where the driver's pytest folders are) is an empty tmpfs.
+    pool = subprocess.Popen(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c",
+         f"mount -t tmpfs tmpfs /tmp && cd {workers_home} && exec {sys.executable} -m "
+         f"apache_beam.runners.worker.worker_pool_main --service_port={pool_port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, "TMPDIR": "/tmp", "HOME": str(workers_home)})
+    jobs = subprocess.Popen([sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main",
+                             f"--port={job_port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        time.sleep(3)
+        args = [*store.beam_args(), "--runner=PortableRunner", f"--job_endpoint=localhost:{job_port}",
+                "--environment_type=EXTERNAL", f"--environment_config=localhost:{pool_port}"]
+        convert(s3_config(config), f"s3://{BUCKET}/out/portable", beam_args=args)
+        assert store.objects(BUCKET, "out/portable") == local
+        assert not any(p.name.startswith(".medseq") for p in tmp_path.iterdir())
+    finally:
+        for process in (pool, jobs):
+            os.killpg(process.pid, 9)
+            process.wait()
+        shutil.rmtree(workers_home, ignore_errors=True)
+
+
+@pytest.mark.parametrize("case", ["no such bucket", "wrong secret", "no endpoint"])
+def test_what_the_store_refuses_is_one_line(store, case, tmp_path):
+    bucket = "no-such-bucket" if case == "no such bucket" else BUCKET
+    args = store.beam_args(secret="wrong" if case == "wrong secret" else store.beam_args()[2].split("=", 1)[1])
+    if case == "no endpoint":
+        args[0] = f"--s3_endpoint_url=http://127.0.0.1:{free_port()}"
+    env = {**os.environ, "MEDSEQ_HASH_KEY": KEY.decode(), "AWS_MAX_ATTEMPTS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "medseq.pipeline.cli", "convert", "--input", f"s3://{bucket}/cine/dicom",
+         "--labels", f"s3://{bucket}/cine/labels.csv", "--out", f"s3://{bucket}/out/refused", *args],
+        capture_output=True, text=True, timeout=300, env=env)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("medseq")]
+    assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    expected = {"no such bucket": ("bucket does not exist", "labels file not found"),
+                "wrong secret": ("refused the credentials",), "no endpoint": ("cannot reach the object store",)}[case]
+    assert any(e in lines[0] for e in expected), lines[0]
+    assert "wrong" not in lines[0]
