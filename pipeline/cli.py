@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 from . import __version__, processes
 from .errors import InputError, MedseqError
 
-BEAM_COMMANDS = ("convert", "validate", "evaluate", "run")
+BEAM_COMMANDS = ("convert", "validate", "train", "evaluate", "run")  # train: Beam's filesystem options
 NOISY_LIBRARIES = ("tensorflow", "keras", "tf_keras", "apache_beam", "tensorflow_model_analysis", "tfx_bsl",
                    "google", "absl", "pydicom")
 
@@ -149,11 +149,11 @@ def cmd_validate(args: argparse.Namespace, beam_args: list[str]) -> int:
     return 1 if result.anomalies else 0
 
 
-def cmd_train(args: argparse.Namespace, _: list[str]) -> int:
+def cmd_train(args: argparse.Namespace, beam_args: list[str]) -> int:
     from ..components import train
 
     config = _config(args)
-    out = train.run(config, train.TrainInputs(args.examples), args.out)
+    out = train.run(config, train.TrainInputs(args.examples), args.out, beam_args)
     exported = f"epoch {out.best_epoch} (best {config.train.monitor})" if out.best_epoch else "the last epoch"
     print(f"train: {out.epochs_run} epoch(s) run ({out.steps} steps in all, resumed from epoch "
           f"{out.resumed_from_epoch}); exported {exported} -> {out.model_dir}")
@@ -243,9 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
 
     def add(name: str, func: Callable[..., int], help_text: str, config: bool = True) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text
-                           + (" Options this command does not know are passed to Apache Beam "
-                              "(e.g. --runner=DataflowRunner)." if name in BEAM_COMMANDS else ""))
+        beam_note = (" Options this command does not know are Apache Beam's filesystem options (e.g. "
+                     "--s3_endpoint_url), for records on an object store." if name == "train" else
+                     " Options this command does not know are passed to Apache Beam (e.g. --runner=DataflowRunner)."
+                     if name in BEAM_COMMANDS else "")
+        p = sub.add_parser(name, help=help_text, description=help_text + beam_note)
         p.set_defaults(func=func)
         if config:
             p.add_argument("--config", help="pipeline config YAML, laid over the shipped schemas/pipeline.yaml "
@@ -287,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("train", cmd_train, "Train the TimeDistributed CNN + LSTM under tf.distribute, evaluate after "
             "every epoch and export the best epoch. After a crash or a kill, the same command resumes at the "
             "last checkpoint and ends as if never stopped.")
-    p.add_argument("--examples", required=True, help="the output folder of `medseq convert`")
+    p.add_argument("--examples", required=True, help="the output folder of `medseq convert` (on s3://: copied "
+                   "into OUT/records first, with Beam's --s3_* options)")
     p.add_argument("--out", required=True,
                    help="writes model/, history.json, checkpoints/, logs/ (TensorBoard); resumes from checkpoints/")
     p.add_argument("--epochs", type=int, help="train.epochs of the config (a resumed job trains up to it)")

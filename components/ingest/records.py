@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gzip
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import IO
 
 import google_crc32c
@@ -79,3 +79,22 @@ def write_tfrecords(fileobj: IO[bytes], records: Iterable[bytes]) -> int:
                       + struct.pack("<I", _masked_crc(record)))
             count += 1
     return count
+
+
+def read_tfrecords(fileobj: IO[bytes]) -> Iterator[bytes]:
+    """The records of a gzip TFRecord file, each checked against its CRCs (what
+    `write_tfrecords` and TensorFlow's writer write)."""
+    with gzip.GzipFile(fileobj=fileobj, mode="rb") as data:
+        while True:
+            head = data.read(12)
+            if not head:
+                return
+            if len(head) < 12:
+                raise ValueError("a TFRecord file ends inside a record's length")
+            length, length_crc = struct.unpack("<QI", head)
+            if length_crc != _masked_crc(head[:8]):
+                raise ValueError("a TFRecord length fails its CRC: the file is corrupt")
+            record, tail = data.read(length), data.read(4)
+            if len(record) < length or len(tail) < 4 or struct.unpack("<I", tail)[0] != _masked_crc(record):
+                raise ValueError("a TFRecord fails its CRC or ends early: the file is corrupt or truncated")
+            yield record

@@ -172,3 +172,29 @@ def files_starting(prefix: str) -> list[str]:
     except FileNotFoundError:
         return []
     return [os.path.join(folder, n) for n in names if n.startswith(start) and os.path.isfile(os.path.join(folder, n))]
+
+
+def local_copy(folder: str, into: str) -> str:
+    """`folder`'s files copied below the local folder `into` (kept while every file's
+    name and size still match: a rerun copies nothing), or `folder` itself when local.
+    For readers that have no filesystem of Beam's: TensorFlow 2.21 has no s3://."""
+    if not remote(folder):
+        return folder
+    prefix = folder.rstrip("/") + "/"
+    listed = _beam().match([prefix + "**"])[0].metadata_list
+    sources = {m.path[len(prefix):]: m.path for m in listed}
+    wanted = {m.path[len(prefix):]: m.size_in_bytes for m in listed}
+    have = {os.path.relpath(os.path.join(p, n), into): os.path.getsize(os.path.join(p, n))
+            for p, _, names in os.walk(into) for n in names} if os.path.isdir(into) else {}
+    if have == wanted:
+        return into
+    staging = into.rstrip("/") + ".partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    for name, path in sources.items():
+        target = os.path.join(staging, name)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open_binary(path) as source, open(target, "wb") as f:
+            shutil.copyfileobj(source, f, 1 << 20)
+    shutil.rmtree(into, ignore_errors=True)
+    os.rename(staging, into)
+    return into

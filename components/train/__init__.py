@@ -6,15 +6,28 @@ checkpoints, `export` writes the SavedModel with its serving signatures.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ...pipeline.config import PipelineConfig
 from ...pipeline.contract import BeamArgs, TrainInputs, absolute
+from ..ingest import storage
+from ..ingest.remote_errors import check_endpoint, remote_errors
 from .executor import TrainOutputs, train
 
 __all__ = ["TrainInputs", "TrainOutputs", "run", "train"]
 
 
+RECORDS_COPY = "records"  # OUT/records: a local copy of records that live on an object store
+
+
 def run(config: PipelineConfig, inputs: TrainInputs, out: str | Path, beam_args: BeamArgs = ()) -> TrainOutputs:
-    """Trains on `inputs.examples` with `config.train` into `out` (no Beam: `beam_args` are unused)."""
-    return train(absolute(inputs.examples), absolute(str(out)), config.train)
+    """Trains on `inputs.examples` with `config.train` into `out`. Records on an object
+    store (TensorFlow 2.21 reads gs:// but has no s3://) are first copied into
+    OUT/records, through Beam's filesystems configured by `beam_args`."""
+    examples, out_path = absolute(inputs.examples), absolute(str(out))
+    if storage.remote(examples):
+        check_endpoint(beam_args, [examples])
+        with storage.filesystem_options(beam_args, examples), remote_errors():
+            examples = storage.local_copy(examples, os.path.join(out_path, RECORDS_COPY))
+    return train(examples, out_path, config.train)

@@ -7,6 +7,8 @@ from pathlib import Path
 from ...pipeline.config import PipelineConfig
 from ...pipeline.contract import BeamArgs, ValidateInputs, absolute
 from ...pipeline.lean_beam import default_beam_args
+from ..ingest import storage
+from ..ingest.remote_errors import check_endpoint, remote_errors
 from .executor import ValidateOutputs, table, validate
 
 __all__ = ["ValidateInputs", "ValidateOutputs", "run", "table", "validate"]
@@ -16,5 +18,9 @@ def run(config: PipelineConfig, inputs: ValidateInputs, out: str | Path,
         beam_args: BeamArgs = ()) -> ValidateOutputs:
     """Statistics of `inputs.examples` checked against `config.validate`, written to `out`."""
     section = config.validate
-    return validate(absolute(inputs.examples), absolute(str(out)), section.schema, section.infer_schema,
-                    section.max_label_linf, default_beam_args([*section.beam_args, *beam_args]))
+    given = [*section.beam_args, *beam_args]
+    examples, out_path = absolute(inputs.examples), absolute(str(out))
+    check_endpoint(given, [examples, out_path])
+    with storage.filesystem_options(given, examples, out_path), remote_errors():
+        return validate(examples, out_path, section.schema, section.infer_schema, section.max_label_linf,
+                        default_beam_args(given))

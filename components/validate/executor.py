@@ -8,18 +8,21 @@ no eval example. Any anomaly fails the stage.
 from __future__ import annotations
 
 import json
-import tempfile
+import os
+import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from ...pipeline import features as F
 from ...pipeline.errors import InputError
-from ..train.dataset import split_files
+from ..ingest import storage
+from ..ingest.records import read_tfrecords
+from ..ingest.transforms import WriteLinesDoFn, configure_filesystems
 from .schema import infer_schema, load_schema, schema_text
 from .stats import RecordStats, SplitStats
 
@@ -31,25 +34,63 @@ class ValidateOutputs:
     schema_path: str | None
 
 
-def compute_stats(examples_dir: str, schema_bytes: bytes, beam_args: list[str]) -> dict[str, dict[str, Any]]:
-    with tempfile.TemporaryDirectory(prefix="medseq-validate-") as tmp:
+class ReadRecords(beam.DoFn):
+    """A gzip TFRecord file's path -> its serialized records (ingest's storage: any
+    filesystem, configured in setup for workers that start without the job's options)."""
+
+    def __init__(self, filesystem_args: Sequence[str] = ()) -> None:
+        self.filesystem_args = tuple(filesystem_args)
+
+    def setup(self) -> None:
+        configure_filesystems(self.filesystem_args)
+
+    def process(self, path: str) -> Iterator[bytes]:
+        with storage.open_binary(path) as f:
+            yield from read_tfrecords(f)
+
+
+def split_files(examples_dir: str, split: str) -> list[str]:
+    return sorted(storage.match(storage.join(examples_dir, split, "*.tfrecord.gz")))
+
+
+def compute_stats(examples_dir: str, out: str, schema_bytes: bytes, beam_args: list[str]) -> dict[str, dict[str, Any]]:
+    """Per-split statistics. The workers write them into a staging folder inside `out`
+    (where any worker can write: `out` may be an object store), read back here."""
+    staging = storage.join(out, f".medseq-staging-validate-{uuid.uuid4().hex[:8]}")
+    remote = storage.remote(examples_dir) or storage.remote(out)
+    filesystem_args = beam_args if remote else []
+    try:
         with beam.Pipeline(options=PipelineOptions(beam_args)) as p:
             per_split = []
             for split in F.SPLITS:
-                if not split_files(examples_dir, split):
+                files = split_files(examples_dir, split)
+                if not files:
                     continue
                 per_split.append(
-                    p | f"Read{split.title()}" >> beam.io.ReadFromTFRecord(
-                        str(Path(examples_dir) / split / "*.tfrecord.gz"), compression_type=CompressionTypes.GZIP)
+                    p | f"{split.title()}Files" >> beam.Create(files)
+                    | f"Spread{split.title()}" >> beam.Reshuffle()
+                    | f"Read{split.title()}" >> beam.ParDo(ReadRecords(filesystem_args))
                     | f"Summarize{split.title()}" >> beam.ParDo(RecordStats(split, schema_bytes)))
             if per_split:
                 _ = (per_split | "AllSplits" >> beam.Flatten()
                      | "StatsPerSplit" >> beam.CombinePerKey(SplitStats())
                      | "ToJson" >> beam.MapTuple(lambda split, stats: json.dumps({"split": split, "stats": stats}))
-                     | "WriteStats" >> beam.io.WriteToText(str(Path(tmp) / "stats"), file_name_suffix=".jsonl"))
-        rows = [json.loads(line) for path in sorted(Path(tmp).glob("stats*.jsonl"))
-                for line in path.read_text().splitlines() if line]
+                     | "WriteStats" >> beam.ParDo(WriteLinesDoFn(storage.join(staging, "stats"), filesystem_args)))
+        rows = []
+        for path in sorted(storage.files_starting(storage.join(staging, "stats"))):
+            with storage.open_binary(path) as f:
+                rows += [json.loads(line) for line in f.read().decode().splitlines() if line]
+    finally:
+        if storage.exists(staging):
+            storage.delete([staging])
     return {row["split"]: row["stats"] for row in rows}
+
+
+def _write(out: str, name: str, text: str) -> str:
+    path = storage.join(out, name)
+    with storage.create(path) as f:
+        f.write(text.encode())
+    return path
 
 
 def find_anomalies(stats: dict[str, dict[str, Any]], classes: list[str], max_label_linf: float) -> list[dict[str, str]]:
@@ -111,25 +152,27 @@ def table(stats: dict[str, dict[str, Any]], classes: list[str]) -> str:
 
 def validate(examples_dir: str, out: str | Path, schema_path: str | None = None, infer: bool = False,
              max_label_linf: float = 0.3, beam_args: list[str] | None = None) -> ValidateOutputs:
-    out = Path(out)
-    qc_path = Path(examples_dir) / F.QC_FILE
-    if not qc_path.exists():
+    """Statistics of the records in `examples_dir` (local or on any Beam filesystem)
+    checked against the schema; stats.json, stats.txt and anomalies.json into `out`."""
+    out = str(out)
+    qc_path = storage.join(examples_dir, F.QC_FILE)
+    if not storage.exists(qc_path):
         raise InputError(f"{examples_dir}: no {F.QC_FILE}; expected the output folder of `medseq convert`")
-    classes = json.loads(qc_path.read_text())["classes"]
+    with storage.open_binary(qc_path) as f:
+        classes = json.loads(f.read())["classes"]
     schema = load_schema(schema_path)
-    stats = compute_stats(examples_dir, schema.SerializeToString(), beam_args or [])
+    if not storage.remote(out):
+        os.makedirs(out, exist_ok=True)
+    stats = compute_stats(examples_dir, out, schema.SerializeToString(), beam_args or [])
     written = None
     if infer:
         if "train" not in stats:
             raise InputError(f"{examples_dir}/train: no records to infer a schema from")
-        out.mkdir(parents=True, exist_ok=True)
-        written = str(out / "schema.pbtxt")
-        Path(written).write_text(schema_text(infer_schema(stats["train"], classes)))
+        written = _write(out, "schema.pbtxt", schema_text(infer_schema(stats["train"], classes)))
     anomalies = find_anomalies(stats, classes, max_label_linf)
     public = {split: {k: v for k, v in s.items() if k != "patients"} | {"patient_count": len(s["patients"])}
               for split, s in stats.items()}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / F.STATS_FILE).write_text(json.dumps({"classes": classes, "splits": public}, indent=2, sort_keys=True))
-    (out / F.ANOMALIES_FILE).write_text(json.dumps(anomalies, indent=2))
-    (out / "stats.txt").write_text(table(stats, classes) + "\n")
+    _write(out, F.STATS_FILE, json.dumps({"classes": classes, "splits": public}, indent=2, sort_keys=True))
+    _write(out, F.ANOMALIES_FILE, json.dumps(anomalies, indent=2))
+    _write(out, "stats.txt", table(stats, classes) + "\n")
     return ValidateOutputs(public, anomalies, written)

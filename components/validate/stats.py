@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
+from fractions import Fraction
 from typing import Any
 
 import apache_beam as beam
@@ -86,19 +87,29 @@ class RecordStats(beam.DoFn):
 
 
 class _Moments:
-    """Running count / mean / mean of squares of pixel values."""
+    """Pixel count, sum and sum of squares, held exactly (Fractions of the floats): the
+    statistics come out to the bit whatever order a runner folds the records in."""
 
     @staticmethod
-    def add(acc: list[float], n: int, mean: float, sq: float) -> None:
-        total = acc[0] + n
-        if total:
-            acc[1] = (acc[1] * acc[0] + mean * n) / total
-            acc[2] = (acc[2] * acc[0] + sq * n) / total
-        acc[0] = total
+    def new() -> list[Any]:
+        return [0, Fraction(0), Fraction(0)]
 
     @staticmethod
-    def summary(acc: list[float]) -> dict[str, float]:
-        return {"mean": acc[1], "std": float(np.sqrt(max(acc[2] - acc[1] ** 2, 0.0))), "pixels": acc[0]}
+    def add(acc: list[Any], n: int, mean: float, sq: float) -> None:
+        acc[0] += n
+        acc[1] += Fraction(mean) * n
+        acc[2] += Fraction(sq) * n
+
+    @staticmethod
+    def merge(acc: list[Any], other: list[Any]) -> None:
+        for i in range(3):
+            acc[i] += other[i]
+
+    @staticmethod
+    def summary(acc: list[Any]) -> dict[str, float]:
+        mean = acc[1] / acc[0] if acc[0] else Fraction(0)
+        variance = acc[2] / acc[0] - mean ** 2 if acc[0] else Fraction(0)
+        return {"mean": float(mean), "std": float(np.sqrt(max(float(variance), 0.0))), "pixels": acc[0]}
 
 
 class SplitStats(beam.CombineFn):
@@ -108,7 +119,7 @@ class SplitStats(beam.CombineFn):
         return {"records": 0, "labels": Counter(), "valid_frames": Counter(), "shapes": Counter(),
                 "dtypes": Counter(), "present": Counter(), "kinds": {}, "value_counts": {},
                 "values": {"modality": Counter(), "frames_dtype": Counter()},
-                "pixels": [0, 0.0, 0.0], "by_site": {}, "by_manufacturer": {}, "anomalies": Counter(),
+                "pixels": _Moments.new(), "by_site": {}, "by_manufacturer": {}, "anomalies": Counter(),
                 "patients": set()}
 
     def add_input(self, acc: dict[str, Any], s: dict[str, Any]) -> dict[str, Any]:
@@ -124,8 +135,8 @@ class SplitStats(beam.CombineFn):
         acc["values"]["modality"][s["modality"]] += 1
         acc["values"]["frames_dtype"][s["dtype"]] += 1
         _Moments.add(acc["pixels"], *s["pixels"])
-        _Moments.add(acc["by_site"].setdefault(s["site"], [0, 0.0, 0.0]), *s["pixels"])
-        _Moments.add(acc["by_manufacturer"].setdefault(s["manufacturer"], [0, 0.0, 0.0]), *s["pixels"])
+        _Moments.add(acc["by_site"].setdefault(s["site"], _Moments.new()), *s["pixels"])
+        _Moments.add(acc["by_manufacturer"].setdefault(s["manufacturer"], _Moments.new()), *s["pixels"])
         acc["anomalies"].update(s["anomalies"])
         acc["patients"].add(s["patient_key"])
         return acc
@@ -142,10 +153,10 @@ class SplitStats(beam.CombineFn):
                 out["value_counts"].setdefault(name, Counter()).update(counts)
             for name in out["values"]:
                 out["values"][name].update(acc["values"][name])
-            _Moments.add(out["pixels"], *acc["pixels"])
+            _Moments.merge(out["pixels"], acc["pixels"])
             for key in ("by_site", "by_manufacturer"):
                 for group, moments in acc[key].items():
-                    _Moments.add(out[key].setdefault(group, [0, 0.0, 0.0]), *moments)
+                    _Moments.merge(out[key].setdefault(group, _Moments.new()), moments)
             out["patients"] |= acc["patients"]
         return out
 

@@ -32,12 +32,24 @@ def store(tmp_path_factory):
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def local(tmp_path_factory, config):
-    out = tmp_path_factory.mktemp("local")
-    convert(config, out, beam_args=())
+def files(out: Path) -> dict[str, bytes]:
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
             if p.is_file() and not p.name.startswith(".medseq")}
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory, config):
+    """A local convert and validate of the samples: what every remote run must write."""
+    out = tmp_path_factory.mktemp("local")
+    convert(config, out / "records", beam_args=())
+    validate_stage(config, str(out / "records"), out / "validate", [])
+    return files(out / "records"), files(out / "validate")
+
+
+def validate_stage(config, examples: str, out, beam_args: list[str]):
+    from medseq.components import validate
+
+    return validate.run(config, validate.ValidateInputs(examples), out, beam_args)
 
 
 def s3_config(config):
@@ -45,9 +57,13 @@ def s3_config(config):
 
 
 def test_convert_from_and_to_s3_writes_what_a_local_convert_writes(store, config, local):
+    records, stats = local
     got = convert(s3_config(config), f"s3://{BUCKET}/out/default", beam_args=store.beam_args())
     assert sum(got.records.values()) > 30
-    assert store.objects(BUCKET, "out/default") == local
+    assert store.objects(BUCKET, "out/default") == records
+    checked = validate_stage(config, f"s3://{BUCKET}/out/default", f"s3://{BUCKET}/validated/default",
+                             store.beam_args())
+    assert not checked.anomalies and store.objects(BUCKET, "validated/default") == stats
 
 
 def test_a_worker_pool_that_shares_no_disk_with_the_driver(store, config, local, tmp_path):
@@ -71,8 +87,11 @@ def test_a_worker_pool_that_shares_no_disk_with_the_driver(store, config, local,
         time.sleep(3)
         args = [*store.beam_args(), "--runner=PortableRunner", f"--job_endpoint=localhost:{job_port}",
                 "--environment_type=EXTERNAL", f"--environment_config=localhost:{pool_port}"]
+        records, stats = local
         convert(s3_config(config), f"s3://{BUCKET}/out/portable", beam_args=args)
-        assert store.objects(BUCKET, "out/portable") == local
+        assert store.objects(BUCKET, "out/portable") == records
+        validate_stage(config, f"s3://{BUCKET}/out/portable", f"s3://{BUCKET}/validated/portable", args)
+        assert store.objects(BUCKET, "validated/portable") == stats
         assert not any(p.name.startswith(".medseq") for p in tmp_path.iterdir())
     finally:
         for process in (pool, jobs):
@@ -98,3 +117,23 @@ def test_what_the_store_refuses_is_one_line(store, case, tmp_path):
                 "wrong secret": ("refused the credentials",), "no endpoint": ("cannot reach the object store",)}[case]
     assert any(e in lines[0] for e in expected), lines[0]
     assert "wrong" not in lines[0]
+
+
+def test_train_reads_records_on_s3_through_a_local_copy(store, config, local, tmp_path):
+    import dataclasses
+
+    from medseq.components import train
+
+    records, _ = local
+    for name, data in records.items():
+        store.client.put_object(Bucket=BUCKET, Key=f"records/uploaded/{name}", Body=data)
+    tiny = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=1, conv_filters=(4,),
+                                                                 lstm_units=4))
+    inputs = train.TrainInputs(f"s3://{BUCKET}/records/uploaded")
+    done = train.run(tiny, inputs, tmp_path / "train", store.beam_args())
+    assert (Path(done.model_dir) / "saved_model.pb").exists()
+    copy = tmp_path / "train" / train.RECORDS_COPY
+    assert files(copy) == records  # the records trained on are the store's, byte for byte
+    stamps = {p: p.stat().st_mtime_ns for p in copy.rglob("*") if p.is_file()}
+    train.run(tiny, inputs, tmp_path / "train", store.beam_args())  # resumed: nothing copied again
+    assert {p: p.stat().st_mtime_ns for p in copy.rglob("*") if p.is_file()} == stamps
