@@ -7,7 +7,7 @@ import socket
 from collections.abc import Iterator, Sequence
 from urllib.parse import urlsplit
 
-from ...pipeline.errors import InputError
+from ...pipeline.errors import InputError, MedseqError
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:
@@ -29,6 +29,8 @@ def remote_errors() -> Iterator[None]:
     credentials, a missing bucket."""
     try:
         yield
+    except MedseqError:
+        raise  # already a line for people
     except Exception as exc:
         line = describe(exc)
         if line is None:
