@@ -192,6 +192,8 @@ class Service:
     def search(self, path: str, params: Mapping[str, str]) -> list[dict[str, Any]]:
         """Every result of a QIDO-RS search, page by page (`config.page_size` a request)."""
         results: list[dict[str, Any]] = []
+        # Named by what it searches for, never by its path: the path holds study and series UIDs.
+        what = f"QIDO-RS search for {path.rsplit('/', 1)[-1]}"
         while True:
             page_params = {**params, "limit": str(self.config.page_size), "offset": str(len(results))}
 
@@ -204,11 +206,11 @@ class Service:
                     except (ValueError, requests.RequestException):
                         raise Retryable("an incomplete or malformed QIDO-RS response") from None
                 if not isinstance(body, list):
-                    raise ArchiveError(f"QIDO-RS {path}: expected a JSON array of results, found "
+                    raise ArchiveError(f"{what}: expected a JSON array of results, found "
                                        f"{type(body).__name__}")
                 return body
 
-            found = self.with_retries(f"QIDO-RS {path}", page)
+            found = self.with_retries(what, page)
             results.extend(found)
             if len(found) < self.config.page_size:
                 return results

@@ -151,3 +151,30 @@ def test_labels_per_study_label_every_series_of_the_study(config, tmp_path, colu
         b = sorted((tmp_path / "study" / split).iterdir())
         assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
     assert per_study.qc["labels_csv"]["not_found"] == 0
+
+
+def test_a_search_that_keeps_failing_names_no_uid():
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Busy(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server name
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Busy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        service = Service(f"http://127.0.0.1:{server.server_address[1]}/dicom-web",
+                          DicomwebConfig(retries=1, backoff_s=0.01))
+        uid = "1.2.826.0.1.3680043.8.498.99887766"
+        with pytest.raises(Retryable) as raised:
+            service.search(f"studies/{uid}/series/{uid}.1/instances", {})
+        assert "HTTP 503" in str(raised.value) and "2 tries" in str(raised.value) and uid not in str(raised.value)
+    finally:
+        server.shutdown()
+        server.server_close()
