@@ -1,6 +1,6 @@
 """Ingest on an S3-compatible object store (a real SeaweedFS, tests/object_store.py): the
 default runner, and Beam's portable job service with an EXTERNAL SDK worker pool whose
-workers cannot see the driver's files (a private mount namespace with its own /tmp),
+workers cannot see the driver's files (a private mount namespace that hides them),
 the way Flink and Spark run Python workers. Both write what a local convert writes,
 byte for byte; what the store refuses is one line."""
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -66,25 +67,41 @@ def test_convert_from_and_to_s3_writes_what_a_local_convert_writes(store, config
     assert not checked.anomalies and store.objects(BUCKET, "validated/default") == stats
 
 
-def test_a_worker_pool_that_shares_no_disk_with_the_driver(store, config, local, tmp_path):
+def wait_for_port(port: int, process: subprocess.Popen[bytes], seconds: float = 90) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the process serving port {port} exited ({process.returncode})")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"nothing answered on port {port} within {seconds} s")
+
+
+def test_a_worker_pool_that_shares_no_disk_with_the_driver(store, config, local, tmp_path, tmp_path_factory):
     if shutil.which("unshare") is None or subprocess.run(
             ["unshare", "-m", "--propagation", "private", "true"], capture_output=True).returncode:
         pytest.skip("needs unshare -m (root, util-linux) for the workers' private /tmp")
     job_port, pool_port = free_port(), free_port()
     workers_home = Path("/var/tmp") / f"medseq-workers-{os.getpid()}"
     workers_home.mkdir(parents=True, exist_ok=True)
-    # The workers' own /tmp (where the driver's pytest folders are) is an empty tmpfs.
+    # The driver's folders (every test's files, the local records among them) are an empty
+    # tmpfs for the workers, who run elsewhere with a temp folder of their own.
+    hidden = tmp_path_factory.getbasetemp()
     pool = subprocess.Popen(
         ["unshare", "-m", "--propagation", "private", "sh", "-c",
-         f"mount -t tmpfs tmpfs /tmp && cd {workers_home} && exec {sys.executable} -m "
+         f"mount -t tmpfs tmpfs {hidden} && cd {workers_home} && exec {sys.executable} -m "
          f"apache_beam.runners.worker.worker_pool_main --service_port={pool_port}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        env={**os.environ, "TMPDIR": "/tmp", "HOME": str(workers_home)})
+        env={**os.environ, "TMPDIR": str(workers_home), "HOME": str(workers_home)})
     jobs = subprocess.Popen([sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main",
                              f"--port={job_port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
-        time.sleep(3)
+        wait_for_port(pool_port, pool)
+        wait_for_port(job_port, jobs)
         args = [*store.beam_args(), "--runner=PortableRunner", f"--job_endpoint=localhost:{job_port}",
                 "--environment_type=EXTERNAL", f"--environment_config=localhost:{pool_port}"]
         records, stats = local
