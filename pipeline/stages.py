@@ -36,7 +36,9 @@ def folder_print(folder: Path, marker: str) -> dict[str, str]:
 
 def input_print(where: str) -> str:
     """A local folder, file or glob by content; anything remote by its address only."""
-    if where.startswith(("http://", "https://")):  # DICOMweb: ingest asks the archive each run (incremental)
+    from ..components.ingest.dicomweb.client import is_dicomweb
+
+    if is_dicomweb(where):  # ingest asks the archive on every run (its fetch is incremental)
         return f"dicomweb:{where} checked {datetime.datetime.now(datetime.UTC).isoformat()}"
     if "://" in where:
         return f"uri:{where}"

@@ -16,9 +16,9 @@ from pathlib import Path
 from ...pipeline.config import PipelineConfig
 from ...pipeline.contract import BeamArgs, IngestInputs, absolute
 from ...pipeline.lean_beam import default_beam_args, import_beam_without_optional_io
-from . import deid, dicomweb, storage
+from . import deid, dicomweb
 from .executor import IngestOutputs, run_job
-from .remote_errors import check_endpoint, remote_errors
+from .remote_errors import on_filesystems
 from .steps import RejectedRow
 
 __all__ = ["IngestInputs", "IngestOutputs", "run"]
@@ -50,9 +50,8 @@ def run(config: PipelineConfig, inputs: IngestInputs, out: str | Path, beam_args
     key = inputs.key if inputs.key is not None else deid.load_key(config.ingest.hash_key_file)
     given = [*config.ingest.beam_args, *beam_args]
     out_path = absolute(str(out))
-    on_filesystems = [p for p in (inputs.input, inputs.labels, out_path) if not dicomweb.is_dicomweb(p)]
-    check_endpoint(given, on_filesystems)
-    with storage.filesystem_options(given, *on_filesystems), remote_errors():
+    paths = [p for p in (inputs.input, inputs.labels, out_path) if not dicomweb.is_dicomweb(p)]
+    with on_filesystems(given, *paths):
         if not dicomweb.is_dicomweb(inputs.input):
             return _convert(config, absolute(inputs.input), absolute(inputs.labels), out_path, key, given)
         return _fetch_and_convert(config, inputs, out_path, key, given)

@@ -124,7 +124,7 @@ class BeamGraph:
     def __init__(self, pipeline: beam.Pipeline, filesystem_args: list[str] | tuple[str, ...] = ()) -> None:
         import apache_beam as beam
 
-        # The job's options for the DoFns that touch a remote path (transforms.configure_filesystems).
+        # The job's options for the DoFns that touch a remote path (transforms.FilesystemDoFn).
         self.beam, self.pipeline, self.filesystem_args = beam, pipeline, tuple(filesystem_args)
 
     def files(self, label: str, pattern: str) -> Any:
@@ -163,20 +163,12 @@ class BeamGraph:
         _ = lines | label >> self.beam.ParDo(WriteLinesDoFn(prefix, self.filesystem_args))
 
 
-def _read_lines(prefix: str) -> list[str]:
-    lines: list[str] = []
-    for path in storage.files_starting(prefix):
-        with open_binary(path) as f:
-            lines.extend(line for line in f.read().decode().splitlines() if line)
-    return sorted(lines)
-
-
 def finalize(staging: str, out: str, classes: tuple[str, ...], config: dict[str, Any],
              labels_listed: int = 0) -> IngestOutputs:
     """Merges the side files into rejected.jsonl and qc.json, then swaps staging into OUT."""
-    index = [json.loads(line) for line in _read_lines(storage.join(staging, INDEX))]
-    labels_found = len(set(_read_lines(storage.join(staging, LABELED_LINES))))
-    rejected_lines = _read_lines(storage.join(staging, REJECTED_LINES))
+    index = [json.loads(line) for line in storage.read_lines(storage.join(staging, INDEX))]
+    labels_found = len(set(storage.read_lines(storage.join(staging, LABELED_LINES))))
+    rejected_lines = storage.read_lines(storage.join(staging, REJECTED_LINES))
     rejected = [json.loads(line) for line in rejected_lines]
     for split in F.SPLITS:
         storage.mkdirs(storage.join(staging, split)) if not storage.exists(storage.join(staging, split)) else None

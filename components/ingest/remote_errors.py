@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 from urllib.parse import urlsplit
 
 from ...pipeline.errors import InputError, MedseqError
+from . import storage
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:
@@ -21,6 +22,16 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         yield current
         stack += [c for c in (current.__cause__, current.__context__) if c is not None]
         stack += [c for c in getattr(current, "exception_details", {}).values() if isinstance(c, BaseException)]
+
+
+@contextlib.contextmanager
+def on_filesystems(beam_args: Sequence[str], *paths: str) -> Iterator[None]:
+    """What a stage's own process does with `paths` (local, or on a filesystem of Beam's):
+    an unreachable S3 endpoint stops first in one line, Beam's filesystems are
+    configured by `beam_args` for the block, and an object store's refusal is one line."""
+    check_endpoint(beam_args, paths)
+    with storage.filesystem_options(beam_args, *paths), remote_errors():
+        yield
 
 
 @contextlib.contextmanager

@@ -31,15 +31,21 @@ def filesystem_options(beam_args: Sequence[str], *paths: str) -> Iterator[None]:
     if not any(remote(p) for p in paths):
         yield
         return
-    from apache_beam.options.pipeline_options import PipelineOptions
-
     filesystems = _beam()
     before = filesystems._pipeline_options  # Beam's class-level setting (apache-beam 2.77)
-    filesystems.set_options(PipelineOptions(list(beam_args)))
+    use_options(beam_args)
     try:
         yield
     finally:
         filesystems.set_options(before)
+
+
+def use_options(beam_args: Sequence[str]) -> None:
+    """Beam's filesystems in this process configured by `beam_args` (a DoFn's setup in a
+    worker, or `filesystem_options` in the driver)."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    _beam().set_options(PipelineOptions(list(beam_args)))
 
 
 def _beam() -> Any:
@@ -172,6 +178,15 @@ def files_starting(prefix: str) -> list[str]:
     except FileNotFoundError:
         return []
     return [os.path.join(folder, n) for n in names if n.startswith(start) and os.path.isfile(os.path.join(folder, n))]
+
+
+def read_lines(prefix: str) -> list[str]:
+    """The non-empty lines of every file `files_starting(prefix)` lists, sorted."""
+    lines: list[str] = []
+    for path in files_starting(prefix):
+        with open_binary(path) as f:
+            lines.extend(line for line in f.read().decode().splitlines() if line)
+    return sorted(lines)
 
 
 def local_copy(folder: str, into: str) -> str:

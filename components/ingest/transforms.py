@@ -45,28 +45,30 @@ class _BeamCounts(steps.Counts):
         counter.update(value)
 
 
-def configure_filesystems(filesystem_args: Sequence[str]) -> None:
-    """Beam's filesystems in this worker configured by the job's options (an S3 endpoint
-    and keys). Beam 2.77's local multi-process workers and its EXTERNAL worker pool
-    start without them: its S3 filesystem there cannot open a file ("Must provide one of
-    client or options"), so every DoFn of the job that reads or writes a remote path sets
-    them in its setup (a worker process's own state, made once per DoFn instance)."""
-    if filesystem_args:
-        from apache_beam.io.filesystems import FileSystems
-        from apache_beam.options.pipeline_options import PipelineOptions
+class FilesystemDoFn(beam.DoFn):
+    """A DoFn that reads or writes the job's paths, with Beam's filesystems configured
+    by the job's options (an S3 endpoint and keys) in its setup. Beam 2.77's local
+    multi-process workers and its EXTERNAL worker pool start without them: its S3
+    filesystem there cannot open a file ("Must provide one of client or options").
+    Empty `filesystem_args` (every path local): nothing is set."""
 
-        FileSystems.set_options(PipelineOptions(list(filesystem_args)))
-
-
-class StepDoFn(beam.DoFn):
-    """Runs a step's bundles and elements; its Tagged outputs go to their tags."""
-
-    def __init__(self, step: Any, filesystem_args: Sequence[str] = ()) -> None:
-        self.step = step
+    def __init__(self, filesystem_args: Sequence[str] = ()) -> None:
         self.filesystem_args = tuple(filesystem_args)
 
     def setup(self) -> None:
-        configure_filesystems(self.filesystem_args)
+        if self.filesystem_args:
+            storage.use_options(self.filesystem_args)
+
+
+class StepDoFn(FilesystemDoFn):
+    """Runs a step's bundles and elements; its Tagged outputs go to their tags."""
+
+    def __init__(self, step: Any, filesystem_args: Sequence[str] = ()) -> None:
+        super().__init__(filesystem_args)
+        self.step = step
+
+    def setup(self) -> None:
+        super().setup()
         self.step.counts = _BeamCounts()
 
     def start_bundle(self) -> None:
@@ -111,29 +113,21 @@ class WriteShard(StepDoFn):
         super().__init__(steps.WriteShardStep(staging))
 
 
-class MatchDoFn(beam.DoFn):
+class MatchDoFn(FilesystemDoFn):
     """pattern -> every file it matches (storage.match: the in-process run's listing too)."""
-
-    def __init__(self, filesystem_args: Sequence[str] = ()) -> None:
-        self.filesystem_args = tuple(filesystem_args)
-
-    def setup(self) -> None:
-        configure_filesystems(self.filesystem_args)
 
     def process(self, pattern: str) -> Iterator[str]:
         yield from storage.match(pattern)
 
 
-class WriteLinesDoFn(beam.DoFn):
-    """Lines -> one file `PREFIX-<id>.jsonl` per bundle, for `executor.finalize` to merge.
-    Written under a name finalize ignores, then renamed: a bundle that fails leaves no
-    file it would read."""
+class WriteLinesDoFn(FilesystemDoFn):
+    """Lines -> one file `PREFIX-<id>.jsonl` per bundle, for `storage.read_lines(PREFIX)`.
+    Written under a name it ignores, then renamed: a bundle that fails leaves no file
+    it would read."""
 
     def __init__(self, prefix: str, filesystem_args: Sequence[str] = ()) -> None:
-        self.prefix, self.filesystem_args = prefix, tuple(filesystem_args)
-
-    def setup(self) -> None:
-        configure_filesystems(self.filesystem_args)
+        super().__init__(filesystem_args)
+        self.prefix = prefix
 
     def start_bundle(self) -> None:
         self.lines: list[str] = []

@@ -12,7 +12,7 @@ from pathlib import Path
 from ...pipeline.config import PipelineConfig
 from ...pipeline.contract import BeamArgs, TrainInputs, absolute
 from ..ingest import storage
-from ..ingest.remote_errors import check_endpoint, remote_errors
+from ..ingest.remote_errors import on_filesystems
 from .executor import TrainOutputs, train
 
 __all__ = ["TrainInputs", "TrainOutputs", "run", "train"]
@@ -27,7 +27,6 @@ def run(config: PipelineConfig, inputs: TrainInputs, out: str | Path, beam_args:
     OUT/records, through Beam's filesystems configured by `beam_args`."""
     examples, out_path = absolute(inputs.examples), absolute(str(out))
     if storage.remote(examples):
-        check_endpoint(beam_args, [examples])
-        with storage.filesystem_options(beam_args, examples), remote_errors():
+        with on_filesystems(beam_args, examples):
             examples = storage.local_copy(examples, os.path.join(out_path, RECORDS_COPY))
     return train(examples, out_path, config.train)

@@ -7,8 +7,7 @@ from pathlib import Path
 from ...pipeline.config import PipelineConfig
 from ...pipeline.contract import BeamArgs, ValidateInputs, absolute
 from ...pipeline.lean_beam import default_beam_args
-from ..ingest import storage
-from ..ingest.remote_errors import check_endpoint, remote_errors
+from ..ingest.remote_errors import on_filesystems
 from .executor import ValidateOutputs, table, validate
 
 __all__ = ["ValidateInputs", "ValidateOutputs", "run", "table", "validate"]
@@ -20,7 +19,6 @@ def run(config: PipelineConfig, inputs: ValidateInputs, out: str | Path,
     section = config.validate
     given = [*section.beam_args, *beam_args]
     examples, out_path = absolute(inputs.examples), absolute(str(out))
-    check_endpoint(given, [examples, out_path])
-    with storage.filesystem_options(given, examples, out_path), remote_errors():
+    with on_filesystems(given, examples, out_path):
         return validate(examples, out_path, section.schema, section.infer_schema, section.max_label_linf,
                         default_beam_args(given))

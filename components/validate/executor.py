@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from ...pipeline import features as F
 from ...pipeline.errors import InputError
 from ..ingest import storage
 from ..ingest.records import read_tfrecords
-from ..ingest.transforms import WriteLinesDoFn, configure_filesystems
+from ..ingest.transforms import FilesystemDoFn, WriteLinesDoFn
 from .schema import infer_schema, load_schema, schema_text
 from .stats import RecordStats, SplitStats
 
@@ -34,15 +34,9 @@ class ValidateOutputs:
     schema_path: str | None
 
 
-class ReadRecords(beam.DoFn):
+class ReadRecords(FilesystemDoFn):
     """A gzip TFRecord file's path -> its serialized records (ingest's storage: any
     filesystem, configured in setup for workers that start without the job's options)."""
-
-    def __init__(self, filesystem_args: Sequence[str] = ()) -> None:
-        self.filesystem_args = tuple(filesystem_args)
-
-    def setup(self) -> None:
-        configure_filesystems(self.filesystem_args)
 
     def process(self, path: str) -> Iterator[bytes]:
         with storage.open_binary(path) as f:
@@ -76,10 +70,7 @@ def compute_stats(examples_dir: str, out: str, schema_bytes: bytes, beam_args: l
                      | "StatsPerSplit" >> beam.CombinePerKey(SplitStats())
                      | "ToJson" >> beam.MapTuple(lambda split, stats: json.dumps({"split": split, "stats": stats}))
                      | "WriteStats" >> beam.ParDo(WriteLinesDoFn(storage.join(staging, "stats"), filesystem_args)))
-        rows = []
-        for path in sorted(storage.files_starting(storage.join(staging, "stats"))):
-            with storage.open_binary(path) as f:
-                rows += [json.loads(line) for line in f.read().decode().splitlines() if line]
+        rows = [json.loads(line) for line in storage.read_lines(storage.join(staging, "stats"))]
     finally:
         if storage.exists(staging):
             storage.delete([staging])
