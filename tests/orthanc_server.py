@@ -85,6 +85,7 @@ class Orthanc:
                     log = (self.folder / "orthanc.log").read_text()[-2000:]
                     raise RuntimeError(f"Orthanc exited at start: {log}") from None
                 time.sleep(0.1)
+        self.stop()
         raise RuntimeError("Orthanc did not answer within 30 s")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:

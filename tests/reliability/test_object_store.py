@@ -27,10 +27,12 @@ BUCKET = "medseq-test"
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     server = ObjectStore(tmp_path_factory.mktemp("seaweedfs"))
-    server.client.create_bucket(Bucket=BUCKET)
-    server.upload(SAMPLES / "cine_ef", BUCKET, "cine")
-    yield server
-    server.stop()
+    try:  # stopped by its PID however the set-up or the tests end
+        server.client.create_bucket(Bucket=BUCKET)
+        server.upload(SAMPLES / "cine_ef", BUCKET, "cine")
+        yield server
+    finally:
+        server.stop()
 
 
 def files(out: Path) -> dict[str, bytes]:

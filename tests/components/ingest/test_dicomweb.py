@@ -56,16 +56,18 @@ def archive(tmp_path_factory):
     with the folder of the files it took, for the reference convert."""
     root = tmp_path_factory.mktemp("orthanc")
     server = Orthanc(root / "server")
-    taken = server.upload(sample_files())
-    # One file per SOP Instance UID: an archive keeps the first of several copies.
-    extra = list({str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in reversed(
-        [Path(pydicom.data.get_testdata_file(name)) for name in PYDICOM_SYNTAXES])}.values())
-    syntaxes = server.upload(extra)
-    assert len(syntaxes) >= 5
-    folder = copy_tree(taken, CINE / "dicom", root / "taken")
-    copy_tree(syntaxes, syntaxes[0].parent, folder / "syntaxes")
-    yield server, folder, {hashlib.sha256(p.read_bytes()).hexdigest() for p in taken + syntaxes}
-    server.stop()
+    try:  # stopped by its PID however the set-up or the tests end
+        taken = server.upload(sample_files())
+        # One file per SOP Instance UID: an archive keeps the first of several copies.
+        extra = list({str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in reversed(
+            [Path(pydicom.data.get_testdata_file(name)) for name in PYDICOM_SYNTAXES])}.values())
+        syntaxes = server.upload(extra)
+        assert len(syntaxes) >= 5
+        folder = copy_tree(taken, CINE / "dicom", root / "taken")
+        copy_tree(syntaxes, syntaxes[0].parent, folder / "syntaxes")
+        yield server, folder, {hashlib.sha256(p.read_bytes()).hexdigest() for p in taken + syntaxes}
+    finally:
+        server.stop()
 
 
 def web_config(config, cache: Path, **dicomweb):
