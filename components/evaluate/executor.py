@@ -9,13 +9,14 @@ error in TFMA, no blessing.
 from __future__ import annotations
 
 import json
-import os
 import shutil
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 import tensorflow_model_analysis as tfma
 from google.protobuf import text_format
 
@@ -23,11 +24,14 @@ from ...pipeline import features as F
 from ...pipeline.config import EvaluateConfig
 from ...pipeline.errors import EvaluationFailed
 from ...pipeline.fingerprints import tree_fingerprint
-from ..train.dataset import record_spec
+from ..ingest import storage
+from ..ingest.remote_errors import describe_runner
+from ..train.dataset import record_spec, split_files
 from . import gate, report
 from .eval_config import BASELINE, CANDIDATE, has_thresholds, load_eval_config, prepare_config
 from .inference import PREDICTIONS_FILE, VARIANTS, EvalPredictions, predict_split
 from .intervals import Interval, bootstrap_intervals, metrics_of
+from .materialized import materialized_config, with_predictions
 
 VERDICT_VERSION = 1
 
@@ -99,17 +103,58 @@ def temporal_reliance(preds: EvalPredictions, settings: EvaluateConfig) -> tuple
     return rows, check
 
 
-def _run_tfma(config: Any, model_dir: str, baseline_dir: str | None, examples_dir: str, result_path: str,
-              beam_args: list[str]) -> Any:
-    from apache_beam.options.pipeline_options import PipelineOptions
+def _tfma_output(out: Path, beam_args: list[str]) -> str:
+    """Where TFMA's workers write: OUT/metrics, or under Beam's --temp_location when one is
+    given (workers that share no disk with this process write to an object store)."""
+    temp = next((a.split("=", 1)[1] for a in beam_args if a.startswith("--temp_location=")), None)
+    if not temp:
+        return str(out / "metrics")
+    return storage.join(temp, f"medseq-evaluate-{uuid.uuid4().hex[:8]}")
 
-    models = [tfma.default_eval_shared_model(model_dir, eval_config=config, model_name=CANDIDATE)]
-    if baseline_dir:
-        models.append(tfma.default_eval_shared_model(baseline_dir, eval_config=config, model_name=BASELINE))
-    tfma.run_model_analysis(
-        eval_shared_model=models, eval_config=config,
-        data_location=os.path.join(examples_dir, "eval", "*.tfrecord.gz"), output_path=result_path,
-        pipeline_options=PipelineOptions(beam_args))
+
+def _materialized_models(config: Any) -> list[Any]:
+    """One model per spec, of TFMA's materialized-prediction type: nothing to load, and
+    TFMA knows which one is the baseline (for its change thresholds)."""
+    return [tfma.types.EvalSharedModel(model_name=spec.name, model_type=tfma.constants.MATERIALIZED_PREDICTION,
+                                       is_baseline=spec.is_baseline) for spec in config.model_specs]
+
+
+def _in_order(result_path: str) -> None:
+    """TFMA's record files rewritten with their records sorted: it writes slices in the
+    order its workers finish them, and the same evaluation should be the same bytes."""
+    for path in sorted(Path(result_path).glob("*.tfrecord*")):
+        records = sorted(bytes(r) for r in tf.data.TFRecordDataset(str(path)).as_numpy_iterator())
+        partial = path.with_name(path.name + ".partial")
+        with tf.io.TFRecordWriter(str(partial)) as writer:
+            for record in records:
+                writer.write(record)
+        partial.replace(path)
+
+
+def _run_tfma(config: Any, examples: list[bytes], out: Path, beam_args: list[str]) -> Any:
+    """TFMA's model-agnostic evaluation of `examples` (records that carry each model's
+    predictions) into OUT/metrics; its validation result."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from tfx_bsl.public import tfxio
+
+    result_path = str(out / "metrics")
+    written = _tfma_output(out, beam_args)
+    source = tfxio.TFExampleBeamRecord(physical_format="inmem", telemetry_descriptors=["medseq"],
+                                       raw_record_column_name=tfma.ARROW_INPUT_COLUMN)
+    try:
+        with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
+            _ = (pipeline | "EvalRecords" >> beam.Create(examples, reshuffle=False)
+                 | "ToArrow" >> source.BeamSource()
+                 | "TFMA" >> tfma.ExtractEvaluateAndWriteResults(
+                     eval_config=config, eval_shared_model=_materialized_models(config), output_path=written))
+        if written != result_path:
+            shutil.rmtree(result_path, ignore_errors=True)
+            storage.local_copy(written, result_path)
+        _in_order(result_path)
+    finally:
+        if written != result_path and storage.exists(written):
+            storage.delete([written])
     return tfma.load_validation_result(result_path)
 
 
@@ -124,19 +169,27 @@ def evaluate(examples_dir: str, model_dir: str, out: str | Path, eval_config_pat
         (out / name).unlink(missing_ok=True)
     classes = record_spec(examples_dir).classes
     preds = predict_split(examples_dir, model_dir, settings.seed)
+    served_probs = _baseline_probs(baseline_dir, examples_dir, settings)
     config, small = gate.gated_config(prepare_config(load_eval_config(eval_config_path, len(classes)),
                                                      baseline=baseline_dir is not None),
                                       preds, settings.min_slice_size)
+    config = materialized_config(config)
     (out / "eval_config.pbtxt").write_text(text_format.MessageToString(config))
     notes = [] if baseline_dir else ["no baseline (no served model): change thresholds skipped"]
     result_path = str(out / "metrics")
+    probs = {CANDIDATE: preds.probs["frames"], **({BASELINE: served_probs} if served_probs is not None else {})}
+    examples = with_predictions(split_files(examples_dir, "eval"), probs)
     reasons: list[str] = []
     try:
-        validation = _run_tfma(config, model_dir, baseline_dir, examples_dir, result_path, list(beam_args or []))
+        validation = _run_tfma(config, examples, out, list(beam_args or []))
         candidate = sliced_metrics(result_path, CANDIDATE if baseline_dir else None)
         served = sliced_metrics(result_path, BASELINE) if baseline_dir else {}
     except Exception as exc:  # noqa: BLE001 - no evaluation is no verdict: neither BLESSED nor NOT_BLESSED
         shutil.rmtree(result_path, ignore_errors=True)
+        runner = describe_runner(exc)
+        if runner:  # exit 2 as any evaluation that did not happen: 1 is NOT_BLESSED, a verdict
+            raise EvaluationFailed(f"TFMA could not evaluate the candidate, so no verdict was written: {runner}") \
+                from None
         first = str(exc).splitlines()[0][:300] if str(exc) else ""
         raise EvaluationFailed(f"TFMA could not evaluate the candidate ({type(exc).__name__}: {first}); no verdict "
                                "was written, so nothing can be pushed: fix the eval config or the runner and run "
@@ -166,17 +219,19 @@ def evaluate(examples_dir: str, model_dir: str, out: str | Path, eval_config_pat
     }
     (out / (F.BLESSED if blessed else F.NOT_BLESSED)).write_text(json.dumps(verdict, indent=2) + "\n")
     (out / PREDICTIONS_FILE).write_text(json.dumps(preds.to_json()) + "\n")
-    (out / "report.html").write_text(report.render(verdict, preds, classes, _baseline_probs(baseline_dir,
-                                                                                          examples_dir, settings)))
+    (out / "report.html").write_text(report.render(verdict, preds, classes, served_probs))
     return EvaluateOutputs(str(out), blessed, tuple(reasons), dict(candidate.get((), {})),
                            dict(intervals.get((), {})), tuple(checks),
                            {k: temporal[k]["value"] for k in VARIANTS})
 
 
 def _baseline_probs(baseline_dir: str | None, examples_dir: str, settings: EvaluateConfig) -> np.ndarray | None:
+    """The served model's probabilities on the eval split (what its change thresholds compare)."""
     if not baseline_dir:
         return None
     try:
         return predict_split(examples_dir, baseline_dir, settings.seed, controls=False).probs["frames"]
-    except Exception:  # noqa: BLE001 - a baseline of another input shape: the report shows TFMA's numbers only
-        return None
+    except Exception as exc:  # noqa: BLE001 - a served model that cannot read these records: no comparison, no verdict
+        first = str(exc).splitlines()[0][:300] if str(exc) else ""
+        raise EvaluationFailed(f"the served model {baseline_dir} could not predict on these records "
+                               f"({type(exc).__name__}: {first}); no verdict was written") from None

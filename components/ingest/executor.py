@@ -6,6 +6,7 @@ when the job has succeeded (qc.json last), so a reader never sees half an output
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -228,16 +229,22 @@ def run_job(input_path: str, labels_path: str, out: str, key: bytes, preprocess:
         if fetch_rejected:  # merged by finalize() with the job's own rejected lines
             with storage.create(storage.join(staging, f"{REJECTED_LINES}-fetch.jsonl")) as f:
                 f.write("".join(row.to_json() + "\n" for row in fetch_rejected).encode())
-        if beam_args is None:
-            LocalGraph.run(ingest_graph, pattern, root, staging, key, labels, classes, preprocess, ingest, column)
-        else:
-            import apache_beam as beam
-            from apache_beam.options.pipeline_options import PipelineOptions
+        try:
+            if beam_args is None:
+                LocalGraph.run(ingest_graph, pattern, root, staging, key, labels, classes, preprocess, ingest,
+                               column)
+            else:
+                import apache_beam as beam
+                from apache_beam.options.pipeline_options import PipelineOptions
 
-            remote = storage.remote(pattern) or storage.remote(staging)
-            with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
-                graph = BeamGraph(pipeline, beam_args if remote else ())
-                ingest_graph(graph, pattern, root, staging, key, labels, classes, preprocess, ingest, column)
+                remote = storage.remote(pattern) or storage.remote(staging)
+                with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
+                    graph = BeamGraph(pipeline, beam_args if remote else ())
+                    ingest_graph(graph, pattern, root, staging, key, labels, classes, preprocess, ingest, column)
+        except BaseException:  # a failed or killed job leaves no staging behind; OUT is as it was
+            with contextlib.suppress(Exception):
+                storage.delete([staging])
+            raise
         record = dict(config_record, preprocess=to_dict(preprocess),
                       ingest={**to_dict(ingest), "dicomweb": ingest.dicomweb.selection()})
         return finalize(staging, out, classes, record, len(labels))

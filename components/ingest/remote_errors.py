@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 from collections.abc import Iterator, Sequence
 from urllib.parse import urlsplit
 
-from ...pipeline.errors import InputError, MedseqError
+from ...pipeline.console import BeamJobMessages
+from ...pipeline.errors import InputError, MedseqError, RunnerFailed
 from . import storage
 
 
@@ -30,6 +32,7 @@ def on_filesystems(beam_args: Sequence[str], *paths: str) -> Iterator[None]:
     an unreachable S3 endpoint stops first in one line, Beam's filesystems are
     configured by `beam_args` for the block, and an object store's refusal is one line."""
     check_endpoint(beam_args, paths)
+    BeamJobMessages.last_error = ""
     with storage.filesystem_options(beam_args, *paths), remote_errors():
         yield
 
@@ -44,9 +47,12 @@ def remote_errors() -> Iterator[None]:
         raise  # already a line for people
     except Exception as exc:
         line = describe(exc)
-        if line is None:
+        if line is not None:
+            raise InputError(line) from None
+        runner = describe_runner(exc)
+        if runner is None:
             raise
-        raise InputError(line) from None
+        raise RunnerFailed(runner) from None
 
 
 def describe(exc: BaseException) -> str | None:
@@ -62,6 +68,26 @@ def describe(exc: BaseException) -> str | None:
                     "--s3_secret_access_key, or AWS's usual variables, of an account that may read and write there)")
         if "NoSuchBucket" in text:
             return "the bucket does not exist in the object store (expected an existing bucket in the s3:// path)"
+    return None
+
+
+JOB_FAILED = re.compile(r"Pipeline \S+ failed in state (\w+)")
+WORKER_LOST = ("Channel closed prematurely", "StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "Socket closed")
+
+
+def describe_runner(exc: BaseException) -> str | None:
+    """One line for a Beam job that its runner failed or lost (a portable job service's
+    FAILED state, a worker gone mid-bundle); None for other errors (a bug keeps its
+    traceback)."""
+    for cause in _causes(exc):
+        text = str(cause)
+        state = JOB_FAILED.search(text)
+        if state or any(mark in text for mark in WORKER_LOST):
+            detail = BeamJobMessages.last_error or text.splitlines()[0][:300]
+            where = f"the job ended {state.group(1)}" if state else "a worker stopped answering"
+            return (f"the Beam job failed on its runner ({where}; last error: {detail}): a worker may have been "
+                    "killed or the runner stopped. The output keeps what it held before, with no partial result: "
+                    "run it again (the runner's logs, or --verbose, have the details)")
     return None
 
 

@@ -32,6 +32,7 @@ class ValidateOutputs:
     stats: dict[str, Any]
     anomalies: list[dict[str, str]]
     schema_path: str | None
+    table: str = ""  # stats.txt: what the CLI prints (OUT may be on an object store)
 
 
 class ReadRecords(FilesystemDoFn):
@@ -165,5 +166,6 @@ def validate(examples_dir: str, out: str | Path, schema_path: str | None = None,
               for split, s in stats.items()}
     _write(out, F.STATS_FILE, json.dumps({"classes": classes, "splits": public}, indent=2, sort_keys=True))
     _write(out, F.ANOMALIES_FILE, json.dumps(anomalies, indent=2))
-    _write(out, "stats.txt", table(stats, classes) + "\n")
-    return ValidateOutputs(public, anomalies, written)
+    text = table(stats, classes) + "\n"
+    _write(out, "stats.txt", text)
+    return ValidateOutputs(public, anomalies, written, text)

@@ -43,6 +43,15 @@ def test_unknown_flag_on_a_beam_command_is_caught_before_beam():
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("runner", ["--runner=apache_beam.runners.dask.dask_runner.DaskRunner", "--runner DaskRunner"])
+def test_the_dask_runner_is_refused_in_one_line(runner):
+    # Beam 2.77's DaskRunner merges tagged outputs into the main one: ingest's dead
+    # letters reached its GroupByKey ("cannot unpack non-iterable RejectedRow object").
+    result = medseq("convert", "--input", "a", "--labels", "b", "--out", "c", *runner.split())
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "DaskRunner cannot run medseq" in lines[0], result.stderr
+
+
 def test_missing_input_is_one_line(tmp_path):
     labels = tmp_path / "labels.csv"
     labels.write_text("series_instance_uid,label\n1.2.3,a\n")
