@@ -48,7 +48,7 @@ sys.path[:0] = [str(REPO / "tests"), str(REPO / "benchmarks")]
 from bench_fetch import cpu_name  # noqa: E402
 from bench_ingest import KEY, inputs, make_chunks, slope  # noqa: E402
 from object_store import ObjectStore  # noqa: E402
-from orthanc_server import free_port  # noqa: E402
+from orthanc_server import free_port, wait_for_port  # noqa: E402
 
 from medseq.pipeline import beam_worker  # noqa: E402
 
@@ -84,19 +84,6 @@ def read_floor(paths: list[str], beam_args: list[str]) -> float:
         return time.perf_counter() - start
 
 
-def wait_for(port: int) -> None:
-    import socket
-
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"nothing answered on port {port}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--patients", type=int, default=40)
@@ -113,8 +100,8 @@ def main() -> None:
                                  f"--port={job_port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)]
     try:
-        wait_for(pool_port)
-        wait_for(job_port)
+        wait_for_port(pool_port, servers[0])
+        wait_for_port(job_port, servers[1])
         store.client.create_bucket(Bucket=BUCKET)
         make_chunks(work / "data", args.patients, max(args.sizes))
         beam = [f"--direct_num_workers={args.workers}", "--direct_running_mode=multi_processing"]

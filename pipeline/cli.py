@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 
 from . import __version__, processes
 from .errors import InputError, MedseqError
+from .lean_beam import beam_option
 
 BEAM_COMMANDS = ("convert", "validate", "train", "evaluate", "run")  # train: Beam's filesystem options
 NOISY_LIBRARIES = ("tensorflow", "keras", "tf_keras", "apache_beam", "tensorflow_model_analysis", "tfx_bsl",
@@ -67,8 +68,7 @@ def split_beam_args(parser: _Parser, rest: list[str]) -> list[str]:
             parser.error(f"unrecognized arguments: {arg}")
         if not arg.startswith("-") and rest.index(arg) == 0:
             parser.error(f"unrecognized arguments: {arg}")
-    runner = next((a.split("=", 1)[1] if "=" in a else (rest + [""])[i + 1] for i, a in enumerate(rest)
-                   if a == "--runner" or a.startswith("--runner=")), "")
+    runner = beam_option(rest, "runner") or ""
     if "dask" in runner.lower():
         parser.error(f"--runner={runner}: Beam 2.77's DaskRunner cannot run medseq's jobs (it merges a DoFn's "
                      "tagged outputs into its main output, so ingest's dead letters reach its GroupByKey); use the "

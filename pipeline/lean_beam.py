@@ -50,6 +50,19 @@ def _unblock(names: list[str]) -> None:
 FN_API_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 
 
+def beam_option(beam_args: Sequence[str], name: str) -> str | None:
+    """The value of Beam option `name` (e.g. "temp_location") in `beam_args`, given as
+    `--name=value` or `--name value` (Beam reads both); the last one wins, as in Beam."""
+    flag = f"--{name}"
+    found = None
+    for i, arg in enumerate(beam_args):
+        if arg.startswith(flag + "="):
+            found = arg.split("=", 1)[1]
+        elif arg == flag and i + 1 < len(beam_args):
+            found = beam_args[i + 1]
+    return found
+
+
 def default_beam_args(beam_args: Sequence[str], small_input: bool = False) -> list[str]:
     """Any runner's options pass through. Without a runner: the FnApiRunner, in-process
     for a small local input, else with one worker process per core."""

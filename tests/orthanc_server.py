@@ -36,6 +36,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_for_port(port: int, process: subprocess.Popen[bytes], seconds: float = 90) -> None:
+    """Until something answers on loopback `port`; fails at once if `process` (the one
+    meant to serve it) exits, and after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the process serving port {port} exited ({process.returncode})")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"nothing answered on port {port} within {seconds} s")
+
+
 def orthanc_binary() -> tuple[str, str]:
     """(Orthanc, its DICOMweb plugin), or the test skips (fails in CI) naming the packages."""
     binary = shutil.which("Orthanc") or (os.path.exists("/usr/sbin/Orthanc") and "/usr/sbin/Orthanc") or ""

@@ -9,6 +9,7 @@ from pathlib import Path
 from ...pipeline import features as F
 from ...pipeline.config import PipelineConfig
 from ...pipeline.contract import BeamArgs, EvaluateInputs, absolute
+from ...pipeline.lean_beam import beam_option
 from ..ingest import storage
 from ..ingest.remote_errors import on_filesystems
 from .executor import EvaluateOutputs, evaluate
@@ -26,8 +27,8 @@ def run(config: PipelineConfig, inputs: EvaluateInputs, out: str | Path,
     baseline = absolute(inputs.baseline) if inputs.baseline else None
     given = [*section.beam_args, *beam_args]
     examples, out_path = absolute(inputs.examples), absolute(str(out))
-    temp = [a.split("=", 1)[1] for a in given if a.startswith("--temp_location=")]
-    with on_filesystems(given, examples, *temp):
+    temp = beam_option(given, "temp_location")
+    with on_filesystems(given, examples, *([temp] if temp else [])):
         if storage.remote(examples):  # TensorFlow 2.21 reads no s3://: the eval split is read from a copy
             examples = storage.local_copy(examples, os.path.join(out_path, RECORDS_COPY), only=(F.QC_FILE, "eval/"))
         return evaluate(examples, absolute(inputs.model), out_path, section.eval_config, baseline,

@@ -24,6 +24,7 @@ from ...pipeline import features as F
 from ...pipeline.config import EvaluateConfig
 from ...pipeline.errors import EvaluationFailed
 from ...pipeline.fingerprints import tree_fingerprint
+from ...pipeline.lean_beam import beam_option
 from ..ingest import storage
 from ..ingest.remote_errors import describe_runner
 from ..train.dataset import record_spec, split_files
@@ -103,15 +104,6 @@ def temporal_reliance(preds: EvalPredictions, settings: EvaluateConfig) -> tuple
     return rows, check
 
 
-def _tfma_output(out: Path, beam_args: list[str]) -> str:
-    """Where TFMA's workers write: OUT/metrics, or under Beam's --temp_location when one is
-    given (workers that share no disk with this process write to an object store)."""
-    temp = next((a.split("=", 1)[1] for a in beam_args if a.startswith("--temp_location=")), None)
-    if not temp:
-        return str(out / "metrics")
-    return storage.join(temp, f"medseq-evaluate-{uuid.uuid4().hex[:8]}")
-
-
 def _materialized_models(config: Any) -> list[Any]:
     """One model per spec, of TFMA's materialized-prediction type: nothing to load, and
     TFMA knows which one is the baseline (for its change thresholds)."""
@@ -131,15 +123,17 @@ def _in_order(result_path: str) -> None:
         partial.replace(path)
 
 
-def _run_tfma(config: Any, examples: list[bytes], out: Path, beam_args: list[str]) -> Any:
+def _run_tfma(config: Any, examples: list[bytes], result_path: str, beam_args: list[str]) -> Any:
     """TFMA's model-agnostic evaluation of `examples` (records that carry each model's
-    predictions) into OUT/metrics; its validation result."""
+    predictions) into `result_path`; its validation result. With Beam's --temp_location
+    TFMA's workers write under it (workers that share no disk with this process write to
+    an object store) and the result is copied back."""
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
     from tfx_bsl.public import tfxio
 
-    result_path = str(out / "metrics")
-    written = _tfma_output(out, beam_args)
+    temp = beam_option(beam_args, "temp_location")
+    written = storage.join(temp, f"medseq-evaluate-{uuid.uuid4().hex[:8]}") if temp else result_path
     source = tfxio.TFExampleBeamRecord(physical_format="inmem", telemetry_descriptors=["medseq"],
                                        raw_record_column_name=tfma.ARROW_INPUT_COLUMN)
     try:
@@ -181,7 +175,7 @@ def evaluate(examples_dir: str, model_dir: str, out: str | Path, eval_config_pat
     examples = with_predictions(split_files(examples_dir, "eval"), probs)
     reasons: list[str] = []
     try:
-        validation = _run_tfma(config, examples, out, list(beam_args or []))
+        validation = _run_tfma(config, examples, result_path, list(beam_args or []))
         candidate = sliced_metrics(result_path, CANDIDATE if baseline_dir else None)
         served = sliced_metrics(result_path, BASELINE) if baseline_dir else {}
     except Exception as exc:  # noqa: BLE001 - no evaluation is no verdict: neither BLESSED nor NOT_BLESSED

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 from ...pipeline.console import BeamJobMessages
 from ...pipeline.errors import InputError, MedseqError, RunnerFailed
+from ...pipeline.lean_beam import beam_option
 from . import storage
 
 
@@ -96,7 +97,7 @@ def check_endpoint(beam_args: Sequence[str], paths: Sequence[str]) -> None:
     before Beam's S3 client retries it for minutes."""
     if not any(p.startswith("s3://") for p in paths):
         return
-    url = next((a.split("=", 1)[1] for a in beam_args if a.startswith("--s3_endpoint_url=")), None)
+    url = beam_option(beam_args, "s3_endpoint_url")
     if not url:
         return  # AWS's own endpoints
     parts = urlsplit(url)

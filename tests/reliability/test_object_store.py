@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from object_store import GcsEmulator, ObjectStore
-from orthanc_server import free_port
+from orthanc_server import free_port, wait_for_port
 
 from helpers import KEY, SAMPLES, convert
 from medseq.pipeline import beam_worker
@@ -78,19 +77,6 @@ def test_convert_from_and_to_s3_writes_what_a_local_convert_writes(store, config
     checked = validate_stage(config, f"s3://{BUCKET}/out/default", f"s3://{BUCKET}/validated/default",
                              store.beam_args())
     assert not checked.anomalies and store.objects(BUCKET, "validated/default") == stats
-
-
-def wait_for_port(port: int, process: subprocess.Popen[bytes], seconds: float = 90) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the process serving port {port} exited ({process.returncode})")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"nothing answered on port {port} within {seconds} s")
 
 
 @pytest.fixture(scope="module")
