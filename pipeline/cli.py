@@ -64,8 +64,8 @@ def split_beam_args(parser: _Parser, rest: list[str]) -> list[str]:
     known = _beam_flags()
     parser.extra_flags = tuple(sorted(known))
     for arg in rest:
-        if arg.startswith("--") and arg.split("=", 1)[0] not in known:
-            parser.error(f"unrecognized arguments: {arg}")
+        if arg.startswith("--") and arg.split("=", 1)[0] not in known or arg.startswith("-") and arg[1:2] != "-":
+            parser.error(f"unrecognized arguments: {arg}")  # Beam's flags are all long ones
         if not arg.startswith("-") and rest.index(arg) == 0:
             parser.error(f"unrecognized arguments: {arg}")
     runner = beam_option(rest, "runner") or ""
@@ -243,7 +243,8 @@ def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="medseq", description="DICOM series -> TFRecords -> CNN+LSTM classifier -> TF Serving.")
+    parser = _Parser(prog="medseq", description="DICOM series -> TFRecords -> CNN+LSTM classifier -> TF Serving. "
+                     "Every command writes only into folders it owns (new, empty, or written by medseq before).")
     parser.add_argument("--version", action="version", version=f"medseq {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="show library logs (Beam, TensorFlow)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
@@ -255,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
                      if name in BEAM_COMMANDS else "")
         p = sub.add_parser(name, help=help_text, description=help_text + beam_note)
         p.set_defaults(func=func)
+        # Also after the command: `medseq convert ... -v` (SUPPRESS: absent, the top-level value stays).
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="show library logs (Beam, TensorFlow)")
         if config:
             p.add_argument("--config", help="pipeline config YAML, laid over the shipped schemas/pipeline.yaml "
                            "(it changes only the keys it names)")
@@ -278,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "concurrency, retries; credentials from $MEDSEQ_DICOMWEB_TOKEN or $MEDSEQ_DICOMWEB_USER/_PASSWORD)")
     p.add_argument("--labels", required=True, help="CSV with a label column and one of series_instance_uid, "
                    "study_instance_uid, accession_number")
-    p.add_argument("--out", required=True, help="writes OUT/{train,eval,test}/, rejected.jsonl, qc.json")
+    p.add_argument("--out", required=True, help="writes OUT/{train,eval,test}/, rejected.jsonl, qc.json (a new or "
+                   "empty folder, or one medseq wrote before: a folder holding other files is refused)")
     p.add_argument("--hash-key-file", help="secret key for the keyed hashes (else $MEDSEQ_HASH_KEY)")
     p.add_argument("--num-shards", type=int, help="shards per split (default: by size, 64 MB)")
     p.add_argument("--split", type=float, nargs=3, metavar=("TRAIN", "EVAL", "TEST"),
@@ -354,7 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("run", cmd_run, "Run every stage into one run folder: by default on synthetic cine MR that the "
             "shipped config's `synth` section generates there; `input`/`labels` in a --config for your DICOM.")
-    p.add_argument("--out", default="runs/latest", help="run folder (default: runs/latest)")
+    p.add_argument("--out", default="runs/latest", help="run folder (default: runs/latest): a new or empty folder, "
+                   "or one medseq wrote before")
     from .runner import STAGES
 
     which = p.add_mutually_exclusive_group()

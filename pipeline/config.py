@@ -201,6 +201,15 @@ class DicomwebConfig:
     backoff_s: float = 1.0  # the first wait; doubled each try, full jitter, Retry-After honoured
     max_backoff_s: float = 60.0
     allow_http: bool = False  # plain http:// to a host that is not a loopback address
+    # Bounds on what the archive may cost (a broken or hostile one): one QIDO-RS answer is
+    # read into at most max_response_mb (else the job stops: lower page_size); one WADO-RS
+    # part (an instance) past max_instance_mb, or a series still arriving after
+    # series_timeout_s (its tries together), is a fetch_failed dead letter; the series not
+    # fetched when the fetch has run deadline_s are dead letters too (a rerun fetches them).
+    max_response_mb: float = 16.0
+    max_instance_mb: float = 1024.0
+    series_timeout_s: float = 3600.0
+    deadline_s: float = 86400.0
     # Where fetched series are kept between runs (one folder per output); None:
     # $XDG_CACHE_HOME/medseq/dicomweb (~/.cache/medseq/dicomweb). It holds the archive's
     # files as they are (identifiers included): never inside the output folder.
@@ -216,8 +225,10 @@ class DicomwebConfig:
         if self.page_size < 1 or self.concurrency < 1 or self.retries < 0:
             raise ConfigError(f"ingest.dicomweb: expected page_size >= 1, concurrency >= 1 and retries >= 0, found "
                               f"{self.page_size}, {self.concurrency}, {self.retries}")
-        if min(self.connect_timeout_s, self.read_timeout_s, self.max_backoff_s) <= 0 or self.backoff_s < 0:
-            raise ConfigError("ingest.dicomweb: expected timeouts and max_backoff_s > 0, backoff_s >= 0")
+        if min(self.connect_timeout_s, self.read_timeout_s, self.max_backoff_s, self.max_response_mb,
+               self.max_instance_mb, self.series_timeout_s, self.deadline_s) <= 0 or self.backoff_s < 0:
+            raise ConfigError("ingest.dicomweb: expected timeouts, deadlines, max_backoff_s and the _mb limits > 0, "
+                              "backoff_s >= 0")
         if self.study_date and not re.fullmatch(r"\d{8}|\d{8}-\d{8}|-\d{8}|\d{8}-", self.study_date):
             raise ConfigError(f"ingest.dicomweb.study_date: expected YYYYMMDD or YYYYMMDD-YYYYMMDD, found "
                               f"{self.study_date!r}")
@@ -238,15 +249,21 @@ class IngestConfig:
     # A deflated data set (untrusted input) inflates to at most this much; a larger one is
     # rejected as inflate_limit before it is held in memory. 1 GB holds any real series file.
     max_inflated_mb: float = 1024.0
+    # A file whose pixels decode to more (Rows x Columns x frames x samples x bytes), or a
+    # series whose kept frames take more as float32, is rejected as decoded_size_limit
+    # before anything is decoded (components/preprocessing/limits.py). 1 GB holds a
+    # 1,000-slice CT stack; memory at the limit is about three times it.
+    max_decoded_mb: float = 1024.0
     # Applied in ingest and, from the model's spec, in `medseq predict` alike.
     pixel_phi: PixelPhiConfig = field(default_factory=PixelPhiConfig)
     dicomweb: DicomwebConfig = field(default_factory=DicomwebConfig)  # used when the input is a DICOMweb URL
     beam_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.num_shards < 0 or self.shard_size_mb <= 0 or self.decode_timeout_s <= 0 or self.max_inflated_mb <= 0:
-            raise ConfigError("ingest: num_shards must be >= 0, shard_size_mb, decode_timeout_s and max_inflated_mb "
-                              "> 0")
+        if self.num_shards < 0 or min(self.shard_size_mb, self.decode_timeout_s, self.max_inflated_mb,
+                                      self.max_decoded_mb) <= 0:
+            raise ConfigError("ingest: num_shards must be >= 0, shard_size_mb, decode_timeout_s, max_inflated_mb and "
+                              "max_decoded_mb > 0")
 
 
 @dataclass(frozen=True)
@@ -435,13 +452,57 @@ class PipelineConfig:
         return dataclasses.replace(self, synth=None, input=input_path, labels=labels)
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a pipeline config is a page of text
+MAX_CONFIG_VALUES = 100_000  # after YAML's aliases are expanded: a 1 kB "billion laughs" expands to 10^9
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many values `node` stands for once every alias in it is expanded (each shared
+    node counted once per use, computed once)."""
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(child, sizes) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
+    sizes[id(node)] = size
+    return size
+
+
+def _load_yaml(text: str, path: Path) -> Any:
+    """yaml.safe_load, refusing a document whose aliases expand past MAX_CONFIG_VALUES
+    values before anything is built from it."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}) > MAX_CONFIG_VALUES:
+            raise ConfigError(f"{path}: expands to more than {MAX_CONFIG_VALUES:,} values (YAML aliases); expected "
+                              "a pipeline config")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def _read(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size:,} bytes; expected a config of at most "
+                              f"{MAX_CONFIG_BYTES:,}")
+        data = _load_yaml(path.read_text(encoding="utf-8"), path) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a folder; expected a YAML config file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: expected UTF-8 text, found a byte that is not (at byte {exc.start})") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply; expected a pipeline config (sections of keys)") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, found {type(data).__name__}")
     return data

@@ -1,4 +1,4 @@
-"""Keeps native start-up noise off the console.
+"""Keeps native start-up noise, and the panics of codecs, off the console.
 
 TensorFlow's C++ core and abseil print lines such as `I0000 00:00:... port.cc:153]
 oneDNN custom operations are on` and `E0000 ... failed call to cuInit` straight to file
@@ -23,6 +23,44 @@ NATIVE_LINE = re.compile(
 _installed = False
 
 
+# A Rust codec's panic (pylibjpeg-rle on corrupt data): its header, its message, with
+# RUST_BACKTRACE set a backtrace, and a closing note. The file is rejected with a reason
+# (decode_error); the panic's own lines are not the user's business.
+PANIC_START = re.compile(rb"^thread '.*' panicked at ")
+PANIC_BODY = re.compile(rb"^(?:stack backtrace:|\s*\d+: |\s+at |note: )")
+
+
+class NativeNoise:
+    """Which lines of fd 2 to keep: not TensorFlow's and abseil's start-up lines, nor the
+    lines of a codec's panic (a block from its header, and the empty line Rust writes
+    before it, to its closing note)."""
+
+    def __init__(self) -> None:
+        self.panic = 0  # lines into a panic block; 0: outside one
+        self.blank = False  # an empty line held back: it may open a panic
+
+    def keep(self, lines: list[bytes]) -> list[bytes]:
+        kept = []
+        for line in lines:
+            if PANIC_START.match(line):
+                self.panic, self.blank = 1, False
+                continue
+            if self.blank:
+                kept.append(b"")
+                self.blank = False
+            if self.panic:
+                self.panic += 1
+                if self.panic == 2 or PANIC_BODY.match(line):  # the message, then the backtrace
+                    self.panic = 0 if line.startswith(b"note: ") else self.panic
+                    continue
+                self.panic = 0  # not a panic's line after all: shown
+            if not line:
+                self.blank = True
+            elif not is_native_noise(line):
+                kept.append(line)
+        return kept
+
+
 def is_native_noise(line: bytes) -> bool:
     return NATIVE_LINE.match(line) is not None
 
@@ -45,14 +83,14 @@ def filter_native_logs() -> None:
 
     def pump() -> None:
         pending = b""
+        noise = NativeNoise()
         with os.fdopen(read_end, "rb", buffering=0) as source:
             while chunk := source.read(1 << 16):
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
-                kept = b"".join(line + b"\n" for line in lines if not is_native_noise(line))
-                _write_all(original, kept)
-        if not is_native_noise(pending):
-            _write_all(original, pending)
+                _write_all(original, b"".join(line + b"\n" for line in noise.keep(lines)))
+        held = b"\n" if noise.blank else b""  # an empty line that opened no panic
+        _write_all(original, held + b"".join(noise.keep([pending]) if pending else []))
 
     thread = threading.Thread(target=pump, name="medseq-stderr-filter", daemon=True)
     thread.start()

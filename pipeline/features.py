@@ -46,6 +46,7 @@ CLASS_IDS = "class_ids"
 # Files every run folder uses.
 QC_FILE = "qc.json"
 REJECTED_FILE = "rejected.jsonl"
+FETCH_MANIFEST_FILE = "fetch_manifest.json"  # a DICOMweb input: the series an ingest output was made from
 STATS_FILE = "stats.json"
 ANOMALIES_FILE = "anomalies.json"
 BLESSED = "BLESSED"

@@ -113,10 +113,11 @@ def _key(run: Path, config: PipelineConfig) -> tuple[bytes, str]:
 def run_pipeline(config: PipelineConfig, run_dir: str | Path, beam_args: list[str] | None = None,
                  start_from: str | None = None, only: str | None = None) -> RunOutputs:
     """Runs (or reuses) synth -> ingest -> validate -> train -> evaluate -> push, then writes the run report."""
+    from ..components.ingest.output_lock import claim
     from ..components.push.model_card import package_versions
 
     run = Path(run_dir).resolve()
-    run.mkdir(parents=True, exist_ok=True)
+    claim(str(run), "run folder")  # a folder of the user's (a source tree, `--out .`) is refused
     (run / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     key, key_id = _key(run, config)
     record = RunRecord(run, to_dict(config), package_versions())

@@ -58,6 +58,23 @@ def auc_gate(path: Path, lower: float = 0.0, change: float | None = None, slices
     return str(path)
 
 
+def medseq(*args: str, env: dict | None = None, cwd: Path | None = None,
+           timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """The `medseq` command in a child process, with the tests' hash key unless `env` is given."""
+    import sys
+
+    environment = {**os.environ, "MEDSEQ_HASH_KEY": KEY.decode()} if env is None else env
+    return subprocess.run([sys.executable, "-m", "medseq.pipeline.cli", *args], capture_output=True, text=True,
+                          env=environment, cwd=cwd, timeout=timeout)
+
+
+def one_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The one line a user mistake prints (exit status 2, no traceback)."""
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
 def convert(config, out, key: bytes = KEY, beam_args=IN_PROCESS):
     """The ingest stage's entry on `config.input` and `config.labels`, with the tests' key."""
     from medseq.components import ingest

@@ -11,6 +11,7 @@ from ...pipeline.config import PipelineConfig
 from ...pipeline.contract import BeamArgs, EvaluateInputs, absolute
 from ...pipeline.lean_beam import beam_option
 from ..ingest import storage
+from ..ingest.output_lock import claim
 from ..ingest.remote_errors import on_filesystems
 from .executor import EvaluateOutputs, evaluate
 
@@ -29,6 +30,7 @@ def run(config: PipelineConfig, inputs: EvaluateInputs, out: str | Path,
     examples, out_path = absolute(inputs.examples), absolute(str(out))
     temp = beam_option(given, "temp_location")
     with on_filesystems(given, examples, *([temp] if temp else [])):
+        claim(out_path, "evaluate output")
         if storage.remote(examples):  # TensorFlow 2.21 reads no s3://: the eval split is read from a copy
             examples = storage.local_copy(examples, os.path.join(out_path, RECORDS_COPY), only=(F.QC_FILE, "eval/"))
         return evaluate(examples, absolute(inputs.model), out_path, section.eval_config, baseline,

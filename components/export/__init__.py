@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...pipeline.config import PipelineConfig, export_format
-from ...pipeline.contract import BeamArgs, ExportInputs
+from ...pipeline.contract import BeamArgs, ExportInputs, absolute
+from ..ingest.output_lock import claim
 from .executor import EXPORT_FILE, ExportOutputs, export
 
 __all__ = ["EXPORT_FILE", "ExportInputs", "ExportOutputs", "export", "run"]
@@ -21,5 +22,6 @@ def run(config: PipelineConfig, inputs: ExportInputs, out: str | Path, beam_args
     """The artifacts `inputs.formats` (else `push.formats`) of `inputs.model` into `out`
     (no Beam: `beam_args` are unused)."""
     formats = inputs.formats or config.push.formats
+    claim(absolute(str(out)), "export output")
     return export(inputs.model, inputs.examples, out, [export_format(f, "export") for f in formats],
                   seed=config.evaluate.seed)

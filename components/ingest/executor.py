@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import logging
+import os
 import re
 import uuid
 from collections import Counter
@@ -69,6 +70,14 @@ def read_labels(path: str) -> LabelTable:
         raise InputError(f"{path}: expected UTF-8 text, found a byte that is not (0x{raw[exc.start]:02x} at byte "
                          f"{exc.start}); save the labels as UTF-8 CSV") from None
     reader = csv.DictReader(io.StringIO(text))
+    try:
+        return _label_rows(reader, path)
+    except csv.Error as exc:  # csv's own words name the problem, not the data ("field larger than field limit")
+        raise InputError(f"{path}: line {reader.line_num + 1}: not valid CSV ({exc}); expected rows of a key column "
+                         "and a label") from None
+
+
+def _label_rows(reader: csv.DictReader[str], path: str) -> LabelTable:
     columns = {c.strip() for c in reader.fieldnames or []}
     column = next((c for c in LABEL_KEYS if c in columns), None)
     if column is None or "label" not in columns:
@@ -103,6 +112,12 @@ def input_pattern(input_path: str) -> tuple[str, str]:
         return input_path, root
     if not storage.remote(input_path) and not storage.exists(input_path):  # object stores have no folders
         raise InputError(f"input not found: {input_path} (expected a folder or a glob of DICOM files)")
+    if not storage.remote(input_path) and os.path.isdir(input_path):
+        try:
+            os.listdir(input_path)
+        except OSError as exc:
+            raise InputError(f"cannot list the input folder {input_path} ({exc.strerror or type(exc).__name__}); "
+                             "expected a folder medseq may list and read") from None
     root = input_path.rstrip("/")
     return f"{root}/**", root
 
@@ -164,9 +179,13 @@ class BeamGraph:
         _ = lines | label >> self.beam.ParDo(WriteLinesDoFn(prefix, self.filesystem_args))
 
 
-def finalize(staging: str, out: str, classes: tuple[str, ...], config: dict[str, Any],
-             labels_listed: int = 0) -> IngestOutputs:
-    """Merges the side files into rejected.jsonl and qc.json, then swaps staging into OUT."""
+OUTPUT_NAMES = (F.QC_FILE, *F.SPLITS, F.REJECTED_FILE)  # what ingest writes in OUT; nothing else there is touched
+
+
+def merge_side_files(staging: str, classes: tuple[str, ...], config: dict[str, Any],
+                     labels_listed: int = 0) -> tuple[dict[str, Any], int]:
+    """Merges the job's side files into rejected.jsonl and qc.json.tmp inside `staging`:
+    (qc, rejected lines). OUT is not touched."""
     index = [json.loads(line) for line in storage.read_lines(storage.join(staging, INDEX))]
     labels_found = len(set(storage.read_lines(storage.join(staging, LABELED_LINES))))
     rejected_lines = storage.read_lines(storage.join(staging, REJECTED_LINES))
@@ -199,18 +218,36 @@ def finalize(staging: str, out: str, classes: tuple[str, ...], config: dict[str,
     with storage.create(storage.join(staging, "qc.json.tmp")) as f:
         f.write(json.dumps(qc, indent=2, sort_keys=True).encode())
     storage.delete(storage.files_starting(storage.join(staging, "_")))
+    return qc, len(rejected)
+
+
+def swap_into_place(staging: str, out: str) -> None:
+    """The staged outputs replace ingest's previous ones in OUT by renames, qc.json last
+    (its presence marks a complete output). Only OUTPUT_NAMES are moved: a user's other
+    files in OUT stay. A failure midway puts the previous outputs back."""
     trash = storage.join(out, f".medseq-old-{uuid.uuid4().hex[:8]}")
     storage.mkdirs(trash)
-    # qc.json goes last: its presence marks a complete output.
-    for name in (F.QC_FILE, *F.SPLITS, F.REJECTED_FILE):
-        target = storage.join(out, name)
-        if storage.exists(target):
-            storage.rename(target, storage.join(trash, name))
-    for name in (*F.SPLITS, F.REJECTED_FILE):
-        storage.rename(storage.join(staging, name), storage.join(out, name))
-    storage.rename(storage.join(staging, "qc.json.tmp"), storage.join(out, F.QC_FILE))
-    storage.delete([trash, staging])
-    return IngestOutputs(out, records, len(rejected), classes, qc)
+    moved: list[str] = []
+    placed: list[str] = []
+    try:
+        for name in OUTPUT_NAMES:
+            target = storage.join(out, name)
+            if storage.exists(target):
+                storage.rename(target, storage.join(trash, name))
+                moved.append(name)
+        for name in (*F.SPLITS, F.REJECTED_FILE):
+            storage.rename(storage.join(staging, name), storage.join(out, name))
+            placed.append(name)
+        storage.rename(storage.join(staging, "qc.json.tmp"), storage.join(out, F.QC_FILE))
+    except BaseException:
+        with contextlib.suppress(Exception):
+            for name in placed:
+                storage.rename(storage.join(out, name), storage.join(staging, name))
+            for name in moved:
+                storage.rename(storage.join(trash, name), storage.join(out, name))
+            storage.delete([trash])
+        raise
+    storage.delete([trash])
 
 
 def run_job(input_path: str, labels_path: str, out: str, key: bytes, preprocess: PreprocessConfig,
@@ -223,13 +260,12 @@ def run_job(input_path: str, labels_path: str, out: str, key: bytes, preprocess:
     pattern, root = input_pattern(input_path)
     if not fetch_rejected:
         _require_files(pattern, input_path)
-    with output_lock(out):
-        storage.mkdirs(out) if not storage.exists(out) else None
+    with output_lock(out, "ingest output", (*OUTPUT_NAMES, F.FETCH_MANIFEST_FILE)):
         staging = storage.join(out, f".medseq-staging-{uuid.uuid4().hex[:8]}")
-        if fetch_rejected:  # merged by finalize() with the job's own rejected lines
-            with storage.create(storage.join(staging, f"{REJECTED_LINES}-fetch.jsonl")) as f:
-                f.write("".join(row.to_json() + "\n" for row in fetch_rejected).encode())
-        try:
+        try:  # a failed or killed job, or a full disk while merging, leaves no staging; OUT is as it was
+            if fetch_rejected:  # merged by merge_side_files() with the job's own rejected lines
+                with storage.create(storage.join(staging, f"{REJECTED_LINES}-fetch.jsonl")) as f:
+                    f.write("".join(row.to_json() + "\n" for row in fetch_rejected).encode())
             if beam_args is None:
                 LocalGraph.run(ingest_graph, pattern, root, staging, key, labels, classes, preprocess, ingest,
                                column)
@@ -241,10 +277,12 @@ def run_job(input_path: str, labels_path: str, out: str, key: bytes, preprocess:
                 with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
                     graph = BeamGraph(pipeline, beam_args if remote else ())
                     ingest_graph(graph, pattern, root, staging, key, labels, classes, preprocess, ingest, column)
-        except BaseException:  # a failed or killed job leaves no staging behind; OUT is as it was
+            record = dict(config_record, preprocess=to_dict(preprocess),
+                          ingest={**to_dict(ingest), "dicomweb": ingest.dicomweb.selection()})
+            qc, rejected = merge_side_files(staging, classes, record, len(labels))
+            swap_into_place(staging, out)
+        finally:
             with contextlib.suppress(Exception):
-                storage.delete([staging])
-            raise
-        record = dict(config_record, preprocess=to_dict(preprocess),
-                      ingest={**to_dict(ingest), "dicomweb": ingest.dicomweb.selection()})
-        return finalize(staging, out, classes, record, len(labels))
+                if storage.exists(staging):
+                    storage.delete([staging])
+        return IngestOutputs(out, qc["records"], rejected, classes, qc)

@@ -14,18 +14,21 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from ...pipeline.config import IngestConfig, PreprocessConfig
+from ..preprocessing.limits import InputLimits
 from . import storage
 from .steps import (
+    IDENTIFIERS,
     REJECTED,
     BuildRecordStep,
     Placed,
     ReadHeaderStep,
-    RejectedRow,
     WriteShardStep,
+    redacted_line,
     shard_of,
 )
 
-INDEX, REJECTED_LINES, LABELED_LINES = "_index", "_rejected", "_labeled"  # side files finalize() merges
+# Side files that executor.merge_side_files() merges.
+INDEX, REJECTED_LINES, LABELED_LINES = "_index", "_rejected", "_labeled"
 
 
 class Graph(Protocol):
@@ -62,12 +65,11 @@ def ingest_graph(g: Graph, pattern: str, root: str, staging: str, key: bytes, la
     # The match is one element's fan-out: without a reshuffle every header read would run
     # in the bundle (and worker) that listed the files.
     paths = g.spread("SpreadFiles", paths)
-    read = ReadHeaderStep(root, key, staging=staging if g.spills_headers else None,
-                          max_inflated_mb=ingest.max_inflated_mb)
-    headers, unreadable = g.pardo("ReadHeaders", paths, read, (REJECTED,))
+    limits = InputLimits.of(ingest)
+    read = ReadHeaderStep(root, key, staging=staging if g.spills_headers else None, limits=limits)
+    headers, unreadable, identifiers = g.pardo("ReadHeaders", paths, read, (REJECTED, IDENTIFIERS))
     build = BuildRecordStep(root, key, labels, classes, preprocess, ingest.split, staging=staging,
-                            decode_timeout_s=ingest.decode_timeout_s, pixel_phi=ingest.pixel_phi,
-                            label_column=label_column)
+                            limits=limits, pixel_phi=ingest.pixel_phi, label_column=label_column)
     records, rejected, labeled = g.pardo("BuildRecords", g.group("GroupBySeries", headers), build,
                                          (BuildRecordStep.REJECTED, BuildRecordStep.LABELED))
     sizes = g.sum_per_key("SizePerSplit", g.map("RecordSizes", records, _record_size))
@@ -75,6 +77,9 @@ def ingest_graph(g: Graph, pattern: str, root: str, staging: str, key: bytes, la
                    shard_bytes=ingest.shard_size_mb * 2**20)
     g.pardo("WriteShards", g.group("GroupByShard", shards), WriteShardStep(staging))
     g.write_lines("WriteIndex", g.map("IndexLines", records, _index_line), storage.join(staging, INDEX))
+    # One rule hashes every reported path: the identifier tokens of every header the job read.
+    tokens = g.as_dict(g.sum_per_key("IdentifierTokens", identifiers))
     g.write_lines("WriteRejected", g.map("RejectedLines", g.flatten("AllRejected", (unreadable, rejected)),
-                                         RejectedRow.to_json), storage.join(staging, REJECTED_LINES))
+                                         redacted_line, key=key, identifiers=tokens),
+                  storage.join(staging, REJECTED_LINES))
     g.write_lines("WriteLabeled", labeled, storage.join(staging, LABELED_LINES))

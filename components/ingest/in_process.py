@@ -4,8 +4,8 @@ A pipeline's fixed cost (importing Beam, 2-2.5 s, starting its workers, running 
 stages) is about 10 s on 2 cores, more than converting a few thousand files in one
 process (SMALL_INPUT_FILES). For an input this small `medseq convert` runs the very graph
 the Beam job runs (`graph.ingest_graph`) through `LocalGraph`: each step over a list, in
-the graph's order, writing the same files into the same staging folder; `executor.finalize`
-then does the rest for both. Nothing here imports Beam (local files go through `storage`).
+the graph's order, writing the same files into the same staging folder;
+`executor.merge_side_files` then does the rest for both. Nothing here imports Beam (local files go through `storage`).
 """
 
 from __future__ import annotations
@@ -67,6 +67,6 @@ class LocalGraph:
         return [item for items in collections for item in items]
 
     def write_lines(self, label: str, lines: list[str], prefix: str) -> None:
-        """One text file per side output, as WriteToText leaves them for `finalize`."""
+        """One text file per side output, as the Beam job leaves them for `executor.merge_side_files`."""
         with storage.create(f"{prefix}-in-process.jsonl") as f:
             f.write("".join(line + "\n" for line in lines).encode())

@@ -16,8 +16,8 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Container, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import IO, Any, NamedTuple
 
 import numpy as np
@@ -27,7 +27,7 @@ from ...pipeline.config import SAFE_PIXEL_PHI, PixelPhiConfig, PreprocessConfig,
 from ..preprocessing import reasons
 from ..preprocessing.geometry import OrderedSeries
 from ..preprocessing.headers import FileHeader, read_header
-from ..preprocessing.inflate import DEFAULT_MAX_INFLATED_MB, limit_bytes
+from ..preprocessing.limits import DEFAULT_LIMITS, InputLimits
 from ..preprocessing.prepare import prepare_series
 from ..preprocessing.reasons import Rejected
 from ..preprocessing.transform import Prepared
@@ -41,14 +41,28 @@ SpillRef = tuple[str, int, int]  # (spill file, offset, length)
 
 @dataclass(frozen=True)
 class RejectedRow:
-    path: str  # relative to the input root, UID-like parts hashed
+    # Relative to the input root: as found inside the job, with its identifying parts
+    # hashed by `redacted_line` (deid.safe_path) before it is written anywhere.
+    path: str
     series_key: str  # "" when the file never reached a series
     reason: str
     message: str
     files: int = 1  # input files this line accounts for
+    # The identifier tokens known where it was rejected (its own headers'); never written.
+    identifiers: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        return json.dumps({name: getattr(self, name) for name in _ROW_FIELDS}, sort_keys=True)
+
+
+_ROW_FIELDS = ("path", "series_key", "reason", "message", "files")
+
+
+def redacted_line(row: RejectedRow, key: bytes, identifiers: Container[str]) -> str:
+    """A rejected.jsonl line: the row with every identifying part of its path hashed under
+    one rule for the whole job (`identifiers`: the tokens of every header it read)."""
+    safe = deid.safe_path(row.path, key, deid.AnyOf(row.identifiers, identifiers))
+    return RejectedRow(safe, row.series_key, row.reason, row.message, row.files).to_json()
 
 
 @dataclass(frozen=True)
@@ -95,6 +109,7 @@ class Placed(NamedTuple):
 open_binary = storage.open_binary  # a file of any filesystem, read as stored
 REJECTED = "rejected"
 LABELED = "labeled"
+IDENTIFIERS = "identifiers"  # (token, 1): what a reported path must not show (deid.identifier_tokens)
 
 
 class Tagged(NamedTuple):
@@ -157,24 +172,36 @@ _PROGRESS = _Progress()
 
 
 def read_file_header(path: str, resolved_root: str | None,
-                     max_inflated_mb: float = DEFAULT_MAX_INFLATED_MB) -> FileHeader | Rejected:
+                     limits: InputLimits = DEFAULT_LIMITS) -> FileHeader | Rejected:
     """One input file's header, or why it cannot be read: ingest's rules for every file
-    (links out of the input are not followed, deflated data sets inflate within
-    `max_inflated_mb`), and predict's too."""
+    (links out of the input are not followed, only regular files are opened, the header
+    is read within `limits`), and predict's too."""
     try:
         if outside(path, resolved_root):
             return Rejected(reasons.OUTSIDE_INPUT, "a symbolic link that points outside the input folder; "
                             "expected files inside it (the link is not followed)")
         with open_binary(path) as f:
-            return read_header(f, path, limit_bytes(max_inflated_mb))
+            return read_header(f, path, limits)
     except Rejected as exc:
         return exc
+    except storage.NotRegularFile as exc:
+        return _not_a_file(path, exc.kind)
     except OSError as exc:
         return Rejected(reasons.UNREADABLE, f"the file cannot be opened ({type(exc).__name__})")
     except BaseException as exc:  # noqa: BLE001 - one file must never fail the job
         if reasons.must_propagate(exc):
             raise
         return Rejected(reasons.PROCESSING_ERROR, f"unexpected {type(exc).__name__} while reading the header")
+
+
+def _not_a_file(path: str, kind: str) -> Rejected:
+    if kind == "a folder":  # listed because os.walk could not list it (storage.match)
+        try:
+            os.listdir(path)
+        except OSError as exc:
+            return Rejected(reasons.UNLISTABLE_FOLDER, f"a folder that cannot be listed ({exc.strerror or 'error'}): "
+                            "its files were not read; expected a folder medseq may list and read")
+    return Rejected(reasons.NOT_A_FILE, f"{kind}, not a regular file: it was not opened; expected DICOM files")
 
 
 def input_files(root: str) -> Iterator[str]:
@@ -194,27 +221,37 @@ class ReadHeaderStep:
     REJECTED = REJECTED
 
     def __init__(self, root: str, key: bytes, *, staging: str | None = None,
-                 max_inflated_mb: float = DEFAULT_MAX_INFLATED_MB) -> None:
-        self.root, self.key, self.max_inflated_mb = root, key, max_inflated_mb
+                 limits: InputLimits = DEFAULT_LIMITS) -> None:
+        self.root, self.key, self.limits = root, key, limits
         self.resolved_root = real_root(root)  # once, not once per file
         self.staging = staging if staging is not None and "://" not in staging else None
         self._spill: _Spill | None = None
+        self._tokens: set[str] = set()
         self.counts = Counts()
 
     def start_bundle(self) -> None:
         self._spill = None
+        self._tokens = set()
 
     def finish_bundle(self) -> None:
         _close(self._spill)
         self._spill = None
 
+    def _identifiers(self, values: Iterable[str]) -> Iterator[Tagged]:
+        """Each identifier token once a bundle (the files of a series share theirs)."""
+        for token in deid.identifier_tokens(*values) - self._tokens:
+            self._tokens.add(token)
+            yield Tagged(IDENTIFIERS, (token, 1))
+
     def process(self, path: str) -> Iterator[object]:
         _PROGRESS.add("files")
         self.counts.inc("files_read")
-        header = read_file_header(path, self.resolved_root, self.max_inflated_mb)
+        header = read_file_header(path, self.resolved_root, self.limits)
         if isinstance(header, Rejected):
+            yield from self._identifiers(header.identifiers)
             yield self._dead_letter(path, header)
             return
+        yield from self._identifiers(header.identifiers)
         data = header.to_bytes()
         if self.staging is None:
             yield header.series_key_source, data
@@ -225,8 +262,8 @@ class ReadHeaderStep:
     def _dead_letter(self, path: str, exc: Rejected) -> Tagged:
         self.counts.inc("files_rejected")
         _PROGRESS.add("rejected")
-        where = deid.safe_relpath(path, self.root, self.key, deid.identifier_values(*exc.identifiers))
-        return Tagged(REJECTED, RejectedRow(where, "", exc.code, exc.message))
+        return Tagged(REJECTED, RejectedRow(deid.relative(path, self.root), "", exc.code, exc.message,
+                                            identifiers=deid.identifier_tokens(*exc.identifiers)))
 
 
 class BuildRecordStep:
@@ -238,11 +275,11 @@ class BuildRecordStep:
 
     def __init__(self, root: str, key: bytes, labels: dict[str, str], classes: tuple[str, ...],
                  preprocess_config: PreprocessConfig, split: SplitConfig, *, staging: str,
-                 decode_timeout_s: float | None = None, pixel_phi: PixelPhiConfig = SAFE_PIXEL_PHI,
+                 limits: InputLimits = DEFAULT_LIMITS, pixel_phi: PixelPhiConfig = SAFE_PIXEL_PHI,
                  label_column: str = "series_instance_uid") -> None:
         self.root, self.key, self.labels, self.classes = root, key, labels, classes
         self.label_column = label_column  # which header value keys `labels`
-        self.config, self.split, self.decode_timeout_s = preprocess_config, split, decode_timeout_s
+        self.config, self.split, self.limits = preprocess_config, split, limits
         self.pixel_phi = pixel_phi
         self.staging = staging
         self.spills = "://" not in staging
@@ -260,8 +297,8 @@ class BuildRecordStep:
         where = os.path.commonpath(paths) if len(paths) > 1 else paths[0]
         if len(where.rstrip("/")) <= len(self.root.rstrip("/")):  # files of one series in several folders
             where = paths[0]
-        where = deid.safe_relpath(where, self.root, self.key, deid.series_identifiers(headers))
-        return RejectedRow(where, series_key, code, f"{message} ({len(paths)} file(s))", len(paths))
+        return RejectedRow(deid.relative(where, self.root), series_key, code, f"{message} ({len(paths)} file(s))",
+                           len(paths), deid.series_identifiers(headers))
 
     def start_bundle(self) -> None:
         self._spill = None
@@ -287,7 +324,7 @@ class BuildRecordStep:
             if label not in self.classes:
                 raise Rejected(reasons.UNKNOWN_LABEL, f"its label is not one of the configured classes "
                                f"({', '.join(self.classes)})")
-            parts = prepare_series(headers, open_binary, self.config, self.decode_timeout_s, self.pixel_phi)
+            parts = prepare_series(headers, open_binary, self.config, self.limits, self.pixel_phi)
         except Rejected as exc:
             yield Tagged(REJECTED, self._reject(headers, series_key, exc.code, exc.message))
             return
@@ -301,9 +338,9 @@ class BuildRecordStep:
             return
         for path in parts[0][0].duplicates:
             yield Tagged(REJECTED, RejectedRow(
-                deid.safe_relpath(path, self.root, self.key, deid.series_identifiers(headers)), series_key,
-                reasons.DUPLICATE_INSTANCE,
-                "an exact duplicate of another file's SOP Instance UID in this series; one copy was used"))
+                deid.relative(path, self.root), series_key, reasons.DUPLICATE_INSTANCE,
+                "an exact duplicate of another file's SOP Instance UID in this series; one copy was used",
+                identifiers=deid.series_identifiers(headers)))
         counted: set[str] = set()
         for ordered, prepared in parts:
             files = {f.path for f in ordered.frames} - counted  # each input file in one record's count

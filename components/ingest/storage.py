@@ -11,9 +11,11 @@ made on create, folders deleted whole), so both runs write the same bytes.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
+import stat
 from collections.abc import Iterator, Sequence
 from typing import IO, Any
 
@@ -78,13 +80,58 @@ def _s3io() -> Any:
     return found[1]
 
 
+class NotRegularFile(OSError):
+    """A local path that is no regular file (a FIFO, a socket, a device, a folder): it is
+    never read, as reading one blocks for ever (a FIFO) or never ends (/dev/zero)."""
+
+    def __init__(self, path: str, kind: str) -> None:
+        super().__init__(errno.EINVAL, f"{kind}, not a regular file", path)
+        self.kind = kind
+
+
+def file_kind(mode: int) -> str:
+    """What a stat mode names, in words."""
+    for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return "a regular file" if stat.S_ISREG(mode) else "a special file"
+
+
+def open_regular(path: str) -> IO[bytes]:
+    """A local regular file opened for reading; anything else raises NotRegularFile
+    without being opened for reading. Checked before the open (opening a device can act
+    on it) and again on the open descriptor (the path may change in between); the open
+    itself does not wait for a FIFO's writer."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise NotRegularFile(path, file_kind(mode))
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # a socket put in its place
+            raise NotRegularFile(path, "a socket") from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile(path, file_kind(mode))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def open_binary(path: str) -> IO[bytes]:
-    """A file read as stored (no decompression by extension)."""
+    """A file read as stored (no decompression by extension); a local one only if it is
+    a regular file (`open_regular`)."""
     if path.startswith("s3://"):
         return _s3io().open(path, "r", read_buffer_size=1 << 20)  # type: ignore[no-any-return]
     if remote(path):
         return _beam().open(path, compression_type=_uncompressed())
-    return open(path, "rb")
+    return open_regular(path)
 
 
 def create(path: str) -> IO[bytes]:
@@ -210,14 +257,18 @@ def match(pattern: str, limit: int | None = None) -> list[str]:
     """The files a glob matches, as Beam's `FileSystems.match` lists them. A local
     folder's `folder/**` is every file os.walk finds under it (links to folders not
     followed; files that vanish or dangle skipped, as Beam's `LocalFileSystem` skips
-    them); any other pattern is Beam's to match."""
+    them), and every folder under it that cannot be listed (so that the job names it
+    instead of skipping its files without a word); any other pattern is Beam's to match."""
     folder = pattern[:-3] if pattern.endswith("/**") else None
     if folder is None or remote(pattern) or any(ch in folder for ch in "*?["):
         return [path for path, _ in _listing(pattern, limit)]
     found: list[str] = []
     if not os.path.exists(folder):
         return found
-    for parent, _, names in os.walk(folder):
+    unlisted: list[OSError] = []  # os.walk's errors: the folders it could not list
+    for parent, _, names in os.walk(folder, onerror=unlisted.append):
+        found.extend(str(e.filename) for e in unlisted if e.filename)
+        unlisted.clear()
         for name in names:
             path = os.path.join(parent, name)
             try:
@@ -227,7 +278,8 @@ def match(pattern: str, limit: int | None = None) -> list[str]:
             found.append(path)
             if limit is not None and len(found) >= limit:
                 return found
-    return found
+    found.extend(str(e.filename) for e in unlisted if e.filename)
+    return found if limit is None else found[:limit]
 
 
 def files_starting(prefix: str) -> list[str]:

@@ -15,7 +15,6 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from ...pipeline.config import PreprocessConfig, SplitConfig
 from . import steps, storage
 from .steps import (  # noqa: F401 - the job's names, from one place
     REJECTED,
@@ -80,37 +79,6 @@ class StepDoFn(FilesystemDoFn):
     def process(self, element: Any) -> Iterator[Any]:
         for out in self.step.process(element):
             yield beam.pvalue.TaggedOutput(out.tag, out.value) if isinstance(out, steps.Tagged) else out
-
-
-class ReadHeader(StepDoFn):
-    """steps.ReadHeaderStep: path -> (series key source, header), or a RejectedRow on REJECTED."""
-
-    REJECTED = steps.REJECTED
-
-    def __init__(self, root: str, key: bytes, *, staging: str | None = None,
-                 max_inflated_mb: float = steps.DEFAULT_MAX_INFLATED_MB) -> None:
-        super().__init__(steps.ReadHeaderStep(root, key, staging=staging, max_inflated_mb=max_inflated_mb))
-
-
-class BuildRecord(StepDoFn):
-    """steps.BuildRecordStep: (series key source, headers) -> Placed(Record, example); RejectedRows on
-    REJECTED, the keyed hashes of labeled series on LABELED."""
-
-    REJECTED = steps.REJECTED
-    LABELED = steps.LABELED
-
-    def __init__(self, root: str, key: bytes, labels: dict[str, str], classes: tuple[str, ...],
-                 preprocess_config: PreprocessConfig, split: SplitConfig, *, staging: str,
-                 decode_timeout_s: float | None = None) -> None:
-        super().__init__(steps.BuildRecordStep(root, key, labels, classes, preprocess_config, split,
-                                               staging=staging, decode_timeout_s=decode_timeout_s))
-
-
-class WriteShard(StepDoFn):
-    """steps.WriteShardStep: ((split, shard, n), records) -> the shard file's path."""
-
-    def __init__(self, staging: str) -> None:
-        super().__init__(steps.WriteShardStep(staging))
 
 
 class MatchDoFn(FilesystemDoFn):

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ...pipeline.errors import InputError
+from ..ingest.output_lock import claim
 from .executor import Prediction, predict, prepare_folder, read_series
 
 TOP_FRAMES = 3
@@ -54,6 +56,9 @@ def write_explanation(results: list[Prediction], path: str | Path) -> Path | Non
 
     path = Path(path)
     folder = path.with_name(f"{path.stem}_attribution")
+    _refuse_foreign_file(path)
+    if any(r.attribution is not None for r in results):
+        claim(str(folder), "predict attributions")
     entries = []
     for index, r in enumerate(results):
         entry = r.to_json()
@@ -68,6 +73,21 @@ def write_explanation(results: list[Prediction], path: str | Path) -> Path | Non
         entries.append(entry)
     path.write_text(json.dumps(entries, indent=2) + "\n")
     return folder if folder.exists() else None
+
+
+def _refuse_foreign_file(path: Path) -> None:
+    """An existing FILE is replaced only when it is an explanation medseq wrote (a JSON
+    list of series entries): a user's own file of that name is never overwritten."""
+    if not path.exists():
+        return
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+        ours = isinstance(entries, list) and all(isinstance(e, dict) and "series_key" in e for e in entries)
+    except (OSError, ValueError):
+        ours = False
+    if not ours:
+        raise InputError(f"{path} exists and is not an explanation medseq wrote; expected a new file name for "
+                         "--explain (medseq never overwrites what it did not write)")
 
 
 __all__ = ["Prediction", "explanation", "json_lines", "predict", "prepare_folder", "read_series", "table",

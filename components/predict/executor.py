@@ -19,11 +19,12 @@ import numpy as np
 from ...pipeline import features as F
 from ...pipeline.config import SAFE_PIXEL_PHI, PixelPhiConfig, PreprocessConfig, from_dict
 from ...pipeline.errors import InputError
-from ..ingest import deid
+from ..ingest import deid, storage
 from ..ingest.steps import input_files, read_file_header, real_root
 from ..preprocessing import reasons
 from ..preprocessing.geometry import OrderedSeries
 from ..preprocessing.headers import FileHeader
+from ..preprocessing.limits import DEFAULT_LIMITS, InputLimits
 from ..preprocessing.prepare import prepare_series
 from ..preprocessing.reasons import Rejected
 from ..preprocessing.transform import Prepared
@@ -64,14 +65,15 @@ class PreparedSeries:
     item: Prepared | Rejected
 
 
-def read_series(root: Path) -> tuple[dict[str, list[FileHeader]], list[tuple[str, Rejected]]]:
+def read_series(root: Path, limits: InputLimits = DEFAULT_LIMITS,
+                ) -> tuple[dict[str, list[FileHeader]], list[tuple[str, Rejected]]]:
     """Headers of every file under `root` (any nesting), grouped by series key, and the
     files that could not be read, with why: ingest's discovery and rules (steps.py)."""
     groups: dict[str, list[FileHeader]] = defaultdict(list)
     rejected = []
     resolved_root = real_root(str(root))
     for path in sorted(input_files(str(root))):
-        header = read_file_header(path, resolved_root)
+        header = read_file_header(path, resolved_root, limits)
         if isinstance(header, Rejected):
             rejected.append((path, header))
         else:
@@ -80,28 +82,31 @@ def read_series(root: Path) -> tuple[dict[str, list[FileHeader]], list[tuple[str
 
 
 def prepare_folder(root: str | Path, config: PreprocessConfig, key: bytes | None = None,
-                   phi: PixelPhiConfig = SAFE_PIXEL_PHI) -> list[PreparedSeries]:
-    """Every series under `root` through the shared preprocessing, in folder order, after
-    the files that are no part of a series (series_key "", item: why).
+                   phi: PixelPhiConfig = SAFE_PIXEL_PHI, limits: InputLimits = DEFAULT_LIMITS) -> list[PreparedSeries]:
+    """Every series under `root` through the shared preprocessing (ingest's rules and
+    `limits`), in folder order, after the files that are no part of a series
+    (series_key "", item: why).
 
     Series are named by their folder relative to `root`, with any part that may carry
-    an identifier replaced by a keyed hash (MEDSEQ_HASH_KEY, else a per-run random key).
+    an identifier replaced by a keyed hash (MEDSEQ_HASH_KEY, else a per-run random key)
+    under one rule for the whole folder, as ingest names them in rejected.jsonl.
     """
-    key = key or os.environ.get(deid.KEY_ENV, "").encode() or secrets.token_bytes(32)
+    key = key or deid.key_from_environment() or secrets.token_bytes(32)
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"input not found: {root} (expected a folder of DICOM files)")
-    groups, unread = read_series(root)
-    out = [PreparedSeries(deid.safe_relpath(path, str(root), key, deid.identifier_values(*exc.identifiers)), "", exc)
-           for path, exc in unread]  # a file that is no part of any series: ingest's dead letters
+    groups, unread = read_series(root, limits)
+    tokens = deid.identifier_tokens(*{v for headers in groups.values() for h in headers for v in h.identifiers},
+                                    *{v for _, exc in unread for v in exc.identifiers})
+    name = lambda path: deid.safe_path(deid.relative(path, str(root)), key, tokens)  # noqa: E731
+    out = [PreparedSeries(name(path), "", exc) for path, exc in unread]  # no part of any series: ingest's dead letters
     for source, headers in sorted(groups.items(), key=lambda item: min(h.path for h in item[1])):
         paths = sorted(h.path for h in headers)
-        folder = os.path.commonpath(paths) if len(paths) > 1 else paths[0]
-        where = deid.safe_relpath(folder, str(root), key, deid.series_identifiers(headers)) or "."
+        where = name(os.path.commonpath(paths) if len(paths) > 1 else paths[0]) or "."
         parts: list[tuple[OrderedSeries, Prepared]] = []
         failed: Rejected | None = None
         try:
-            parts = prepare_series(headers, lambda p: open(p, "rb"), config, phi=phi)
+            parts = prepare_series(headers, storage.open_binary, config, limits, phi=phi)
         except Rejected as exc:
             failed = exc
         except Exception as exc:  # noqa: BLE001 - one series must not hide the others
@@ -109,9 +114,9 @@ def prepare_folder(root: str | Path, config: PreprocessConfig, key: bytes | None
         if failed is not None:
             out.append(PreparedSeries(where, deid.keyed_hash(key, "series", source), failed))
         for ordered, prepared in parts:  # one per slice position of a 4-D series, as ingest's records
-            name = where if ordered.position is None else f"{where}#position{ordered.position}"
-            out.append(PreparedSeries(name, deid.keyed_hash(key, "series", deid.record_source(source,
-                                                                                            ordered.position)),
+            label = where if ordered.position is None else f"{where}#position{ordered.position}"
+            out.append(PreparedSeries(label, deid.keyed_hash(key, "series", deid.record_source(source,
+                                                                                             ordered.position)),
                                       prepared))
     return out
 
@@ -142,6 +147,7 @@ def predict(model_dir: str | Path, root: str | Path, explain: bool = False) -> l
     config = from_dict(PreprocessConfig, spec.preprocess, "model preprocess")
     # The model's own ingest.pixel_phi (a model from before it: the safe defaults).
     phi = from_dict(PixelPhiConfig, spec.pixel_phi.get("policy", {}), "model pixel_phi")
+    limits = InputLimits.from_record(spec.input_limits)  # the model's own ingest bounds
     spatial = None
     if runtimes.artifact_format(model_dir):
         run = runtimes.load(model_dir)
@@ -150,7 +156,7 @@ def predict(model_dir: str | Path, root: str | Path, explain: bool = False) -> l
         run = runtimes.signature(signatures[F.FRAMES_SIGNATURE])
         spatial = signatures.get(F.EXPLAIN_SIGNATURE) if explain else None  # absent in models before it
     results = []
-    for series in prepare_folder(root, config, phi=phi):
+    for series in prepare_folder(root, config, phi=phi, limits=limits):
         item = series.item
         if isinstance(item, Rejected):
             results.append(Prediction(series.where, series.series_key, None, {}, item.code, item.message))

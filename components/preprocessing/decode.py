@@ -64,6 +64,13 @@ def _plugin(transfer_syntax: str) -> str:
     return plugin if plugin and plugin in get_decoder(transfer_syntax).available_plugins else ""
 
 
+def syntax_name(transfer_syntax: str) -> str:
+    """A transfer syntax's name in DICOM's dictionary; never the UID's own text (a
+    private one is anybody's string, and rejection messages copy nothing from a file)."""
+    name = UID(transfer_syntax).name
+    return name if name and name != str(transfer_syntax) else "a transfer syntax outside DICOM's dictionary"
+
+
 @contextlib.contextmanager
 def _decoding(transfer_syntax: str, bits: Callable[[], object]) -> Iterator[None]:
     """Codec failures as reasons: codecs raise anything on corrupt data, Rust panics included."""
@@ -72,7 +79,7 @@ def _decoding(transfer_syntax: str, bits: Callable[[], object]) -> Iterator[None
     except BaseException as exc:  # noqa: BLE001
         if reasons.must_propagate(exc):
             raise
-        syntax = UID(transfer_syntax).name
+        syntax = syntax_name(transfer_syntax)
         text = str(exc).lower()
         if isinstance(exc, NotImplementedError) or "does not support" in text or "no pixel data decoders" in text:
             raise Rejected(reasons.UNSUPPORTED_TRANSFER_SYNTAX, f"no installed, permissively licensed decoder "
@@ -101,10 +108,12 @@ def _to_modality(pixels: np.ndarray, header: FileHeader, rescale: tuple[tuple[fl
     return np.asarray(pixels, dtype=np.float32)
 
 
-def _frames_from_ref(fileobj: IO[bytes], header: FileHeader) -> np.ndarray:
-    """All frames of one file from the bytes its PixelRef points at (no second parse)."""
+def _frames_from_ref(fileobj: IO[bytes], header: FileHeader, indices: list[int] | None = None) -> np.ndarray:
+    """The frames `indices` (sorted; None: all) of one file, from the bytes its PixelRef
+    points at (no second parse). Compressed frames not asked for are not decoded."""
     ref = header.pixels
-    assert ref is not None
+    if ref is None:
+        raise ValueError("no PixelRef")
     if ref.inflate_from is not None:  # deflated (native pixels): inflated as far as they end
         fileobj.seek(ref.inflate_from)
         stream = zlib.decompressobj(-zlib.MAX_WBITS).decompress(fileobj.read(), ref.offset + ref.length)
@@ -118,13 +127,23 @@ def _frames_from_ref(fileobj: IO[bytes], header: FileHeader) -> np.ndarray:
     if ref.length != UNDEFINED_LENGTH and len(data) != ref.length:
         raise EOFError("the file is shorter than when its header was read")
     decoder = get_decoder(header.transfer_syntax)
-    pixels = decoder.as_array(data, validate=True, decoding_plugin=_plugin(header.transfer_syntax),
-                              **dict(ref.options))[0]
-    if pixels.ndim == (3 if is_colour(header) else 2):
-        pixels = pixels[None]
-    if ref.per_frame and len(ref.rescale) != pixels.shape[0]:
+    options = {"validate": True, "decoding_plugin": _plugin(header.transfer_syntax), **dict(ref.options)}
+    n_frames = len(header.frames)
+    indices = list(range(n_frames)) if indices is None else indices
+    if UID(header.transfer_syntax).is_encapsulated and len(indices) < n_frames:  # only the frames kept
+        pixels = np.stack([frame for frame, _ in decoder.iter_array(data, indices=indices, **options)])
+        picked = pixels
+    else:  # native pixels are one read; or every frame is kept
+        pixels = decoder.as_array(data, **options)[0]
+        if pixels.ndim == (3 if is_colour(header) else 2):
+            pixels = pixels[None]
+        if pixels.shape[0] != n_frames:
+            raise ValueError("frames decoded differ from the frames the header counts")
+        picked = pixels if indices == list(range(n_frames)) else pixels[indices]
+    if ref.per_frame and len(ref.rescale) != n_frames:
         raise ValueError("frames decoded differ from the frames the header counts")
-    return _to_modality(pixels, header, ref.rescale, ref.per_frame)
+    rescale = tuple(ref.rescale[i] for i in indices) if ref.per_frame else ref.rescale
+    return _to_modality(picked, header, rescale, ref.per_frame)
 
 
 def _frames_of(ds: Dataset, header: FileHeader) -> np.ndarray:
@@ -150,26 +169,30 @@ def is_colour(header: FileHeader) -> bool:
 @quiet_pydicom
 def load_series(ordered: OrderedSeries, headers: dict[str, FileHeader], open_file: Callable[[str], IO[bytes]],
                 decode_timeout_s: float | None = None) -> tuple[np.ndarray, SeriesMeta]:
-    """Decodes every file of the series once and stacks the frames in `ordered` order.
-    A file that takes longer than `decode_timeout_s` is rejected (decode_timeout)."""
-    by_path: dict[str, np.ndarray] = {}
+    """Decodes the frames of `ordered` (each file once, only the frames it names) and
+    stacks them in that order. A file that takes longer than `decode_timeout_s` is
+    rejected (decode_timeout)."""
+    wanted: dict[str, list[int]] = {}
+    for f in ordered.frames:
+        wanted.setdefault(f.path, []).append(f.frame)
+    by_path: dict[str, dict[int, np.ndarray]] = {}
     first: tuple[tuple[float, float] | None, float] | None = None  # (window, max value) of the first file
-    for path in dict.fromkeys(f.path for f in ordered.frames):
+    for path, frame_numbers in wanted.items():
         header = headers[path]
+        indices = sorted(set(frame_numbers))
         started = time.monotonic()
-        frames, ds = _decode_file(path, header, open_file)
+        frames, ds = _decode_file(path, header, open_file, indices)
         took = time.monotonic() - started
         if decode_timeout_s is not None and took > decode_timeout_s:
             raise Rejected(reasons.DECODE_TIMEOUT, f"decoding one file took {took:.3g} s, expected at most "
                            f"{decode_timeout_s:g} s (ingest.decode_timeout_s)")
-        by_path[path] = frames
+        by_path[path] = dict(zip(indices, frames, strict=True))
         if first is None:
-            if ds is None:
-                assert header.pixels is not None
-                first = header.pixels.window, header.pixels.max_value
-            else:
+            if ds is not None:
                 with _values_needed_for_the_pixels():
                     first = header_window(ds), max_value(ds, header.photometric)
+            elif header.pixels is not None:  # decoded from its PixelRef
+                first = header.pixels.window, header.pixels.max_value
     if first is None:
         raise Rejected(reasons.NO_PIXEL_DATA, "the series holds no frames")
     volume = np.stack([by_path[f.path][f.frame] for f in ordered.frames])
@@ -180,21 +203,27 @@ def load_series(ordered: OrderedSeries, headers: dict[str, FileHeader], open_fil
 
 
 def _decode_file(path: str, header: FileHeader, open_file: Callable[[str], IO[bytes]],
-                 ) -> tuple[np.ndarray, Dataset | None]:
-    """(frames, the data set when the whole file had to be parsed). From the header pass's
-    PixelRef where there is one; any failure there goes the whole-file way, which finds
-    and names the problem exactly as if there were no PixelRef."""
+                 indices: list[int] | None = None) -> tuple[np.ndarray, Dataset | None]:
+    """(the frames `indices` (sorted; None: all) of the file, the data set when the whole file had to be
+    parsed). From the header pass's PixelRef where there is one; any failure there goes
+    the whole-file way, which finds and names the problem exactly as if there were no
+    PixelRef."""
     if header.pixels is not None:
         try:
             with open_file(path) as fileobj:
-                return _frames_from_ref(fileobj, header), None
+                return _frames_from_ref(fileobj, header, indices), None
         except BaseException as exc:  # noqa: BLE001 - the whole-file path below decides
             if reasons.must_propagate(exc):
                 raise
     with open_file(path) as fileobj:
         ds = read_dataset(fileobj, path, stop_before_pixels=False)
     with _values_needed_for_the_pixels():
-        return _frames_of(ds, header), ds
+        frames = _frames_of(ds, header)
+    indices = list(range(frames.shape[0])) if indices is None else indices
+    if max(indices) >= frames.shape[0]:
+        raise Rejected(reasons.DECODE_ERROR, f"the pixel data holds {frames.shape[0]} frame(s), fewer than the "
+                       "header counts; truncated or corrupt")
+    return (frames if indices == list(range(frames.shape[0])) else frames[indices]), ds
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ rest by pydicom: the same header either way, at a fraction of the CPU.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import re
@@ -23,16 +24,24 @@ from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian
 
-from . import header_values, reasons
+from . import header_values, limits, reasons
 from .enhanced import first_item, frame_rescales, frames_geometry, with_per_frame
 from .header_values import HeaderValues, pixel_options
-from .inflate import DEFAULT_MAX_INFLATED_MB, check_deflated_file, limit_bytes
+from .inflate import check_deflated_file
+from .limits import DEFAULT_LIMITS, InputLimits
 from .plain_file import PER_FRAME_GROUPS, plain_dataset
 from .quiet import quiet_pydicom
 from .reasons import Rejected
 
 DEFER_BYTES = 4096
 UNDEFINED_LENGTH = 0xFFFFFFFF
+# A file without the 'DICM' marker is parsed this far at most to tell a data set missing
+# its file meta from a stranger: a 100 MB file of zeros parses as 12 million empty
+# elements (43 s) if read whole.
+PROBE_BYTES = 64 * 1024
+# The first tag of a data set written without preamble or file meta: group 0008 (or
+# 0002, 0000) in either byte order. Anything else is no DICOM, without a parse.
+_DATASET_STARTS = (b"\x08\x00", b"\x00\x08", b"\x02\x00", b"\x00\x02", b"\x00\x00")
 # An explicit-VR element of group 0008 (identifying information) near the start of a
 # file without preamble: a data set missing its file meta, not a stranger.
 _GROUP_8_ELEMENT = re.compile(rb"\x08\x00..(?:CS|UI|DA|TM|LO|SH|PN|IS|DS|US|UL|AE|AS)", re.DOTALL)
@@ -307,8 +316,31 @@ def pixel_ref(ds: Dataset, header: FileHeader, deflated_at: int | None = None) -
         return None
 
 
-def header_from_dataset(ds: Dataset, path: str) -> FileHeader:
-    """Extracts a FileHeader from a dataset read with or without pixels."""
+def _check_pixels(ds: Dataset, v: HeaderValues, n_frames: int, file_size: int | None, max_decoded: int) -> None:
+    """The declared pixels against the Pixel Data present and the decoded-size limit
+    (limits.check_file); a header too garbled to say is left to the decoder."""
+    if n_frames < 0:
+        raise Rejected(reasons.UNREADABLE, f"Number of Frames is negative ({n_frames}); the header is corrupt")
+    rows, columns = _int(v.get("Rows")), _int(v.get("Columns"))
+    samples, bits = _int(v.get("SamplesPerPixel"), 1) or 1, _int(v.get("BitsAllocated"), 8) or 8
+    raw = ds.get_item(BaseTag(0x7FE00010), keep_deferred=True) if "PixelData" in ds else None
+    length: int | None = None
+    if isinstance(raw, RawDataElement):  # as read: deferred (value None) or read whole
+        length = raw.length if raw.value is None or raw.length == UNDEFINED_LENGTH else len(raw.value)
+    elif raw is not None:  # already converted by pydicom
+        length = UNDEFINED_LENGTH if raw.is_undefined_length else \
+            len(raw.value) if isinstance(raw.value, bytes) else None
+    meta = getattr(ds, "file_meta", None)
+    syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    encapsulated = length == UNDEFINED_LENGTH or (bool(syntax) and pydicom.uid.UID(syntax).is_encapsulated)
+    limits.check_file(rows, columns, samples, bits, n_frames, None if encapsulated else length, encapsulated,
+                      file_size, max_decoded)
+
+
+def header_from_dataset(ds: Dataset, path: str, file_size: int | None = None,
+                        max_decoded: int = DEFAULT_LIMITS.max_decoded) -> FileHeader:
+    """Extracts a FileHeader from a dataset read with or without pixels; its declared
+    pixels are checked first (`file_size`: the file's bytes, when known)."""
     meta = getattr(ds, "file_meta", None)
     v = HeaderValues(ds)
     if not any(k in v for k in ("SOPClassUID", "SOPInstanceUID", "Modality", "Rows", "SeriesInstanceUID")) and (
@@ -324,6 +356,7 @@ def header_from_dataset(ds: Dataset, path: str) -> FileHeader:
     if missing:
         raise Rejected(reasons.MISSING_ATTRIBUTE, f"required attribute(s) absent or empty: {', '.join(missing)}")
     n_frames = _int(v.get("NumberOfFrames"), 1) or 1
+    _check_pixels(ds, v, n_frames, file_size, max_decoded)  # before anything is made per frame
     multiframe = n_frames > 1 or "PerFrameFunctionalGroupsSequence" in ds
     sop_uid = str(v.get("SOPInstanceUID"))
     frames = []
@@ -386,26 +419,36 @@ def ultrasound_regions(ds: HeaderValues) -> tuple[tuple[int, int, int, int], ...
     return tuple(boxes)
 
 
-@quiet_pydicom
-def read_dataset(fileobj: IO[bytes], path: str, stop_before_pixels: bool = False,
-                 defer_size: int | None = None, max_inflated: int = limit_bytes(DEFAULT_MAX_INFLATED_MB)) -> Dataset:
-    """dcmread with the failure modes of real archives mapped to reason codes; a deflated
-    data set over `max_inflated` bytes is rejected before dcmread inflates it."""
-    check_deflated_file(fileobj, max_inflated)
-    head = fileobj.read(512)
-    fileobj.seek(0)
-    if len(head) < 132 or head[128:132] != b"DICM":
-        # Old ACR-NEMA style or not DICOM at all: tell the two apart for the report.
+def _without_file_meta(fileobj: IO[bytes], head: bytes) -> Rejected:
+    """A file without the 'DICM' marker: an old ACR-NEMA style data set (missing its file
+    meta) or not DICOM at all, told apart from its first bytes and, where those may start
+    a data set, a parse of at most PROBE_BYTES of it."""
+    looks_dicom = False
+    if head[:2] in _DATASET_STARTS or _GROUP_8_ELEMENT.search(head):
+        fileobj.seek(0)
+        probe = io.BytesIO(fileobj.read(PROBE_BYTES))
         try:
-            ds = pydicom.dcmread(fileobj, force=True, stop_before_pixels=True)
+            ds = pydicom.dcmread(probe, force=True, stop_before_pixels=True)
             looks_dicom = any(k in ds for k in ("SOPClassUID", "Rows", "SeriesInstanceUID"))
         except Exception:  # noqa: BLE001 - any parse failure means "not DICOM" here
             looks_dicom = False
         looks_dicom = looks_dicom or bool(_GROUP_8_ELEMENT.search(head))
-        if looks_dicom:
-            raise Rejected(reasons.MISSING_FILE_META,
-                           "no DICOM file meta information (no 'DICM' preamble); re-export as a Part 10 file")
-        raise Rejected(reasons.NOT_DICOM, "not a DICOM file (no 'DICM' marker at byte 128)")
+    if looks_dicom:
+        return Rejected(reasons.MISSING_FILE_META,
+                        "no DICOM file meta information (no 'DICM' preamble); re-export as a Part 10 file")
+    return Rejected(reasons.NOT_DICOM, "not a DICOM file (no 'DICM' marker at byte 128)")
+
+
+@quiet_pydicom
+def read_dataset(fileobj: IO[bytes], path: str, stop_before_pixels: bool = False,
+                 defer_size: int | None = None, max_inflated: int = DEFAULT_LIMITS.max_inflated) -> Dataset:
+    """dcmread with the failure modes of real archives mapped to reason codes; a deflated
+    data set over `max_inflated` bytes is rejected before dcmread inflates it."""
+    head = fileobj.read(512)
+    fileobj.seek(0)
+    if len(head) < 132 or head[128:132] != b"DICM":
+        raise _without_file_meta(fileobj, head)
+    check_deflated_file(fileobj, max_inflated)
     try:
         ds = pydicom.dcmread(fileobj, stop_before_pixels=stop_before_pixels, defer_size=defer_size)
     except NotImplementedError:
@@ -430,9 +473,10 @@ def read_dataset(fileobj: IO[bytes], path: str, stop_before_pixels: bool = False
     return ds
 
 
-IDENTIFYING_KEYWORDS = ("PatientID", "PatientName", "OtherPatientIDs", "AccessionNumber", "PatientBirthDate",
-                        "StudyDate", "InstitutionName", "ReferringPhysicianName", "StudyInstanceUID",
-                        "SeriesInstanceUID", "SOPInstanceUID", "StudyID")
+# What a reported path must not show (deid.safe_path): names and IDs. UIDs and dates are
+# not listed: a path part holding one is hashed by its pattern, whatever the header says.
+IDENTIFYING_KEYWORDS = ("PatientID", "PatientName", "OtherPatientIDs", "AccessionNumber", "InstitutionName",
+                        "ReferringPhysicianName", "StudyID")
 
 
 def identifying_values(ds: Dataset | HeaderValues) -> tuple[str, ...]:
@@ -467,20 +511,32 @@ def _read_deferred_groups(ds: Dataset, fileobj: IO[bytes]) -> None:
         ds[tag] = raw._replace(value=value)
 
 
+def _size(fileobj: IO[bytes]) -> int | None:
+    try:
+        fileobj.seek(0, io.SEEK_END)
+        return fileobj.tell()
+    except (OSError, ValueError):
+        return None
+    finally:
+        fileobj.seek(0)
+
+
 @quiet_pydicom
-def read_header(fileobj: IO[bytes], path: str, max_inflated: int = limit_bytes(DEFAULT_MAX_INFLATED_MB)) -> FileHeader:
-    """The header pass of one file; a deflated data set inflates to at most `max_inflated` bytes."""
+def read_header(fileobj: IO[bytes], path: str, limits: InputLimits = DEFAULT_LIMITS) -> FileHeader:
+    """The header pass of one file within `limits`: a deflated data set inflates to at most
+    `max_inflated_mb`, the pixels it declares decode to at most `max_decoded_mb`."""
+    file_size = _size(fileobj)
     # Large values (the pixels) are skipped, not read, yet their presence is known.
-    plain = plain_dataset(fileobj, DEFER_BYTES, max_inflated) if header_values.FAST_PATHS else None
+    plain = plain_dataset(fileobj, DEFER_BYTES, limits.max_inflated) if header_values.FAST_PATHS else None
     if plain is None:
         fileobj.seek(0)
         ds, deflated_at = read_dataset(fileobj, path, stop_before_pixels=False, defer_size=DEFER_BYTES,
-                                       max_inflated=max_inflated), None
+                                       max_inflated=limits.max_inflated), None
     else:
         ds, deflated_at = plain
     _read_deferred_groups(ds, fileobj)
     try:
-        header = header_from_dataset(ds, path)
+        header = header_from_dataset(ds, path, file_size, limits.max_decoded)
         return dataclasses.replace(header, pixels=pixel_ref(ds, header, deflated_at))
     except Rejected as exc:
         raise Rejected(exc.code, exc.message, identifying_values(ds)) from None

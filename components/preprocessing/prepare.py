@@ -14,6 +14,7 @@ from . import pixel_phi, reasons
 from .decode import SeriesMeta, load_series
 from .geometry import OrderedSeries, arrange_series
 from .headers import FileHeader
+from .limits import DEFAULT_LIMITS, InputLimits, check_series
 from .reasons import Rejected
 from .transform import Prepared, picked_step, preprocess, preprocess_volumes, temporal_indices
 
@@ -32,9 +33,10 @@ def frames_to_decode(ordered: OrderedSeries, config: PreprocessConfig) -> Ordere
 
 
 def prepare_series(headers: list[FileHeader], open_file: Callable[[str], IO[bytes]],
-                   config: PreprocessConfig, decode_timeout_s: float | None = None,
+                   config: PreprocessConfig, limits: InputLimits = DEFAULT_LIMITS,
                    phi: PixelPhiConfig = SAFE_PIXEL_PHI) -> list[tuple[OrderedSeries, Prepared]]:
-    """Order and check, decode the frames kept, preprocess; raises Rejected with the reason.
+    """Order and check, decode the frames kept (within `limits`), preprocess; raises
+    Rejected with the reason.
     One (ordered, prepared) for a series; one per slice position, in slice order, for a
     4-D series under `preprocess.four_d: per_position`; one sequence of volumes for any
     series under `volumes`. `phi` (ingest.pixel_phi) screens the headers first and keeps
@@ -42,7 +44,7 @@ def prepare_series(headers: list[FileHeader], open_file: Callable[[str], IO[byte
     screened = pixel_phi.screen(headers, phi)
     parts = arrange_series(headers, config.four_d)
     by_path = {h.path: h for h in headers}
-    load = _Loader(by_path, open_file, decode_timeout_s, phi)
+    load = _Loader(by_path, open_file, limits, phi)
     if config.volumes:
         prepared = [_prepare_volumes(parts, load, config)]
     elif len(parts) > 1 and len({f.path for p in parts for f in p.frames}) == 1:
@@ -60,12 +62,16 @@ class _Loader:
     """`load_series` on the files of one series, then only its imaging area (pixel_phi)."""
 
     def __init__(self, headers: dict[str, FileHeader], open_file: Callable[[str], IO[bytes]],
-                 decode_timeout_s: float | None, phi: PixelPhiConfig) -> None:
-        self.headers, self.open_file, self.decode_timeout_s, self.phi = headers, open_file, decode_timeout_s, phi
+                 limits: InputLimits, phi: PixelPhiConfig) -> None:
+        self.headers, self.open_file, self.limits, self.phi = headers, open_file, limits, phi
         self.decisions: tuple[str, ...] = ()
 
     def __call__(self, ordered: OrderedSeries) -> tuple[np.ndarray, SeriesMeta]:
-        volume, meta = load_series(ordered, self.headers, self.open_file, self.decode_timeout_s)
+        first = self.headers[ordered.frames[0].path]
+        # What the frames kept take as float32, repeats included, before any is decoded.
+        check_series(len(ordered.frames), first.rows, first.columns, first.samples_per_pixel,
+                     self.limits.max_decoded)
+        volume, meta = load_series(ordered, self.headers, self.open_file, self.limits.decode_timeout_s)
         volume, self.decisions = pixel_phi.imaging_area(volume, ordered.frames, self.headers, self.phi)
         return volume, meta
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 NOT_DICOM = "not_dicom"
 MISSING_FILE_META = "missing_file_meta"
 UNREADABLE = "unreadable"
+NOT_A_FILE = "not_a_file"  # a FIFO, socket, device or folder where a file was listed: never opened for reading
+UNLISTABLE_FOLDER = "unlistable_folder"  # a folder of the input that cannot be listed: its files are not read
 TRUNCATED = "truncated"  # the file ends (or a declared length runs) before its pixels
 NO_PIXEL_DATA = "no_pixel_data"
 MISSING_ATTRIBUTE = "missing_attribute"
@@ -16,6 +18,7 @@ UNSUPPORTED_TRANSFER_SYNTAX = "unsupported_transfer_syntax"
 DECODE_ERROR = "decode_error"
 DECODE_TIMEOUT = "decode_timeout"
 INFLATE_LIMIT = "inflate_limit"  # a deflated data set larger than ingest.max_inflated_mb inflated
+DECODED_SIZE_LIMIT = "decoded_size_limit"  # pixels that decode to more than ingest.max_decoded_mb
 OUTSIDE_INPUT = "outside_input"  # a symbolic link out of the input folder: not followed
 DUPLICATE_INSTANCE = "duplicate_instance"
 INCONSISTENT_SHAPE = "inconsistent_shape"
@@ -37,8 +40,9 @@ FETCH_FAILED = "fetch_failed"  # a DICOMweb series that WADO-RS could not delive
 INCOMPLETE_FETCH = "incomplete_fetch"  # fewer instances arrived than QIDO-RS counted
 
 ALL = (
-    NOT_DICOM, MISSING_FILE_META, UNREADABLE, TRUNCATED, NO_PIXEL_DATA, MISSING_ATTRIBUTE,
-    UNSUPPORTED_TRANSFER_SYNTAX, DECODE_ERROR, DECODE_TIMEOUT, INFLATE_LIMIT, OUTSIDE_INPUT, DUPLICATE_INSTANCE,
+    NOT_DICOM, MISSING_FILE_META, UNREADABLE, NOT_A_FILE, UNLISTABLE_FOLDER, TRUNCATED, NO_PIXEL_DATA,
+    MISSING_ATTRIBUTE, UNSUPPORTED_TRANSFER_SYNTAX, DECODE_ERROR, DECODE_TIMEOUT, INFLATE_LIMIT, DECODED_SIZE_LIMIT,
+    OUTSIDE_INPUT, DUPLICATE_INSTANCE,
     INCONSISTENT_SHAPE,
     INCONSISTENT_ORIENTATION, INCONSISTENT_FRAME_OF_REFERENCE, INCONSISTENT_SPACING,
     MISSING_SLICES, DUPLICATE_POSITION, INCOMPLETE_4D, UNORDERED_4D, TOO_FEW_FRAMES, BURNED_IN_ANNOTATION,

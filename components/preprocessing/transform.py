@@ -56,8 +56,9 @@ class Prepared:
     pixel_phi: tuple[str, ...] = ()  # what ingest.pixel_phi did to let the series in (pixel_phi.DECISIONS)
 
 
-def _window(volume: np.ndarray, spec: str, meta: SeriesMeta, percentiles: tuple[float, float]) -> np.ndarray:
-    """DICOM linear VOI function (PS3.3 C.11.2.1.2) onto [0, 1]."""
+def _window(volume: np.ndarray, spec: str, meta: SeriesMeta, percentiles: tuple[float, float]) -> tuple[float, float]:
+    """(low, scale) of the DICOM linear VOI function (PS3.3 C.11.2.1.2) onto [0, 1]
+    (`_linear`), from the series' values where the window is a percentile one."""
     parsed = parse_window(spec)
     if parsed == "header" and meta.window is not None:
         center, width = meta.window
@@ -69,8 +70,8 @@ def _window(volume: np.ndarray, spec: str, meta: SeriesMeta, percentiles: tuple[
         # Sorted first (numpy's vectorized sort is faster than its selection), then read by
         # numpy's own percentile without its selection, which a sorted array does not need.
         low, high = sorted_percentiles(sample, percentiles)
-        return _linear(volume, float(low), 1.0 / max(float(high - low), 1e-6))
-    return _linear(volume, center - 0.5 - 0.5 * (width - 1.0), 1.0 / max(width - 1.0, 1e-6))
+        return float(low), 1.0 / max(float(high - low), 1e-6)
+    return center - 0.5 - 0.5 * (width - 1.0), 1.0 / max(width - 1.0, 1e-6)
 
 
 def _linear(volume: np.ndarray, low: float, scale: float) -> np.ndarray:
@@ -80,15 +81,16 @@ def _linear(volume: np.ndarray, low: float, scale: float) -> np.ndarray:
     return np.clip(out, 0.0, 1.0, out=out)
 
 
-def _channels(volume: np.ndarray, meta: SeriesMeta, config: PreprocessConfig) -> np.ndarray:
-    """(N, H, W[, 3]) modality units -> (N, H, W, C) in [0, 1]."""
-    specs = config.windows_for(meta.modality)
+def _channels(frame: np.ndarray, windows: list[tuple[float, float]], meta: SeriesMeta,
+              config: PreprocessConfig) -> np.ndarray:
+    """One frame (H, W[, 3]) in modality units -> (H, W, C) in [0, 1], under `windows`
+    (low, scale) computed over the whole series (`_windows`)."""
     if meta.rgb:
         # Colour images (ultrasound) carry display values: scale, no VOI window.
-        rgb = np.clip(volume / meta.max_value, 0.0, 1.0)
+        rgb = np.clip(frame / meta.max_value, 0.0, 1.0)
         base = rgb if config.color == "rgb" else _luma(rgb)[..., None]
-        return np.concatenate([base] * len(specs), axis=-1)
-    windowed = [_window(volume, s, meta, config.percentiles) for s in specs]
+        return np.concatenate([base] * len(config.windows_for(meta.modality)), axis=-1)
+    windowed = [_linear(frame, low, scale) for low, scale in windows]
     # One window (the default) needs no stacking copy: a view with a channel axis.
     out = windowed[0][..., None] if len(windowed) == 1 else np.stack(windowed, axis=-1)
     if meta.photometric == "MONOCHROME1":
@@ -98,6 +100,26 @@ def _channels(volume: np.ndarray, meta: SeriesMeta, config: PreprocessConfig) ->
     return out.astype(np.float32, copy=False)
 
 
+def _windows(volume: np.ndarray, meta: SeriesMeta, config: PreprocessConfig) -> list[tuple[float, float]]:
+    """(low, scale) of each channel's window, from the whole series (percentiles over all of it)."""
+    return [] if meta.rgb else [_window(volume, s, meta, config.percentiles) for s in config.windows_for(meta.modality)]
+
+
+def _model_frames(volume: np.ndarray, meta: SeriesMeta, config: PreprocessConfig) -> np.ndarray:
+    """(N, H, W[, 3]) modality units -> (N, height, width, C) in [0, 1], one frame at a
+    time: only one frame's windowed, full-size float32 copy exists at once (a series of
+    large frames would otherwise hold each several times)."""
+    windows = _windows(volume, meta, config)
+    out: np.ndarray | None = None
+    for i, frame in enumerate(volume):
+        resized = np.clip(_resize_frame(_channels(frame, windows, meta, config), config.height, config.width),
+                          0.0, 1.0)
+        if out is None:
+            out = np.empty((len(volume), *resized.shape), np.float32)
+        out[i] = resized
+    return out if out is not None else np.zeros((0, config.height, config.width, 1), np.float32)
+
+
 def _luma(rgb: np.ndarray) -> np.ndarray:
     out = rgb[..., 0] * np.float32(_LUMA[0])
     out += rgb[..., 1] * np.float32(_LUMA[1])
@@ -105,17 +127,16 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
     return out
 
 
-def _resize(frames: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Anti-aliased bilinear resize of every frame and channel (Pillow widens the kernel
+def _resize_frame(frame: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Anti-aliased bilinear resize of one frame's channels (Pillow widens the kernel
     when shrinking, so fine patterns do not alias)."""
-    n, h, w, c = frames.shape
+    h, w, c = frame.shape
     if (h, w) == (height, width):
-        return frames
-    out = np.empty((n, height, width, c), np.float32)
-    for i in range(n):
-        for k in range(c):
-            image = Image.fromarray(np.ascontiguousarray(frames[i, :, :, k]), mode="F")
-            out[i, :, :, k] = np.asarray(image.resize((width, height), Image.Resampling.BILINEAR))
+        return frame
+    out = np.empty((height, width, c), np.float32)
+    for k in range(c):
+        image = Image.fromarray(np.ascontiguousarray(frame[:, :, k]), mode="F")
+        out[:, :, k] = np.asarray(image.resize((width, height), Image.Resampling.BILINEAR))
     return out
 
 
@@ -190,8 +211,7 @@ def preprocess(volume: np.ndarray, meta: SeriesMeta, config: PreprocessConfig) -
     else:
         volume = volume[picks]
         step = picked_step(meta.interval, n, len(picks))
-    channels = _channels(volume, meta, config)
-    resized = np.clip(_resize(channels, config.height, config.width), 0.0, 1.0)
+    resized = _model_frames(volume, meta, config)
     frames = np.zeros((config.frames, config.height, config.width, resized.shape[-1]), np.float32)
     frames[:valid] = resized
     return Prepared(_stored(frames, config), valid, (*_pixel_spacing(meta, h, w, config), float(step)))
@@ -236,7 +256,7 @@ def preprocess_volumes(volumes: np.ndarray, meta: SeriesMeta, slice_mm: float, c
     volumes = volumes[:, picks]
     kept = len(picks)
     flat = volumes.reshape(positions * kept, *volumes.shape[2:])
-    resized = np.clip(_resize(_channels(flat, meta, config), config.height, config.width), 0.0, 1.0)
+    resized = _model_frames(flat, meta, config)
     stacked = resized.reshape(positions, kept, *resized.shape[1:])
     along = slab_average(stacked, depth_weights(positions, config.depth))  # (D, kept, H, W, C)
     frames = np.zeros((config.frames, config.depth, *along.shape[2:]), np.float32)

@@ -56,15 +56,32 @@ def served_model(serving_dir: str | Path, model_name: str) -> Path | None:
 
 def write_models_config(serving_dir: Path, model_name: str) -> Path:
     """models.config for `tensorflow_model_server --model_config_file=...` (text proto):
-    serve the newest version; the others stay on disk for a rollback."""
+    serve the newest version; the others stay on disk for a rollback. A models.config
+    already there keeps every other model it lists (a serving folder is shared); one that
+    is not a ModelServerConfig text proto is refused, never replaced."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
     path = serving_dir / "models.config"
+    config = model_server_config_pb2.ModelServerConfig()
+    if path.exists():
+        try:
+            text_format.Parse(path.read_text(encoding="utf-8"), config)
+        except (text_format.ParseError, UnicodeDecodeError):
+            raise InputError(f"{path} is not a TF Serving ModelServerConfig text proto; expected one medseq may add "
+                             "its model to (it never replaces a file it cannot read)") from None
+        if config.WhichOneof("config") == "custom_model_config":
+            raise InputError(f"{path} holds a custom_model_config; expected a model_config_list medseq may add "
+                             "its model to")
     base = (serving_dir / model_name).resolve()
-    text = ("model_config_list {\n  config {\n"
+    ours = ("  config {\n"
             f"    name: \"{model_name}\"\n    base_path: \"{base}\"\n    model_platform: \"tensorflow\"\n"
             "    model_version_policy { latest { num_versions: 1 } }\n"
-            "  }\n}\n")
+            "  }\n")
+    others = "".join("  config {\n" + "".join(f"    {line}\n" for line in text_format.MessageToString(c).splitlines())
+                     + "  }\n" for c in config.model_config_list.config if c.name != model_name)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text)
+    tmp.write_text(f"model_config_list {{\n{others}{ours}}}\n")
     os.replace(tmp, path)
     return path
 
@@ -85,9 +102,16 @@ def _blessed_verdict(evaluation_dir: Path, model_dir: Path) -> dict[str, object]
     return verdict
 
 
+def pushed_by_medseq(version_dir: Path) -> bool:
+    """A version folder that medseq's push wrote (its model card is in it)."""
+    return (version_dir / "assets.extra" / CARD_FILE).is_file()
+
+
 def retire_old_versions(base: Path, keep: int) -> tuple[int, ...]:
-    """Removes all but the newest `keep` versions: renamed away first, then deleted."""
-    old = versions(base)[:-keep] if keep > 0 else []
+    """Removes all but the newest `keep` versions that medseq pushed (a version another
+    tool put there is neither counted nor touched): renamed away first, then deleted."""
+    ours = [v for v in versions(base) if pushed_by_medseq(base / str(v))]
+    old = ours[:-keep] if keep > 0 else []
     for version in old:
         retired = base / f"{RETIRED_PREFIX}{version}-{uuid.uuid4().hex[:8]}"
         try:

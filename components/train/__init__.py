@@ -12,6 +12,7 @@ from pathlib import Path
 from ...pipeline.config import PipelineConfig
 from ...pipeline.contract import BeamArgs, TrainInputs, absolute
 from ..ingest import storage
+from ..ingest.output_lock import claim
 from ..ingest.remote_errors import on_filesystems
 from .executor import TrainOutputs, train
 
@@ -26,6 +27,7 @@ def run(config: PipelineConfig, inputs: TrainInputs, out: str | Path, beam_args:
     store (TensorFlow 2.21 reads gs:// but has no s3://) are first copied into
     OUT/records, through Beam's filesystems configured by `beam_args`."""
     examples, out_path = absolute(inputs.examples), absolute(str(out))
+    claim(out_path, "train output")
     if storage.remote(examples):
         with on_filesystems(beam_args, examples):
             examples = storage.local_copy(examples, os.path.join(out_path, RECORDS_COPY))

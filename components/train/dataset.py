@@ -41,6 +41,9 @@ class RecordSpec:
     # ingest.pixel_phi's `policy` (which `medseq predict` applies too) and qc.json's counts
     # of what it decided (`records`, `rejected`).
     pixel_phi: dict[str, Any] = field(default_factory=dict, compare=False)
+    # The ingest bounds on one input (max_inflated_mb, max_decoded_mb, decode_timeout_s),
+    # which `medseq predict` applies too (preprocessing.limits.InputLimits.from_record).
+    input_limits: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -51,14 +54,16 @@ class RecordSpec:
 
     @classmethod
     def of_shape(cls, shape: list[int], dtype: str, classes: tuple[str, ...],
-                 preprocess: dict[str, Any], pixel_phi: dict[str, Any] | None = None) -> RecordSpec:
+                 preprocess: dict[str, Any], pixel_phi: dict[str, Any] | None = None,
+                 input_limits: dict[str, Any] | None = None) -> RecordSpec:
         """The spec whose `shape` is `shape` (4 or 5 values)."""
         t, *depth, h, w, c = shape
-        return cls(t, h, w, c, dtype, classes, preprocess, depth[0] if depth else 0, pixel_phi or {})
+        return cls(t, h, w, c, dtype, classes, preprocess, depth[0] if depth else 0, pixel_phi or {},
+                   input_limits or {})
 
     def to_json(self) -> dict[str, object]:
         return {"shape": list(self.shape), "dtype": self.dtype, "classes": list(self.classes),
-                "preprocess": self.preprocess, "pixel_phi": self.pixel_phi}
+                "preprocess": self.preprocess, "pixel_phi": self.pixel_phi, "input_limits": self.input_limits}
 
 
 def _qc(examples_dir: str | Path) -> dict[str, Any]:
@@ -76,9 +81,11 @@ def record_spec(examples_dir: str | Path) -> RecordSpec:
     windows = next(iter(pre["windows"].values()))
     channels = len(windows) * (3 if pre["color"] == "rgb" else 1)
     depth = pre["depth"] if pre.get("four_d") == "volumes" else 0
-    pixel_phi = {"policy": qc["config"].get("ingest", {}).get("pixel_phi", {}), **qc.get("pixel_phi", {})}
+    ingest = qc["config"].get("ingest", {})
+    pixel_phi = {"policy": ingest.get("pixel_phi", {}), **qc.get("pixel_phi", {})}
+    limits = {k: ingest[k] for k in ("max_inflated_mb", "max_decoded_mb", "decode_timeout_s") if k in ingest}
     return RecordSpec(pre["frames"], pre["height"], pre["width"], channels, pre["dtype"], tuple(qc["classes"]), pre,
-                      depth, pixel_phi)
+                      depth, pixel_phi, limits)
 
 
 def split_count(examples_dir: str | Path, split: str) -> int:

@@ -111,4 +111,4 @@ def load_spec_json(model_dir: str | Path) -> dict[str, Any]:
 def load_spec(model_dir: str | Path) -> RecordSpec:
     data = load_spec_json(model_dir)
     return RecordSpec.of_shape(data["shape"], data["dtype"], tuple(data["classes"]), data.get("preprocess", {}),
-                               data.get("pixel_phi", {}))
+                               data.get("pixel_phi", {}), data.get("input_limits", {}))

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ...pipeline import features as F
 from ...pipeline.config import PipelineConfig
 from ...pipeline.contract import BeamArgs, ValidateInputs, absolute
 from ...pipeline.lean_beam import default_beam_args
+from ..ingest.output_lock import claim
 from ..ingest.remote_errors import on_filesystems
 from .executor import ValidateOutputs, table, validate
 
@@ -20,5 +22,6 @@ def run(config: PipelineConfig, inputs: ValidateInputs, out: str | Path,
     given = [*section.beam_args, *beam_args]
     examples, out_path = absolute(inputs.examples), absolute(str(out))
     with on_filesystems(given, examples, out_path):
+        claim(out_path, "validate output", (F.STATS_FILE, F.ANOMALIES_FILE, "stats.txt", "schema.pbtxt"))
         return validate(examples, out_path, section.schema, section.infer_schema, section.max_label_linf,
                         default_beam_args(given))

@@ -5,35 +5,21 @@ no pickle in medseq's artifacts, Keras only with safe_mode."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import KEY, REPO, SAMPLES
+from helpers import REPO, SAMPLES, medseq, one_line
 
 pytestmark = pytest.mark.reliability
-ENV = {**os.environ, "MEDSEQ_HASH_KEY": KEY.decode()}
 SERIES = sorted((SAMPLES / "cine_ef" / "dicom").glob("PA*/ST*/SE000003"))
-
-
-def medseq(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "medseq.pipeline.cli", *args], capture_output=True, text=True,
-                          env=ENV, timeout=timeout)
 
 
 def convert(input_dir: Path, labels: Path, out: Path) -> subprocess.CompletedProcess[str]:
     return medseq("convert", "--input", str(input_dir), "--labels", str(labels), "--out", str(out),
                   "--runner=DirectRunner")
-
-
-def one_line(result: subprocess.CompletedProcess[str]) -> str:
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    return lines[0]
 
 
 def tree(root: Path) -> set[str]:

@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ....pipeline import features as F
 from ....pipeline.config import DicomwebConfig
 from ....pipeline.errors import ArchiveError, InputError
 from ....pipeline.lean_beam import default_beam_args, import_beam_without_optional_io
 from .. import storage
 from ..output_lock import output_lock
 from ..steps import RejectedRow
-from .client import NotFound, Retryable, Service, is_dicomweb
+from .client import Failed, NotFound, Retryable, Service, is_dicomweb
 from .fetch import (
     ARCHIVE_GONE,
     DIGESTS_DIR,
@@ -42,7 +43,7 @@ from .search import find_series
 __all__ = ["MANIFEST_FILE", "Fetched", "fetched", "is_dicomweb"]
 
 log = logging.getLogger("medseq.ingest")
-MANIFEST_FILE = "fetch_manifest.json"
+MANIFEST_FILE = F.FETCH_MANIFEST_FILE
 MANIFEST_SCHEMA = "medseq-dicomweb-fetch/1"
 
 
@@ -91,11 +92,15 @@ def fetched(url: str, config: DicomwebConfig, key: bytes, out: str, beam_args: l
     """The input fetched; the cache stays locked while the block converts it. `beam_args`
     None: fetch in this process unless the series hold `small_files` instances or more."""
     started = time.monotonic()
+    deadline_at = time.time() + config.deadline_s  # for every worker: a time of day
     service = Service(url, config)
     try:
-        refs = find_series(service, config)
+        refs = find_series(service, config, started + config.deadline_s)
     except Retryable as exc:
         raise ArchiveError(f"the DICOMweb service could not be searched ({exc})") from None
+    except Failed as exc:
+        raise ArchiveError(f"the DICOMweb service could not be searched within ingest.dicomweb.deadline_s "
+                           f"({exc})") from None
     except NotFound as exc:
         raise ArchiveError(f"no QIDO-RS search at {service.root} (HTTP {exc.status}); expected a DICOMweb "
                            "service root such as https://host/dicom-web") from None
@@ -105,13 +110,13 @@ def fetched(url: str, config: DicomwebConfig, key: bytes, out: str, beam_args: l
     cache = cache_folder(config.cache_dir or default_cache_dir(), service.root, out)
     with output_lock(str(cache)):
         old = read_manifest(out).get("series", {})
-        fetcher = SeriesFetcher(service, key, cache)
+        fetcher = SeriesFetcher(service, key, cache, deadline_at)
         if beam_args is None and sum(r.instances for r in refs) < small_files:
             outcomes = fetch_in_process(fetcher, refs, config.concurrency)
         else:
             import_beam_without_optional_io()
             args = default_beam_args(beam_args or ())
-            outcomes = fetch_on_beam(service.root, config, key, cache, refs, args)
+            outcomes = fetch_on_beam(service.root, config, key, cache, refs, args, deadline_at)
         gone = next((o for o in outcomes if o.reason == ARCHIVE_GONE), None)
         if gone is not None:
             raise ArchiveError(gone.message)

@@ -9,6 +9,7 @@ response body: a QIDO-RS response carries names, IDs and dates.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import random
 import threading
@@ -22,6 +23,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import requests
+import urllib3
 
 from ....pipeline.config import DicomwebConfig
 from ....pipeline.errors import ArchiveError, ConfigError
@@ -95,11 +97,68 @@ def credentials() -> dict[str, Any]:
 
 class Retryable(Exception):
     """A try that failed in a way another try may not: a lost connection, a timeout, or
-    one of RETRY_STATUS; `wait` is the server's Retry-After in seconds, if it sent one."""
+    one of RETRY_STATUS; `wait` is the server's Retry-After in seconds, if it sent one;
+    `unreachable`: no connection could be made at all (after every retry, the service is
+    gone, not one series broken); `malformed`: the answer arrived whole but broken (a
+    multipart body without its closing boundary): tried again, as a server killed mid-body
+    can look the same, and a series that keeps being so is a lasting failure."""
 
-    def __init__(self, what: str, status: int | None = None, wait: float | None = None) -> None:
+    def __init__(self, what: str, status: int | None = None, wait: float | None = None,
+                 unreachable: bool = False, malformed: bool = False) -> None:
         super().__init__(what)
         self.what, self.status, self.wait = what, status, wait
+        self.unreachable, self.malformed = unreachable, malformed
+
+
+class Failed(Exception):
+    """One series cannot be fetched, and trying again now would not help: a malformed
+    multipart body, an instance past ingest.dicomweb.max_instance_mb, a series past its
+    time. `lasting`: the same series would fail the same way on a rerun (its body, not
+    the moment), so a rerun skips it until the archive's copy changes."""
+
+    def __init__(self, what: str, lasting: bool = False) -> None:
+        super().__init__(what)
+        self.what, self.lasting = what, lasting
+
+
+def read_chunks(response: requests.Response, chunk: int, deadline: float | None = None,
+                what: str = "the response") -> Iterator[bytes]:
+    """The body as it arrives, each piece as soon as the socket has it (urllib3's read1,
+    not a read that waits for a whole chunk: a server that drips a byte at a time still
+    meets `deadline`, a time.monotonic() value). A connection lost or stalled mid-body is
+    Retryable; the deadline passed is Failed."""
+    raw = response.raw
+    while True:
+        if deadline is not None and time.monotonic() > deadline:
+            raise Failed(f"{what} was still arriving at its deadline")
+        try:
+            data = raw.read1(chunk)
+        except (urllib3.exceptions.ReadTimeoutError, requests.exceptions.Timeout):
+            raise Retryable("timed out mid-response") from None
+        except (urllib3.exceptions.HTTPError, OSError):
+            raise Retryable("connection lost mid-response") from None
+        if not data:
+            return
+        yield data
+
+
+def read_capped(response: requests.Response, limit: int, what: str, deadline: float | None = None) -> bytes:
+    """The whole body, if it holds at most `limit` bytes; ArchiveError past it (before
+    more than that is held)."""
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(what, limit)
+    body = bytearray()
+    for data in read_chunks(response, 1 << 16, deadline, what):
+        body += data
+        if len(body) > limit:
+            raise _too_large(what, limit)
+    return bytes(body)
+
+
+def _too_large(what: str, limit: int) -> ArchiveError:
+    return ArchiveError(f"{what}: the service answered more than {limit / 2**20:g} MB "
+                        "(ingest.dicomweb.max_response_mb); expected a smaller page: lower ingest.dicomweb.page_size")
 
 
 class NotFound(Exception):
@@ -164,23 +223,28 @@ class Service:
         except requests.Timeout:
             raise Retryable("timed out") from None
         except requests.ConnectionError:
-            raise Retryable("connection failed") from None
+            raise Retryable("connection failed", unreachable=True) from None
         with response:
             _check(response)
             yield response
 
-    def with_retries(self, what: str, call: Any) -> Any:
-        """`call()` until it succeeds or `config.retries` more tries have failed."""
+    def with_retries(self, what: str, call: Any, deadline: float | None = None) -> Any:
+        """`call()` until it succeeds or `config.retries` more tries have failed; no try
+        starts (and no wait runs) past `deadline` (a time.monotonic() value): Failed."""
         for attempt in range(self.config.retries + 1):
             try:
                 return call()
             except Retryable as exc:
+                status = f" (HTTP {exc.status})" if exc.status else ""
                 if attempt == self.config.retries:
-                    status = f" (HTTP {exc.status})" if exc.status else ""
-                    raise Retryable(f"{what}: {exc.what}{status} after {attempt + 1} tries", exc.status) from None
+                    raise Retryable(f"{what}: {exc.what}{status} after {attempt + 1} tries", exc.status,
+                                    unreachable=exc.unreachable, malformed=exc.malformed) from None
+                wait = self.backoff(attempt, exc.wait)
+                if deadline is not None and time.monotonic() + wait > deadline:
+                    raise Failed(f"{what}: {exc.what}{status}, and no time was left for another try") from None
                 with self._lock:
                     self.retried += 1
-                time.sleep(self.backoff(attempt, exc.wait))
+                time.sleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     def backoff(self, attempt: int, server_wait: float | None) -> float:
@@ -189,11 +253,16 @@ class Service:
         wait = self._random.uniform(0, ceiling)
         return min(self.config.max_backoff_s, max(wait, server_wait or 0.0))
 
-    def search(self, path: str, params: Mapping[str, str]) -> list[dict[str, Any]]:
-        """Every result of a QIDO-RS search, page by page (`config.page_size` a request)."""
+    def search(self, path: str, params: Mapping[str, str], deadline: float | None = None) -> list[dict[str, Any]]:
+        """Every result of a QIDO-RS search, page by page (`config.page_size` a request),
+        each answer read into at most `config.max_response_mb`. Paging ends on a short
+        page, or on a page that adds no result not seen before (a service that ignores
+        `offset` answers the first page again and again)."""
         results: list[dict[str, Any]] = []
+        seen: set[str] = set()
         # Named by what it searches for, never by its path: the path holds study and series UIDs.
         what = f"QIDO-RS search for {path.rsplit('/', 1)[-1]}"
+        limit = int(self.config.max_response_mb * 2**20)
         while True:
             page_params = {**params, "limit": str(self.config.page_size), "offset": str(len(results))}
 
@@ -201,19 +270,27 @@ class Service:
                 with self.get(path, p) as response:
                     if response.status_code == 204:
                         return []
-                    try:
-                        body = response.json()
-                    except (ValueError, requests.RequestException):
-                        raise Retryable("an incomplete or malformed QIDO-RS response") from None
-                if not isinstance(body, list):
-                    raise ArchiveError(f"{what}: expected a JSON array of results, found "
-                                       f"{type(body).__name__}")
-                return body
+                    body = read_capped(response, limit, what, deadline)
+                try:
+                    items = json.loads(body) if body.strip() else []
+                except (ValueError, RecursionError):
+                    raise Retryable("an incomplete or malformed QIDO-RS response") from None
+                if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+                    found = type(items).__name__ if not isinstance(items, list) else "an array holding " + next(
+                        type(i).__name__ for i in items if not isinstance(i, dict))
+                    raise ArchiveError(f"{what}: expected a JSON array of DICOM JSON objects, found {found}")
+                return items
 
-            found = self.with_retries(what, page)
-            results.extend(found)
-            if len(found) < self.config.page_size:
+            found = self.with_retries(what, page, deadline)
+            new = [item for item in found if _canonical(item) not in seen]
+            seen.update(_canonical(item) for item in new)
+            results.extend(new)
+            if len(found) < self.config.page_size or not new:
                 return results
+
+
+def _canonical(item: Mapping[str, Any]) -> str:
+    return json.dumps(item, sort_keys=True, separators=(",", ":"))
 
 
 def _check(response: requests.Response) -> None:
@@ -232,7 +309,13 @@ def _check(response: requests.Response) -> None:
 
 
 def value(item: Mapping[str, Any], tag: str) -> str:
-    """The first value of `tag` (8 hex digits) in a DICOM JSON object, as a string."""
-    values = item.get(tag, {}).get("Value") or [""]
+    """The first value of `tag` (8 hex digits) in a DICOM JSON object, as a string ("" for
+    an element that is absent or not shaped as DICOM JSON says)."""
+    element = item.get(tag)
+    values = element.get("Value") if isinstance(element, dict) else None
+    if not isinstance(values, list) or not values:
+        return ""
     first = values[0]
-    return str(first.get("Alphabetic", "")) if isinstance(first, dict) else str(first)
+    if isinstance(first, dict):
+        return str(first.get("Alphabetic", ""))
+    return str(first) if isinstance(first, (str, int, float)) and not isinstance(first, bool) else ""

@@ -20,25 +20,25 @@ import hashlib
 import json
 import shutil
 import threading
+import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
-import requests
-
 from ....pipeline.config import DicomwebConfig
 from ....pipeline.errors import ArchiveError
 from ...preprocessing import reasons
 from .. import deid
-from .client import DICOM_PARTS, NotFound, Retryable, Service
+from .client import DICOM_PARTS, Failed, NotFound, Retryable, Service, read_chunks
 from .multipart import boundary_of, split_parts
 from .search import SeriesRef, instance_uids
 
 SERIES_DIR = "series"  # the cache folder's part that ingest reads
 DIGESTS_DIR = "digests"  # one file per whole series in SERIES_DIR: its instances' digest
+FAILED_DIR = "failed"  # one file per series whose copy in the archive is broken: its digest and why
 STAGING_PREFIX = ".medseq-staging-fetch-"  # swept with the output lock's leftovers
 CHUNK = 1 << 20
 # Cache folder names: the series key in letters only, so that rejected.jsonl shows them
@@ -75,11 +75,20 @@ def cache_folder(cache_dir: str, service_root: str, out: str) -> Path:
 
 
 class SeriesFetcher:
-    """One series at a time: list its instances, compare, fetch it whole into the cache."""
+    """One series at a time: list its instances, compare, fetch it whole into the cache,
+    within the series' time (`series_timeout_s`) and the fetch's (`deadline_at`, a
+    time.time() value shared by every worker)."""
 
-    def __init__(self, service: Service, key: bytes, cache: Path) -> None:
-        self.service, self.key, self.cache = service, key, cache
+    def __init__(self, service: Service, key: bytes, cache: Path, deadline_at: float | None = None) -> None:
+        self.service, self.key, self.cache, self.deadline_at = service, key, cache, deadline_at
         self.stopped = threading.Event()  # set when the service is gone: no new series is started
+
+    def _deadline(self) -> float:
+        """The series' deadline as a time.monotonic() value: its own time, or the fetch's end."""
+        left = self.service.config.series_timeout_s
+        if self.deadline_at is not None:
+            left = min(left, self.deadline_at - time.time())
+        return time.monotonic() + left
 
     def __call__(self, ref: SeriesRef) -> Outcome:
         series_key = deid.keyed_hash(self.key, "series", ref.series_uid)
@@ -87,18 +96,26 @@ class SeriesFetcher:
         target = self.cache / SERIES_DIR / folder
         if self.stopped.is_set():
             raise ArchiveError("the DICOMweb service stopped answering")
+        if self.deadline_at is not None and time.time() >= self.deadline_at:  # the cache keeps what it holds
+            return Outcome(series_key, folder, "", ref.instances, reason=reasons.FETCH_FAILED,
+                           message="not fetched: the fetch reached ingest.dicomweb.deadline_s; a rerun fetches it")
+        deadline = self._deadline()
         try:
-            uids = self._fatal_if_gone(lambda: instance_uids(self.service, ref))
+            uids = self._fatal_if_gone(lambda: instance_uids(self.service, ref, deadline))
         except NotFound as exc:
             return self._failed(series_key, folder, "", ref.instances, f"QIDO-RS answered HTTP {exc.status}")
-        except Retryable as exc:
+        except (Retryable, Failed) as exc:
             return self._failed(series_key, folder, "", ref.instances, str(exc))
         digest = deid.keyed_hash(self.key, "instances", "\n".join(uids))
         if self.digest_of(folder) == digest and target.is_dir():
             return Outcome(series_key, folder, digest, len(uids))
+        known = self._lasting_failure(folder, digest)
+        if known is not None:  # as broken as on an earlier run: not fetched again until the series changes
+            return Outcome(series_key, folder, digest, len(uids), reason=reasons.FETCH_FAILED,
+                           message=f"{known} (on an earlier run too; fetched again once the series changes)")
         staging = self.cache / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
         try:
-            count, nbytes = self._fatal_if_gone(lambda: self._retrieve(ref, staging))
+            count, nbytes = self._fatal_if_gone(lambda: self._retrieve(ref, staging, deadline))
             if count < len(uids):
                 return self._failed(series_key, folder, digest, len(uids), f"{count} of the {len(uids)} instances "
                                     "QIDO-RS counted arrived", reasons.INCOMPLETE_FETCH)
@@ -107,10 +124,31 @@ class SeriesFetcher:
         except NotFound as exc:
             return self._failed(series_key, folder, digest, len(uids), f"WADO-RS answered HTTP {exc.status}")
         except Retryable as exc:
+            if exc.malformed:  # every try met the same broken body
+                self._record_lasting(folder, digest, str(exc))
             return self._failed(series_key, folder, digest, len(uids), str(exc))
+        except Failed as exc:
+            if exc.lasting:
+                self._record_lasting(folder, digest, f"WADO-RS: {exc.what}")
+            return self._failed(series_key, folder, digest, len(uids), f"WADO-RS: {exc.what}")
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return Outcome(series_key, folder, digest, len(uids), count, nbytes)
+
+    def _lasting_failure(self, folder: str, digest: str) -> str | None:
+        """Why this very series (same instances) failed for good on an earlier run, if it did."""
+        try:
+            known = json.loads((self.cache / FAILED_DIR / folder).read_text())
+        except (OSError, ValueError):
+            return None
+        return str(known["message"]) if isinstance(known, dict) and known.get("digest") == digest else None
+
+    def _record_lasting(self, folder: str, digest: str, message: str) -> None:
+        failed = self.cache / FAILED_DIR
+        failed.mkdir(parents=True, exist_ok=True)
+        tmp = failed / f"{STAGING_PREFIX}{folder}"
+        tmp.write_text(json.dumps({"digest": digest, "message": message}))
+        tmp.replace(failed / folder)
 
     def digest_of(self, folder: str) -> str | None:
         """The digest of the series the cache holds in `folder`, if it is known whole."""
@@ -134,7 +172,7 @@ class SeriesFetcher:
         try:
             return call()
         except Retryable as exc:
-            if exc.status is None and "connection" in exc.what:
+            if exc.unreachable:
                 self.stopped.set()
                 raise ArchiveError(f"the DICOMweb service stopped answering ({exc.what}); the series fetched so "
                                    "far are cached: run the same command again when it is back") from None
@@ -146,8 +184,9 @@ class SeriesFetcher:
         shutil.rmtree(self.cache / SERIES_DIR / folder, ignore_errors=True)  # no stale copy is converted
         return Outcome(series_key, folder, digest, instances, reason=reason, message=message)
 
-    def _retrieve(self, ref: SeriesRef, staging: Path) -> tuple[int, int]:
+    def _retrieve(self, ref: SeriesRef, staging: Path, deadline: float) -> tuple[int, int]:
         """The series' instances as files in `staging` (emptied first): (count, bytes)."""
+        max_part = int(self.service.config.max_instance_mb * 2**20)
 
         def attempt() -> tuple[int, int]:
             shutil.rmtree(staging, ignore_errors=True)
@@ -155,24 +194,15 @@ class SeriesFetcher:
             path = f"studies/{ref.study_uid}/series/{ref.series_uid}"
             with self.service.get(path, accept=DICOM_PARTS) as response:
                 boundary = boundary_of(response.headers.get("Content-Type", ""))
-                count = split_parts(_chunks(response), boundary, lambda i: _part_file(staging, i))
+                count = split_parts(read_chunks(response, CHUNK, deadline, "the series"), boundary,
+                                    lambda i: _part_file(staging, i), max_part)
             return count, sum(f.stat().st_size for f in staging.iterdir())
 
-        return self.service.with_retries("WADO-RS", attempt)  # type: ignore[no-any-return]
+        return self.service.with_retries("WADO-RS", attempt, deadline)  # type: ignore[no-any-return]
 
 
 def _part_file(folder: Path, index: int) -> IO[bytes]:
     return open(folder / f"IM{index:06d}", "wb")  # a DICOMDIR-style name: kept readable in rejected.jsonl
-
-
-def _chunks(response: requests.Response) -> Iterator[bytes]:
-    """The body as it arrives; a connection lost or stalled mid-body is Retryable."""
-    try:
-        yield from response.iter_content(CHUNK)
-    except requests.exceptions.Timeout:
-        raise Retryable("timed out mid-response") from None
-    except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError):
-        raise Retryable("connection lost mid-response") from None
 
 
 def _replace(staging: Path, target: Path) -> None:
@@ -201,7 +231,7 @@ def fetch_in_process(fetcher: SeriesFetcher, refs: Iterable[SeriesRef], concurre
 
 
 def fetch_on_beam(root: str, config: DicomwebConfig, key: bytes, cache: Path, refs: list[SeriesRef],
-                  beam_args: list[str]) -> list[Outcome]:
+                  beam_args: list[str], deadline_at: float | None = None) -> list[Outcome]:
     """Every series fetched inside Beam DoFns: the series dealt into `concurrency` groups,
     each fetched one series after another, so no runner fetches more at once."""
     import apache_beam as beam
@@ -216,7 +246,7 @@ def fetch_on_beam(root: str, config: DicomwebConfig, key: bytes, cache: Path, re
             _ = (pipeline
                  | "Series" >> beam.Create(groups)
                  | "DealSeries" >> beam.GroupByKey()
-                 | "FetchSeries" >> beam.ParDo(FetchSeriesDoFn(root, config, key, str(cache)))
+                 | "FetchSeries" >> beam.ParDo(FetchSeriesDoFn(root, config, key, str(cache), deadline_at))
                  | "WriteOutcomes" >> beam.io.WriteToText(str(results / "outcome"), file_name_suffix=".jsonl"))
         lines = [line for path in sorted(results.iterdir()) for line in path.read_text().splitlines() if line]
     finally:

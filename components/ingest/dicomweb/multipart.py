@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import IO
 
-from .client import Retryable
+from .client import Failed, Retryable
 
 HEADER_LIMIT = 64 * 1024  # a part's headers: a few lines; anything longer is not multipart
 
@@ -22,19 +22,24 @@ def boundary_of(content_type: str) -> bytes:
         name, _, value = param.strip().partition("=")
         if name.strip().lower() == "boundary" and value:
             return value.strip().strip('"').encode()
-    raise Retryable(f"expected a multipart/related response with a boundary, found {content_type.split(';')[0]!r}")
+    kind = content_type.split(";")[0][:60]
+    raise Retryable(f"expected a multipart/related response with a boundary, found {kind!r}", malformed=True)
 
 
-def split_parts(chunks: Iterable[bytes], boundary: bytes, open_part: Callable[[int], IO[bytes]]) -> int:
+def split_parts(chunks: Iterable[bytes], boundary: bytes, open_part: Callable[[int], IO[bytes]],
+                max_part_bytes: int | None = None) -> int:
     """Writes each part's body to `open_part(i)` (closed here), returns the number of
-    parts. A response that ends before its closing boundary raises Retryable: the
-    connection was lost mid-series, and no part after the last complete one is kept."""
+    parts. A body that ends (the connection closed in order) before its closing boundary,
+    or a part's headers that never end, raise Retryable(malformed); a part past
+    `max_part_bytes` raises Failed (lasting: the archive's copy is too large); a lost
+    connection is the Retryable that `chunks` raises."""
     delimiter = b"\r\n--" + boundary
     buffer = b"\r\n"  # the first delimiter has no CRLF before it
     stream = iter(chunks)
     parts = 0
     part: IO[bytes] | None = None
     in_headers = False
+    written = 0  # bytes of the current part
     for chunk in stream:
         buffer += chunk
         while True:
@@ -54,21 +59,26 @@ def split_parts(chunks: Iterable[bytes], boundary: bytes, open_part: Callable[[i
                 end = buffer.find(b"\r\n\r\n")
                 if end < 0:
                     if len(buffer) > HEADER_LIMIT:
-                        raise Retryable("a part's headers never end: not a multipart response")
+                        raise Retryable("a part's headers never end: not a multipart response", malformed=True)
                     break
                 buffer, in_headers = buffer[end + 4:], False
-                part = open_part(parts)
+                part, written = open_part(parts), 0
             if part is not None:
                 at = buffer.find(delimiter)
+                keep = len(delimiter) - 1
+                body = buffer[:at] if at >= 0 else buffer[:-keep] if len(buffer) > keep else b""
+                written += len(body)
+                if max_part_bytes is not None and written > max_part_bytes:
+                    part.close()
+                    raise Failed(f"an instance larger than {max_part_bytes / 2**20:g} MB "
+                                 "(ingest.dicomweb.max_instance_mb)", lasting=True)
+                part.write(body)
                 if at < 0:  # keep a tail that may be the start of the delimiter
-                    keep = len(delimiter) - 1
-                    part.write(buffer[:-keep] if len(buffer) > keep else b"")
                     buffer = buffer[-keep:] if len(buffer) > keep else buffer
                     break
-                part.write(buffer[:at])
                 part.close()
                 part, parts = None, parts + 1
                 buffer = buffer[at:]
     if part is not None:
         part.close()
-    raise Retryable("the response ended before its closing boundary (the connection was lost mid-series)")
+    raise Retryable("the multipart body ended without its closing boundary", malformed=True)

@@ -61,18 +61,19 @@ def _study_rows(path: str) -> list[tuple[str, str]]:
     return rows
 
 
-def find_series(service: Service, config: DicomwebConfig) -> list[SeriesRef]:
-    """Every series of every study the filters match, sorted, each once."""
+def find_series(service: Service, config: DicomwebConfig, deadline: float | None = None) -> list[SeriesRef]:
+    """Every series of every study the filters match, sorted, each once; searched before
+    `deadline` (a time.monotonic() value), else client.Failed."""
     studies: set[str] = set()
     for query in study_queries(config):
-        studies.update(value(item, STUDY_UID) for item in service.search("studies", query))
+        studies.update(value(item, STUDY_UID) for item in service.search("studies", query, deadline))
     studies.discard("")
     found: set[SeriesRef] = set()
     series_query = {"includefield": SERIES_INSTANCES}
     if config.modality:
         series_query["Modality"] = config.modality
     for study in sorted(studies):
-        for item in service.search(f"studies/{study}/series", series_query):
+        for item in service.search(f"studies/{study}/series", series_query, deadline):
             uid = value(item, SERIES_UID)
             if uid:
                 count = value(item, SERIES_INSTANCES)
@@ -80,8 +81,8 @@ def find_series(service: Service, config: DicomwebConfig) -> list[SeriesRef]:
     return sorted(found)
 
 
-def instance_uids(service: Service, ref: SeriesRef) -> list[str]:
+def instance_uids(service: Service, ref: SeriesRef, deadline: float | None = None) -> list[str]:
     """The SOP Instance UIDs of a series, sorted."""
     items = service.search(f"studies/{ref.study_uid}/series/{ref.series_uid}/instances",
-                           {"includefield": SOP_UID})
+                           {"includefield": SOP_UID}, deadline)
     return sorted({value(item, SOP_UID) for item in items} - {""})

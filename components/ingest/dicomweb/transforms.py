@@ -18,15 +18,16 @@ from .search import SeriesRef
 class FetchSeriesDoFn(beam.DoFn):  # type: ignore[misc]
     """(group, series) -> Outcome JSON lines; the series of a group one after another."""
 
-    def __init__(self, root: str, config: DicomwebConfig, key: bytes, cache: str) -> None:
-        self.root, self.config, self.key, self.cache = root, config, key, cache
+    def __init__(self, root: str, config: DicomwebConfig, key: bytes, cache: str,
+                 deadline_at: float | None = None) -> None:
+        self.root, self.config, self.key, self.cache, self.deadline_at = root, config, key, cache, deadline_at
         self.fetched = Metrics.counter("medseq.dicomweb", "series_fetched")
         self.unchanged = Metrics.counter("medseq.dicomweb", "series_unchanged")
         self.failed = Metrics.counter("medseq.dicomweb", "series_failed")
 
     def setup(self) -> None:
         # Credentials are read here, from the worker's environment, never shipped in the DoFn.
-        self.fetcher = SeriesFetcher(Service(self.root, self.config), self.key, Path(self.cache))
+        self.fetcher = SeriesFetcher(Service(self.root, self.config), self.key, Path(self.cache), self.deadline_at)
 
     def process(self, element: tuple[int, Iterable[tuple[str, str, int]]]) -> Iterator[str]:
         for study, series, instances in sorted(element[1]):

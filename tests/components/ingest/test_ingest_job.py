@@ -119,7 +119,7 @@ def test_same_input_and_key_give_identical_bytes_and_a_rerun_replaces(tmp_path, 
                                 labels=str(SAMPLES / "ct_nodule" / "labels.csv"))
     first, second = tmp_path / "a", tmp_path / "b"
     convert(small, first, key=KEY, beam_args=IN_PROCESS)
-    (second / "train").mkdir(parents=True)
+    convert(small, second, key=b"an-earlier-key-0123456789", beam_args=IN_PROCESS)  # an earlier output there
     (second / "train" / "stale-00000-of-00001.tfrecord.gz").write_bytes(b"old")
     convert(small, second, key=KEY, beam_args=IN_PROCESS)
     files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())

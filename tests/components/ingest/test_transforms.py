@@ -13,7 +13,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from helpers import KEY
 from medseq.components.ingest import deid
 from medseq.components.ingest.records import encode_example, write_tfrecords
-from medseq.components.ingest.transforms import BuildRecord, ReadHeader, RejectedRow
+from medseq.components.ingest.steps import IDENTIFIERS, REJECTED, BuildRecordStep, ReadHeaderStep, RejectedRow
+from medseq.components.ingest.transforms import StepDoFn
 from medseq.components.preprocessing.headers import FileHeader
 from medseq.pipeline.config import PreprocessConfig, SplitConfig
 
@@ -23,10 +24,10 @@ def test_read_header_keys_files_and_dead_letters_the_rest(pydicom_files):
     paths = [str(pydicom_files / n) for n in ("CT_small.dcm", "MR_small.dcm", "README.txt", "rtplan.dcm")]
     with TestPipeline() as p:
         out = (p | beam.Create(paths)
-               | beam.ParDo(ReadHeader(root, KEY)).with_outputs(ReadHeader.REJECTED, main="headers"))
+               | beam.ParDo(StepDoFn(ReadHeaderStep(root, KEY))).with_outputs(REJECTED, IDENTIFIERS, main="headers"))
         keys = out.headers | beam.Map(lambda kv: (FileHeader.from_bytes(kv[1]).modality,
                                                   FileHeader.from_bytes(kv[1]).rows))
-        reasons = out[ReadHeader.REJECTED] | beam.Map(lambda r: (r.path, r.reason))
+        reasons = out[REJECTED] | beam.Map(lambda r: (r.path, r.reason))
         assert_that(keys, equal_to([("CT", 128), ("MR", 64)]), label="Headers")
         assert_that(reasons, equal_to([("README.txt", "not_dicom"), ("rtplan.dcm", "no_pixel_data")]),
                     label="Rejected")
@@ -41,12 +42,13 @@ def test_build_record_turns_a_series_into_one_example(pydicom_files, tmp_path):
     uid = str(pydicom.dcmread(paths[0], stop_before_pixels=True).SeriesInstanceUID)
     config = PreprocessConfig(frames=8, height=16, width=16, temporal="pad")
     with TestPipeline() as p:
-        headers = (p | beam.Create(paths) | beam.ParDo(ReadHeader(root, KEY)).with_outputs(
-            ReadHeader.REJECTED, main="headers")).headers
+        read = StepDoFn(ReadHeaderStep(root, KEY))
+        build = StepDoFn(BuildRecordStep(root, KEY, {uid: "b"}, ("a", "b"), config, SplitConfig(),
+                                         staging=str(tmp_path)))
+        headers = (p | beam.Create(paths) | "ReadHeaders" >> beam.ParDo(read).with_outputs(
+            REJECTED, IDENTIFIERS, main="headers")).headers
         built = (headers | beam.GroupByKey()
-                 | beam.ParDo(BuildRecord(root, KEY, {uid: "b"}, ("a", "b"), config, SplitConfig(),
-                                             staging=str(tmp_path)))
-                 .with_outputs(BuildRecord.REJECTED, main="records"))
+                 | "BuildRecords" >> beam.ParDo(build).with_outputs(REJECTED, main="records"))
         summary = built.records | beam.Map(lambda p: (p.record.series_key, p.record.label, p.record.valid_frames,
                                                        p.record.files, p.record.nbytes > 0))
         assert_that(summary, equal_to([(deid.keyed_hash(KEY, "series", uid), "b", 5, 5, True)]))
@@ -55,13 +57,14 @@ def test_build_record_turns_a_series_into_one_example(pydicom_files, tmp_path):
 def test_unlabeled_series_goes_to_the_dead_letter_output(pydicom_files, tmp_path):
     path = str(pydicom_files / "CT_small.dcm")
     with TestPipeline() as p:
-        headers = (p | beam.Create([path]) | beam.ParDo(ReadHeader(str(pydicom_files), KEY)).with_outputs(
-            ReadHeader.REJECTED, main="headers")).headers
+        headers = (p | beam.Create([path])
+                   | "ReadHeaders" >> beam.ParDo(StepDoFn(ReadHeaderStep(str(pydicom_files), KEY))).with_outputs(
+                       REJECTED, IDENTIFIERS, main="headers")).headers
+        build = StepDoFn(BuildRecordStep(str(pydicom_files), KEY, {}, ("a",), PreprocessConfig(), SplitConfig(),
+                                         staging=str(tmp_path)))
         built = (headers | beam.GroupByKey()
-                 | beam.ParDo(BuildRecord(str(pydicom_files), KEY, {}, ("a",), PreprocessConfig(), SplitConfig(),
-                                             staging=str(tmp_path)))
-                 .with_outputs(BuildRecord.REJECTED, main="records"))
-        assert_that(built[BuildRecord.REJECTED] | beam.Map(lambda r: r.reason), equal_to(["unlabeled"]))
+                 | "BuildRecords" >> beam.ParDo(build).with_outputs(REJECTED, main="records"))
+        assert_that(built[REJECTED] | beam.Map(lambda r: r.reason), equal_to(["unlabeled"]))
 
 
 def test_example_bytes_parse_with_tensorflow_exactly():
@@ -100,11 +103,16 @@ def test_keyed_hashes_depend_on_key_and_kind():
     a = deid.keyed_hash(KEY, "patient", "MRN1")
     assert a != deid.keyed_hash(KEY, "series", "MRN1")
     assert a != deid.keyed_hash(b"another-key-0123456789", "patient", "MRN1")
-    assert deid.safe_relpath("/in/1.2.3.4.5/IM1", "/in", KEY).startswith("h-")
-    assert deid.safe_relpath("/in/PA000001/ST000002/IM000003", "/in", KEY) == "PA000001/ST000002/IM000003"
-    scrubbed = deid.safe_relpath("/in/Doe_Peter/77654033/x.dcm", "/in", KEY, deid.identifier_values("Doe^Peter"))
+    assert deid.safe_path(deid.relative("/in/1.2.3.4.5/IM1", "/in"), KEY).startswith("h-")
+    assert deid.safe_path("PA000001/ST000002/IM000003", KEY) == "PA000001/ST000002/IM000003"
+    scrubbed = deid.safe_path("Doe_Peter/77654033/x.dcm", KEY, deid.identifier_tokens("Doe^Peter"))
     assert "Doe" not in scrubbed and "Peter" not in scrubbed and "77654033" not in scrubbed
     assert scrubbed.endswith("/x.dcm")
+    # One rule whatever a file's own header says: a person name's '^', and the tokens of
+    # any header of the run (a camel-cased or joined name included).
+    assert deid.safe_path("ZZPROBE^ALICE 0/BROKEN/f.dcm", KEY).split("/")[1:] == ["BROKEN", "f.dcm"]
+    assert deid.safe_path("AliceZzprobe/CINE", KEY, deid.identifier_tokens("ZZPROBE^ALICE")).startswith("h-")
+    assert deid.safe_path("cine_sax/SE000001", KEY, deid.identifier_tokens("ZZPROBE^ALICE")) == "cine_sax/SE000001"
 
 
 def test_links_anywhere_on_the_path_that_lead_out_of_the_input_are_outside(tmp_path):
@@ -138,8 +146,10 @@ def test_a_record_travels_itself_where_the_staging_folder_is_remote(pydicom_file
     read = ReadHeaderStep(str(pydicom_files), KEY)
     grouped: dict[str, list[bytes]] = {}
     for path in paths:
-        for source, header in read.process(path):
-            grouped.setdefault(source, []).append(header)
+        for out in read.process(path):
+            if not isinstance(out, Tagged):
+                source, header = out
+                grouped.setdefault(source, []).append(header)
     config = PreprocessConfig(frames=4, height=16, width=16, temporal="pad", min_frames=1)
     examples = {}
     for staging in (str(tmp_path), "gs://bucket/staging"):
