@@ -136,7 +136,7 @@ def _naive_file(path: str) -> int:
     global _WRITER
     import tensorflow as tf
 
-    from medseq.components.ingest.records import encode_example
+    from medseq.components.io.records import encode_example
     from medseq.components.preprocessing.headers import read_header
     from medseq.components.preprocessing.prepare import prepare_series
     from medseq.pipeline.config import PreprocessConfig

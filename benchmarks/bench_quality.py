@@ -42,11 +42,11 @@ import tensorflow as tf
 
 from medseq.components import evaluate, ingest, synth, train
 from medseq.components.evaluate.inference import shuffle_frames
-from medseq.components.evaluate.intervals import bootstrap_intervals
+from medseq.components.io.examples import eval_dataset, record_spec, split_files
+from medseq.components.model.intervals import bootstrap_intervals
+from medseq.components.model.metrics import auc, binary_auc
 from medseq.components.synth import phantoms
 from medseq.components.synth.tasks import EF_RANGES
-from medseq.components.train.dataset import eval_dataset, record_spec, split_files
-from medseq.components.train.metrics import auc, binary_auc
 from medseq.pipeline import features as F
 from medseq.pipeline.config import EvaluateConfig, PipelineConfig, load_config
 

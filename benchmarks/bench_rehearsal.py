@@ -74,7 +74,7 @@ def cpu_seconds(pid: int) -> float:
 def read_floor(paths: list[str], beam_args: list[str]) -> float:
     """Seconds to read every file's bytes through medseq's storage in one process (one
     boto3 client on s3://): what a worker pays per file before any decoding."""
-    from medseq.components.ingest import storage
+    from medseq.components.io import storage
 
     with storage.filesystem_options(beam_args, *paths):
         start = time.perf_counter()

@@ -40,10 +40,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from medseq.components.push.warmup import synthetic_example, synthetic_frames
-from medseq.components.train.dataset import RecordSpec, parse_examples
-from medseq.components.train.export import export_saved_model
-from medseq.components.train.model import build_model
+from medseq.components.io.examples import RecordSpec, parse_examples, synthetic_frames
+from medseq.components.model.network import build_model
+from medseq.components.model.saved_model import export_saved_model
+from medseq.components.push.warmup import synthetic_example
 from medseq.pipeline import features as F
 from medseq.pipeline.config import EXPORT_FORMATS, load_config
 
@@ -74,7 +74,7 @@ def artifacts(model: keras.Model) -> dict[str, bytes]:
 
 def callers(model: keras.Model, model_dir: Path, edge: dict[str, bytes],
             batch: int) -> dict[str, Callable[[], object]]:
-    from medseq.components.export import runtimes
+    from medseq.components.model import runtimes
 
     loaded = tf.saved_model.load(str(model_dir))
     frames = tf.constant(synthetic_frames(SPEC, batch))

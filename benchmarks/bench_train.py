@@ -31,17 +31,10 @@ import numpy as np
 import tensorflow as tf
 
 from medseq.components import ingest, synth
-from medseq.components.train.dataset import (
-    RecordSpec,
-    StreamPosition,
-    eval_dataset,
-    record_spec,
-    split_count,
-    split_files,
-    train_stream,
-)
+from medseq.components.io.examples import RecordSpec, eval_dataset, record_spec, split_count, split_files
+from medseq.components.model.network import build_model
+from medseq.components.train.dataset import StreamPosition, train_stream
 from medseq.components.train.loop import Trainer, make_strategy
-from medseq.components.train.model import build_model
 from medseq.pipeline.config import TrainConfig, load_config
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_train.json"

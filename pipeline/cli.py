@@ -17,7 +17,6 @@ from typing import Any, NoReturn
 
 from . import __version__, processes
 from .errors import InputError, MedseqError
-from .lean_beam import beam_option
 
 BEAM_COMMANDS = ("convert", "validate", "train", "evaluate", "run")  # train: Beam's filesystem options
 NOISY_LIBRARIES = ("tensorflow", "keras", "tf_keras", "apache_beam", "tensorflow_model_analysis", "tfx_bsl",
@@ -68,7 +67,11 @@ def split_beam_args(parser: _Parser, rest: list[str]) -> list[str]:
             parser.error(f"unrecognized arguments: {arg}")  # Beam's flags are all long ones
         if not arg.startswith("-") and rest.index(arg) == 0:
             parser.error(f"unrecognized arguments: {arg}")
-    runner = beam_option(rest, "runner") or ""
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    from ..components.io.beam import options
+
+    runner = options(rest).view_as(StandardOptions).runner or ""
     if "dask" in runner.lower():
         parser.error(f"--runner={runner}: Beam 2.77's DaskRunner cannot run medseq's jobs (it merges a DoFn's "
                      "tagged outputs into its main output, so ingest's dead letters reach its GroupByKey); use the "
@@ -89,19 +92,18 @@ PATH_OPTIONS = ("hash_key_file", "eval_config", "schema")
 
 def _config(args: argparse.Namespace) -> Any:
     """The effective config of a command: the shipped one, --config over it, then its options."""
+    from ..components.io.storage import absolute
     from .config import load_config
 
     overrides: dict[str, Any] = {}
     for dest, section, key in CONFIG_OPTIONS:
         value = getattr(args, dest, None)
         if value is not None:
-            is_path = dest in PATH_OPTIONS and "://" not in value
-            overrides.setdefault(section, {})[key] = os.path.abspath(value) if is_path else value
+            overrides.setdefault(section, {})[key] = absolute(value) if dest in PATH_OPTIONS else value
     if getattr(args, "split", None):
         overrides.setdefault("ingest", {})["split"] = dict(zip(("train", "eval", "test"), args.split, strict=True))
     if getattr(args, "input", None) and getattr(args, "labels", None):
-        overrides.update(input=os.path.abspath(args.input) if "://" not in args.input else args.input,
-                         labels=os.path.abspath(args.labels) if "://" not in args.labels else args.labels)
+        overrides.update(input=absolute(args.input), labels=absolute(args.labels))
     return load_config(args.config, overrides)
 
 
@@ -209,6 +211,7 @@ def cmd_export(args: argparse.Namespace, _: list[str]) -> int:
 
 def cmd_predict(args: argparse.Namespace, _: list[str]) -> int:
     from ..components import predict
+    from ..components.preprocessing.reasons import DUPLICATE_INSTANCE
 
     results = predict.predict(args.model, args.input, explain=bool(args.explain))
     print(predict.json_lines(results) if args.json else predict.table(results))
@@ -218,12 +221,16 @@ def cmd_predict(args: argparse.Namespace, _: list[str]) -> int:
             print(predict.explanation(results))
         spatial = f"; where in the frames (Grad-CAM arrays and overlays) -> {folder}" if folder else ""
         print(f"predict: per-frame importance -> {args.explain}{spatial}", file=sys.stderr)
+    duplicates = sum(r.rejected == DUPLICATE_INSTANCE for r in results)
     files = sum(not r.series_key for r in results)
-    series = len(results) - files
-    failed = sum(r.rejected is not None for r in results if r.series_key)
+    series = len(results) - files - duplicates
+    failed = sum(r.rejected not in (None, DUPLICATE_INSTANCE) for r in results if r.series_key)
     if files:
         print(f"predict: {files} file(s) are no part of a series and were not read (reasons above)",
               file=sys.stderr)
+    if duplicates:
+        print(f"predict: {duplicates} file(s) repeat another file's instance; one copy of each was used "
+              "(reasons above)", file=sys.stderr)
     if failed:
         print(f"predict: {failed} of {series} series could not be read (reasons above)", file=sys.stderr)
     return 1 if failed or not series else 0

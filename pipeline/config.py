@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from ..components.synth.tasks import TASKS as SYNTH_TASKS
+from ..components.io.storage import remote
 from .errors import ConfigError
 from .typed import check_choice, from_dict, section_of, to_dict  # noqa: F401 - to_dict re-exported
 
@@ -38,6 +38,8 @@ AUGMENTATIONS = ("flip", "rot90", "roll")
 ENCODERS = ("small_cnn", "mobilenet_v3_small", "efficientnet_b0")
 LR_SCHEDULES = ("constant", "cosine")
 MONITOR_MODES = ("max", "min")
+# `medseq synth --task` and synth.task: the synthetic tasks (components/synth/tasks.py makes them).
+SYNTH_TASKS = ("cine_ef", "cine_ef3", "cine_sax", "ct_nodule", "dce_kinetics")
 # `medseq export` and push.formats: the precisions each format offers. Measured and left
 # out (README, "Edge and portable export"): full int8 LiteRT and dynamic int8 ONNX failed
 # their gates; ONNX fp16 needs onnxconverter-common, which is not installed.
@@ -372,6 +374,31 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class ExportConfig:
+    """The parity gate of every LiteRT/ONNX artifact (`medseq export`, and push.formats):
+    an artifact is written only if, under its own runtime, its largest |Δp| against the
+    SavedModel is within its precision's tolerance and its eval AUC changes by at least
+    `min_auc_change`; the change's paired bootstrap interval is reported beside it."""
+
+    tolerance: Mapping[str, float] = field(
+        default_factory=lambda: {"fp32": 1e-5, "fp16": 1e-3, "dynamic_int8": 1e-2})
+    min_auc_change: float = -0.01
+    confidence_level: float = 0.95
+    bootstrap_samples: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        offered = {p for ps in EXPORT_FORMATS.values() for p in ps}
+        if set(self.tolerance) != offered or not all(0 < v < 1 for v in self.tolerance.values()):
+            raise ConfigError(f"export.tolerance: expected a value in (0, 1) for each of {', '.join(sorted(offered))}, "
+                              f"found {dict(self.tolerance)}")
+        if not 0.5 <= self.confidence_level < 1 or self.bootstrap_samples < 100 or not -1 <= self.min_auc_change <= 0:
+            raise ConfigError(f"export: expected 0.5 <= confidence_level < 1, bootstrap_samples >= 100 and "
+                              f"-1 <= min_auc_change <= 0, found {self.confidence_level}, {self.bootstrap_samples}, "
+                              f"{self.min_auc_change}")
+
+
+@dataclass(frozen=True)
 class PushConfig:
     serving_dir: str = "serving"  # relative to the run folder
     model_name: str = "medseq"
@@ -439,6 +466,7 @@ class PipelineConfig:
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     push: PushConfig = field(default_factory=PushConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
 
@@ -540,7 +568,7 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     base = path.resolve().parent
-    resolve = lambda p: str((base / p).resolve()) if p and "://" not in p else p  # noqa: E731
+    resolve = lambda p: str((base / p).resolve()) if p and not remote(p) else p
     return dataclasses.replace(
         config, input=resolve(config.input), labels=resolve(config.labels),
         ingest=dataclasses.replace(config.ingest, hash_key_file=resolve(config.ingest.hash_key_file),

@@ -15,7 +15,6 @@ stage keeps its explicit arguments (TFX's component/executor split).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -58,8 +57,3 @@ class ExportInputs:
     model: str  # a `medseq train` output folder or a medseq SavedModel
     examples: str  # the records whose eval split the parity gate runs on
     formats: tuple[str, ...] = ()  # FORMAT:PRECISION; empty: push.formats
-
-
-def absolute(path: str) -> str:
-    """A local path made absolute (workers may run elsewhere); a URI as given."""
-    return path if "://" in path else os.path.abspath(path)

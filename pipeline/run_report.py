@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from ..components.evaluate import plots
 from ..components.evaluate.inference import PREDICTIONS_FILE, EvalPredictions
 from ..components.evaluate.report import (
     esc,
@@ -23,6 +22,7 @@ from ..components.evaluate.report import (
     table,
     temporal_section,
 )
+from ..components.model import plots
 from . import features as F
 from .config import PipelineConfig
 from .run_record import RECORD_FILE
@@ -121,7 +121,7 @@ def _strips(run: Path, config: PipelineConfig) -> str:
         return ""
     import tensorflow as tf
 
-    from ..components.train.dataset import parse_examples, record_spec, split_files
+    from ..components.io.examples import parse_examples, record_spec, split_files
 
     spec, pngs, overlays, seen = record_spec(run / "ingest"), [], [], set()
     model = run / "train" / "model"

@@ -100,7 +100,7 @@ class Runner:
 
 
 def _key(run: Path, config: PipelineConfig) -> tuple[bytes, str]:
-    from ..components.ingest import deid
+    from ..components.io import deid
 
     key_file = Path(config.ingest.hash_key_file) if config.ingest.hash_key_file else run / KEY_FILE
     if not key_file.exists():
@@ -113,7 +113,7 @@ def _key(run: Path, config: PipelineConfig) -> tuple[bytes, str]:
 def run_pipeline(config: PipelineConfig, run_dir: str | Path, beam_args: list[str] | None = None,
                  start_from: str | None = None, only: str | None = None) -> RunOutputs:
     """Runs (or reuses) synth -> ingest -> validate -> train -> evaluate -> push, then writes the run report."""
-    from ..components.ingest.output_lock import claim
+    from ..components.io.output_lock import claim
     from ..components.push.model_card import package_versions
 
     run = Path(run_dir).resolve()

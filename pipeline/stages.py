@@ -37,10 +37,11 @@ def folder_print(folder: Path, marker: str) -> dict[str, str]:
 def input_print(where: str) -> str:
     """A local folder, file or glob by content; anything remote by its address only."""
     from ..components.ingest.dicomweb.client import is_dicomweb
+    from ..components.io.storage import remote
 
     if is_dicomweb(where):  # ingest asks the archive on every run (its fetch is incremental)
         return f"dicomweb:{where} checked {datetime.datetime.now(datetime.UTC).isoformat()}"
-    if "://" in where:
+    if remote(where):
         return f"uri:{where}"
     path = Path(where)
     if path.is_dir():

@@ -83,9 +83,9 @@ def random_model(tmp_path_factory, synthetic_records, synthetic_config) -> str:
     """The same architecture with its random initial weights, exported untrained."""
     import keras
 
-    from medseq.components.train.dataset import record_spec
-    from medseq.components.train.export import export_saved_model
-    from medseq.components.train.model import build_model
+    from medseq.components.io.examples import record_spec
+    from medseq.components.model.network import build_model
+    from medseq.components.model.saved_model import export_saved_model
 
     keras.utils.set_random_seed(0)
     spec = record_spec(synthetic_records)

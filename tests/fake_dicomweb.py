@@ -49,7 +49,7 @@ class FakeDicomweb:
             def log_message(self, *args: object) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802 - the http.server name
+            def do_GET(self) -> None:
                 service.requests.append(self.path)
                 try:
                     service.answer(self)

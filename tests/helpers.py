@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import shutil
 import subprocess
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "data_samples"
@@ -86,22 +89,24 @@ PROBE = "medseq_probe"  # a Beam experiment no runner acts on: it only has to ar
 BEAM_STAGES = ("ingest", "validate", "evaluate")
 
 
-def record_beam_pipelines(monkeypatch) -> list[tuple[str, list[str]]]:
+def record_beam_pipelines(monkeypatch) -> list[tuple[str, list[str], str]]:
     """Every Beam pipeline built from now on, as (the medseq stage that built it, its
-    --experiments): the options a stage really handed to Beam."""
+    --experiments, its runner): the options a stage really handed to Beam."""
     import traceback
 
     import apache_beam as beam
-    from apache_beam.options.pipeline_options import DebugOptions
+    from apache_beam.options.pipeline_options import DebugOptions, StandardOptions
 
-    built: list[tuple[str, list[str]]] = []
+    built: list[tuple[str, list[str], str]] = []
     original = beam.Pipeline.__init__
 
     def spy(self, *args, **kwargs):
         original(self, *args, **kwargs)
         files = [frame.filename.replace("\\", "/") for frame in traceback.extract_stack()]
         stage = next((s for s in BEAM_STAGES for f in files if f"/components/{s}/" in f), "?")
-        built.append((stage, list(self._options.view_as(DebugOptions).experiments or [])))
+        options = self._options
+        built.append((stage, list(options.view_as(DebugOptions).experiments or []),
+                      str(options.view_as(StandardOptions).runner)))
 
     monkeypatch.setattr(beam.Pipeline, "__init__", spy)
     return built
@@ -142,3 +147,21 @@ def write_cine_sax(root: Path, one_series: bool, drop: int | None = None, runawa
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             ds.save_as(root / name, enforce_file_format=True)
     return uid
+
+
+def deflate_bomb(source: Path, target: Path, inflated_mb: int) -> None:
+    """`source` rewritten deflated, with a private element of `inflated_mb` MB of zeros
+    after its pixels: a file of about a thousandth of that size."""
+    ds = pydicom.dcmread(source)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    written = buffer.getvalue()
+    start = 144 + int.from_bytes(written[140:144], "little")  # after the file meta group
+    dataset = zlib.decompress(written[start:], -zlib.MAX_WBITS)
+    size = inflated_mb << 20
+    packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    parts = [written[:start], packer.compress(dataset + b"\xe1\x7f\x10\x10OB\x00\x00" + size.to_bytes(4, "little"))]
+    zeros = bytes(1 << 20)
+    parts += [packer.compress(zeros) for _ in range(inflated_mb)]
+    target.write_bytes(b"".join([*parts, packer.flush()]))

@@ -55,7 +55,7 @@ class ObjectStore:
             "name": "medseq", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
         master, volume, filer, self.port = _ports(4)
-        log = open(folder / "weed.log", "ab")  # noqa: SIM115 - the process owns it
+        log = open(folder / "weed.log", "ab")
         self.process = subprocess.Popen(
             [weed, "server", f"-dir={folder}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-master.port={master}",
              f"-volume.port={volume}", f"-filer.port={filer}", "-s3", f"-s3.port={self.port}",
@@ -82,7 +82,7 @@ class ObjectStore:
         return [f"--s3_endpoint_url={self.endpoint}", f"--s3_access_key_id={ACCESS_KEY}",
                 f"--s3_secret_access_key={secret}", "--s3_region_name=us-east-1"]
 
-    def boto3_client(self):  # noqa: ANN201 - boto3's client has no public type
+    def boto3_client(self):
         import boto3
 
         return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=ACCESS_KEY,

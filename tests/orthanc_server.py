@@ -87,7 +87,7 @@ class Orthanc:
         return f"http://127.0.0.1:{self.port}/dicom-web"
 
     def start(self) -> None:
-        log = open(self.folder / "orthanc.log", "ab")  # noqa: SIM115 - the process owns it
+        log = open(self.folder / "orthanc.log", "ab")
         self.process = subprocess.Popen([self.binary, str(self.config)], stdout=log, stderr=log,
                                         start_new_session=True)
         deadline = time.monotonic() + 30
@@ -159,7 +159,7 @@ class FaultyProxy:
             def log_message(self, *args: object) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802 - the http.server name
+            def do_GET(self) -> None:
                 proxy.seen.append(self.path)
                 time.sleep(proxy.delay)
                 for part in [p for p in proxy.before if p in self.path]:

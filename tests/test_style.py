@@ -99,3 +99,94 @@ def test_the_trees_own_imports_are_relative_and_resolve_by_folder():
                     where = f"{path.relative_to(REPO)}:{node.lineno}"
                     absolute += [where for n in names if n.split(".")[0] == "medseq"]
     assert not absolute and not unresolved and relative > 200, (absolute, unresolved)
+
+
+SHARED = ("io", "model", "preprocessing")  # what every stage may import: no stage owns them
+# The only edges from one stage to another, each to the other stage's entry: push ships
+# export's artifacts (export.export), predict reads a folder through ingest's own steps
+# and in-process executor.
+STAGE_EDGES = {("push", "export"), ("predict", "ingest")}
+
+
+def _stage_imports() -> dict[tuple[str, str], list[str]]:
+    """(importing package, imported package) -> where, for every relative import between
+    two packages of components/."""
+    import ast
+
+    edges: dict[tuple[str, str], list[str]] = {}
+    components = REPO / "components"
+    for path in sorted(components.rglob("*.py")):
+        rel = path.relative_to(components).parts
+        if len(rel) < 2:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.ImportFrom) and node.level):
+                continue
+            base = path.parent
+            for _ in range(node.level - 1):
+                base = base.parent
+            target = base.joinpath(*(node.module or "").split(".")) if node.module else base
+            try:
+                parts = target.relative_to(components).parts
+            except ValueError:
+                continue  # pipeline/: the stage contract, config, errors
+            names = [a.name for a in node.names]
+            imported = parts[0] if parts else names[0]
+            if imported != rel[0]:
+                edges.setdefault((rel[0], imported), []).append(f"{path.relative_to(REPO)}:{node.lineno}")
+    return edges
+
+
+def test_stages_are_siblings_over_the_shared_packages():
+    """Each stage imports the shared packages (io, model, preprocessing) and no other
+    stage, except the two edges named above; the shared packages import no stage."""
+    edges = _stage_imports()
+    stray = {edge: where for edge, where in edges.items() if edge[1] not in SHARED and edge not in STAGE_EDGES}
+    assert not stray, stray
+    upward = {edge: where for edge, where in edges.items() if edge[0] in SHARED and edge[1] not in SHARED}
+    assert not upward, upward
+    assert {e for e in edges if e[1] in SHARED} >= {("ingest", "io"), ("train", "model"), ("validate", "io")}
+
+
+def _module_of(path: Path) -> str:
+    rel = path.relative_to(REPO).with_suffix("")
+    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    return ".".join(parts)
+
+
+def test_no_module_imports_itself_back():
+    """No import circle between the tree's modules, counting every import, also those made
+    inside a function (a lazy import is still a dependency)."""
+    import ast
+
+    graph: dict[str, set[str]] = {}
+    for top in PACKAGES:
+        for path in sorted((REPO / top).rglob("*.py")):
+            here = _module_of(path)
+            package = here if path.name == "__init__.py" else here.rsplit(".", 1)[0]
+            for node in ast.walk(ast.parse(path.read_text())):
+                if not (isinstance(node, ast.ImportFrom) and node.level):
+                    continue
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                target = ".".join([*base, *(node.module or "").split(".")]).strip(".")
+                names = [f"{target}.{a.name}" for a in node.names]
+                found = [n for n in names if (REPO / n.replace(".", "/")).with_suffix(".py").is_file()
+                         or (REPO / n.replace(".", "/") / "__init__.py").is_file()]
+                graph.setdefault(here, set()).update(found or [target])
+    # Imports of a package's own __init__ by its modules are how Python loads packages: not a circle.
+    edges = {m: {t for t in ts if t != m and not m.startswith(t + ".")} for m, ts in graph.items()}
+    circles, state = [], {}
+
+    def visit(module: str, trail: list[str]) -> None:
+        state[module] = 1
+        for target in sorted(edges.get(module, ())):
+            if state.get(target) == 1:
+                circles.append(trail[trail.index(target):] + [target] if target in trail else [module, target])
+            elif target not in state:
+                visit(target, [*trail, target])
+        state[module] = 2
+
+    for module in sorted(edges):
+        if module not in state:
+            visit(module, [module])
+    assert not circles, circles

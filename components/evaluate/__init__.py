@@ -8,12 +8,12 @@ from pathlib import Path
 
 from ...pipeline import features as F
 from ...pipeline.config import PipelineConfig
-from ...pipeline.contract import BeamArgs, EvaluateInputs, absolute
-from ...pipeline.lean_beam import beam_option
-from ..ingest import storage
-from ..ingest.output_lock import claim
-from ..ingest.remote_errors import on_filesystems
-from .executor import EvaluateOutputs, evaluate
+from ...pipeline.contract import BeamArgs, EvaluateInputs
+from ..io import storage
+from ..io.output_lock import claim
+from ..io.remote_errors import on_filesystems
+from ..io.storage import absolute
+from .executor import EvaluateOutputs, evaluate, temp_location
 
 RECORDS_COPY = "records"  # OUT/records: qc.json and the eval split, copied from an object store
 
@@ -28,7 +28,7 @@ def run(config: PipelineConfig, inputs: EvaluateInputs, out: str | Path,
     baseline = absolute(inputs.baseline) if inputs.baseline else None
     given = [*section.beam_args, *beam_args]
     examples, out_path = absolute(inputs.examples), absolute(str(out))
-    temp = beam_option(given, "temp_location")
+    temp = temp_location(given)
     with on_filesystems(given, examples, *([temp] if temp else [])):
         claim(out_path, "evaluate output")
         if storage.remote(examples):  # TensorFlow 2.21 reads no s3://: the eval split is read from a copy

@@ -24,14 +24,15 @@ from ...pipeline import features as F
 from ...pipeline.config import EvaluateConfig
 from ...pipeline.errors import EvaluationFailed
 from ...pipeline.fingerprints import tree_fingerprint
-from ...pipeline.lean_beam import beam_option
-from ..ingest import storage
-from ..ingest.remote_errors import describe_runner
-from ..train.dataset import record_spec, split_files
+from ..io import storage
+from ..io.beam import options as beam_options
+from ..io.beam import pipeline as beam_pipeline
+from ..io.examples import record_spec, split_files
+from ..io.remote_errors import describe_runner
+from ..model.intervals import Interval, bootstrap_intervals, metrics_of
 from . import gate, report
 from .eval_config import BASELINE, CANDIDATE, has_thresholds, load_eval_config, prepare_config
 from .inference import PREDICTIONS_FILE, VARIANTS, EvalPredictions, predict_split
-from .intervals import Interval, bootstrap_intervals, metrics_of
 from .materialized import materialized_config, with_predictions
 
 VERDICT_VERSION = 1
@@ -123,21 +124,28 @@ def _in_order(result_path: str) -> None:
         partial.replace(path)
 
 
+def temp_location(beam_args: list[str]) -> str | None:
+    """Beam's --temp_location, read as Beam reads it."""
+    from apache_beam.options.pipeline_options import GoogleCloudOptions
+
+    location: str | None = beam_options(beam_args).view_as(GoogleCloudOptions).temp_location
+    return location
+
+
 def _run_tfma(config: Any, examples: list[bytes], result_path: str, beam_args: list[str]) -> Any:
     """TFMA's model-agnostic evaluation of `examples` (records that carry each model's
     predictions) into `result_path`; its validation result. With Beam's --temp_location
     TFMA's workers write under it (workers that share no disk with this process write to
     an object store) and the result is copied back."""
     import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
     from tfx_bsl.public import tfxio
 
-    temp = beam_option(beam_args, "temp_location")
+    temp = temp_location(beam_args)
     written = storage.join(temp, f"medseq-evaluate-{uuid.uuid4().hex[:8]}") if temp else result_path
     source = tfxio.TFExampleBeamRecord(physical_format="inmem", telemetry_descriptors=["medseq"],
                                        raw_record_column_name=tfma.ARROW_INPUT_COLUMN)
     try:
-        with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
+        with beam_pipeline(beam_args, small_input=True) as pipeline:  # the records are in this process
             _ = (pipeline | "EvalRecords" >> beam.Create(examples, reshuffle=False)
                  | "ToArrow" >> source.BeamSource()
                  | "TFMA" >> tfma.ExtractEvaluateAndWriteResults(

@@ -17,8 +17,8 @@ import numpy as np
 from tensorflow_model_analysis.metrics import metric_specs, metric_types
 from tensorflow_model_analysis.proto import config_pb2
 
+from ..model.intervals import Interval, percent
 from .inference import EvalPredictions
-from .intervals import Interval
 
 SliceKey = tuple[tuple[str, str], ...]  # TFMA's: () overall, (("modality", "MR"),), ...
 Metrics = Mapping[SliceKey, Mapping[str, float]]
@@ -98,11 +98,6 @@ def metric_name(key: metric_types.MetricKey) -> str:
     if key.sub_key and key.sub_key.class_id is not None:
         name += f"_class_{key.sub_key.class_id}"
     return name
-
-
-def percent(level: float) -> str:
-    """A confidence level as people write it: 0.95 -> '95%', 0.975 -> '97.5%'."""
-    return f"{level * 100:.10g}%"
 
 
 @dataclass(frozen=True)

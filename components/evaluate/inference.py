@@ -21,8 +21,7 @@ import tensorflow as tf
 
 from ...pipeline import features as F
 from ...pipeline.errors import InputError
-from ..train.dataset import parse_examples, split_files
-from ..train.export import load_spec
+from ..io.examples import load_spec, parse_examples, split_files
 
 VARIANTS = ("frames", "shuffled", "one_frame")
 PREDICTIONS_FILE = "predictions.json"  # written by evaluate beside BLESSED: the run report redraws from it

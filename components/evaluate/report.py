@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from . import plots
-from .gate import percent
+from ..model import plots
+from ..model.intervals import percent
 from .inference import EvalPredictions
 
 STYLE = """

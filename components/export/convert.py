@@ -23,9 +23,9 @@ import tensorflow as tf
 from ...pipeline import features as F
 from ...pipeline.config import EXPORT_FORMATS, TrainConfig, from_dict
 from ...pipeline.errors import InputError
-from ..train.dataset import RecordSpec
-from ..train.export import load_spec, load_spec_json, portable_lstm
-from ..train.model import build_model
+from ..io.examples import RecordSpec, load_spec, load_spec_json
+from ..model.network import build_model
+from ..model.saved_model import portable_lstm
 
 ONNX_OPSET = 17
 

@@ -23,12 +23,12 @@ from typing import Any
 import numpy as np
 
 from ...pipeline import features as F
+from ...pipeline.config import ExportConfig
 from ...pipeline.errors import InputError
 from ...pipeline.fingerprints import tree_fingerprint
-from ..push.warmup import synthetic_frames
-from ..train.dataset import RecordSpec
-from ..train.export import SPEC_FILE, load_spec_json
-from . import convert, parity, runtimes
+from ..io.examples import SPEC_FILE, RecordSpec, load_spec_json, synthetic_frames
+from ..model import runtimes
+from . import convert, parity
 
 EXPORT_FILE = "medseq_export.json"
 LATENCY_BATCHES = (1, 8)
@@ -88,9 +88,10 @@ def _entry(name: str, fmt: str, precision: str, converted: convert.Converted, sp
 
 
 def export(model: str | Path, examples_dir: str | Path, out: str | Path, formats: Sequence[tuple[str, str]],
-           seed: int = 0, log: bool = True) -> ExportOutputs:
+           settings: ExportConfig | None = None, log: bool = True) -> ExportOutputs:
     """Converts the model at `model` to each (format, precision), gates each on the eval
-    split of `examples_dir`, writes those that pass into `out`."""
+    split of `examples_dir` (the `export` section's gate), writes those that pass into `out`."""
+    settings = settings or ExportConfig()
     model_dir = model_folder(model)
     out = Path(out)
     import tensorflow as tf
@@ -113,10 +114,8 @@ def export(model: str | Path, examples_dir: str | Path, out: str | Path, formats
             _say(log, f"export: {label} not written: {exc}")
             continue
         candidate = runtimes.of_bytes(fmt, converted.data)
-        gate = parity.check(reference, candidate, split, precision, seed)
-        figures = (f"max |Δp| {gate.max_abs_diff:.1e} (tolerance {gate.tolerance:.0e}), {gate.auc_metric} "
-                   f"{gate.auc:.4f} vs {gate.auc_reference:.4f} (change {gate.auc_change:+.4f}, 95% "
-                   f"[{gate.auc_change_interval[0]:+.4f}, {gate.auc_change_interval[1]:+.4f}]) on {gate.series} series")
+        gate = parity.check(reference, candidate, split, precision, settings)
+        figures = gate.figures()
         if not gate.passed:
             refused.append({"format": fmt, "precision": precision, "reason": "; ".join(gate.failures),
                             "parity": gate.to_json()})

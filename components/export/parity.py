@@ -8,8 +8,9 @@ Checks, each against the SavedModel's `predict_frames` on the same inputs:
   beyond them zeroed as a shorter series' padding is, in batches of 8.
 
 It passes when the largest |Δp| over all of them is within the precision's tolerance
-and the eval AUC (macro AUC for three or more classes) changes by at least
-`AUC_MIN_CHANGE`; the change's paired bootstrap interval is reported beside it.
+and the eval AUC (macro AUC for three or more classes) changes by at least the
+configured minimum (the `export` section); the change's paired bootstrap interval, at
+the configured level, is reported beside it.
 """
 
 from __future__ import annotations
@@ -19,16 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ...pipeline.config import ExportConfig
 from ...pipeline.errors import InputError
-from ..evaluate.intervals import metrics_of
-from ..train.dataset import RecordSpec, eval_dataset, split_files
-from .runtimes import Predict
+from ..io.examples import RecordSpec, eval_dataset, split_files
+from ..model.intervals import bootstrap, metrics_of, percent
+from ..model.runtimes import Predict
 
-TOLERANCE = {"fp32": 1e-5, "fp16": 1e-3, "dynamic_int8": 1e-2}
-AUC_MIN_CHANGE = -0.01
 BATCH = 8
 FEW = 16
-BOOTSTRAP = 1000
 
 
 @dataclass(frozen=True)
@@ -52,6 +51,8 @@ class Parity:
     auc_reference: float
     auc: float
     auc_change_interval: tuple[float, float]
+    level: float
+    min_change: float
     failures: tuple[str, ...]
 
     @property
@@ -66,8 +67,15 @@ class Parity:
         return {"split": "eval", "series": self.series, "tolerance": self.tolerance,
                 "max_abs_diff": self.max_abs_diff, "checks": self.checks, "metric": self.auc_metric,
                 "reference": self.auc_reference, "artifact": self.auc, "change": self.auc_change,
-                "change_interval": list(self.auc_change_interval), "min_change": AUC_MIN_CHANGE,
-                "passed": self.passed}
+                "change_interval": list(self.auc_change_interval), "confidence_level": self.level,
+                "min_change": self.min_change, "passed": self.passed}
+
+    def figures(self) -> str:
+        """The gate's numbers in one clause, the interval at its configured level."""
+        low, high = self.auc_change_interval
+        return (f"max |Δp| {self.max_abs_diff:.1e} (tolerance {self.tolerance:.0e}), {self.auc_metric} "
+                f"{self.auc:.4f} vs {self.auc_reference:.4f} (change {self.auc_change:+.4f}, {percent(self.level)} "
+                f"[{low:+.4f}, {high:+.4f}]) on {self.series} series")
 
 
 def eval_split(examples_dir: str | Path, spec: RecordSpec) -> EvalSplit:
@@ -100,24 +108,17 @@ def _score(probs: np.ndarray, labels: np.ndarray) -> tuple[str, float]:
     return name, float(metrics_of(probs, labels)[name])
 
 
-def change_interval(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray, seed: int,
-                    level: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of the AUC change over series resampled together (paired)."""
-    rng = np.random.default_rng(seed)
-    changes = []
-    for _ in range(BOOTSTRAP):
-        pick = rng.integers(0, len(labels), len(labels))
-        change = _score(candidate[pick], labels[pick])[1] - _score(reference[pick], labels[pick])[1]
-        if np.isfinite(change):
-            changes.append(change)
-    if not changes:
-        return (float("nan"), float("nan"))
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(changes, [tail, 100 - tail])
-    return float(low), float(high)
+def change_interval(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray,
+                    settings: ExportConfig) -> tuple[float, float]:
+    """The interval of the AUC change over series resampled together (paired)."""
+    change = bootstrap(lambda pick: {"change": _score(candidate[pick], labels[pick])[1]
+                                     - _score(reference[pick], labels[pick])[1]},
+                       len(labels), settings.seed, settings.bootstrap_samples, settings.confidence_level)
+    return change.get("change", (float("nan"), float("nan")))
 
 
-def check(reference: Predict, candidate: Predict, split: EvalSplit, precision: str, seed: int = 0) -> Parity:
+def check(reference: Predict, candidate: Predict, split: EvalSplit, precision: str,
+          settings: ExportConfig) -> Parity:
     few = slice(0, min(FEW, len(split)))
     short_frames, short_valid = shortened(split.frames[few], split.valid[few])
     ref = batched(reference, split.frames, split.valid, 32)
@@ -131,10 +132,11 @@ def check(reference: Predict, candidate: Predict, split: EvalSplit, precision: s
     worst = max(checks.values())
     metric, auc_ref = _score(ref, split.labels)
     auc = _score(got, split.labels)[1]
+    tolerance, least = settings.tolerance[precision], settings.min_auc_change
     failures = []
-    if not worst <= TOLERANCE[precision]:
-        failures.append(f"max |Δp| {worst:.2e} above the {precision} tolerance {TOLERANCE[precision]:.0e}")
-    if np.isfinite(auc_ref) and not auc - auc_ref >= AUC_MIN_CHANGE:
-        failures.append(f"eval {metric} {auc:.4f} against {auc_ref:.4f}, a change below {AUC_MIN_CHANGE}")
-    return Parity(precision, len(split), TOLERANCE[precision], worst, checks, metric, auc_ref, auc,
-                  change_interval(ref, got, split.labels, seed), tuple(failures))
+    if not worst <= tolerance:
+        failures.append(f"max |Δp| {worst:.2e} above the {precision} tolerance {tolerance:.0e}")
+    if np.isfinite(auc_ref) and not auc - auc_ref >= least:
+        failures.append(f"eval {metric} {auc:.4f} against {auc_ref:.4f}, a change below {least}")
+    return Parity(precision, len(split), tolerance, worst, checks, metric, auc_ref, auc,
+                  change_interval(ref, got, split.labels, settings), settings.confidence_level, least, tuple(failures))

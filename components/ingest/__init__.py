@@ -2,9 +2,10 @@
 
 The work is in `executor` (the Beam job), `steps` (what each of its stages does, without
 Beam), `transforms` (the steps as the job's DoFns) and `in_process` (the steps called
-directly, for a small local input and no Beam option: no Beam import at all); `storage`
-reads and writes local files itself and any other filesystem through Beam. The shared
-DICOM handling is in `medseq.components.preprocessing`.
+directly, for a small local input and no Beam option: no Beam import at all; `medseq
+predict` runs its steps through it too). Files on any filesystem, keyed hashes, records
+and Beam pipelines come from the shared `medseq.components.io`, the DICOM handling from
+`medseq.components.preprocessing`.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import os
 from pathlib import Path
 
 from ...pipeline.config import PipelineConfig
-from ...pipeline.contract import BeamArgs, IngestInputs, absolute
-from ...pipeline.lean_beam import default_beam_args, import_beam_without_optional_io
-from . import deid, dicomweb
+from ...pipeline.contract import BeamArgs, IngestInputs
+from ..io import deid, storage
+from ..io.beam import default_beam_args
+from ..io.remote_errors import on_filesystems
+from ..io.storage import absolute
+from . import dicomweb
 from .executor import IngestOutputs, run_job
-from .remote_errors import on_filesystems
 from .steps import RejectedRow
 
 __all__ = ["IngestInputs", "IngestOutputs", "run"]
@@ -34,7 +37,7 @@ SMALL_INPUT_FILES = 3000
 
 def _fewer_files_than(input_path: str, limit: int) -> bool:
     """A local folder holding fewer than `limit` files (counting stops at `limit`)."""
-    if "://" in input_path or any(ch in input_path for ch in "*?[") or not os.path.isdir(input_path):
+    if storage.remote(input_path) or any(ch in input_path for ch in "*?[") or not os.path.isdir(input_path):
         return False
     seen = 0
     for _, _, names in os.walk(input_path):
@@ -69,9 +72,7 @@ def _fetch_and_convert(config: PipelineConfig, inputs: IngestInputs, out_path: s
 def _convert(config: PipelineConfig, input_path: str, labels: str, out: str, key: bytes, given: list[str],
              fetch_rejected: tuple[RejectedRow, ...] = ()) -> IngestOutputs:
     small = _fewer_files_than(input_path, SMALL_INPUT_FILES)
-    # A small local input and no Beam option: no pipeline to build (in_process.py).
+    # A small local input and no Beam option: no pipeline to build (in_process.py), no Beam imported.
     args = None if small and not given else default_beam_args(given, small)
-    if args is not None:  # Beam without the integrations a conversion never uses (about 1 s)
-        import_beam_without_optional_io()
     record = {"input": "<input>", "labels": "<labels>"}  # paths may name patients; not recorded
     return run_job(input_path, labels, out, key, config.preprocess, config.ingest, args, record, fetch_rejected)

@@ -22,14 +22,15 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from ...pipeline import features as F
 from ...pipeline.config import IngestConfig, PreprocessConfig, to_dict
 from ...pipeline.errors import InputError
+from ..io import storage
+from ..io.beam import pipeline as beam_pipeline
+from ..io.output_lock import output_lock
+from ..io.remote_errors import describe
+from ..io.storage import open_binary
 from ..preprocessing import pixel_phi
-from . import storage
 from .graph import INDEX, LABELED_LINES, REJECTED_LINES, ingest_graph
 from .in_process import LocalGraph
-from .output_lock import output_lock
-from .remote_errors import describe
 from .steps import RejectedRow
-from .storage import open_binary
 
 if TYPE_CHECKING:
     import apache_beam as beam
@@ -140,7 +141,7 @@ class BeamGraph:
     def __init__(self, pipeline: beam.Pipeline, filesystem_args: list[str] | tuple[str, ...] = ()) -> None:
         import apache_beam as beam
 
-        # The job's options for the DoFns that touch a remote path (transforms.FilesystemDoFn).
+        # The job's options for the DoFns that touch a remote path (io.dofns.FilesystemDoFn).
         self.beam, self.pipeline, self.filesystem_args = beam, pipeline, tuple(filesystem_args)
 
     def files(self, label: str, pattern: str) -> Any:
@@ -174,7 +175,7 @@ class BeamGraph:
         return tuple(collections) | label >> self.beam.Flatten()
 
     def write_lines(self, label: str, lines: Any, prefix: str) -> None:
-        from .transforms import WriteLinesDoFn
+        from ..io.dofns import WriteLinesDoFn
 
         _ = lines | label >> self.beam.ParDo(WriteLinesDoFn(prefix, self.filesystem_args))
 
@@ -270,11 +271,8 @@ def run_job(input_path: str, labels_path: str, out: str, key: bytes, preprocess:
                 LocalGraph.run(ingest_graph, pattern, root, staging, key, labels, classes, preprocess, ingest,
                                column)
             else:
-                import apache_beam as beam
-                from apache_beam.options.pipeline_options import PipelineOptions
-
                 remote = storage.remote(pattern) or storage.remote(staging)
-                with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
+                with beam_pipeline(beam_args) as pipeline:
                     graph = BeamGraph(pipeline, beam_args if remote else ())
                     ingest_graph(graph, pattern, root, staging, key, labels, classes, preprocess, ingest, column)
             record = dict(config_record, preprocess=to_dict(preprocess),

@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from ...pipeline.config import IngestConfig, PreprocessConfig
+from ..io import storage
 from ..preprocessing.limits import InputLimits
-from . import storage
 from .steps import (
     IDENTIFIERS,
     REJECTED,

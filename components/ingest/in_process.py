@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from . import storage
+from ..io import storage
 from .steps import Tagged
 
 

@@ -16,7 +16,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, NamedTuple
 
@@ -24,6 +24,8 @@ import numpy as np
 
 from ...pipeline import features as F
 from ...pipeline.config import SAFE_PIXEL_PHI, PixelPhiConfig, PreprocessConfig, SplitConfig
+from ..io import deid, storage
+from ..io.records import encode_example, write_tfrecords
 from ..preprocessing import reasons
 from ..preprocessing.geometry import OrderedSeries
 from ..preprocessing.headers import FileHeader, read_header
@@ -31,8 +33,6 @@ from ..preprocessing.limits import DEFAULT_LIMITS, InputLimits
 from ..preprocessing.prepare import prepare_series
 from ..preprocessing.reasons import Rejected
 from ..preprocessing.transform import Prepared
-from . import deid, storage
-from .records import encode_example, write_tfrecords
 
 log = logging.getLogger("medseq.ingest")
 PROGRESS_SECONDS = 5.0
@@ -131,12 +131,12 @@ class Counts:
 
 def real_root(root: str) -> str | None:
     """The input root with its symbolic links resolved; None on a remote filesystem."""
-    return None if "://" in root else os.path.realpath(root)
+    return None if storage.remote(root) else os.path.realpath(root)
 
 
 def outside(path: str, resolved_root: str | None) -> bool:
     """A local path that resolves (through symbolic links) outside `resolved_root` (from `real_root`)."""
-    if resolved_root is None or "://" in path:
+    if resolved_root is None or storage.remote(path):
         return False
     folder, name = os.path.split(path)
     # A file that is no link resolves to its folder's real path and its own name: one
@@ -171,6 +171,16 @@ class _Progress:
 _PROGRESS = _Progress()
 
 
+class _Silent(_Progress):
+    """For a caller whose output is its own (`medseq predict` prints JSON lines)."""
+
+    def add(self, name: str) -> None:
+        pass
+
+
+SILENT = _Silent()
+
+
 def read_file_header(path: str, resolved_root: str | None,
                      limits: InputLimits = DEFAULT_LIMITS) -> FileHeader | Rejected:
     """One input file's header, or why it cannot be read: ingest's rules for every file
@@ -188,7 +198,7 @@ def read_file_header(path: str, resolved_root: str | None,
         return _not_a_file(path, exc.kind)
     except OSError as exc:
         return Rejected(reasons.UNREADABLE, f"the file cannot be opened ({type(exc).__name__})")
-    except BaseException as exc:  # noqa: BLE001 - one file must never fail the job
+    except BaseException as exc:
         if reasons.must_propagate(exc):
             raise
         return Rejected(reasons.PROCESSING_ERROR, f"unexpected {type(exc).__name__} while reading the header")
@@ -221,10 +231,10 @@ class ReadHeaderStep:
     REJECTED = REJECTED
 
     def __init__(self, root: str, key: bytes, *, staging: str | None = None,
-                 limits: InputLimits = DEFAULT_LIMITS) -> None:
-        self.root, self.key, self.limits = root, key, limits
+                 limits: InputLimits = DEFAULT_LIMITS, progress: _Progress = _PROGRESS) -> None:
+        self.root, self.key, self.limits, self.progress = root, key, limits, progress
         self.resolved_root = real_root(root)  # once, not once per file
-        self.staging = staging if staging is not None and "://" not in staging else None
+        self.staging = staging if staging is not None and not storage.remote(staging) else None
         self._spill: _Spill | None = None
         self._tokens: set[str] = set()
         self.counts = Counts()
@@ -244,7 +254,7 @@ class ReadHeaderStep:
             yield Tagged(IDENTIFIERS, (token, 1))
 
     def process(self, path: str) -> Iterator[object]:
-        _PROGRESS.add("files")
+        self.progress.add("files")
         self.counts.inc("files_read")
         header = read_file_header(path, self.resolved_root, self.limits)
         if isinstance(header, Rejected):
@@ -261,74 +271,72 @@ class ReadHeaderStep:
 
     def _dead_letter(self, path: str, exc: Rejected) -> Tagged:
         self.counts.inc("files_rejected")
-        _PROGRESS.add("rejected")
+        self.progress.add("rejected")
         return Tagged(REJECTED, RejectedRow(deid.relative(path, self.root), "", exc.code, exc.message,
                                             identifiers=deid.identifier_tokens(*exc.identifiers)))
 
 
-class BuildRecordStep:
-    """(series key source, headers) -> Placed(Record, example): order, check, label, decode,
-    preprocess, hash. The example spills to a local staging folder, else travels itself."""
+def series_folder(headers: list[FileHeader], root: str) -> str:
+    """Where a series is, relative to the input root: the folder its files share (the
+    first file, when they are spread over folders of the root itself)."""
+    paths = sorted(h.path for h in headers)
+    where = os.path.commonpath(paths) if len(paths) > 1 else paths[0]
+    if len(where.rstrip("/")) <= len(root.rstrip("/")):  # files of one series in several folders
+        where = paths[0]
+    return deid.relative(where, root)
+
+
+class PreparedSeries(NamedTuple):
+    """One model input of a series (a 4-D series may give one per slice position)."""
+
+    source: str  # the series key source (deid.keyed_hash(key, "series", source) names it)
+    headers: list[FileHeader]
+    ordered: OrderedSeries
+    prepared: Prepared
+
+
+class PrepareSeriesStep:
+    """(series key source, headers) -> PreparedSeries: order, check, decode, preprocess,
+    within `limits`. A series that fails is a rejected row (any exception but those that
+    must stop the job), and so is each exact duplicate instance it held. The part of the
+    job that `medseq predict` runs too; `BuildRecordStep` adds labels and records."""
 
     REJECTED = REJECTED
-    LABELED = LABELED
 
-    def __init__(self, root: str, key: bytes, labels: dict[str, str], classes: tuple[str, ...],
-                 preprocess_config: PreprocessConfig, split: SplitConfig, *, staging: str,
+    def __init__(self, root: str, key: bytes, preprocess_config: PreprocessConfig, *,
                  limits: InputLimits = DEFAULT_LIMITS, pixel_phi: PixelPhiConfig = SAFE_PIXEL_PHI,
-                 label_column: str = "series_instance_uid") -> None:
-        self.root, self.key, self.labels, self.classes = root, key, labels, classes
-        self.label_column = label_column  # which header value keys `labels`
-        self.config, self.split, self.limits = preprocess_config, split, limits
-        self.pixel_phi = pixel_phi
-        self.staging = staging
-        self.spills = "://" not in staging
-        self._spill: _Spill | None = None
+                 progress: _Progress = _PROGRESS) -> None:
+        self.root, self.key, self.config, self.limits, self.pixel_phi = root, key, preprocess_config, limits, pixel_phi
+        self.progress = progress
         self.counts = Counts()
-
-    def _split_of(self, patient_id: str) -> str:
-        x = deid.split_fraction(self.split.salt, patient_id)
-        return "train" if x < self.split.train else "eval" if x < self.split.train + self.split.eval else "test"
 
     def _reject(self, headers: list[FileHeader], series_key: str, code: str, message: str) -> RejectedRow:
         self.counts.inc("series_rejected")
-        _PROGRESS.add("rejected")
-        paths = sorted(h.path for h in headers)
-        where = os.path.commonpath(paths) if len(paths) > 1 else paths[0]
-        if len(where.rstrip("/")) <= len(self.root.rstrip("/")):  # files of one series in several folders
-            where = paths[0]
-        return RejectedRow(deid.relative(where, self.root), series_key, code, f"{message} ({len(paths)} file(s))",
-                           len(paths), deid.series_identifiers(headers))
+        self.progress.add("rejected")
+        return RejectedRow(series_folder(headers, self.root), series_key, code, f"{message} ({len(headers)} file(s))",
+                           len(headers), deid.series_identifiers(headers))
 
     def start_bundle(self) -> None:
-        self._spill = None
         self._headers = _SpillReader()
 
     def finish_bundle(self) -> None:
-        _close(self._spill)
-        self._spill = None
         self._headers.close()
 
-    def process(self, element: tuple[str, Iterable[bytes | SpillRef]]) -> Iterator[object]:
-        source, grouped = element
-        headers = [FileHeader.from_bytes(v if isinstance(v, bytes) else self._headers.read(*v)) for v in grouped]
+    def _headers_of(self, grouped: Iterable[bytes | SpillRef]) -> list[FileHeader]:
+        return [FileHeader.from_bytes(v if isinstance(v, bytes) else self._headers.read(*v)) for v in grouped]
+
+    def prepared(self, source: str, headers: list[FileHeader],
+                 check: Callable[[], None] | None = None) -> Iterator[PreparedSeries | Tagged]:
+        """The series' model inputs, or its rejection; `check` may reject it first."""
         series_key = deid.keyed_hash(self.key, "series", source)
-        label_key = headers[0].label_key(self.label_column)
-        label = self.labels.get(label_key) if label_key else None
-        if label is not None:  # which labels.csv rows met a series (keyed: the value itself is never written)
-            yield Tagged(LABELED, deid.keyed_hash(self.key, "labeled", label_key))
         try:
-            if label is None:
-                by = "" if self.label_column == "series_instance_uid" else f" (by its {self.label_column})"
-                raise Rejected(reasons.UNLABELED, f"the series is not listed in the labels file{by}")
-            if label not in self.classes:
-                raise Rejected(reasons.UNKNOWN_LABEL, f"its label is not one of the configured classes "
-                               f"({', '.join(self.classes)})")
+            if check is not None:
+                check()
             parts = prepare_series(headers, open_binary, self.config, self.limits, self.pixel_phi)
         except Rejected as exc:
             yield Tagged(REJECTED, self._reject(headers, series_key, exc.code, exc.message))
             return
-        except BaseException as exc:  # noqa: BLE001 - one series must never fail the job
+        except BaseException as exc:
             if reasons.must_propagate(exc):
                 raise
             log.warning("series %s: unexpected %s", series_key[:12], type(exc).__name__)
@@ -341,11 +349,71 @@ class BuildRecordStep:
                 deid.relative(path, self.root), series_key, reasons.DUPLICATE_INSTANCE,
                 "an exact duplicate of another file's SOP Instance UID in this series; one copy was used",
                 identifiers=deid.series_identifiers(headers)))
-        counted: set[str] = set()
         for ordered, prepared in parts:
-            files = {f.path for f in ordered.frames} - counted  # each input file in one record's count
+            yield PreparedSeries(source, headers, ordered, prepared)
+
+    def process(self, element: tuple[str, Iterable[bytes | SpillRef]]) -> Iterator[object]:
+        source, grouped = element
+        yield from self.prepared(source, self._headers_of(grouped))
+
+
+class BuildRecordStep(PrepareSeriesStep):
+    """(series key source, headers) -> Placed(Record, example): label, then prepare (the
+    step above), then encode and hash. The example spills to a local staging folder, else
+    travels itself."""
+
+    LABELED = LABELED
+
+    def __init__(self, root: str, key: bytes, labels: dict[str, str], classes: tuple[str, ...],
+                 preprocess_config: PreprocessConfig, split: SplitConfig, *, staging: str,
+                 limits: InputLimits = DEFAULT_LIMITS, pixel_phi: PixelPhiConfig = SAFE_PIXEL_PHI,
+                 label_column: str = "series_instance_uid") -> None:
+        super().__init__(root, key, preprocess_config, limits=limits, pixel_phi=pixel_phi)
+        self.labels, self.classes = labels, classes
+        self.label_column = label_column  # which header value keys `labels`
+        self.split = split
+        self.staging = staging
+        self.spills = not storage.remote(staging)
+        self._spill: _Spill | None = None
+
+    def _split_of(self, patient_id: str) -> str:
+        x = deid.split_fraction(self.split.salt, patient_id)
+        return "train" if x < self.split.train else "eval" if x < self.split.train + self.split.eval else "test"
+
+    def start_bundle(self) -> None:
+        super().start_bundle()
+        self._spill = None
+
+    def finish_bundle(self) -> None:
+        _close(self._spill)
+        self._spill = None
+        super().finish_bundle()
+
+    def process(self, element: tuple[str, Iterable[bytes | SpillRef]]) -> Iterator[object]:
+        source, grouped = element
+        headers = self._headers_of(grouped)
+        label_key = headers[0].label_key(self.label_column)
+        label = self.labels.get(label_key) if label_key else None
+        if label is not None:  # which labels.csv rows met a series (keyed: the value itself is never written)
+            yield Tagged(LABELED, deid.keyed_hash(self.key, "labeled", label_key))
+
+        def check() -> None:
+            if label is None:
+                by = "" if self.label_column == "series_instance_uid" else f" (by its {self.label_column})"
+                raise Rejected(reasons.UNLABELED, f"the series is not listed in the labels file{by}")
+            if label not in self.classes:
+                raise Rejected(reasons.UNKNOWN_LABEL, f"its label is not one of the configured classes "
+                               f"({', '.join(self.classes)})")
+
+        counted: set[str] = set()
+        for out in self.prepared(source, headers, check):
+            if isinstance(out, Tagged):
+                yield out
+                continue
+            assert label is not None  # check() passed
+            files = {f.path for f in out.ordered.frames} - counted  # each input file in one record's count
             counted |= files
-            yield self._placed(headers, ordered, prepared, label, source, len(files))
+            yield self._placed(headers, out.ordered, out.prepared, label, source, len(files))
 
     def _placed(self, headers: list[FileHeader], ordered: OrderedSeries, prepared: Prepared, label: str,
                 source: str, files: int) -> Placed:
@@ -373,7 +441,7 @@ class BuildRecordStep:
         example = encode_example(features)
         self.counts.inc("series_written")
         self.counts.update("valid_frames", prepared.valid_frames)
-        _PROGRESS.add("series")
+        self.progress.add("series")
         record = Record(self._split_of(first.patient_id), series_key, label, first.modality,
                         _vendor(first.manufacturer), prepared.valid_frames, files, content_key(prepared, label),
                         len(example), four_d, prepared.pixel_phi)

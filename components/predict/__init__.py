@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from ...pipeline.errors import InputError
-from ..ingest.output_lock import claim
-from .executor import Prediction, predict, prepare_folder, read_series
+from ..io.output_lock import claim
+from .executor import Prediction, predict, prepare_folder
 
 TOP_FRAMES = 3
 
@@ -52,7 +52,7 @@ def write_explanation(results: list[Prediction], path: str | Path) -> Path | Non
     frames that drove the decision under their map), both in the folder
     `<stem>_attribution` beside it and named relative to it. Returns that folder, or None
     where no series has a map."""
-    from ..evaluate import plots
+    from ..model import plots
 
     path = Path(path)
     folder = path.with_name(f"{path.stem}_attribution")
@@ -90,5 +90,5 @@ def _refuse_foreign_file(path: Path) -> None:
                          "--explain (medseq never overwrites what it did not write)")
 
 
-__all__ = ["Prediction", "explanation", "json_lines", "predict", "prepare_folder", "read_series", "table",
+__all__ = ["Prediction", "explanation", "json_lines", "predict", "prepare_folder", "table",
            "write_explanation"]

@@ -7,9 +7,7 @@ series that cannot be read gets its rejection reason; the others still get predi
 
 from __future__ import annotations
 
-import os
 import secrets
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,18 +17,26 @@ import numpy as np
 from ...pipeline import features as F
 from ...pipeline.config import SAFE_PIXEL_PHI, PixelPhiConfig, PreprocessConfig, from_dict
 from ...pipeline.errors import InputError
-from ..ingest import deid, storage
-from ..ingest.steps import input_files, read_file_header, real_root
+from ..ingest.in_process import LocalGraph
+from ..ingest.steps import (
+    IDENTIFIERS,
+    REJECTED,
+    SILENT,
+    PrepareSeriesStep,
+    ReadHeaderStep,
+    RejectedRow,
+    series_folder,
+)
+from ..ingest.steps import PreparedSeries as PreparedSeriesOf
+from ..io import deid, storage
 from ..preprocessing import reasons
-from ..preprocessing.geometry import OrderedSeries
 from ..preprocessing.headers import FileHeader
 from ..preprocessing.limits import DEFAULT_LIMITS, InputLimits
-from ..preprocessing.prepare import prepare_series
 from ..preprocessing.reasons import Rejected
 from ..preprocessing.transform import Prepared
 
 if TYPE_CHECKING:
-    from ..export.runtimes import Predict
+    from ..model.runtimes import Predict
 
 
 @dataclass(frozen=True)
@@ -65,27 +71,13 @@ class PreparedSeries:
     item: Prepared | Rejected
 
 
-def read_series(root: Path, limits: InputLimits = DEFAULT_LIMITS,
-                ) -> tuple[dict[str, list[FileHeader]], list[tuple[str, Rejected]]]:
-    """Headers of every file under `root` (any nesting), grouped by series key, and the
-    files that could not be read, with why: ingest's discovery and rules (steps.py)."""
-    groups: dict[str, list[FileHeader]] = defaultdict(list)
-    rejected = []
-    resolved_root = real_root(str(root))
-    for path in sorted(input_files(str(root))):
-        header = read_file_header(path, resolved_root, limits)
-        if isinstance(header, Rejected):
-            rejected.append((path, header))
-        else:
-            groups[header.series_key_source].append(header)
-    return groups, rejected
-
-
 def prepare_folder(root: str | Path, config: PreprocessConfig, key: bytes | None = None,
                    phi: PixelPhiConfig = SAFE_PIXEL_PHI, limits: InputLimits = DEFAULT_LIMITS) -> list[PreparedSeries]:
-    """Every series under `root` through the shared preprocessing (ingest's rules and
-    `limits`), in folder order, after the files that are no part of a series
-    (series_key "", item: why).
+    """Every series under `root` through ingest's own steps, run by its in-process
+    executor (ingest/in_process.py): the same discovery, header rules, grouping,
+    preprocessing, `limits` (inflate, decoded size, decode time), duplicate handling and
+    exception policy. In folder order, after the files that are no part of a series
+    (series_key "", item: why); a series' duplicate instances are listed after it.
 
     Series are named by their folder relative to `root`, with any part that may carry
     an identifier replaced by a keyed hash (MEDSEQ_HASH_KEY, else a per-run random key)
@@ -95,29 +87,34 @@ def prepare_folder(root: str | Path, config: PreprocessConfig, key: bytes | None
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"input not found: {root} (expected a folder of DICOM files)")
-    groups, unread = read_series(root, limits)
-    tokens = deid.identifier_tokens(*{v for headers in groups.values() for h in headers for v in h.identifiers},
-                                    *{v for _, exc in unread for v in exc.identifiers})
-    name = lambda path: deid.safe_path(deid.relative(path, str(root)), key, tokens)  # noqa: E731
-    out = [PreparedSeries(name(path), "", exc) for path, exc in unread]  # no part of any series: ingest's dead letters
-    for source, headers in sorted(groups.items(), key=lambda item: min(h.path for h in item[1])):
-        paths = sorted(h.path for h in headers)
-        where = name(os.path.commonpath(paths) if len(paths) > 1 else paths[0]) or "."
-        parts: list[tuple[OrderedSeries, Prepared]] = []
-        failed: Rejected | None = None
-        try:
-            parts = prepare_series(headers, storage.open_binary, config, limits, phi=phi)
-        except Rejected as exc:
-            failed = exc
-        except Exception as exc:  # noqa: BLE001 - one series must not hide the others
-            failed = Rejected(reasons.PROCESSING_ERROR, f"unexpected {type(exc).__name__} while preparing the series")
-        if failed is not None:
-            out.append(PreparedSeries(where, deid.keyed_hash(key, "series", source), failed))
-        for ordered, prepared in parts:  # one per slice position of a 4-D series, as ingest's records
-            label = where if ordered.position is None else f"{where}#position{ordered.position}"
-            out.append(PreparedSeries(label, deid.keyed_hash(key, "series", deid.record_source(source,
-                                                                                             ordered.position)),
-                                      prepared))
+    graph, folder = LocalGraph(), str(root)
+    read = ReadHeaderStep(folder, key, limits=limits, progress=SILENT)
+    headers, unread, identifiers = graph.pardo("ReadHeaders", graph.files("MatchFiles", storage.join(folder, "**")),
+                                               read, (REJECTED, IDENTIFIERS))
+    groups = graph.group("GroupBySeries", headers)
+    prepare = PrepareSeriesStep(folder, key, config, limits=limits, pixel_phi=phi, progress=SILENT)
+    parts, rejected = graph.pardo("PrepareSeries", groups, prepare, (REJECTED,))
+    tokens = {token for token, _ in graph.sum_per_key("IdentifierTokens", identifiers)}
+    name = lambda path, own=frozenset(): deid.safe_path(path, key, deid.AnyOf(own, tokens)) or "."
+    # In folder order: each series' rejection or its inputs (by slice position), then its duplicate files.
+    first = {deid.keyed_hash(key, "series", source): min(FileHeader.from_bytes(data).path for data in grouped)
+             for source, grouped in groups}
+
+    def order(item: PreparedSeriesOf | RejectedRow) -> tuple[str, int, int]:
+        if isinstance(item, RejectedRow):
+            return first[item.series_key], 2 if item.reason == reasons.DUPLICATE_INSTANCE else 0, 0
+        return first[deid.keyed_hash(key, "series", item.source)], 1, item.ordered.position or 0
+
+    out = [PreparedSeries(name(row.path, row.identifiers), "", Rejected(row.reason, row.message)) for row in unread]
+    for item in sorted([*parts, *rejected], key=order):
+        if isinstance(item, RejectedRow):
+            out.append(PreparedSeries(name(item.path, item.identifiers), item.series_key,
+                                      Rejected(item.reason, item.message)))
+            continue
+        where, position = name(series_folder(item.headers, folder)), item.ordered.position
+        out.append(PreparedSeries(where if position is None else f"{where}#position{position}",
+                                  deid.keyed_hash(key, "series", deid.record_source(item.source, position)),
+                                  item.prepared))
     return out
 
 
@@ -140,8 +137,8 @@ def predict(model_dir: str | Path, root: str | Path, explain: bool = False) -> l
     LiteRT or ONNX artifact of `medseq export` (no Grad-CAM there: it needs gradients)."""
     import tensorflow as tf
 
-    from ..export import runtimes
-    from ..train.export import load_spec
+    from ..io.examples import load_spec
+    from ..model import runtimes
 
     spec = load_spec(model_dir)
     config = from_dict(PreprocessConfig, spec.preprocess, "model preprocess")

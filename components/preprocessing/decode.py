@@ -76,7 +76,7 @@ def _decoding(transfer_syntax: str, bits: Callable[[], object]) -> Iterator[None
     """Codec failures as reasons: codecs raise anything on corrupt data, Rust panics included."""
     try:
         yield
-    except BaseException as exc:  # noqa: BLE001
+    except BaseException as exc:
         if reasons.must_propagate(exc):
             raise
         syntax = syntax_name(transfer_syntax)
@@ -212,7 +212,7 @@ def _decode_file(path: str, header: FileHeader, open_file: Callable[[str], IO[by
         try:
             with open_file(path) as fileobj:
                 return _frames_from_ref(fileobj, header, indices), None
-        except BaseException as exc:  # noqa: BLE001 - the whole-file path below decides
+        except BaseException as exc:
             if reasons.must_propagate(exc):
                 raise
     with open_file(path) as fileobj:
@@ -234,7 +234,7 @@ def _values_needed_for_the_pixels() -> Iterator[None]:
         yield
     except Rejected:
         raise
-    except BaseException as exc:  # noqa: BLE001 - e.g. NotImplementedError for a VR garbled into 'LS'
+    except BaseException as exc:
         if reasons.must_propagate(exc):
             raise
         raise Rejected(reasons.UNREADABLE, f"a header value needed for the pixels (rescale, lookup table, window, "

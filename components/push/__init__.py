@@ -16,4 +16,4 @@ def run(config: PipelineConfig, inputs: PushInputs, out: str | Path, beam_args: 
     (no Beam: `beam_args` are unused)."""
     section = config.push
     return push(inputs.model, inputs.evaluation, out, section.model_name, section.keep_versions,
-                section.warmup_batch_sizes, section.formats, inputs.examples)
+                section.warmup_batch_sizes, section.formats, inputs.examples, config.export)

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...pipeline import features as F
-from ...pipeline.config import export_format
+from ...pipeline.config import ExportConfig, export_format
 from ...pipeline.errors import InputError, StageFailed
 from ...pipeline.fingerprints import tree_fingerprint
 from ...pipeline.processes import alive
-from ..train.export import load_spec, load_spec_json
+from ..io.examples import load_spec, load_spec_json
 from .model_card import CARD_FILE, model_card
 from .warmup import WARMUP_FILE, warmup_requests, write_warmup
 
@@ -135,7 +135,7 @@ def _sweep_leftovers(base: Path) -> None:
 
 def push(model_dir: str | Path, evaluation_dir: str | Path, serving_dir: str | Path, model_name: str,
          keep_versions: int = 3, warmup_batch_sizes: Sequence[int] = (1, 8), formats: Sequence[str] = (),
-         examples: str | Path | None = None) -> PushOutputs:
+         examples: str | Path | None = None, export_settings: ExportConfig | None = None) -> PushOutputs:
     """Copies `model_dir` to the next integer version, only if `evaluation_dir` blessed this very model;
     with `formats`, its edge artifacts (gated on the eval split of `examples`) in assets.extra/edge/."""
     evaluation_dir, serving_dir, model_dir = Path(evaluation_dir), Path(serving_dir), Path(model_dir)
@@ -154,7 +154,8 @@ def push(model_dir: str | Path, evaluation_dir: str | Path, serving_dir: str | P
         from ..export import export
 
         try:
-            edge = export(model_dir, str(examples), extra / EDGE_DIR, [export_format(f) for f in formats])
+            edge = export(model_dir, str(examples), extra / EDGE_DIR, [export_format(f) for f in formats],
+                          export_settings)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

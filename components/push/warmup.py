@@ -16,20 +16,11 @@ import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
 from ...pipeline import features as F
-from ..ingest.records import encode_example
-from ..train.dataset import RecordSpec
+from ..io.examples import RecordSpec, synthetic_frames
+from ..io.records import encode_example
 
 WARMUP_FILE = "tf_serving_warmup_requests"
 MAX_RECORDS = 1000  # TF Serving's own limit on warm-up records
-
-
-def synthetic_frames(spec: RecordSpec, batch: int, seed: int = 0) -> np.ndarray:
-    """(batch, T, H, W, C) seeded noise in the model's dtype and value range."""
-    rng = np.random.default_rng(seed)
-    shape = (batch, *spec.shape)
-    if spec.dtype == "uint8":
-        return rng.integers(0, 256, shape, dtype=np.uint8)
-    return rng.random(shape).astype(spec.dtype)
 
 
 def synthetic_example(frames: np.ndarray) -> bytes:

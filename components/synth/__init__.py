@@ -15,7 +15,7 @@ __all__ = ["CLASSES", "TASKS", "run"]
 
 def run(task: str, patients: int, seed: int, out: str | Path, small: bool = False) -> SynthStats:
     """Writes `out/dicom/` and `out/labels.csv`; same arguments, same bytes."""
-    from ..ingest.output_lock import claim
+    from ..io.output_lock import claim
     from .generator import generate  # numpy, pydicom: only when writing
 
     claim(str(out), "synthetic data set")

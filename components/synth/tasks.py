@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-TASKS = ("cine_ef", "cine_ef3", "cine_sax", "ct_nodule", "dce_kinetics")
+from ...pipeline.config import SYNTH_TASKS
+
+TASKS = SYNTH_TASKS  # the config checks synth.task against the same names
 CLASSES = {"cine_ef": ("normal", "reduced_ef"), "cine_ef3": ("normal", "mildly_reduced_ef", "reduced_ef"),
            "cine_sax": ("normal", "reduced_ef"), "ct_nodule": ("clear", "nodule"),
            "dce_kinetics": ("benign", "malignant")}

@@ -10,10 +10,11 @@ import os
 from pathlib import Path
 
 from ...pipeline.config import PipelineConfig
-from ...pipeline.contract import BeamArgs, TrainInputs, absolute
-from ..ingest import storage
-from ..ingest.output_lock import claim
-from ..ingest.remote_errors import on_filesystems
+from ...pipeline.contract import BeamArgs, TrainInputs
+from ..io import storage
+from ..io.output_lock import claim
+from ..io.remote_errors import on_filesystems
+from ..io.storage import absolute
 from .executor import TrainOutputs, train
 
 __all__ = ["TrainInputs", "TrainOutputs", "run", "train"]

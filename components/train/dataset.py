@@ -12,111 +12,15 @@ reads records exactly as training did.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
 import tensorflow as tf
 
-from ...pipeline import features as F
 from ...pipeline.errors import InputError
+from ..io.examples import RecordSpec, dataset_options, model_inputs, parse_examples
 from .augment import augment
 
 SHUFFLE_BUFFER = 1024  # records; a pass over a larger split is shuffled within windows of this size
-
-
-@dataclass(frozen=True)
-class RecordSpec:
-    """Static shape, dtype and classes of a record set, from its qc.json."""
-
-    frames: int
-    height: int
-    width: int
-    channels: int
-    dtype: str
-    classes: tuple[str, ...]
-    preprocess: dict[str, Any] = field(default_factory=dict, compare=False)  # the ingest config
-    depth: int = 0  # D of a sequence of volumes (preprocess.four_d: volumes); 0: frames are images
-    # ingest.pixel_phi's `policy` (which `medseq predict` applies too) and qc.json's counts
-    # of what it decided (`records`, `rejected`).
-    pixel_phi: dict[str, Any] = field(default_factory=dict, compare=False)
-    # The ingest bounds on one input (max_inflated_mb, max_decoded_mb, decode_timeout_s),
-    # which `medseq predict` applies too (preprocessing.limits.InputLimits.from_record).
-    input_limits: dict[str, Any] = field(default_factory=dict, compare=False)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """(T, H, W, C), or (T, D, H, W, C) for a sequence of volumes."""
-        if self.depth:
-            return (self.frames, self.depth, self.height, self.width, self.channels)
-        return (self.frames, self.height, self.width, self.channels)
-
-    @classmethod
-    def of_shape(cls, shape: list[int], dtype: str, classes: tuple[str, ...],
-                 preprocess: dict[str, Any], pixel_phi: dict[str, Any] | None = None,
-                 input_limits: dict[str, Any] | None = None) -> RecordSpec:
-        """The spec whose `shape` is `shape` (4 or 5 values)."""
-        t, *depth, h, w, c = shape
-        return cls(t, h, w, c, dtype, classes, preprocess, depth[0] if depth else 0, pixel_phi or {},
-                   input_limits or {})
-
-    def to_json(self) -> dict[str, object]:
-        return {"shape": list(self.shape), "dtype": self.dtype, "classes": list(self.classes),
-                "preprocess": self.preprocess, "pixel_phi": self.pixel_phi, "input_limits": self.input_limits}
-
-
-def _qc(examples_dir: str | Path) -> dict[str, Any]:
-    """qc.json, written last by ingest: its presence marks a complete output."""
-    qc_path = Path(examples_dir) / F.QC_FILE
-    if not qc_path.exists():
-        raise InputError(f"{examples_dir}: no {F.QC_FILE}; expected the output folder of `medseq convert`")
-    qc: dict[str, Any] = json.loads(qc_path.read_text())
-    return qc
-
-
-def record_spec(examples_dir: str | Path) -> RecordSpec:
-    qc = _qc(examples_dir)
-    pre = qc["config"]["preprocess"]
-    windows = next(iter(pre["windows"].values()))
-    channels = len(windows) * (3 if pre["color"] == "rgb" else 1)
-    depth = pre["depth"] if pre.get("four_d") == "volumes" else 0
-    ingest = qc["config"].get("ingest", {})
-    pixel_phi = {"policy": ingest.get("pixel_phi", {}), **qc.get("pixel_phi", {})}
-    limits = {k: ingest[k] for k in ("max_inflated_mb", "max_decoded_mb", "decode_timeout_s") if k in ingest}
-    return RecordSpec(pre["frames"], pre["height"], pre["width"], channels, pre["dtype"], tuple(qc["classes"]), pre,
-                      depth, pixel_phi, limits)
-
-
-def split_count(examples_dir: str | Path, split: str) -> int:
-    return int(_qc(examples_dir)["records"][split])
-
-
-def label_counts(examples_dir: str | Path, split: str) -> dict[str, int]:
-    """{class name: records} of a split (qc.json counts labels by name)."""
-    return {str(k): int(v) for k, v in _qc(examples_dir)["labels"][split].items()}
-
-
-def split_files(examples_dir: str | Path, split: str) -> list[str]:
-    return sorted(tf.io.gfile.glob(str(Path(examples_dir) / split / "*.tfrecord.gz")))
-
-
-def parse_examples(serialized: tf.Tensor, spec: RecordSpec) -> dict[str, tf.Tensor]:
-    """A batch of serialized tf.Examples -> {frames, valid_frames, label, frame_axis}."""
-    parsed = tf.io.parse_example(serialized, {
-        F.FRAMES: tf.io.FixedLenFeature([], tf.string),
-        F.VALID_FRAMES: tf.io.FixedLenFeature([], tf.int64),
-        F.LABEL: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
-        F.FRAME_AXIS: tf.io.FixedLenFeature([], tf.string, default_value=F.AXIS_INDEX),
-    })
-    frames = tf.io.decode_raw(parsed[F.FRAMES], tf.dtypes.as_dtype(spec.dtype))
-    frames = tf.reshape(frames, (-1, *spec.shape))
-    return {F.FRAMES: frames, F.VALID_FRAMES: tf.cast(parsed[F.VALID_FRAMES], tf.int32),
-            F.LABEL: tf.cast(parsed[F.LABEL], tf.int32), F.FRAME_AXIS: parsed[F.FRAME_AXIS]}
-
-
-def _model_inputs(parsed: dict[str, tf.Tensor]) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
-    return {F.FRAMES: parsed[F.FRAMES], F.VALID_FRAMES: parsed[F.VALID_FRAMES]}, parsed[F.LABEL]
 
 
 @dataclass(frozen=True)
@@ -179,23 +83,7 @@ def train_stream(files: list[str], spec: RecordSpec, batch_size: int, seed: int,
         if augmentations:
             stateless_seed = tf.stack([tf.constant(seed, tf.int64), batch * position.pipelines + position.pipeline])
             parsed = augment(parsed, augmentations, stateless_seed)
-        return _model_inputs(parsed)
+        return model_inputs(parsed)
 
     ds = numbered.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.with_options(_options()).prefetch(tf.data.AUTOTUNE)
-
-
-def eval_dataset(files: list[str], spec: RecordSpec, batch_size: int) -> tf.data.Dataset:
-    """(inputs, labels) batches of a split in file order, every record once."""
-    ds = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(batch_size)
-    ds = ds.map(lambda s: _model_inputs(parse_examples(s, spec)), num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True)
-    return ds.with_options(_options()).prefetch(tf.data.AUTOTUNE)
-
-
-def _options() -> tf.data.Options:
-    options = tf.data.Options()
-    options.deterministic = True
-    # Sharding is done by hand (train_stream): the strategy must not shard again.
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    return options
+    return ds.with_options(dataset_options()).prefetch(tf.data.AUTOTUNE)

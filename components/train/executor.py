@@ -20,19 +20,11 @@ from tensorflow.python.framework import config as tf_framework_config
 from ...pipeline.config import TrainConfig, to_dict
 from ...pipeline.errors import ConfigError, InputError
 from ...pipeline.fingerprints import files_fingerprint
-from .dataset import (
-    RecordSpec,
-    StreamPosition,
-    eval_dataset,
-    label_counts,
-    record_spec,
-    split_count,
-    split_files,
-    train_stream,
-)
-from .export import export_saved_model
+from ..io.examples import RecordSpec, eval_dataset, label_counts, record_spec, split_count, split_files
+from ..model.metrics import auc_from_histograms, class_weights
+from ..model.saved_model import export_saved_model
+from .dataset import StreamPosition, train_stream
 from .loop import Trainer, make_strategy
-from .metrics import auc_from_histograms, class_weights
 from .progress import EpochProgress, History
 from .state import Checkpoints, agreed_step
 

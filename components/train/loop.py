@@ -18,9 +18,9 @@ import tensorflow as tf
 
 from ...pipeline.config import TrainConfig
 from ...pipeline.errors import ConfigError
-from .dataset import RecordSpec
-from .metrics import auc, histograms
-from .model import build_model
+from ..io.examples import RecordSpec
+from ..model.metrics import auc, histograms
+from ..model.network import build_model
 from .state import TrainState
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from ...pipeline.errors import InputError
-from .metrics import BINS
+from ..model.metrics import BINS
 
 BEST = "best"
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 from ...pipeline import features as F
 from ...pipeline.config import PipelineConfig
-from ...pipeline.contract import BeamArgs, ValidateInputs, absolute
-from ...pipeline.lean_beam import default_beam_args
-from ..ingest.output_lock import claim
-from ..ingest.remote_errors import on_filesystems
+from ...pipeline.contract import BeamArgs, ValidateInputs
+from ..io.output_lock import claim
+from ..io.remote_errors import on_filesystems
+from ..io.storage import absolute
 from .executor import ValidateOutputs, table, validate
 
 __all__ = ["ValidateInputs", "ValidateOutputs", "run", "table", "validate"]
@@ -24,4 +24,4 @@ def run(config: PipelineConfig, inputs: ValidateInputs, out: str | Path,
     with on_filesystems(given, examples, out_path):
         claim(out_path, "validate output", (F.STATS_FILE, F.ANOMALIES_FILE, "stats.txt", "schema.pbtxt"))
         return validate(examples, out_path, section.schema, section.infer_schema, section.max_label_linf,
-                        default_beam_args(given))
+                        given)

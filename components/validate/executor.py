@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from ...pipeline import features as F
 from ...pipeline.errors import InputError
-from ..ingest import storage
-from ..ingest.records import read_tfrecords
-from ..ingest.transforms import FilesystemDoFn, WriteLinesDoFn
+from ..io import storage
+from ..io.beam import pipeline as beam_pipeline
+from ..io.dofns import FilesystemDoFn, WriteLinesDoFn
+from ..io.records import read_tfrecords
 from .schema import infer_schema, load_schema, schema_text
 from .stats import RecordStats, SplitStats
 
@@ -55,7 +55,7 @@ def compute_stats(examples_dir: str, out: str, schema_bytes: bytes, beam_args: l
     remote = storage.remote(examples_dir) or storage.remote(out)
     filesystem_args = beam_args if remote else []
     try:
-        with beam.Pipeline(options=PipelineOptions(beam_args)) as p:
+        with beam_pipeline(beam_args) as p:
             per_split = []
             for split in F.SPLITS:
                 files = split_files(examples_dir, split)

@@ -10,6 +10,7 @@ import inspect
 import pytest
 
 from helpers import PROBE, SAMPLES, auc_gate, record_beam_pipelines
+from medseq.components.io.beam import FN_API_RUNNER
 from medseq.pipeline import cli
 
 STAGES = ("ingest", "validate", "train", "evaluate", "push")
@@ -36,6 +37,9 @@ def test_a_beam_option_reaches_every_beam_stage_from_its_own_command(tmp_path, m
     gate = auc_gate(tmp_path / "eval.pbtxt", 0.0)
     assert cli.main(["evaluate", "--examples", str(cine_records), "--model", trained.model_dir, "--eval-config", gate,
                      "--out", str(tmp_path / "evaluate"), probe]) in (0, 1)
-    stages = {stage for stage, _ in built}
+    stages = {stage for stage, _, _ in built}
     assert stages == {"ingest", "validate", "evaluate"}, built
-    assert all(PROBE in experiments for _, experiments in built), built
+    assert all(PROBE in experiments for _, experiments, _ in built), built
+    # Every pipeline, TFMA's included, runs on the documented default (the FnApiRunner, not
+    # Beam's switching DirectRunner and its Prism probe).
+    assert {runner for _, _, runner in built} == {FN_API_RUNNER}, built

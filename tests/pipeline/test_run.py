@@ -45,8 +45,8 @@ def test_run_records_every_stage_reuses_what_is_unchanged_and_reruns_from_a_stag
     assert cli.main(command) == 0
     assert "served model at" in capsys.readouterr().out
     # The Beam option given to `medseq run` reached every Beam stage's pipeline.
-    assert {stage for stage, _ in built} == {"ingest", "validate", "evaluate"}, built
-    assert all(PROBE in experiments for _, experiments in built), built
+    assert {stage for stage, _, _ in built} == {"ingest", "validate", "evaluate"}, built
+    assert all(PROBE in experiments for _, experiments, _ in built), built
     for stage in ("ingest/qc.json", "validate/stats.json", "train/model/saved_model.pb", f"evaluate/{F.BLESSED}",
                   "serving/medseq/1/saved_model.pb", "serving/models.config", "hash.key", "report.html"):
         assert (run / stage).exists(), stage

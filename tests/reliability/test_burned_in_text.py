@@ -21,8 +21,8 @@ import tensorflow as tf
 
 from helpers import IN_PROCESS, KEY, convert
 from medseq.components import predict
+from medseq.components.io.examples import split_files
 from medseq.components.preprocessing import reasons
-from medseq.components.train.dataset import split_files
 from medseq.pipeline import features as F
 from medseq.pipeline.config import PixelPhiConfig, SplitConfig, load_config
 

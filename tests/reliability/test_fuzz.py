@@ -17,8 +17,8 @@ import tensorflow as tf
 from reliability.corpus import Corpus, build
 
 from helpers import IN_PROCESS, KEY, convert
+from medseq.components.io.examples import split_files
 from medseq.components.preprocessing import reasons
-from medseq.components.train.dataset import split_files
 from medseq.pipeline import features as F
 from medseq.pipeline.config import PixelPhiConfig, load_config
 

@@ -3,7 +3,6 @@ ingest.max_inflated_mb is rejected as inflate_limit, without being held in memor
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import subprocess
@@ -13,9 +12,8 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from helpers import SAMPLES
+from helpers import SAMPLES, deflate_bomb
 from medseq.components.preprocessing import reasons
 from medseq.components.preprocessing.inflate import inflate
 from medseq.components.preprocessing.reasons import Rejected
@@ -23,24 +21,6 @@ from medseq.pipeline import features as F
 
 pytestmark = pytest.mark.reliability
 SERIES = sorted((SAMPLES / "cine_ef" / "dicom").glob("PA*/ST*/SE000003"))[0]
-
-
-def deflate_bomb(source: Path, target: Path, inflated_mb: int) -> None:
-    """`source` rewritten deflated, with a private element of `inflated_mb` MB of zeros
-    after its pixels: a file of about a thousandth of that size."""
-    ds = pydicom.dcmread(source)
-    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    written = buffer.getvalue()
-    start = 144 + int.from_bytes(written[140:144], "little")  # after the file meta group
-    dataset = zlib.decompress(written[start:], -zlib.MAX_WBITS)
-    size = inflated_mb << 20
-    packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-    parts = [written[:start], packer.compress(dataset + b"\xe1\x7f\x10\x10OB\x00\x00" + size.to_bytes(4, "little"))]
-    zeros = bytes(1 << 20)
-    parts += [packer.compress(zeros) for _ in range(inflated_mb)]
-    target.write_bytes(b"".join([*parts, packer.flush()]))
 
 
 def test_inflate_keeps_what_dcmread_inflates_and_refuses_past_the_limit():

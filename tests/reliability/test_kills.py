@@ -19,7 +19,7 @@ import pytest
 
 from helpers import IN_PROCESS, KEY, SAMPLES, auc_gate
 from medseq.components.evaluate import evaluate
-from medseq.components.ingest.output_lock import LEFTOVER_PREFIXES, LOCK_FILE
+from medseq.components.io.output_lock import LEFTOVER_PREFIXES, LOCK_FILE
 from medseq.pipeline import features as F
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]

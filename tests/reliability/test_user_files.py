@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from helpers import IN_PROCESS, SAMPLES, convert, medseq
-from medseq.components.ingest import executor, storage
-from medseq.components.ingest.output_lock import LOCK_FILE, MARKER
+from medseq.components.ingest import executor
+from medseq.components.io import storage
+from medseq.components.io.output_lock import LOCK_FILE, MARKER
 from medseq.pipeline.errors import InputError
 
 pytestmark = pytest.mark.reliability

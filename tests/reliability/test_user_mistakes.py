@@ -88,7 +88,7 @@ def test_every_reported_path_follows_one_rule_whatever_a_files_own_header_says(t
     """A broken file in a folder named after a patient shows that folder hashed, as the
     readable series of the same patient does; so does predict; no transfer syntax UID's
     text reaches a message."""
-    from medseq.components.ingest import deid
+    from medseq.components.io import deid
     from medseq.components.predict import prepare_folder
     from medseq.components.preprocessing import decode
     from medseq.components.preprocessing.reasons import Rejected

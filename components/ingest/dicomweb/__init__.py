@@ -23,9 +23,8 @@ from typing import Any
 from ....pipeline import features as F
 from ....pipeline.config import DicomwebConfig
 from ....pipeline.errors import ArchiveError, InputError
-from ....pipeline.lean_beam import default_beam_args, import_beam_without_optional_io
-from .. import storage
-from ..output_lock import output_lock
+from ...io import storage
+from ...io.output_lock import output_lock
 from ..steps import RejectedRow
 from .client import Failed, NotFound, Retryable, Service, is_dicomweb
 from .fetch import (
@@ -36,7 +35,6 @@ from .fetch import (
     SeriesFetcher,
     cache_folder,
     fetch_in_process,
-    fetch_on_beam,
 )
 from .search import find_series
 
@@ -114,9 +112,9 @@ def fetched(url: str, config: DicomwebConfig, key: bytes, out: str, beam_args: l
         if beam_args is None and sum(r.instances for r in refs) < small_files:
             outcomes = fetch_in_process(fetcher, refs, config.concurrency)
         else:
-            import_beam_without_optional_io()
-            args = default_beam_args(beam_args or ())
-            outcomes = fetch_on_beam(service.root, config, key, cache, refs, args, deadline_at)
+            from .transforms import fetch_on_beam  # Beam only for a large archive or a Beam option
+
+            outcomes = fetch_on_beam(service.root, config, key, cache, refs, list(beam_args or ()), deadline_at)
         gone = next((o for o in outcomes if o.reason == ARCHIVE_GONE), None)
         if gone is not None:
             raise ArchiveError(gone.message)

@@ -28,10 +28,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from ....pipeline.config import DicomwebConfig
 from ....pipeline.errors import ArchiveError
+from ...io import deid
 from ...preprocessing import reasons
-from .. import deid
 from .client import DICOM_PARTS, Failed, NotFound, Retryable, Service, read_chunks
 from .multipart import boundary_of, split_parts
 from .search import SeriesRef, instance_uids
@@ -228,27 +227,3 @@ def fetch_in_process(fetcher: SeriesFetcher, refs: Iterable[SeriesRef], concurre
                 future.cancel()
             raise failed.exception()  # type: ignore[misc]
     return [f.result() for f in futures]
-
-
-def fetch_on_beam(root: str, config: DicomwebConfig, key: bytes, cache: Path, refs: list[SeriesRef],
-                  beam_args: list[str], deadline_at: float | None = None) -> list[Outcome]:
-    """Every series fetched inside Beam DoFns: the series dealt into `concurrency` groups,
-    each fetched one series after another, so no runner fetches more at once."""
-    import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    from .transforms import FetchSeriesDoFn
-
-    results = cache / f"{STAGING_PREFIX}outcomes-{uuid.uuid4().hex[:8]}"
-    groups = [(i % config.concurrency, (ref.study_uid, ref.series_uid, ref.instances)) for i, ref in enumerate(refs)]
-    try:
-        with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
-            _ = (pipeline
-                 | "Series" >> beam.Create(groups)
-                 | "DealSeries" >> beam.GroupByKey()
-                 | "FetchSeries" >> beam.ParDo(FetchSeriesDoFn(root, config, key, str(cache), deadline_at))
-                 | "WriteOutcomes" >> beam.io.WriteToText(str(results / "outcome"), file_name_suffix=".jsonl"))
-        lines = [line for path in sorted(results.iterdir()) for line in path.read_text().splitlines() if line]
-    finally:
-        shutil.rmtree(results, ignore_errors=True)
-    return sorted((Outcome.from_json(line) for line in lines), key=lambda o: o.series_key)

@@ -15,7 +15,7 @@ import tensorflow_model_analysis as tfma
 from helpers import ARTIFACTS, IN_PROCESS, auc_gate, render_in_chromium
 from medseq.components.evaluate import evaluate
 from medseq.components.evaluate.inference import predict_split
-from medseq.components.evaluate.intervals import metrics_of
+from medseq.components.model.intervals import metrics_of
 from medseq.pipeline import cli
 from medseq.pipeline import features as F
 from medseq.pipeline.config import EvaluateConfig

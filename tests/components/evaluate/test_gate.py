@@ -8,11 +8,12 @@ import pytest
 from google.protobuf import text_format
 from tensorflow_model_analysis.proto import config_pb2
 
-from medseq.components.evaluate import gate, plots
+from medseq.components.evaluate import gate
 from medseq.components.evaluate.eval_config import load_eval_config
 from medseq.components.evaluate.inference import EvalPredictions, repeat_one_frame, shuffle_frames
-from medseq.components.evaluate.intervals import average_precision, binary_metrics, bootstrap_intervals
-from medseq.components.train.metrics import binary_auc
+from medseq.components.model import plots
+from medseq.components.model.intervals import average_precision, binary_metrics, bootstrap_intervals
+from medseq.components.model.metrics import binary_auc
 
 
 def predictions(vendors: list[str], seed: int = 0) -> EvalPredictions:

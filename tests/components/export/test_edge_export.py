@@ -17,15 +17,16 @@ import pytest
 import tensorflow as tf
 
 from medseq.components import predict
-from medseq.components.export import EXPORT_FILE, convert, export, parity, runtimes
-from medseq.components.train.dataset import record_spec
-from medseq.components.train.export import SPEC_FILE, load_spec, load_spec_json
-from medseq.components.train.model import build_model
+from medseq.components.export import EXPORT_FILE, convert, export, parity
+from medseq.components.io.examples import SPEC_FILE, load_spec, load_spec_json, record_spec
+from medseq.components.model import runtimes
+from medseq.components.model.network import build_model
 from medseq.pipeline import cli
 from medseq.pipeline import features as F
-from medseq.pipeline.config import TrainConfig, from_dict
+from medseq.pipeline.config import ExportConfig, TrainConfig, from_dict
 
 FORMATS = [("litert", "fp32"), ("onnx", "fp32"), ("litert", "dynamic_int8")]
+GATE = ExportConfig()  # the shipped gate (schemas/pipeline.yaml, export:)
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +43,9 @@ def test_fp32_artifacts_pass_their_gates_with_builtin_ops_only(exported, good_mo
         data = (out / entry["file"]).read_bytes()
         assert entry["sha256"] == hashlib.sha256(data).hexdigest() and entry["bytes"] == len(data)
         gate = entry["parity"]
-        assert gate["passed"] and gate["max_abs_diff"] <= parity.TOLERANCE[precision]
+        assert gate["passed"] and gate["max_abs_diff"] <= GATE.tolerance[precision]
         assert set(gate["checks"]) == {"eval_batch_8", "batch_1", "short_sequences"} and gate["series"] >= 20
-        assert gate["change"] >= parity.AUC_MIN_CHANGE and gate["reference"] > 0.8  # a model that learned
+        assert gate["change"] >= GATE.min_auc_change and gate["reference"] > 0.8  # a model that learned
         assert not [op for op in entry["ops"] if op.startswith(("Flex", "CUSTOM", "DELEGATE", "CudnnRNN"))]
         assert entry["runtime"].startswith(runtimes.RUNTIMES[fmt]) and entry["latency"]["batch_8"]["p50_ms"] > 0
     # Dynamic int8 may miss its gate on 25 series; then it is absent, with its figures and reason.
@@ -129,3 +130,26 @@ def test_export_cli_writes_the_artifacts_and_fails_in_one_line(capsys, good_mode
                      "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "expected a `medseq train` output folder" in err
+
+
+def test_the_export_section_sets_the_gate_from_the_config(capsys, good_model, synthetic_records, tmp_path):
+    """export.tolerance, export.confidence_level and export.bootstrap_samples reach the gate
+    from a config file: a tolerance no runtime can meet refuses the artifact, and the
+    interval is reported at the configured level."""
+    config = tmp_path / "strict.yaml"
+    config.write_text("export:\n  tolerance: {fp32: 1.0e-30, fp16: 1.0e-3, dynamic_int8: 1.0e-2}\n"
+                      "  confidence_level: 0.8\n  bootstrap_samples: 200\n")
+    out = tmp_path / "edge"
+    assert cli.main(["export", "--config", str(config), "--model", str(Path(good_model).parent), "--examples",
+                     str(synthetic_records), "--format", "onnx", "--precision", "fp32", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "export: 0 of 1 artifact(s) written" in captured.out, captured
+    assert "above the fp32 tolerance 1e-30" in captured.out and ", 80% [" in captured.out, captured.out
+    refused = json.loads((out / EXPORT_FILE).read_text())["refused"][0]
+    assert refused["parity"]["confidence_level"] == 0.8 and not (out / "model_fp32.onnx").exists()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("export:\n  tolerance: {fp32: 2}\n")
+    assert cli.main(["export", "--config", str(bad), "--model", str(Path(good_model).parent), "--examples",
+                     str(synthetic_records), "--format", "onnx", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "export.tolerance: expected a value in (0, 1)" in err, err

@@ -158,7 +158,7 @@ def test_a_search_that_keeps_failing_names_no_uid():
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     class Busy(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the http.server name
+        def do_GET(self) -> None:
             self.send_response(503)
             self.send_header("Content-Length", "0")
             self.end_headers()

@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from helpers import CINE, KEY, POSITIONS, SAMPLES, SLICE_MM, convert, write_cine_sax
-from medseq.components.ingest import deid
+from medseq.components.io import deid
 from medseq.pipeline import features as F
 
 

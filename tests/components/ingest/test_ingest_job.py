@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from helpers import IN_PROCESS, KEY, SAMPLES, convert
 from medseq.components import synth
-from medseq.components.ingest import deid
+from medseq.components.io import deid
 from medseq.pipeline import features as F
 from medseq.pipeline.config import PixelPhiConfig
 

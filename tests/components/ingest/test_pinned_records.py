@@ -21,7 +21,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # `helpers` when run as a script
 
-from helpers import IN_PROCESS, KEY, SAMPLES  # noqa: E402
+from helpers import IN_PROCESS, KEY, SAMPLES
 
 PINS = Path(__file__).with_name("pinned_records.json")
 SETS = ("cine_ef", "ct_nodule")
@@ -58,7 +58,7 @@ def test_records_of_the_samples_are_byte_identical_to_the_pins(tmp_path, name):
 
 def test_the_multi_process_runner_writes_the_same_bytes(tmp_path):
     """The default local runner for large inputs (one worker process per core)."""
-    from medseq.pipeline.lean_beam import FN_API_RUNNER
+    from medseq.components.io.beam import FN_API_RUNNER
 
     args = [f"--runner={FN_API_RUNNER}", "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
     assert convert("cine_ef", tmp_path / "out", args) == json.loads(PINS.read_text())["cine_ef"]

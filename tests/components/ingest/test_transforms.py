@@ -11,10 +11,10 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from helpers import KEY
-from medseq.components.ingest import deid
-from medseq.components.ingest.records import encode_example, write_tfrecords
 from medseq.components.ingest.steps import IDENTIFIERS, REJECTED, BuildRecordStep, ReadHeaderStep, RejectedRow
 from medseq.components.ingest.transforms import StepDoFn
+from medseq.components.io import deid
+from medseq.components.io.records import encode_example, write_tfrecords
 from medseq.components.preprocessing.headers import FileHeader
 from medseq.pipeline.config import PreprocessConfig, SplitConfig
 

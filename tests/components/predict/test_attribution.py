@@ -20,7 +20,7 @@ import pytest
 import tensorflow as tf
 from scipy.stats import spearmanr
 
-from medseq.components.train.dataset import parse_examples, record_spec, split_files
+from medseq.components.io.examples import parse_examples, record_spec, split_files
 from medseq.pipeline import features as F
 
 pytestmark = pytest.mark.slow

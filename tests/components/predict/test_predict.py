@@ -13,8 +13,8 @@ import tensorflow as tf
 
 from helpers import KEY, SAMPLES
 from medseq.components import predict
-from medseq.components.ingest import deid
-from medseq.components.train.dataset import split_files
+from medseq.components.io import deid
+from medseq.components.io.examples import split_files
 from medseq.pipeline import features as F
 
 
@@ -133,7 +133,7 @@ def test_explain_gives_one_importance_per_valid_frame(trained, folder_with_a_bro
     # Where in the frames: a Grad-CAM array per series and a PNG of the frames that drove it.
     from PIL import Image
 
-    from medseq.components.train.export import load_spec
+    from medseq.components.io.examples import load_spec
 
     for entry, frames in zip(explained, valid, strict=True):
         attribution = np.load(out.parent / entry["attribution"])
@@ -146,7 +146,7 @@ def test_explain_gives_one_importance_per_valid_frame(trained, folder_with_a_bro
 
 
 def _preprocess(model_dir: str):
-    from medseq.components.train.export import load_spec
+    from medseq.components.io.examples import load_spec
     from medseq.pipeline.config import PreprocessConfig, from_dict
 
     return from_dict(PreprocessConfig, load_spec(model_dir).preprocess)
@@ -162,7 +162,7 @@ def test_predict_prepares_a_4d_folder_as_ingest_records_it(config, tmp_path, fou
     import tensorflow as tf
 
     from helpers import KEY, convert, write_cine_sax
-    from medseq.components.ingest import deid
+    from medseq.components.io import deid
 
     uid = write_cine_sax(tmp_path / "in", one_series=True)
     labels = tmp_path / "labels.csv"

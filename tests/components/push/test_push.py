@@ -17,10 +17,9 @@ import tensorflow as tf
 from helpers import IN_PROCESS, auc_gate
 from medseq.components import push
 from medseq.components.evaluate import evaluate
+from medseq.components.io.examples import load_spec, split_files
 from medseq.components.push.model_card import CARD_FILE
 from medseq.components.push.warmup import WARMUP_FILE, read_warmup, run_request
-from medseq.components.train.dataset import split_files
-from medseq.components.train.export import load_spec
 from medseq.pipeline import features as F
 from medseq.pipeline.errors import InputError, StageFailed
 from medseq.pipeline.fingerprints import tree_fingerprint
@@ -95,7 +94,7 @@ def test_warmup_is_synthetic_one_request_per_signature_and_batch_size(blessed, t
 
 
 def test_push_formats_ship_gated_artifacts_inside_the_version(blessed, trained, cine_records, tmp_path):
-    from medseq.components.export import runtimes
+    from medseq.components.model import runtimes
 
     with pytest.raises(InputError, match="needs the records"):
         push.push(trained.model_dir, blessed.out, tmp_path / "s", "m", formats=("onnx:fp32",))

@@ -16,9 +16,9 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
-from medseq.components.train.dataset import RecordSpec
-from medseq.components.train.export import export_saved_model
-from medseq.components.train.model import build_model
+from medseq.components.io.examples import RecordSpec
+from medseq.components.model.network import build_model
+from medseq.components.model.saved_model import export_saved_model
 from medseq.pipeline import features as F
 from medseq.pipeline.config import TrainConfig
 

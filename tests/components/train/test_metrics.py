@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from medseq.components.train.metrics import auc, auc_from_histograms, binary_auc, class_weights, histograms
+from medseq.components.model.metrics import auc, auc_from_histograms, binary_auc, class_weights, histograms
 from medseq.pipeline.errors import ConfigError
 
 

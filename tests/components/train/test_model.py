@@ -9,9 +9,9 @@ import keras
 import numpy as np
 import pytest
 
+from medseq.components.io.examples import RecordSpec
+from medseq.components.model.network import build_model
 from medseq.components.train import train
-from medseq.components.train.dataset import RecordSpec
-from medseq.components.train.model import build_model
 from medseq.pipeline import features as F
 from medseq.pipeline.config import TrainConfig
 from medseq.pipeline.errors import ConfigError
@@ -45,7 +45,7 @@ def test_lstm_stacks_and_bidirectional_layers_keep_the_cudnn_path():
 
 
 def test_the_lstm_sees_a_change_between_frames_whatever_its_scale():
-    from medseq.components.train.model import SequenceStandardization
+    from medseq.components.model.network import SequenceStandardization
 
     features = np.array([[[1.0], [2.0], [3.0], [0.0]], [[10.0], [20.0], [30.0], [0.0]]], np.float32)
     mask = np.array([[True, True, True, False]] * 2)

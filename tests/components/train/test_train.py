@@ -19,9 +19,9 @@ import yaml
 
 from helpers import IN_PROCESS, convert
 from medseq.components import train
-from medseq.components.train.dataset import eval_dataset, record_spec, split_files
+from medseq.components.io.examples import eval_dataset, load_spec, record_spec, split_files
+from medseq.components.model.saved_model import export_saved_model
 from medseq.components.train.executor import Trainer, make_strategy
-from medseq.components.train.export import export_saved_model, load_spec
 from medseq.components.train.progress import HISTORY_FILE
 from medseq.pipeline import features as F
 from medseq.pipeline.config import TrainConfig

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from helpers import IN_PROCESS
-from medseq.components.ingest.records import write_tfrecords
+from medseq.components.io.records import write_tfrecords
 from medseq.components.validate import validate
 from medseq.components.validate.schema import load_schema
 from medseq.pipeline import features as F

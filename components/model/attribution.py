@@ -16,7 +16,7 @@ does not; and it is class-discriminative. Its price is resolution: the maps are 
 W/8 with the shipped three blocks, so it shows a region, not a pixel's edge.
 
 The computation lives in the SavedModel as the `explain_frames` signature, beside
-`predict_frames` (export.py), so TF Serving's clients get it too; `medseq predict
+`predict_frames` (saved_model.py), so TF Serving's clients get it too; `medseq predict
 --explain` calls it.
 """
 
@@ -28,7 +28,7 @@ import keras
 import tensorflow as tf
 
 from ...pipeline import features as F
-from .model import FEATURE_MAPS
+from .network import FEATURE_MAPS
 
 
 def grad_cam(model: keras.Model) -> Callable[[tf.Tensor, tf.Tensor], dict[str, tf.Tensor]]:

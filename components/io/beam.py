@@ -1,5 +1,10 @@
-"""Beam as medseq starts it: the default runner options, and Beam imported without the
-optional integrations `medseq convert` never uses.
+"""Beam as medseq starts it, for every stage: one pipeline factory (`pipeline`) that
+applies the default runner, imports Beam lean and reads options through Beam's own
+`PipelineOptions`; and the DoFns that read or write a job's paths on any filesystem.
+
+Ingest, its DICOMweb fetch, validate and evaluate build their pipelines here and
+nowhere else (TFX's `_make_beam_pipeline()`), so an option given once reaches each of
+them and none runs on Beam's switching DirectRunner.
 
 `import apache_beam` imports every IO module whose client library is installed. With
 TFMA's dependencies that includes BigQuery's client, which imports tqdm's notebook
@@ -13,10 +18,12 @@ Beam as it is.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 OPTIONAL = ("google.cloud.bigquery", "google.cloud.pubsub", "IPython", "ipywidgets", "pandas")
 
@@ -50,26 +57,36 @@ def _unblock(names: list[str]) -> None:
 FN_API_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 
 
-def beam_option(beam_args: Sequence[str], name: str) -> str | None:
-    """The value of Beam option `name` (e.g. "temp_location") in `beam_args`, given as
-    `--name=value` or `--name value` (Beam reads both); the last one wins, as in Beam."""
-    flag = f"--{name}"
-    found = None
-    for i, arg in enumerate(beam_args):
-        if arg.startswith(flag + "="):
-            found = arg.split("=", 1)[1]
-        elif arg == flag and i + 1 < len(beam_args):
-            found = beam_args[i + 1]
-    return found
+def options(beam_args: Sequence[str]) -> Any:
+    """`beam_args` parsed by Beam itself: read a value as Beam does, through a view
+    (`options(args).view_as(S3Options).s3_endpoint_url`); both `--name=value` and
+    `--name value` are understood, the last one wins."""
+    import_beam_without_optional_io()
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    return PipelineOptions(list(beam_args))
 
 
 def default_beam_args(beam_args: Sequence[str], small_input: bool = False) -> list[str]:
     """Any runner's options pass through. Without a runner: the FnApiRunner, in-process
     for a small local input, else with one worker process per core."""
+    from apache_beam.options.pipeline_options import StandardOptions
+
     args = list(beam_args)
-    if any(a == "--runner" or a.startswith("--runner=") for a in args):
+    if options(args).view_as(StandardOptions).runner:
         return args
     if small_input:
         return [*args, f"--runner={FN_API_RUNNER}", "--direct_running_mode=in_memory", "--direct_num_workers=1"]
     return [*args, f"--runner={FN_API_RUNNER}", "--direct_running_mode=multi_processing",
             f"--direct_num_workers={os.cpu_count() or 1}"]
+
+
+@contextlib.contextmanager
+def pipeline(beam_args: Sequence[str], small_input: bool = False) -> Iterator[Any]:
+    """A Beam pipeline with medseq's defaults (`default_beam_args`), run when the block
+    ends: every Beam pipeline medseq runs is made here."""
+    import_beam_without_optional_io()
+    import apache_beam as beam
+
+    with beam.Pipeline(options=options(default_beam_args(beam_args, small_input))) as built:
+        yield built

@@ -10,8 +10,8 @@ from urllib.parse import urlsplit
 
 from ...pipeline.console import BeamJobMessages
 from ...pipeline.errors import InputError, MedseqError, RunnerFailed
-from ...pipeline.lean_beam import beam_option
 from . import storage
+from .beam import options
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:
@@ -97,7 +97,9 @@ def check_endpoint(beam_args: Sequence[str], paths: Sequence[str]) -> None:
     before Beam's S3 client retries it for minutes."""
     if not any(p.startswith("s3://") for p in paths):
         return
-    url = beam_option(beam_args, "s3_endpoint_url")
+    from apache_beam.options.pipeline_options import S3Options
+
+    url = options(beam_args).view_as(S3Options).s3_endpoint_url
     if not url:
         return  # AWS's own endpoints
     parts = urlsplit(url)

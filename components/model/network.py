@@ -23,7 +23,7 @@ from keras import layers, ops
 from ...pipeline import features as F
 from ...pipeline.config import TrainConfig
 from ...pipeline.errors import ConfigError
-from .dataset import RecordSpec
+from ..io.examples import RecordSpec
 
 # keras.applications backbones (always built with weights=None: nothing is downloaded).
 # They expect three channels in [0, 255], like the ImageNet weights a user may load.

@@ -17,17 +17,13 @@ import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import keras
 import tensorflow as tf
 
 from ...pipeline import features as F
-from ...pipeline.errors import InputError
+from ..io.examples import SPEC_FILE, RecordSpec, parse_examples
 from .attribution import grad_cam
-from .dataset import RecordSpec, parse_examples
-
-SPEC_FILE = "medseq_spec.json"
 
 
 def _outputs(probabilities: tf.Tensor, spec: RecordSpec) -> dict[str, tf.Tensor]:
@@ -94,21 +90,3 @@ def export_saved_model(model: keras.Model, spec: RecordSpec, path: str | Path,
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
     return path
-
-
-def load_spec_json(model_dir: str | Path) -> dict[str, Any]:
-    """assets.extra/medseq_spec.json of a medseq SavedModel; for a file (an artifact of
-    `medseq export`), the medseq_spec.json beside it."""
-    model_dir = Path(model_dir)
-    path = model_dir.parent / SPEC_FILE if model_dir.is_file() else model_dir / "assets.extra" / SPEC_FILE
-    if not path.exists():
-        raise InputError(f"{model_dir}: expected a SavedModel written by `medseq train` (with assets.extra/"
-                         f"{SPEC_FILE}) or an artifact of `medseq export` ({SPEC_FILE} beside it), found none")
-    data: dict[str, Any] = json.loads(path.read_text())
-    return data
-
-
-def load_spec(model_dir: str | Path) -> RecordSpec:
-    data = load_spec_json(model_dir)
-    return RecordSpec.of_shape(data["shape"], data["dtype"], tuple(data["classes"]), data.get("preprocess", {}),
-                               data.get("pixel_phi", {}), data.get("input_limits", {}))

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..train.metrics import binary_auc
+from .metrics import binary_auc
 
 Interval = tuple[float, float]
 
@@ -57,24 +57,30 @@ def multiclass_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float
             "sparse_categorical_accuracy": _ratio(float(np.sum(probs.argmax(-1) == labels)), len(labels))}
 
 
+def percent(level: float) -> str:
+    """A confidence level as people write it: 0.95 -> '95%', 0.975 -> '97.5%'."""
+    return f"{level * 100:.10g}%"
+
+
 def metrics_of(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return binary_metrics(probs, labels) if probs.shape[1] == 2 else multiclass_metrics(probs, labels)
 
 
-def bootstrap_intervals(probs: np.ndarray, labels: np.ndarray, seed: int, samples: int = 1000,
-                        level: float = 0.95, metrics: Callable[..., dict[str, float]] = metrics_of,
-                        ) -> dict[str, Interval]:
-    """Percentile intervals of every metric over series resampled with replacement.
+def bootstrap(statistics: Callable[[np.ndarray], dict[str, float]], n: int, seed: int, samples: int = 1000,
+              level: float = 0.95) -> dict[str, Interval]:
+    """Percentile intervals of each of `statistics(pick)` over `samples` resamples `pick`
+    of the n series, drawn with replacement from a generator seeded by `seed`. The one
+    bootstrap of medseq: evaluate's metric intervals and export's paired AUC change.
 
-    Resamples where a metric is undefined (one class only) are left out of its interval.
+    Resamples where a statistic is undefined (one class only) are left out of its interval.
     """
-    if len(labels) == 0:
+    if n == 0:
         return {}
     rng = np.random.default_rng(seed)
     draws: dict[str, list[float]] = {}
     for _ in range(samples):
-        pick = rng.integers(0, len(labels), len(labels))
-        for name, value in metrics(probs[pick], labels[pick]).items():
+        pick = rng.integers(0, n, n)
+        for name, value in statistics(pick).items():
             if np.isfinite(value):
                 draws.setdefault(name, []).append(value)
     tail = (1.0 - level) / 2 * 100
@@ -83,3 +89,10 @@ def bootstrap_intervals(probs: np.ndarray, labels: np.ndarray, seed: int, sample
         low, high = np.percentile(values, [tail, 100 - tail])
         out[name] = (float(low), float(high))
     return out
+
+
+def bootstrap_intervals(probs: np.ndarray, labels: np.ndarray, seed: int, samples: int = 1000,
+                        level: float = 0.95, metrics: Callable[..., dict[str, float]] = metrics_of,
+                        ) -> dict[str, Interval]:
+    """Percentile intervals of every metric over series resampled with replacement."""
+    return bootstrap(lambda pick: metrics(probs[pick], labels[pick]), len(labels), seed, samples, level)
