@@ -8,7 +8,9 @@ Beam job pass every option they do not know to Beam, so any runner's flags work.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
+import io
 import logging
 import os
 import sys
@@ -24,9 +26,31 @@ NOISY_LIBRARIES = ("tensorflow", "keras", "tf_keras", "apache_beam", "tensorflow
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that fails in one line (no usage dump) and suggests the closest flag."""
+    """argparse that fails in one line (no usage dump) and suggests the closest flag. It
+    keeps what it was given through argparse's public calls: each option's flags
+    (`add_argument` returns its Action), the required ones, and each command's parser."""
 
-    extra_flags: tuple[str, ...] = ()
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.flags: list[str] = []  # before argparse's own __init__, which adds -h
+        self.extra_flags: tuple[str, ...] = ()
+        self.required: list[argparse.Action] = []
+        self.commands: dict[str, _Parser] = {}
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        return self._kept(super().add_argument(*args, **kwargs))
+
+    def add_mutually_exclusive_group(self, **kwargs: Any) -> argparse._MutuallyExclusiveGroup:
+        group = super().add_mutually_exclusive_group(**kwargs)
+        add = group.add_argument
+        group.add_argument = lambda *a, **k: self._kept(add(*a, **k))  # type: ignore[method-assign]
+        return group
+
+    def _kept(self, action: argparse.Action) -> argparse.Action:
+        self.flags += action.option_strings
+        if action.required:
+            self.required.append(action)
+        return action
 
     def error(self, message: str) -> NoReturn:
         if "unrecognized arguments:" in message:
@@ -35,38 +59,61 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _with_suggestion(message: str, parser: _Parser) -> str:
-    flags = [o for a in parser._actions for o in a.option_strings] + list(parser.extra_flags)
+    flags = [*parser.flags, *parser.extra_flags]
     unknown = message.split(":", 1)[1].split()
     hints = [h for u in unknown for h in difflib.get_close_matches(u.split("=")[0], flags, n=1)]
     return f"{message} (did you mean {', '.join(hints)}?)" if hints else f"{message} (see --help)"
 
 
-def _beam_flags() -> set[str]:
-    from apache_beam.options.pipeline_options import PipelineOptions
+class UsageError(Exception):
+    """A command line Beam's own parser refuses (its message, one line)."""
 
-    parser = argparse.ArgumentParser(add_help=False)
-    pending = list(PipelineOptions.__subclasses__())
-    while pending:
-        cls = pending.pop()
-        pending.extend(cls.__subclasses__())
-        try:
-            cls._add_argparse_args(parser)  # type: ignore[arg-type]
-        except argparse.ArgumentError:
-            continue  # an option registered by two classes
-    return {o for a in parser._actions for o in a.option_strings}
+
+def unknown_to_beam(args: list[str]) -> list[str]:
+    """The flags of `args` that Beam does not know, as Beam's own parser decides: the
+    options it keeps only when told to keep unknown ones."""
+    from ..components.io.beam import options
+
+    parsed = options(args)
+    beam_log = logging.getLogger("apache_beam.options.pipeline_options")
+    level = beam_log.level
+    beam_log.setLevel(logging.ERROR)  # "Discarding unparseable args": said here in one line instead
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):  # Beam's argparse prints its whole usage first
+            known = parsed.get_all_options(retain_unknown_options=False)
+            everything = parsed.get_all_options(retain_unknown_options=True)
+    except SystemExit:
+        raise UsageError(said.getvalue().strip().splitlines()[-1].split("error: ", 1)[-1]) from None
+    finally:
+        beam_log.setLevel(level)
+    strays = set(everything) - set(known)
+    return [a for a in args if a.startswith("--") and a[2:].split("=", 1)[0].replace("-", "_") in strays]
+
+
+def beam_flags() -> list[str]:
+    """Beam's option names as flags (`--runner`, ...), for suggestions."""
+    from ..components.io.beam import options
+
+    return sorted(f"--{name}" for name in options([]).get_all_options())
 
 
 def split_beam_args(parser: _Parser, rest: list[str]) -> list[str]:
     """Unknown flags are Beam's if Beam knows them; anything else is a typo."""
     if not rest:
         return rest  # no Beam import (about 2 s) to check nothing
-    known = _beam_flags()
-    parser.extra_flags = tuple(sorted(known))
+    parser.extra_flags = tuple(beam_flags())
     for arg in rest:
-        if arg.startswith("--") and arg.split("=", 1)[0] not in known or arg.startswith("-") and arg[1:2] != "-":
+        if arg.startswith("-") and arg[1:2] != "-":
             parser.error(f"unrecognized arguments: {arg}")  # Beam's flags are all long ones
         if not arg.startswith("-") and rest.index(arg) == 0:
             parser.error(f"unrecognized arguments: {arg}")
+    try:
+        strays = unknown_to_beam(rest)
+    except UsageError as exc:  # a Beam option given without its value
+        parser.error(str(exc))
+    for arg in strays:
+        parser.error(f"unrecognized arguments: {arg}")
     from apache_beam.options.pipeline_options import StandardOptions
 
     from ..components.io.beam import options
@@ -249,7 +296,7 @@ def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> _Parser:
     parser = _Parser(prog="medseq", description="DICOM series -> TFRecords -> CNN+LSTM classifier -> TF Serving. "
                      "Every command writes only into folders it owns (new, empty, or written by medseq before).")
     parser.add_argument("--version", action="version", version=f"medseq {__version__}")
@@ -262,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
                      " Options this command does not know are passed to Apache Beam (e.g. --runner=DataflowRunner)."
                      if name in BEAM_COMMANDS else "")
         p = sub.add_parser(name, help=help_text, description=help_text + beam_note)
+        parser.commands[name] = p
         p.set_defaults(func=func)
         # Also after the command: `medseq convert ... -v` (SUPPRESS: absent, the top-level value stays).
         p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
@@ -396,10 +444,10 @@ def _quiet_libraries(verbose: bool) -> None:
         warnings.filterwarnings("ignore", module=rf"{library}(\..*)?")
 
 
-def _relax_required(parser: argparse.ArgumentParser) -> None:
+def _relax_required(parser: _Parser) -> None:
     """--print-config needs no inputs: the commands' required options become optional."""
-    for sub_parser in parser._subparsers._group_actions[0].choices.values():  # type: ignore[union-attr]
-        for action in sub_parser._actions:
+    for sub_parser in parser.commands.values():
+        for action in sub_parser.required:
             action.required = False
 
 
@@ -421,7 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .console import filter_native_logs
 
         filter_native_logs()
-    sub_parser = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr,index]
+    sub_parser = parser.commands[args.command]
     if args.command in BEAM_COMMANDS:
         beam_args = split_beam_args(sub_parser, rest)
     elif rest:

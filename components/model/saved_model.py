@@ -33,6 +33,22 @@ def _outputs(probabilities: tf.Tensor, spec: RecordSpec) -> dict[str, tf.Tensor]
     return out
 
 
+def inner_layers(layer: keras.Layer) -> list[keras.Layer]:
+    """Every layer inside `layer`, each once, through Keras' public attributes: a model's
+    `layers`, a wrapper's `layer` (TimeDistributed) and a Bidirectional's two copies."""
+    found: dict[int, keras.Layer] = {}
+    pending = [layer]
+    while pending:
+        current = pending.pop()
+        children = [*getattr(current, "layers", ()),
+                    *(getattr(current, name, None) for name in ("layer", "forward_layer", "backward_layer"))]
+        for child in children:
+            if isinstance(child, keras.Layer) and id(child) not in found and child is not layer:
+                found[id(child)] = child
+                pending.append(child)
+    return list(found.values())
+
+
 @contextlib.contextmanager
 def portable_lstm(model: keras.Model, unroll: bool = False) -> Iterator[None]:
     """Every LSTM of `model` traced with its portable kernel while in the block, and
@@ -44,8 +60,7 @@ def portable_lstm(model: keras.Model, unroll: bool = False) -> Iterator[None]:
     keeps the fused kernel; the served graphs never hold it, whatever host exported them
     (tests/components/train/test_export.py traces as if on a GPU and scans every graph).
     """
-    lstms = [layer for layer in model._flatten_layers(include_self=False, recursive=True)
-             if isinstance(layer, keras.layers.LSTM)]
+    lstms = [layer for layer in inner_layers(model) if isinstance(layer, keras.layers.LSTM)]
     before = [(layer.use_cudnn, layer.unroll) for layer in lstms]
     for layer in lstms:
         layer.use_cudnn, layer.unroll = False, unroll or layer.unroll

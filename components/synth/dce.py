@@ -38,7 +38,7 @@ def dce_frames(rng: np.random.Generator, scanner: phantoms.Scanner, matrix: int,
     """(slices, phases, matrix, matrix) MR signal and the pixel spacing: a breast outline of
     tissue and a lesion on every slice, its size changing along z."""
     spacing = rng.uniform(160.0, 220.0) / matrix
-    rows, cols = phantoms._grid(matrix, spacing)
+    rows, cols = phantoms.grid(matrix, spacing)
     body_a, body_b = rng.uniform(60, 80), rng.uniform(70, 90)
     breast = ((rows - 20.0) / body_a) ** 2 + (cols / body_b) ** 2 <= 1.0
     center = (rng.uniform(-10, 30), rng.uniform(-30, 30))

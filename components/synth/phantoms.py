@@ -40,7 +40,7 @@ class CineTruth:
     pixel_spacing: float
 
 
-def _grid(matrix: int, spacing: float) -> tuple[np.ndarray, np.ndarray]:
+def grid(matrix: int, spacing: float) -> tuple[np.ndarray, np.ndarray]:
     coords = (np.arange(matrix, dtype=np.float32) - (matrix - 1) / 2) * spacing
     return np.meshgrid(coords, coords, indexing="ij")  # (row mm, col mm)
 
@@ -77,7 +77,7 @@ def cine_frames(
     `noise_rng` draws the slice's own noise, `rng` giving every slice the same heart.
     """
     spacing = rng.uniform(*FOV_MM) / matrix
-    rows, cols = _grid(matrix, spacing)
+    rows, cols = grid(matrix, spacing)
     cavity = float(np.exp(rng.uniform(*np.log(CAVITY_MM))))
     anchor = rng.uniform(*ANCHOR)
     ed_radius = cavity_scale * cavity * (1.0 - ef) ** (-anchor / 2)  # area scales by (1 - ef) from ED to ES
@@ -138,7 +138,7 @@ def ct_slab(
     fov = rng.uniform(320.0, 380.0)
     spacing = fov / matrix
     dz = float(rng.choice(SLICE_MM))
-    rows, cols = _grid(matrix, spacing)
+    rows, cols = grid(matrix, spacing)
     body_a, body_b = rng.uniform(120, 140), rng.uniform(150, 175)
     body = (rows / body_a) ** 2 + (cols / body_b) ** 2 <= 1.0
     lungs = [((rows + 5) / 95.0) ** 2 + ((cols - s * 70.0) / 55.0) ** 2 <= 1.0 for s in (-1, 1)]
@@ -179,6 +179,6 @@ def ct_slab(
 
 def localizer(rng: np.random.Generator, matrix: int) -> np.ndarray:
     """A coronal scout: a body silhouette, enough to look like one."""
-    rows, cols = _grid(matrix, 500.0 / matrix)
+    rows, cols = grid(matrix, 500.0 / matrix)
     img = np.where((rows / 230.0) ** 2 + (cols / 160.0) ** 2 <= 1.0, 600.0, 0.0)
     return (img + rng.normal(0, 20, img.shape)).astype(np.float32)[None]

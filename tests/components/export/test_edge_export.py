@@ -141,7 +141,7 @@ def test_the_export_section_sets_the_gate_from_the_config(capsys, good_model, sy
                       "  confidence_level: 0.8\n  bootstrap_samples: 200\n")
     out = tmp_path / "edge"
     assert cli.main(["export", "--config", str(config), "--model", str(Path(good_model).parent), "--examples",
-                     str(synthetic_records), "--format", "onnx", "--precision", "fp32", "--out", str(out)]) == 0
+                     str(synthetic_records), "--format", "onnx", "--precision", "fp32", "--out", str(out)]) == 1
     captured = capsys.readouterr()
     assert "export: 0 of 1 artifact(s) written" in captured.out, captured
     assert "above the fp32 tolerance 1e-30" in captured.out and ", 80% [" in captured.out, captured.out
