@@ -260,7 +260,7 @@ def cmd_predict(args: argparse.Namespace, _: list[str]) -> int:
     from ..components import predict
     from ..components.preprocessing.reasons import DUPLICATE_INSTANCE
 
-    results = predict.predict(args.model, args.input, explain=bool(args.explain))
+    results = predict.predict(args.model, args.input, explain=bool(args.explain), outside_domain=args.outside_domain)
     print(predict.json_lines(results) if args.json else predict.table(results))
     if args.explain:
         folder = predict.write_explanation(results, args.explain)
@@ -271,16 +271,20 @@ def cmd_predict(args: argparse.Namespace, _: list[str]) -> int:
     duplicates = sum(r.rejected == DUPLICATE_INSTANCE for r in results)
     files = sum(not r.series_key for r in results)
     series = len(results) - files - duplicates
-    failed = sum(r.rejected not in (None, DUPLICATE_INSTANCE) for r in results if r.series_key)
+    outside = sum(r.rejected == predict.OUTSIDE_DOMAIN for r in results)
+    failed = sum(r.rejected not in (None, DUPLICATE_INSTANCE, predict.OUTSIDE_DOMAIN) for r in results if r.series_key)
     if files:
         print(f"predict: {files} file(s) are no part of a series and were not read (reasons above)",
               file=sys.stderr)
+    if outside:
+        print(f"predict: {outside} of {series} series are outside the model's training domain and were not "
+              "predicted (reasons above)", file=sys.stderr)
     if duplicates:
         print(f"predict: {duplicates} file(s) repeat another file's instance; one copy of each was used "
               "(reasons above)", file=sys.stderr)
     if failed:
         print(f"predict: {failed} of {series} series could not be read (reasons above)", file=sys.stderr)
-    return 1 if failed or not series else 0
+    return 1 if failed or outside or not series else 0
 
 
 def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
@@ -411,6 +415,9 @@ def build_parser() -> _Parser:
                    help="which frames mattered (temporal occlusion), printed and written to FILE (default "
                    "explain.json), and where in them (Grad-CAM: an array and a PNG overlay per series in "
                    "FILE's stem + _attribution/)")
+    p.add_argument("--outside-domain", choices=("refuse", "warn"), default="refuse",
+                   help="a series whose modality, frame axis or colour the model was never trained on: refused "
+                   "as outside_domain (default), or predicted and flagged (warn); unusual values are flagged")
 
     p = add("run", cmd_run, "Run every stage into one run folder: by default on synthetic cine MR that the "
             "shipped config's `synth` section generates there; `input`/`labels` in a --config for your DICOM.")

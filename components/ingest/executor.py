@@ -202,6 +202,7 @@ def merge_side_files(staging: str, classes: tuple[str, ...], config: dict[str, A
         "labels": {s: dict(sorted(Counter(r["label"] for r in index if r["split"] == s).items())) for s in F.SPLITS},
         "modalities": dict(sorted(Counter(r["modality"] for r in index).items())),
         "manufacturers": dict(sorted(Counter(r["manufacturer"] for r in index).items())),
+        "colours": dict(sorted(Counter(r.get("colour", "grey") for r in index).items())),  # of the source pixels
         "rejected": dict(sorted(Counter(r["reason"] for r in rejected).items())),
         # Every input file is accounted for: in a record, or on a line of rejected.jsonl.
         "files": {"in_records": sum(r["files"] for r in index), "rejected": sum(r["files"] for r in rejected)},

@@ -27,6 +27,7 @@ from ...pipeline.config import SAFE_PIXEL_PHI, PixelPhiConfig, PreprocessConfig,
 from ..io import deid, storage
 from ..io.records import encode_example, write_tfrecords
 from ..preprocessing import reasons
+from ..preprocessing.decode import is_colour
 from ..preprocessing.geometry import OrderedSeries
 from ..preprocessing.headers import FileHeader, read_header
 from ..preprocessing.limits import DEFAULT_LIMITS, InputLimits
@@ -83,11 +84,13 @@ class Record:
     # positions; the attribute that ordered time).
     four_d: tuple[int, int, str] | None = None
     pixel_phi: tuple[str, ...] = ()  # what ingest.pixel_phi did to let it in (pixel_phi.DECISIONS)
+    colour: str = "grey"  # of the source pixels (decode.is_colour): "grey" or "colour"
 
     def index_line(self) -> str:
         line: dict[str, Any] = {"split": self.split, "series_key": self.series_key, "label": self.label,
                                 "modality": self.modality, "manufacturer": self.manufacturer,
-                                "valid_frames": self.valid_frames, "files": self.files, "bytes": self.nbytes}
+                                "valid_frames": self.valid_frames, "files": self.files, "bytes": self.nbytes,
+                                "colour": self.colour}
         if self.four_d is not None:
             line["four_d"] = list(self.four_d)
         if self.pixel_phi:
@@ -431,7 +434,7 @@ class BuildRecordStep(PrepareSeriesStep):
             F.SERIES_KEY: series_key.encode(),
             F.PATIENT_KEY: deid.keyed_hash(self.key, "patient", first.patient_id).encode(),
             F.MODALITY: first.modality.encode(),
-            F.MANUFACTURER: _vendor(first.manufacturer).encode(),
+            F.MANUFACTURER: vendor(first.manufacturer).encode(),
             F.SITE: deid.keyed_hash(self.key, "site", first.institution)[:16].encode(),
             F.SPACING: np.asarray(prepared.spacing, np.float32),
             F.FRAME_AXIS: ordered.axis.encode(),
@@ -443,12 +446,17 @@ class BuildRecordStep(PrepareSeriesStep):
         self.counts.update("valid_frames", prepared.valid_frames)
         self.progress.add("series")
         record = Record(self._split_of(first.patient_id), series_key, label, first.modality,
-                        _vendor(first.manufacturer), prepared.valid_frames, files, content_key(prepared, label),
-                        len(example), four_d, prepared.pixel_phi)
+                        vendor(first.manufacturer), prepared.valid_frames, files, content_key(prepared, label),
+                        len(example), four_d, prepared.pixel_phi, source_colour(first))
         if not self.spills:
             return Placed(record, example)
         self._spill = self._spill or _Spill.new(self.staging)
         return Placed(record, (self._spill.path, self._spill.write(example), len(example)))
+
+
+def source_colour(header: FileHeader) -> str:
+    """`colour` for colour pixels (RGB, YBR, a palette), `grey` for monochrome ones."""
+    return "colour" if is_colour(header) else "grey"
 
 
 def content_key(prepared: Prepared, label: str) -> str:
@@ -458,7 +466,7 @@ def content_key(prepared: Prepared, label: str) -> str:
     return digest.hexdigest()
 
 
-def _vendor(manufacturer: str) -> str:
+def vendor(manufacturer: str) -> str:
     """Manufacturer names vary in case and suffix between exports; keep a stable slice value."""
     name = manufacturer.strip().upper()
     return name.split()[0] if name else "UNKNOWN"

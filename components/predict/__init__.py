@@ -12,7 +12,7 @@ import numpy as np
 
 from ...pipeline.errors import InputError
 from ..io.output_lock import claim
-from .executor import Prediction, predict, prepare_folder
+from .executor import OUTSIDE_DOMAIN, Prediction, predict, prepare_folder
 
 TOP_FRAMES = 3
 
@@ -28,7 +28,8 @@ def table(results: list[Prediction]) -> str:
     head = ["series", "series_key", "predicted", *classes]
     rows = [[r.series, r.series_key[:16], r.label or "-",
              *([f"{r.probabilities[c]:.4f}" for c in classes] if r.probabilities else ["-"] * len(classes)),
-             f"rejected {r.rejected}: {r.message}" if r.rejected else ""] for r in results]
+             f"rejected {r.rejected}: {r.message}" if r.rejected else
+             f"domain: {'; '.join(r.domain)}" if r.domain else ""] for r in results]
     widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(row, [*widths, 0], strict=False)).rstrip() for row in [head, *rows]]
     return "\n".join(lines)
@@ -90,5 +91,5 @@ def _refuse_foreign_file(path: Path) -> None:
                          "--explain (medseq never overwrites what it did not write)")
 
 
-__all__ = ["Prediction", "explanation", "json_lines", "predict", "prepare_folder", "table",
+__all__ = ["OUTSIDE_DOMAIN", "Prediction", "explanation", "json_lines", "predict", "prepare_folder", "table",
            "write_explanation"]

@@ -7,6 +7,7 @@ series that cannot be read gets its rejection reason; the others still get predi
 
 from __future__ import annotations
 
+import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,15 +26,20 @@ from ..ingest.steps import (
     PrepareSeriesStep,
     ReadHeaderStep,
     RejectedRow,
-    series_folder,
+    source_colour,
+    vendor,
 )
 from ..ingest.steps import PreparedSeries as PreparedSeriesOf
 from ..io import deid, storage
+from ..model.domain import SeriesFacts, findings
 from ..preprocessing import reasons
 from ..preprocessing.headers import FileHeader
 from ..preprocessing.limits import DEFAULT_LIMITS, InputLimits
 from ..preprocessing.reasons import Rejected
 from ..preprocessing.transform import Prepared
+
+OUTSIDE_DOMAIN = "outside_domain"  # a series the model was never trained on (model/domain.py)
+OUTSIDE_DOMAIN_POLICIES = ("refuse", "warn")
 
 if TYPE_CHECKING:
     from ..model.runtimes import Predict
@@ -47,6 +53,9 @@ class Prediction:
     probabilities: dict[str, float]
     rejected: str | None = None  # reason code when the series (or, series_key "", a file) could not be read
     message: str = ""  # what was expected and found, for a rejected series
+    # Where the series differs from the model's training domain (model/domain.py): what was
+    # never seen (only with outside_domain="warn"; else the series is rejected) and what is unusual.
+    domain: tuple[str, ...] = ()
     frame_importance: tuple[float, ...] = field(default=(), repr=False)  # --explain: one per valid frame
     # --explain: Grad-CAM of the predicted class, (T, [D,] H, W) in [0, 1], and the frames it
     # is of (the model's input), for the overlays; None for a model without explain_frames.
@@ -59,6 +68,8 @@ class Prediction:
                     "message": self.message}
         out: dict[str, object] = {"series": self.series, "series_key": self.series_key, "label": self.label,
                                   "probabilities": self.probabilities}
+        if self.domain:
+            out["domain"] = list(self.domain)
         if self.frame_importance:
             out["frame_importance"] = list(self.frame_importance)
         return out
@@ -69,6 +80,7 @@ class PreparedSeries:
     where: str
     series_key: str
     item: Prepared | Rejected
+    facts: SeriesFacts | None = None  # what the domain check reads (None for a rejected item)
 
 
 def prepare_folder(root: str | Path, config: PreprocessConfig, key: bytes | None = None,
@@ -111,10 +123,15 @@ def prepare_folder(root: str | Path, config: PreprocessConfig, key: bytes | None
             out.append(PreparedSeries(name(item.path, item.identifiers), item.series_key,
                                       Rejected(item.reason, item.message)))
             continue
-        where, position = name(series_folder(item.headers, folder)), item.ordered.position
+        paths = sorted(h.path for h in item.headers)  # the folder the series' files share ("." for the input's own)
+        where = name(deid.relative(os.path.commonpath(paths) if len(paths) > 1 else paths[0], folder))
+        position = item.ordered.position
+        first = item.headers[0]
+        facts = SeriesFacts(first.modality, vendor(first.manufacturer), source_colour(first), item.ordered.axis,
+                            item.prepared.valid_frames, tuple(item.prepared.spacing))
         out.append(PreparedSeries(where if position is None else f"{where}#position{position}",
                                   deid.keyed_hash(key, "series", deid.record_source(item.source, position)),
-                                  item.prepared))
+                                  item.prepared, facts))
     return out
 
 
@@ -132,12 +149,19 @@ def frame_importance(run: Predict, prepared: Prepared, target: int) -> tuple[flo
     return tuple(float(p_full - p) for p in without[:, target])
 
 
-def predict(model_dir: str | Path, root: str | Path, explain: bool = False) -> list[Prediction]:
+def predict(model_dir: str | Path, root: str | Path, explain: bool = False,
+            outside_domain: str = "refuse") -> list[Prediction]:
     """Predictions for every series under `root`, in folder order, by a SavedModel or by a
-    LiteRT or ONNX artifact of `medseq export` (no Grad-CAM there: it needs gradients)."""
+    LiteRT or ONNX artifact of `medseq export` (no Grad-CAM there: it needs gradients).
+    A series outside the model's training domain (a modality, frame axis or colour it was
+    never trained on) is rejected as `outside_domain`, or with `outside_domain="warn"`
+    predicted and flagged; unusual values are flagged either way."""
+    if outside_domain not in OUTSIDE_DOMAIN_POLICIES:
+        raise InputError(f"--outside-domain: expected one of {', '.join(OUTSIDE_DOMAIN_POLICIES)}, "
+                         f"found {outside_domain!r}")
     import tensorflow as tf
 
-    from ..io.examples import load_spec
+    from ..io.examples import load_spec, load_spec_json
     from ..model import runtimes
 
     spec = load_spec(model_dir)
@@ -153,8 +177,13 @@ def predict(model_dir: str | Path, root: str | Path, explain: bool = False) -> l
         run = runtimes.signature(signatures[F.FRAMES_SIGNATURE])
         spatial = signatures.get(F.EXPLAIN_SIGNATURE) if explain else None  # absent in models before it
     results = []
+    domain = load_spec_json(model_dir).get("training", {}).get("domain")  # absent in models before it
     for series in prepare_folder(root, config, phi=phi, limits=limits):
         item = series.item
+        found = findings(domain, series.facts) if domain and series.facts is not None else None
+        if found is not None and found.hard and outside_domain == "refuse":
+            item = Rejected(OUTSIDE_DOMAIN, f"outside the model's training domain: {'; '.join(found.hard)} "
+                            "(--outside-domain warn predicts it anyway)")
         if isinstance(item, Rejected):
             results.append(Prediction(series.where, series.series_key, None, {}, item.code, item.message))
             continue
@@ -167,6 +196,7 @@ def predict(model_dir: str | Path, root: str | Path, explain: bool = False) -> l
                                   valid_frames=tf.constant([item.valid_frames]))[F.ATTRIBUTION].numpy()[0]
         results.append(Prediction(series.where, series.series_key, spec.classes[target],
                                   {c: float(p) for c, p in zip(spec.classes, probs, strict=True)},
+                                  domain=(*found.hard, *found.soft) if found is not None else (),
                                   frame_importance=importance, attribution=attribution,
                                   frames=item.frames if attribution is not None else None))
     return results

@@ -21,6 +21,7 @@ from ...pipeline.config import TrainConfig, to_dict
 from ...pipeline.errors import ConfigError, InputError
 from ...pipeline.fingerprints import files_fingerprint
 from ..io.examples import RecordSpec, eval_dataset, label_counts, record_spec, split_count, split_files
+from ..model.domain import training_domain
 from ..model.metrics import auc_from_histograms, class_weights
 from ..model.saved_model import export_saved_model
 from .dataset import StreamPosition, train_stream
@@ -170,7 +171,8 @@ def train(examples_dir: str | Path, out: str | Path, config: TrainConfig) -> Tra
     best = checkpoints.restore_best()
     model_dir = _worker_dir(out / "model", strategy)
     training = {"records": files_fingerprint(train_files), "epochs": int(state.epochs_done.numpy()), "steps": step,
-                "best_epoch": int(state.best_epoch.numpy()) if best else None, "config": to_dict(config)}
+                "best_epoch": int(state.best_epoch.numpy()) if best else None, "config": to_dict(config),
+                "domain": training_domain(train_files, examples_dir)}
     export_saved_model(trainer.model, spec, model_dir, training)
     if best and chief:
         print(f"train: exported epoch {int(state.best_epoch.numpy())} ({config.monitor} "

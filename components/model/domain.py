@@ -1,0 +1,123 @@
+"""The training domain a model carries, and the check of a new series against it.
+
+At train time the model records what it was trained on (`training_domain`): the
+modalities, frame axes, source colours and manufacturers of its training records, and
+the ranges of their valid frames, in-plane pixel spacing and frame interval (slice mm or
+frame ms, by frame axis). It travels in the model's spec (assets.extra/medseq_spec.json,
+`training.domain`), so every artifact of the model has it, and the model card shows it.
+
+`findings` compares one series with it. A modality, frame axis or colour the model never
+saw is a hard mismatch: `medseq predict` refuses the series (`outside_domain`, with what
+it found and what the model was trained on) unless told to warn. A manufacturer never
+seen, or a value outside a trained range widened by `RANGE_SLACK`, is soft: the series is
+predicted and flagged.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ...pipeline import features as F
+
+RANGE_SLACK = 0.25  # a range is widened by a quarter of each end before a value is flagged
+
+
+@dataclass(frozen=True)
+class SeriesFacts:
+    """What the domain check reads of one prepared series."""
+
+    modality: str
+    manufacturer: str
+    colour: str  # "grey" or "colour", of the source pixels
+    frame_axis: str  # time, space or index
+    valid_frames: int
+    spacing: tuple[float, ...]  # row mm, column mm, slice mm or frame ms (the record's `spacing`)
+
+
+@dataclass(frozen=True)
+class Findings:
+    hard: tuple[str, ...]  # never seen: the series is outside the domain
+    soft: tuple[str, ...]  # unusual: predicted, flagged
+
+
+def _range(values: Sequence[float]) -> list[float] | None:
+    finite = [float(v) for v in values if v == v and v > 0]  # NaN and 0: not recorded
+    return [min(finite), max(finite)] if finite else None
+
+
+def training_domain(train_files: Sequence[str], examples_dir: str | Path) -> dict[str, Any]:
+    """The domain of the records in `train_files` (one pass over their small features)
+    and the source colours of the ingest output's qc.json."""
+    import tensorflow as tf
+
+    features = {F.MODALITY: tf.io.FixedLenFeature([], tf.string, default_value=b""),
+                F.MANUFACTURER: tf.io.FixedLenFeature([], tf.string, default_value=b""),
+                F.FRAME_AXIS: tf.io.FixedLenFeature([], tf.string, default_value=F.AXIS_INDEX),
+                F.VALID_FRAMES: tf.io.FixedLenFeature([], tf.int64, default_value=0),
+                F.SPACING: tf.io.VarLenFeature(tf.float32)}
+    modalities, manufacturers, axes, frames = set(), set(), set(), []
+    in_plane: list[float] = []
+    interval: dict[str, list[float]] = {}
+    def parse(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+        parsed = tf.io.parse_example(serialized, features)
+        return {**parsed, F.SPACING: tf.sparse.to_dense(parsed[F.SPACING])}
+
+    data = tf.data.TFRecordDataset(list(train_files), compression_type="GZIP").batch(256).map(parse)
+    for batch in data.as_numpy_iterator():
+        for i in range(len(batch[F.VALID_FRAMES])):
+            modalities.add(batch[F.MODALITY][i].decode())
+            manufacturers.add(batch[F.MANUFACTURER][i].decode())
+            axis = batch[F.FRAME_AXIS][i].decode()
+            axes.add(axis)
+            frames.append(int(batch[F.VALID_FRAMES][i]))
+            row = [float(v) for v in batch[F.SPACING][i]]
+            in_plane += row[:2]
+            if len(row) >= 3:
+                interval.setdefault(axis, []).append(row[-1] if axis == F.AXIS_TIME else row[2])
+    qc_path = Path(examples_dir) / F.QC_FILE
+    colours = sorted(json.loads(qc_path.read_text()).get("colours", {"grey": 1})) if qc_path.exists() else ["grey"]
+    return {"modalities": sorted(modalities), "frame_axes": sorted(axes), "colours": colours,
+            "manufacturers": sorted(manufacturers), "valid_frames": _range(frames),
+            "pixel_spacing_mm": _range(in_plane),
+            "frame_interval": {axis: _range(values) for axis, values in sorted(interval.items())},
+            "records": len(frames)}
+
+
+def _outside(value: float, bounds: list[float] | None) -> bool:
+    if bounds is None or not value == value or value <= 0:
+        return False
+    low, high = bounds
+    return value < low * (1 - RANGE_SLACK) or value > high * (1 + RANGE_SLACK)
+
+
+def findings(domain: dict[str, Any], facts: SeriesFacts) -> Findings:
+    """How `facts` compare with a model's `domain` (from `training_domain`)."""
+    hard, soft = [], []
+    for name, value, seen in (("modality", facts.modality, domain.get("modalities")),
+                              ("frame axis", facts.frame_axis, domain.get("frame_axes")),
+                              ("colour", facts.colour, domain.get("colours"))):
+        if seen and value not in seen:
+            hard.append(f"{name} {value}, trained on {', '.join(seen)}")
+    makers = domain.get("manufacturers")
+    if makers and facts.manufacturer not in makers:
+        soft.append(f"manufacturer {facts.manufacturer or 'unknown'}, trained on {', '.join(makers)}")
+    if _outside(facts.valid_frames, domain.get("valid_frames")):
+        soft.append(f"{facts.valid_frames} frames, trained on {_span(domain['valid_frames'])}")
+    if len(facts.spacing) >= 2 and _outside(facts.spacing[0], domain.get("pixel_spacing_mm")):
+        soft.append(f"pixel spacing {facts.spacing[0]:.3g} mm, trained on {_span(domain['pixel_spacing_mm'])} mm")
+    intervals = domain.get("frame_interval", {})
+    if len(facts.spacing) >= 3 and facts.frame_axis in intervals:
+        step = facts.spacing[-1] if facts.frame_axis == F.AXIS_TIME else facts.spacing[2]
+        unit = "ms" if facts.frame_axis == F.AXIS_TIME else "mm"
+        if _outside(step, intervals[facts.frame_axis]):
+            soft.append(f"frame interval {step:.3g} {unit}, trained on {_span(intervals[facts.frame_axis])} {unit}")
+    return Findings(tuple(hard), tuple(soft))
+
+
+def _span(bounds: list[float]) -> str:
+    low, high = bounds
+    return f"{low:.3g}" if low == high else f"{low:.3g}-{high:.3g}"
