@@ -15,10 +15,13 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__, processes
 from .errors import InputError, MedseqError
+
+if TYPE_CHECKING:
+    from .config import PipelineConfig
 
 BEAM_COMMANDS = ("convert", "validate", "train", "evaluate", "run")  # train: Beam's filesystem options
 NOISY_LIBRARIES = ("tensorflow", "keras", "tf_keras", "apache_beam", "tensorflow_model_analysis", "tfx_bsl",
@@ -137,7 +140,7 @@ CONFIG_OPTIONS = (
 PATH_OPTIONS = ("hash_key_file", "eval_config", "schema")
 
 
-def _config(args: argparse.Namespace) -> Any:
+def _config(args: argparse.Namespace) -> PipelineConfig:
     """The effective config of a command: the shipped one, --config over it, then its options."""
     from ..components.io.storage import absolute
     from .config import load_config

@@ -314,9 +314,14 @@ class TrainConfig:
     mixed_precision: str = "off"
     jit_compile: bool = False
     deterministic: bool = True  # tf.config.experimental.enable_op_determinism()
+    # The share of the eval split whose domain score (the distance of the model's own
+    # sequence embedding from the train split's) lies above the threshold predict flags at.
+    domain_false_alarm: float = 0.05
 
     def __post_init__(self) -> None:
         check_choice("train.strategy", self.strategy, STRATEGIES)
+        if not 0 < self.domain_false_alarm < 0.5:
+            raise ConfigError(f"train.domain_false_alarm: expected a share in (0, 0.5), found {self.domain_false_alarm}")
         check_choice("train.encoder", self.encoder, ENCODERS)
         check_choice("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
         check_choice("train.monitor_mode", self.monitor_mode, MONITOR_MODES)

@@ -42,6 +42,7 @@ EXPLAIN_SIGNATURE = "explain_frames"  # predict_frames' outputs plus ATTRIBUTION
 ATTRIBUTION = "attribution"
 PROBABILITIES = "probabilities"
 CLASS_IDS = "class_ids"
+DOMAIN_SCORE = "domain_score"  # how far a series' sequence embedding lies from the training records' (model/domain.py)
 
 # Files every run folder uses.
 QC_FILE = "qc.json"

@@ -28,7 +28,7 @@ def now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
 
 
-def cache_key(stage: str, config: Any, inputs: Mapping[str, Any]) -> str:
+def cache_key(stage: str, config: object, inputs: Mapping[str, Any]) -> str:
     text = json.dumps({"stage": stage, "config": config, "inputs": inputs}, sort_keys=True, default=str)
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 

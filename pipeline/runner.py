@@ -63,8 +63,8 @@ class Runner:
             return name == self.only
         return bool(self.start_from) and STAGES.index(name) >= STAGES.index(self.start_from or "synth")
 
-    def stage(self, name: str, title: str, section: Any, inputs: dict[str, Any], outputs: Callable[[], dict[str, str]],
-              work: Callable[[bool], stages.Result]) -> stages.Result:
+    def stage(self, name: str, title: str, section: object, inputs: dict[str, Any],
+              outputs: Callable[[], dict[str, str]], work: Callable[[bool], stages.Result]) -> stages.Result:
         """Reuses stage `name` when its cache key and outputs are unchanged, else runs `work(resume)`."""
         number = STAGES.index(name)
         if self.only and number > STAGES.index(self.only):

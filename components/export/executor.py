@@ -84,7 +84,9 @@ def _entry(name: str, fmt: str, precision: str, converted: convert.Converted, sp
                        "valid_frames": {"shape": [-1], "dtype": "int32"}},
             "outputs": {"probabilities": {"shape": [-1, len(spec.classes)], "dtype": "float32",
                                           "class_names": list(spec.classes)}},
-            "batch": "any (checked at 1 and 8)", "parity": gate.to_json(), "latency": speed}
+            "batch": "any (checked at 1 and 8)", "parity": gate.to_json(), "latency": speed,
+            # The SavedModel's signatures give `domain_score` (model/domain.py); the artifact does not.
+            "domain_score": "not carried: checked by medseq predict's domain rules only"}
 
 
 def export(model: str | Path, examples_dir: str | Path, out: str | Path, formats: Sequence[tuple[str, str]],

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ...pipeline import features as F
 
 RANGE_SLACK = 0.25  # a range is widened by a quarter of each end before a value is flagged
@@ -94,8 +96,9 @@ def _outside(value: float, bounds: list[float] | None) -> bool:
     return value < low * (1 - RANGE_SLACK) or value > high * (1 + RANGE_SLACK)
 
 
-def findings(domain: dict[str, Any], facts: SeriesFacts) -> Findings:
-    """How `facts` compare with a model's `domain` (from `training_domain`)."""
+def findings(domain: dict[str, Any], facts: SeriesFacts, score: float | None = None) -> Findings:
+    """How `facts` (and the series' domain score, when the model gives one) compare with
+    a model's `domain` (from `training_domain`)."""
     hard, soft = [], []
     for name, value, seen in (("modality", facts.modality, domain.get("modalities")),
                               ("frame axis", facts.frame_axis, domain.get("frame_axes")),
@@ -115,9 +118,69 @@ def findings(domain: dict[str, Any], facts: SeriesFacts) -> Findings:
         unit = "ms" if facts.frame_axis == F.AXIS_TIME else "mm"
         if _outside(step, intervals[facts.frame_axis]):
             soft.append(f"frame interval {step:.3g} {unit}, trained on {_span(intervals[facts.frame_axis])} {unit}")
+    limit = domain.get("score", {}).get("threshold")
+    if score is not None and limit is not None and score > limit:
+        share = domain["score"]["false_alarm"]
+        soft.append(f"domain score {score:.2f} above {limit:.2f} (passed by {share:.0%} of the eval split)")
     return Findings(tuple(hard), tuple(soft))
 
 
 def _span(bounds: list[float]) -> str:
     low, high = bounds
     return f"{low:.3g}" if low == high else f"{low:.3g}-{high:.3g}"
+
+
+# The soft score: how far a series' sequence embedding (what the head reads) lies from
+# the training records' embeddings, as a Mahalanobis distance under a shrunk covariance,
+# per dimension (about 1 for a typical training record). The mean and the inverse
+# covariance are constants of the exported signatures, so every TF Serving client gets
+# `domain_score`; the threshold is set on the eval split at `train.domain_false_alarm`.
+
+
+def embedder(model: Any) -> Any:
+    """The model up to its head: frames, valid_frames -> the sequence embedding."""
+    import keras
+
+    return keras.Model(model.input, model.get_layer(F.PROBABILITIES).input, name="sequence_embedding")
+
+
+def embeddings(model: Any, files: Sequence[str], spec: Any, batch_size: int) -> np.ndarray:
+    from ..io.examples import eval_dataset
+
+    embed = embedder(model)
+    parts = [np.asarray(embed(inputs, training=False), np.float64) for inputs, _ in eval_dataset(list(files), spec,
+                                                                                                 batch_size)]
+    return np.concatenate(parts) if parts else np.zeros((0, int(embed.output.shape[-1])))
+
+
+def reference(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, inverse covariance) of the training embeddings, the covariance shrunk toward
+    its average variance by d / (n + d): a few hundred records fix no 64-dimensional
+    covariance on their own."""
+    n, d = train.shape
+    mean = train.mean(axis=0)
+    centred = train - mean
+    covariance = centred.T @ centred / max(n - 1, 1)
+    average = float(np.trace(covariance)) / d or 1.0
+    shrink = d / (n + d)
+    shrunk = (1 - shrink) * covariance + shrink * average * np.eye(d) + 1e-9 * average * np.eye(d)
+    return mean, np.linalg.inv(shrunk)
+
+
+def scores(embedded: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    centred = embedded - mean
+    return np.sqrt(np.maximum(np.einsum("nd,de,ne->n", centred, precision, centred), 0) / mean.shape[0])
+
+
+def embedding_reference(model: Any, spec: Any, train_files: Sequence[str], eval_files: Sequence[str],
+                        batch_size: int, false_alarm: float) -> tuple[tuple[np.ndarray, np.ndarray], dict[str, Any]]:
+    """The reference the exported signatures score against, and its record in the spec."""
+    train = embeddings(model, train_files, spec, batch_size)
+    mean, precision = reference(train)
+    held_out = embeddings(model, eval_files, spec, batch_size) if eval_files else train
+    on = scores(held_out, mean, precision)
+    threshold = float(np.quantile(on, 1 - false_alarm))
+    return (mean, precision), {
+        "threshold": threshold, "false_alarm": false_alarm, "set_on": "eval" if eval_files else "train",
+        "dimensions": int(mean.shape[0]), "fitted_on_records": int(train.shape[0]),
+        "quantiles": {q: float(np.quantile(on, float(q))) for q in ("0.5", "0.9", "0.95", "0.99")}}

@@ -17,13 +17,16 @@ import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from ...pipeline import features as F
 from ..io.examples import SPEC_FILE, RecordSpec, parse_examples
 from .attribution import grad_cam
+from .domain import embedder
 
 
 def _outputs(probabilities: tf.Tensor, spec: RecordSpec) -> dict[str, tf.Tensor]:
@@ -31,6 +34,20 @@ def _outputs(probabilities: tf.Tensor, spec: RecordSpec) -> dict[str, tf.Tensor]
     if len(spec.classes) == 2:
         out["probability"] = probabilities[:, 1]
     return out
+
+
+def _domain_score(model: keras.Model, reference: tuple[np.ndarray, np.ndarray]) -> Any:
+    """inputs -> the domain score of each series (model/domain.py `scores`, in TensorFlow)."""
+    embed = embedder(model)
+    mean = tf.constant(reference[0], tf.float32)
+    precision = tf.constant(reference[1], tf.float32)
+
+    def score(inputs: dict[str, tf.Tensor]) -> tf.Tensor:
+        centred = tf.cast(embed(inputs, training=False), tf.float32) - mean
+        squared = tf.reduce_sum(tf.matmul(centred, precision) * centred, axis=-1)
+        return tf.sqrt(tf.maximum(squared, 0.0) / float(reference[0].shape[0]))
+
+    return score
 
 
 def inner_layers(layer: keras.Layer) -> list[keras.Layer]:
@@ -72,24 +89,33 @@ def portable_lstm(model: keras.Model, unroll: bool = False) -> Iterator[None]:
 
 
 def export_saved_model(model: keras.Model, spec: RecordSpec, path: str | Path,
-                       training: dict[str, object] | None = None) -> Path:
+                       training: dict[str, object] | None = None,
+                       reference: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
     """Writes a SavedModel (plus assets.extra/medseq_spec.json: the input spec, the
     preprocessing config and `training`, e.g. the training records' fingerprint) to
-    `path`, replacing it."""
+    `path`, replacing it. With `reference` (the training embeddings' mean and inverse
+    covariance, model/domain.py) `serving_default` and `predict_frames` also return
+    `domain_score`."""
     path = Path(path)
     tmp = path.with_name(path.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     archive = keras.export.ExportArchive()
     archive.track(model)
 
+    score = _domain_score(model, reference) if reference is not None else None
+
+    def scored(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        out = _outputs(model(inputs, training=False), spec)
+        if score is not None:
+            out[F.DOMAIN_SCORE] = score(inputs)
+        return out
+
     def serve_examples(examples: tf.Tensor) -> dict[str, tf.Tensor]:
         parsed = parse_examples(examples, spec)
-        probs = model({F.FRAMES: parsed[F.FRAMES], F.VALID_FRAMES: parsed[F.VALID_FRAMES]}, training=False)
-        return _outputs(probs, spec)
+        return scored({F.FRAMES: parsed[F.FRAMES], F.VALID_FRAMES: parsed[F.VALID_FRAMES]})
 
     def serve_frames(frames: tf.Tensor, valid_frames: tf.Tensor) -> dict[str, tf.Tensor]:
-        probs = model({F.FRAMES: frames, F.VALID_FRAMES: valid_frames}, training=False)
-        return _outputs(probs, spec)
+        return scored({F.FRAMES: frames, F.VALID_FRAMES: valid_frames})
 
     frames_inputs = [tf.TensorSpec([None, *spec.shape], tf.dtypes.as_dtype(spec.dtype), name=F.FRAMES),
                      tf.TensorSpec([None], tf.int32, name=F.VALID_FRAMES)]

@@ -56,6 +56,7 @@ class Prediction:
     # Where the series differs from the model's training domain (model/domain.py): what was
     # never seen (only with outside_domain="warn"; else the series is rejected) and what is unusual.
     domain: tuple[str, ...] = ()
+    domain_score: float | None = None  # of a SavedModel that gives one (model/domain.py)
     frame_importance: tuple[float, ...] = field(default=(), repr=False)  # --explain: one per valid frame
     # --explain: Grad-CAM of the predicted class, (T, [D,] H, W) in [0, 1], and the frames it
     # is of (the model's input), for the overlays; None for a model without explain_frames.
@@ -68,6 +69,8 @@ class Prediction:
                     "message": self.message}
         out: dict[str, object] = {"series": self.series, "series_key": self.series_key, "label": self.label,
                                   "probabilities": self.probabilities}
+        if self.domain_score is not None:
+            out[F.DOMAIN_SCORE] = round(self.domain_score, 4)
         if self.domain:
             out["domain"] = list(self.domain)
         if self.frame_importance:
@@ -169,25 +172,33 @@ def predict(model_dir: str | Path, root: str | Path, explain: bool = False,
     # The model's own ingest.pixel_phi (a model from before it: the safe defaults).
     phi = from_dict(PixelPhiConfig, spec.pixel_phi.get("policy", {}), "model pixel_phi")
     limits = InputLimits.from_record(spec.input_limits)  # the model's own ingest bounds
-    spatial = None
+    spatial = scorer = None
     if runtimes.artifact_format(model_dir):
-        run = runtimes.load(model_dir)
+        run = runtimes.load(model_dir)  # LiteRT and ONNX artifacts carry no domain score (their card says so)
     else:
         signatures = tf.saved_model.load(str(model_dir)).signatures
         run = runtimes.signature(signatures[F.FRAMES_SIGNATURE])
         spatial = signatures.get(F.EXPLAIN_SIGNATURE) if explain else None  # absent in models before it
+        if F.DOMAIN_SCORE in signatures[F.FRAMES_SIGNATURE].structured_outputs:
+            scorer = signatures[F.FRAMES_SIGNATURE]
     results = []
     domain = load_spec_json(model_dir).get("training", {}).get("domain")  # absent in models before it
     for series in prepare_folder(root, config, phi=phi, limits=limits):
         item = series.item
-        found = findings(domain, series.facts) if domain and series.facts is not None else None
+        score = probs = None
+        if scorer is not None and not isinstance(item, Rejected):  # one call: probabilities and score
+            out = scorer(frames=tf.constant(item.frames[None]), valid_frames=tf.constant([item.valid_frames]))
+            probs = np.asarray(out[F.PROBABILITIES].numpy()[0], np.float64)
+            score = float(out[F.DOMAIN_SCORE].numpy()[0])
+        found = findings(domain, series.facts, score) if domain and series.facts is not None else None
         if found is not None and found.hard and outside_domain == "refuse":
             item = Rejected(OUTSIDE_DOMAIN, f"outside the model's training domain: {'; '.join(found.hard)} "
                             "(--outside-domain warn predicts it anyway)")
         if isinstance(item, Rejected):
             results.append(Prediction(series.where, series.series_key, None, {}, item.code, item.message))
             continue
-        probs = run(item.frames[None], np.array([item.valid_frames], np.int32))[0]
+        if probs is None:
+            probs = run(item.frames[None], np.array([item.valid_frames], np.int32))[0]
         target = int(np.argmax(probs))
         importance = frame_importance(run, item, target) if explain else ()
         attribution = None
@@ -196,7 +207,7 @@ def predict(model_dir: str | Path, root: str | Path, explain: bool = False,
                                   valid_frames=tf.constant([item.valid_frames]))[F.ATTRIBUTION].numpy()[0]
         results.append(Prediction(series.where, series.series_key, spec.classes[target],
                                   {c: float(p) for c, p in zip(spec.classes, probs, strict=True)},
-                                  domain=(*found.hard, *found.soft) if found is not None else (),
+                                  domain=(*found.hard, *found.soft) if found is not None else (), domain_score=score,
                                   frame_importance=importance, attribution=attribution,
                                   frames=item.frames if attribution is not None else None))
     return results

@@ -21,7 +21,7 @@ from ...pipeline.config import TrainConfig, to_dict
 from ...pipeline.errors import ConfigError, InputError
 from ...pipeline.fingerprints import files_fingerprint
 from ..io.examples import RecordSpec, eval_dataset, label_counts, record_spec, split_count, split_files
-from ..model.domain import training_domain
+from ..model.domain import embedding_reference, training_domain
 from ..model.metrics import auc_from_histograms, class_weights
 from ..model.saved_model import export_saved_model
 from .dataset import StreamPosition, train_stream
@@ -173,7 +173,9 @@ def train(examples_dir: str | Path, out: str | Path, config: TrainConfig) -> Tra
     training = {"records": files_fingerprint(train_files), "epochs": int(state.epochs_done.numpy()), "steps": step,
                 "best_epoch": int(state.best_epoch.numpy()) if best else None, "config": to_dict(config),
                 "domain": training_domain(train_files, examples_dir)}
-    export_saved_model(trainer.model, spec, model_dir, training)
+    reference, training["domain"]["score"] = embedding_reference(trainer.model, spec, train_files, eval_files,
+                                                                 config.batch_size, config.domain_false_alarm)
+    export_saved_model(trainer.model, spec, model_dir, training, reference)
     if best and chief:
         print(f"train: exported epoch {int(state.best_epoch.numpy())} ({config.monitor} "
               f"{float(state.best_value.numpy()):.4f}) -> {model_dir}", flush=True)

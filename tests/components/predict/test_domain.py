@@ -100,3 +100,51 @@ def test_the_cine_model_refuses_other_modalities_and_predicts_its_own_task(train
     warned = {line["series"].split("/")[0]: line for line in map(json.loads, capsys.readouterr().out.splitlines())}
     assert "label" in warned["examples_ybr_color"] and "modality US, trained on MR" in warned["examples_ybr_color"][
         "domain"]
+    # The embedding's domain score flags each of them as well, and not the cine of the model's own task.
+    for name in ("examples_ybr_color", "CT_small", "MR_small"):
+        assert any(f.startswith("domain score") for f in warned[name]["domain"]), warned[name]
+    assert warned["cine"]["domain_score"] < load_spec_json(trained.model_dir)["training"]["domain"]["score"][
+        "threshold"]
+
+
+@pytest.mark.slow
+def test_every_signature_scores_the_domain_and_a_shifted_series_scores_higher(trained, cine_records, tmp_path,
+                                                                               capsys):
+    """The serving signatures return `domain_score`; the threshold recorded in the spec is
+    passed by about `train.domain_false_alarm` of the eval split; series with their frames
+    replaced by noise (a corrupted series) score above the eval split's scores."""
+    import numpy as np
+    import pydicom
+    import tensorflow as tf
+
+    from medseq.components.io.examples import eval_dataset, record_spec, split_files
+    from medseq.pipeline import features as F
+
+    score = load_spec_json(trained.model_dir)["training"]["domain"]["score"]
+    assert score["set_on"] == "eval" and score["false_alarm"] == 0.05 and score["threshold"] > 0
+    signatures = tf.saved_model.load(trained.model_dir).signatures
+    spec = record_spec(cine_records)
+    eval_scores = []
+    for inputs, _ in eval_dataset(split_files(cine_records, "eval"), spec, 8):
+        out = signatures[F.FRAMES_SIGNATURE](**inputs)
+        eval_scores += list(out[F.DOMAIN_SCORE].numpy())
+    eval_scores = np.array(eval_scores)
+    assert np.isfinite(eval_scores).all() and np.mean(eval_scores > score["threshold"]) <= 0.05 + 1 / len(eval_scores)
+    # Noise in place of the pixels of held-out series: the same headers, nothing a heart would look like.
+    rng = np.random.default_rng(0)
+    cines = sorted((SAMPLES / "cine_ef" / "dicom").glob("PA*/ST*/SE000003"))[-4:]
+    for k, cine in enumerate(cines):
+        (tmp_path / "noise" / f"s{k}").mkdir(parents=True)
+        for path in sorted(cine.iterdir()):
+            ds = pydicom.dcmread(path)
+            ds.decompress() if ds.file_meta.TransferSyntaxUID.is_compressed else None
+            pixels = ds.pixel_array
+            ds.PixelData = rng.integers(0, int(pixels.max()) + 1, pixels.shape, dtype=pixels.dtype).tobytes()
+            ds.SeriesInstanceUID = ds.SeriesInstanceUID + f".{k + 1}"
+            ds.save_as(tmp_path / "noise" / f"s{k}" / path.name)
+    assert cli.main(["predict", "--model", trained.model_dir, "--input", str(tmp_path / "noise"), "--json"]) == 0
+    noisy = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    noisy_scores = np.array([line["domain_score"] for line in noisy])
+    print(f"domain score: eval p50 {np.median(eval_scores):.2f} max {eval_scores.max():.2f}, threshold "
+          f"{score['threshold']:.2f}; noise {np.round(noisy_scores, 2)}")
+    assert len(noisy) == 4 and np.median(noisy_scores) > np.quantile(eval_scores, 0.9)
