@@ -321,7 +321,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_choice("train.strategy", self.strategy, STRATEGIES)
         if not 0 < self.domain_false_alarm < 0.5:
-            raise ConfigError(f"train.domain_false_alarm: expected a share in (0, 0.5), found {self.domain_false_alarm}")
+            raise ConfigError(f"train.domain_false_alarm: expected a share in (0, 0.5), "
+                              f"found {self.domain_false_alarm}")
         check_choice("train.encoder", self.encoder, ENCODERS)
         check_choice("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
         check_choice("train.monitor_mode", self.monitor_mode, MONITOR_MODES)
