@@ -217,11 +217,6 @@ def _not_a_file(path: str, kind: str) -> Rejected:
     return Rejected(reasons.NOT_A_FILE, f"{kind}, not a regular file: it was not opened; expected DICOM files")
 
 
-def input_files(root: str) -> Iterator[str]:
-    """Every file under a local input folder, as the job's MatchFiles lists `root/**`."""
-    return iter(storage.match(storage.join(root.rstrip("/"), "**")))
-
-
 class ReadHeaderStep:
     """path -> (series key source, FileHeader.to_bytes()), from the header pass.
 

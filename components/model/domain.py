@@ -64,6 +64,7 @@ def training_domain(train_files: Sequence[str], examples_dir: str | Path) -> dic
     modalities, manufacturers, axes, frames = set(), set(), set(), []
     in_plane: list[float] = []
     interval: dict[str, list[float]] = {}
+
     def parse(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
         parsed = tf.io.parse_example(serialized, features)
         return {**parsed, F.SPACING: tf.sparse.to_dense(parsed[F.SPACING])}
@@ -78,8 +79,9 @@ def training_domain(train_files: Sequence[str], examples_dir: str | Path) -> dic
             frames.append(int(batch[F.VALID_FRAMES][i]))
             row = [float(v) for v in batch[F.SPACING][i]]
             in_plane += row[:2]
-            if len(row) >= 3:
-                interval.setdefault(axis, []).append(row[-1] if axis == F.AXIS_TIME else row[2])
+            step = frame_step(row, axis)
+            if step is not None:
+                interval.setdefault(axis, []).append(step[0])
     qc_path = Path(examples_dir) / F.QC_FILE
     colours = sorted(json.loads(qc_path.read_text()).get("colours", {"grey": 1})) if qc_path.exists() else ["grey"]
     return {"modalities": sorted(modalities), "frame_axes": sorted(axes), "colours": colours,
@@ -96,9 +98,16 @@ def _outside(value: float, bounds: list[float] | None) -> bool:
     return value < low * (1 - RANGE_SLACK) or value > high * (1 + RANGE_SLACK)
 
 
-def findings(domain: dict[str, Any], facts: SeriesFacts, score: float | None = None) -> Findings:
-    """How `facts` (and the series' domain score, when the model gives one) compare with
-    a model's `domain` (from `training_domain`)."""
+def frame_step(spacing: Sequence[float], axis: str) -> tuple[float, str] | None:
+    """The interval between frames of a record's `spacing` and its unit: ms between the
+    frames of a cine (the last value), mm between the slices of a stack (the third)."""
+    if len(spacing) < 3:
+        return None
+    return (float(spacing[-1]), "ms") if axis == F.AXIS_TIME else (float(spacing[2]), "mm")
+
+
+def findings(domain: dict[str, Any], facts: SeriesFacts) -> Findings:
+    """How `facts` compare with a model's `domain` (from `training_domain`)."""
     hard, soft = [], []
     for name, value, seen in (("modality", facts.modality, domain.get("modalities")),
                               ("frame axis", facts.frame_axis, domain.get("frame_axes")),
@@ -112,17 +121,20 @@ def findings(domain: dict[str, Any], facts: SeriesFacts, score: float | None = N
         soft.append(f"{facts.valid_frames} frames, trained on {_span(domain['valid_frames'])}")
     if len(facts.spacing) >= 2 and _outside(facts.spacing[0], domain.get("pixel_spacing_mm")):
         soft.append(f"pixel spacing {facts.spacing[0]:.3g} mm, trained on {_span(domain['pixel_spacing_mm'])} mm")
-    intervals = domain.get("frame_interval", {})
-    if len(facts.spacing) >= 3 and facts.frame_axis in intervals:
-        step = facts.spacing[-1] if facts.frame_axis == F.AXIS_TIME else facts.spacing[2]
-        unit = "ms" if facts.frame_axis == F.AXIS_TIME else "mm"
-        if _outside(step, intervals[facts.frame_axis]):
-            soft.append(f"frame interval {step:.3g} {unit}, trained on {_span(intervals[facts.frame_axis])} {unit}")
-    limit = domain.get("score", {}).get("threshold")
-    if score is not None and limit is not None and score > limit:
-        share = domain["score"]["false_alarm"]
-        soft.append(f"domain score {score:.2f} above {limit:.2f} (passed by {share:.0%} of the eval split)")
+    trained = domain.get("frame_interval", {}).get(facts.frame_axis)
+    step = frame_step(facts.spacing, facts.frame_axis)
+    if step is not None and _outside(step[0], trained):
+        soft.append(f"frame interval {step[0]:.3g} {step[1]}, trained on {_span(trained)} {step[1]}")
     return Findings(tuple(hard), tuple(soft))
+
+
+def score_finding(domain: dict[str, Any], score: float) -> str | None:
+    """The flag of a domain score above the model's threshold (set on its eval split)."""
+    limit = domain.get("score", {}).get("threshold")
+    if limit is None or score <= limit:
+        return None
+    share = domain["score"]["false_alarm"]
+    return f"domain score {score:.2f} above {limit:.2f} (passed by {share:.0%} of the eval split)"
 
 
 def _span(bounds: list[float]) -> str:

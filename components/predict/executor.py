@@ -31,7 +31,7 @@ from ..ingest.steps import (
 )
 from ..ingest.steps import PreparedSeries as PreparedSeriesOf
 from ..io import deid, storage
-from ..model.domain import SeriesFacts, findings
+from ..model.domain import SeriesFacts, findings, score_finding
 from ..preprocessing import reasons
 from ..preprocessing.headers import FileHeader
 from ..preprocessing.limits import DEFAULT_LIMITS, InputLimits
@@ -128,9 +128,8 @@ def prepare_folder(root: str | Path, config: PreprocessConfig, key: bytes | None
             continue
         paths = sorted(h.path for h in item.headers)  # the folder the series' files share ("." for the input's own)
         where = name(deid.relative(os.path.commonpath(paths) if len(paths) > 1 else paths[0], folder))
-        position = item.ordered.position
-        first = item.headers[0]
-        facts = SeriesFacts(first.modality, vendor(first.manufacturer), source_colour(first), item.ordered.axis,
+        position, header = item.ordered.position, item.headers[0]
+        facts = SeriesFacts(header.modality, vendor(header.manufacturer), source_colour(header), item.ordered.axis,
                             item.prepared.valid_frames, tuple(item.prepared.spacing))
         out.append(PreparedSeries(where if position is None else f"{where}#position{position}",
                                   deid.keyed_hash(key, "series", deid.record_source(item.source, position)),
@@ -185,20 +184,23 @@ def predict(model_dir: str | Path, root: str | Path, explain: bool = False,
     domain = load_spec_json(model_dir).get("training", {}).get("domain")  # absent in models before it
     for series in prepare_folder(root, config, phi=phi, limits=limits):
         item = series.item
-        score = probs = None
-        if scorer is not None and not isinstance(item, Rejected):  # one call: probabilities and score
-            out = scorer(frames=tf.constant(item.frames[None]), valid_frames=tf.constant([item.valid_frames]))
-            probs = np.asarray(out[F.PROBABILITIES].numpy()[0], np.float64)
-            score = float(out[F.DOMAIN_SCORE].numpy()[0])
-        found = findings(domain, series.facts, score) if domain and series.facts is not None else None
+        found = findings(domain, series.facts) if domain and series.facts is not None else None
         if found is not None and found.hard and outside_domain == "refuse":
             item = Rejected(OUTSIDE_DOMAIN, f"outside the model's training domain: {'; '.join(found.hard)} "
                             "(--outside-domain warn predicts it anyway)")
         if isinstance(item, Rejected):
             results.append(Prediction(series.where, series.series_key, None, {}, item.code, item.message))
             continue
-        if probs is None:
+        score = None
+        if scorer is not None:  # one call: probabilities and score
+            out = scorer(frames=tf.constant(item.frames[None]), valid_frames=tf.constant([item.valid_frames]))
+            probs = np.asarray(out[F.PROBABILITIES].numpy()[0], np.float64)
+            score = float(out[F.DOMAIN_SCORE].numpy()[0])
+        else:
             probs = run(item.frames[None], np.array([item.valid_frames], np.int32))[0]
+        flags = (*found.hard, *found.soft) if found is not None else ()
+        if domain and score is not None and (flag := score_finding(domain, score)) is not None:
+            flags = (*flags, flag)
         target = int(np.argmax(probs))
         importance = frame_importance(run, item, target) if explain else ()
         attribution = None
@@ -207,7 +209,7 @@ def predict(model_dir: str | Path, root: str | Path, explain: bool = False,
                                   valid_frames=tf.constant([item.valid_frames]))[F.ATTRIBUTION].numpy()[0]
         results.append(Prediction(series.where, series.series_key, spec.classes[target],
                                   {c: float(p) for c, p in zip(spec.classes, probs, strict=True)},
-                                  domain=(*found.hard, *found.soft) if found is not None else (), domain_score=score,
+                                  domain=flags, domain_score=score,
                                   frame_importance=importance, attribution=attribution,
                                   frames=item.frames if attribution is not None else None))
     return results
