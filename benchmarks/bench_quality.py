@@ -2,7 +2,8 @@
 the same pipeline shown one frame per series, side by side in one run.
 
     python benchmarks/bench_quality.py [--patients 1000] [--ct-patients 300] [--epochs 30] [--split 0.5 0.1 0.4]
-        [--only cine ct dce sax] [--dce-patients 300] [--sax-patients 300] [--depth 8] [--min-drop 0.1]
+        [--only cine ct dce sax value] [--dce-patients 300] [--sax-patients 300] [--depth 8] [--min-drop 0.1]
+        [--value-patients 1000] [--noise 3]
 
 cine_ef (synthetic short-axis cine, `medseq synth --small`), converted and trained with
 the shipped config; AUC on the test split (patients never used for training or for
@@ -21,7 +22,11 @@ picking the epoch) with a bootstrap 95 % interval over series:
   each through `medseq evaluate` with `evaluate.temporal_min_drop` (goal: the order-blind
   model refused, the sequence model blessed);
 - cine_sax under `preprocess.four_d: per_position` and `volumes`, side by side, per
-  record and per patient (goal >= 0.95).
+  record and per patient (goal >= 0.95);
+- cine_ef as a value (`medseq synth --target value --noise 3`, `train.target: value`):
+  the ejection fraction in % with 3 EF points of measurement noise, so a perfect fit is
+  impossible (goals: MAE <= 3.0 EF points, R² >= 0.85), the same model with its frames
+  shuffled and with one frame repeated at test (clearly worse).
 Prints a table and writes JSON (benchmarks/results/bench_quality.json; the rows of the
 sections not run are kept from the earlier run).
 """
@@ -41,14 +46,14 @@ import numpy as np
 import tensorflow as tf
 
 from medseq.components import evaluate, ingest, synth, train
-from medseq.components.evaluate.inference import shuffle_frames
+from medseq.components.evaluate.inference import repeat_one_frame, shuffle_frames
 from medseq.components.io.examples import eval_dataset, record_spec, split_files
-from medseq.components.model.intervals import bootstrap_intervals
+from medseq.components.model.intervals import bootstrap_intervals, value_metrics
 from medseq.components.model.metrics import auc, binary_auc
 from medseq.components.synth import phantoms
 from medseq.components.synth.tasks import EF_RANGES
 from medseq.pipeline import features as F
-from medseq.pipeline.config import EvaluateConfig, PipelineConfig, load_config
+from medseq.pipeline.config import EvaluateConfig, PipelineConfig, ValueConfig, load_config
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_quality.json"
 KEY = b"benchmark-key-0123456789"
@@ -249,7 +254,43 @@ def sax(args: argparse.Namespace, tmp: Path, config: PipelineConfig) -> list[dic
     return rows
 
 
-SECTIONS = {"cine": cine, "ct": ct, "dce": dce, "sax": sax}
+def value_predictions(model_dir: str, records: Path, variant: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """A value model's predictions on the test split: on the records, or `shuffled`, or
+    with `one_frame` repeated."""
+    signature = tf.saved_model.load(model_dir).signatures[F.FRAMES_SIGNATURE]
+    rng, values, truth = np.random.default_rng(1), [], []
+    for inputs, y in eval_dataset(split_files(records, "test"), record_spec(records), 32):
+        frames, valid = inputs[F.FRAMES].numpy(), inputs[F.VALID_FRAMES].numpy()
+        if variant == "shuffled":
+            frames = shuffle_frames(frames, valid, rng)
+        elif variant == "one_frame":
+            frames = repeat_one_frame(frames, valid)
+        values.append(signature(frames=tf.constant(frames), valid_frames=inputs[F.VALID_FRAMES])[F.VALUE].numpy())
+        truth.append(y.numpy())
+    return np.concatenate(values).astype(np.float64), np.concatenate(truth).astype(np.float64)
+
+
+def value(args: argparse.Namespace, tmp: Path, config: PipelineConfig) -> list[dict[str, object]]:
+    data, records = tmp / "cine_ef-value-data", tmp / "cine_ef-value-records"
+    synth.run("cine_ef", args.value_patients, args.seed, data, small=True, target="value", noise=args.noise)
+    config = with_train(config, target="value", value=ValueConfig(column="ef", units="%", range=(0.0, 100.0)))
+    ingest.run(config, ingest.IngestInputs(str(data / "dicom"), str(data / "labels.csv"), KEY), records)
+    model, seconds = trained(records, tmp / "value-train", config)
+    rows = []
+    for name, variant in (("sequence (T=16)", ""), ("frames shuffled at test", "shuffled"),
+                          ("one frame repeated at test", "one_frame")):
+        predicted, truth = value_predictions(model, records, variant)
+        metrics = value_metrics(predicted, truth, (40.0, 50.0))
+        ci = bootstrap_intervals(predicted, truth, seed=0, samples=2000, cutoffs=(40.0, 50.0))
+        rows.append({"model": f"cine_ef value, {name}", "mae": metrics["mean_absolute_error"],
+                     "ci95": list(ci["mean_absolute_error"]), "r2": metrics["r_squared"],
+                     "r2_ci95": list(ci["r_squared"]), "rmse": metrics["root_mean_squared_error"],
+                     "auc_below_40": metrics["auc_below_40"], "auc_below_50": metrics["auc_below_50"],
+                     "series": int(len(truth)), **({"train_seconds": round(seconds)} if not variant else {})})
+    return rows
+
+
+SECTIONS = {"cine": cine, "ct": ct, "dce": dce, "sax": sax, "value": value}
 
 
 def main() -> None:
@@ -264,6 +305,8 @@ def main() -> None:
     parser.add_argument("--sax-patients", type=int, default=300, help="cine_sax patients")
     parser.add_argument("--depth", type=int, default=8, help="preprocess.depth of cine_sax under volumes")
     parser.add_argument("--min-drop", type=float, default=0.1, help="evaluate.temporal_min_drop of the dce gate")
+    parser.add_argument("--value-patients", type=int, default=1000, help="cine_ef patients of the value section")
+    parser.add_argument("--noise", type=float, default=3.0, help="EF points of measurement noise (value section)")
     parser.add_argument("--only", nargs="+", choices=sorted(SECTIONS), default=sorted(SECTIONS),
                         help="sections to run (all by default)")
     parser.add_argument("--json", default=str(RESULTS))
@@ -287,6 +330,11 @@ def main() -> None:
         gate = row.get("evaluate")
         verdict = (f" {gate['decision']} (drop {gate['auc_drop_one_frame']:.3f}, temporal gate "
                    f"{'passed' if gate['temporal_check_passed'] else 'failed'})") if isinstance(gate, dict) else ""
+        if "mae" in row:
+            r2 = row["r2_ci95"]
+            print(f"  {row['model']:52} MAE {row['mae']:.2f} {interval:16} R² {row['r2']:.3f} "
+                  f"[{r2[0]:.3f}, {r2[1]:.3f}] AUC(EF<40) {row['auc_below_40']:.3f} {n:11} {seconds}")
+            continue
         print(f"  {row['model']:52} AUC {row['auc']:.3f} {interval:16} {n:11} {seconds}{verdict}")
     write_results(Path(args.json), args, rows)
 

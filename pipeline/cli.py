@@ -169,7 +169,8 @@ def print_config(args: argparse.Namespace) -> int:
 def cmd_synth(args: argparse.Namespace, _: list[str]) -> int:
     from ..components import synth
 
-    stats = synth.run(args.task, args.patients, args.seed, args.out, small=args.small)
+    stats = synth.run(args.task, args.patients, args.seed, args.out, small=args.small, target=args.target,
+                      noise=args.noise)
     labels = ", ".join(f"{k}={v}" for k, v in sorted(stats.labeled.items()))
     print(f"synth: {stats.files} files, {stats.slices} images, {stats.series} series ({labels}) -> {args.out}")
     return 0
@@ -212,7 +213,7 @@ def cmd_train(args: argparse.Namespace, beam_args: list[str]) -> int:
 
     config = _config(args)
     out = train.run(config, train.TrainInputs(args.examples), args.out, beam_args)
-    exported = f"epoch {out.best_epoch} (best {config.train.monitor})" if out.best_epoch else "the last epoch"
+    exported = f"epoch {out.best_epoch} (best {config.train.monitored[0]})" if out.best_epoch else "the last epoch"
     print(f"train: {out.epochs_run} epoch(s) run ({out.steps} steps in all, resumed from epoch "
           f"{out.resumed_from_epoch}); exported {exported} -> {out.model_dir}")
     return 0
@@ -337,6 +338,11 @@ def build_parser() -> _Parser:
     p.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
     p.add_argument("--out", required=True, help="writes OUT/dicom/... and OUT/labels.csv")
     p.add_argument("--small", action="store_true", help="small matrices (48-64 px) for committed samples")
+    p.add_argument("--target", choices=("class", "value"), default="class",
+                   help="value (cine_ef): labels.csv also gets an `ef` column, the ejection fraction in %% drawn "
+                   "over 15-75 %% (train.target: value, train.value.column: ef)")
+    p.add_argument("--noise", type=float, default=0.0,
+                   help="with --target value: Gaussian measurement noise on `ef`, in EF points (e.g. 3)")
 
     p = add("convert", cmd_convert, "Ingest: DICOM series -> sharded gzip TFRecords (Apache Beam).")
     p.add_argument("--input", required=True, help="folder or glob of DICOM files (local, gs://, s3://), or a "

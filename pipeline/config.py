@@ -26,6 +26,7 @@ DEFAULT_CONFIG = SCHEMAS_DIR / "pipeline.yaml"
 DEFAULT_SCHEMA = SCHEMAS_DIR / "record_schema.pbtxt"
 DEFAULT_EVAL_CONFIG = SCHEMAS_DIR / "eval_config.pbtxt"  # two classes
 DEFAULT_EVAL_CONFIG_MULTICLASS = SCHEMAS_DIR / "eval_config_multiclass.pbtxt"  # three or more
+DEFAULT_EVAL_CONFIG_VALUE = SCHEMAS_DIR / "eval_config_value.pbtxt"  # train.target: value
 
 DTYPES = ("uint8", "float16", "float32")
 TEMPORAL_MODES = ("sample", "pad")
@@ -37,7 +38,11 @@ STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "tpu")
 AUGMENTATIONS = ("flip", "rot90", "roll")
 ENCODERS = ("small_cnn", "mobilenet_v3_small", "efficientnet_b0")
 LR_SCHEDULES = ("constant", "cosine")
-MONITOR_MODES = ("max", "min")
+MONITOR_MODES = ("auto", "max", "min")
+TARGETS = ("class", "value")  # train.target: a class per series, or a number (e.g. EF %)
+VALUE_LOSSES = ("huber", "mse")
+# Eval metrics where lower is better (train.monitor_mode: auto picks min for them).
+LOWER_IS_BETTER = ("eval_loss", "eval_mae", "eval_rmse")
 # `medseq synth --task` and synth.task: the synthetic tasks (components/synth/tasks.py makes them).
 SYNTH_TASKS = ("cine_ef", "cine_ef3", "cine_sax", "ct_nodule", "dce_kinetics")
 # `medseq export` and push.formats: the precisions each format offers. Measured and left
@@ -272,8 +277,30 @@ class IngestConfig:
 class ValidateConfig:
     schema: str | None = None  # None: schemas/record_schema.pbtxt
     max_label_linf: float = 0.3
+    # Records of a value target: the eval values' mean may lie at most this many train
+    # standard deviations from the train values' mean (target_skew).
+    max_target_shift: float = 0.5
     infer_schema: bool = False  # also write OUT/schema.pbtxt inferred from the train split
     beam_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ValueConfig:
+    """`train.target: value`: a number per series (an ejection fraction in %, a volume),
+    read from a column of labels.csv by ingest and learned by a linear head."""
+
+    column: str = "value"  # the labels.csv column holding the number, e.g. ef
+    units: str = ""  # e.g. "%": shown in the report, predict's output and the model card
+    # Values outside [low, high] are rejected rows (label_out_of_range); None: any finite number.
+    range: tuple[float, float] | None = None
+    loss: str = "huber"  # huber | mse, on the value standardized by the train split's mean and spread
+
+    def __post_init__(self) -> None:
+        check_choice("train.value.loss", self.loss, VALUE_LOSSES)
+        if not self.column.strip():
+            raise ConfigError("train.value.column: expected the name of a labels.csv column, found an empty name")
+        if self.range is not None and not (len(self.range) == 2 and self.range[0] < self.range[1]):
+            raise ConfigError(f"train.value.range: expected [low, high] with low < high, found {list(self.range)}")
 
 
 @dataclass(frozen=True)
@@ -308,8 +335,14 @@ class TrainConfig:
     seed: int = 0
     augment: tuple[str, ...] = ()  # flip, rot90, roll (see components/train/augment.py)
     checkpoint_every_steps: int = 50  # also at every epoch end; 0: epoch ends only
-    monitor: str = "eval_auc"  # the eval metric that picks the exported checkpoint
-    monitor_mode: str = "max"
+    # What the model answers per series: `class` (labels.csv's label column) or `value`
+    # (a number from the column train.value.column).
+    target: str = "class"
+    value: ValueConfig = field(default_factory=ValueConfig)
+    # The eval metric that picks the exported checkpoint; auto: eval_auc for a class
+    # target, eval_mae for a value. monitor_mode auto: min for a loss or an error, else max.
+    monitor: str = "auto"
+    monitor_mode: str = "auto"
     patience: int = 0  # epochs without improvement before stopping; 0: never stop early
     mixed_precision: str = "off"
     jit_compile: bool = False
@@ -320,6 +353,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_choice("train.strategy", self.strategy, STRATEGIES)
+        check_choice("train.target", self.target, TARGETS)
         if not 0 < self.domain_false_alarm < 0.5:
             raise ConfigError(f"train.domain_false_alarm: expected a share in (0, 0.5), "
                               f"found {self.domain_false_alarm}")
@@ -350,9 +384,16 @@ class TrainConfig:
         if self.jit_compile and self.deterministic:
             raise ConfigError("train.jit_compile: XLA has no deterministic kernels for this model (MaxPool "
                               "gradients); expected deterministic: false beside jit_compile: true")
-        if not self.monitor.startswith("eval_"):
-            raise ConfigError(f"train.monitor: expected an eval metric (eval_auc, eval_loss, eval_accuracy), "
-                              f"found {self.monitor!r}")
+        if self.monitor != "auto" and not self.monitor.startswith("eval_"):
+            raise ConfigError(f"train.monitor: expected auto or an eval metric (eval_auc, eval_loss, eval_accuracy; "
+                              f"eval_mae, eval_rmse, eval_r2 for a value), found {self.monitor!r}")
+
+    @property
+    def monitored(self) -> tuple[str, str]:
+        """(the eval metric that picks the exported checkpoint, max or min)."""
+        name = self.monitor if self.monitor != "auto" else ("eval_mae" if self.target == "value" else "eval_auc")
+        mode = self.monitor_mode if self.monitor_mode != "auto" else ("min" if name in LOWER_IS_BETTER else "max")
+        return name, mode
 
 
 @dataclass(frozen=True)
@@ -369,6 +410,9 @@ class EvaluateConfig:
     min_slice_size: int = 20
     # When set: refuse a model whose AUC with one frame repeated is not at least this much lower.
     temporal_min_drop: float | None = None
+    # A value target: the AUC of the predicted value at each finding "value < cut-off"
+    # (clinical cut-offs such as EF < 40 and < 50), reported as auc_below_<cut-off>.
+    value_cutoffs: tuple[float, ...] = ()
     seed: int = 0  # bootstrap resamples and the frame shuffle of the temporal check
     beam_args: tuple[str, ...] = ()
 
@@ -449,15 +493,21 @@ class SynthConfig:
     patients: int = 200
     seed: int = 0
     small: bool = True
+    target: str = "class"  # value (cine_ef): labels.csv also holds `ef`, the EF in % (train.target: value)
+    noise: float = 0.0  # EF points of measurement noise on `ef`
 
     def __post_init__(self) -> None:
         check_choice("synth.task", self.task, SYNTH_TASKS)
+        check_choice("synth.target", self.target, TARGETS)
+        if self.target == "value" and self.task != "cine_ef":
+            raise ConfigError(f"synth.target: value is written for cine_ef, found task {self.task}")
         if self.patients < 1:
             raise ConfigError(f"synth.patients: expected a positive integer, found {self.patients}")
 
     def command(self, out: str) -> str:
+        value = f" --target value --noise {self.noise:g}" if self.target == "value" else ""
         return (f"medseq synth --task {self.task} --patients {self.patients} --seed {self.seed}"
-                f"{' --small' if self.small else ''} --out {out}")
+                f"{' --small' if self.small else ''}{value} --out {out}")
 
 
 @dataclass(frozen=True)

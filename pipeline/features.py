@@ -7,6 +7,7 @@ FRAMES_SHAPE = "frames_shape"
 FRAMES_DTYPE = "frames_dtype"
 VALID_FRAMES = "valid_frames"
 LABEL = "label"
+TARGET = "target"  # float: the number a series answers under train.target: value (instead of LABEL)
 SERIES_KEY = "series_key"
 PATIENT_KEY = "patient_key"
 MODALITY = "modality"
@@ -27,7 +28,7 @@ BYTES_FEATURES = (FRAMES, FRAMES_DTYPE, SERIES_KEY, PATIENT_KEY, MODALITY, MANUF
 INT_FEATURES = (FRAMES_SHAPE, VALID_FRAMES, LABEL)
 FLOAT_FEATURES = (SPACING,)
 ALL_FEATURES = BYTES_FEATURES + INT_FEATURES + FLOAT_FEATURES
-OPTIONAL_FEATURES = (POSITION_INDEX,)  # in some records only; readers that do not know them ignore them
+OPTIONAL_FEATURES = (POSITION_INDEX, TARGET)  # in some records only; readers that do not know them ignore them
 CONTRACT_FEATURES = ALL_FEATURES + OPTIONAL_FEATURES
 
 # Features TFMA slices on (DESIGN: per modality, vendor, site).
@@ -42,6 +43,7 @@ EXPLAIN_SIGNATURE = "explain_frames"  # predict_frames' outputs plus ATTRIBUTION
 ATTRIBUTION = "attribution"
 PROBABILITIES = "probabilities"
 CLASS_IDS = "class_ids"
+VALUE = "value"  # the output of a value head (train.target: value), in the labels' units
 DOMAIN_SCORE = "domain_score"  # how far a series' sequence embedding lies from the training records' (model/domain.py)
 
 # Files every run folder uses.

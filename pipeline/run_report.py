@@ -52,8 +52,14 @@ def _stages(record: dict[str, Any]) -> str:
 def _qc(qc: dict[str, Any] | None) -> str:
     if not qc:
         return "<p class=muted>No ingest output.</p>"
-    splits = table(("split", "records", *qc["classes"]), [
-        [s, str(qc["records"][s]), *(str(qc["labels"][s].get(c, 0)) for c in qc["classes"])] for s in F.SPLITS])
+    if qc.get("target", {}).get("kind") == "value":  # the values' spread per split
+        stats = qc.get("targets", {})
+        splits = table(("split", "records", "mean", "std", "min", "max"), [
+            [s, str(qc["records"][s]), *(f"{stats.get(s, {}).get(k, float('nan')):.4g}" for k in
+                                         ("mean", "std", "min", "max"))] for s in F.SPLITS])
+    else:
+        splits = table(("split", "records", *qc["classes"]), [
+            [s, str(qc["records"][s]), *(str(qc["labels"][s].get(c, 0)) for c in qc["classes"])] for s in F.SPLITS])
     rejected = table(("rejection reason", "files or series"), [[esc(k), str(v)] for k, v in qc["rejected"].items()]) \
         if qc["rejected"] else "<p>No input rejected.</p>"
     files = qc["files"]
@@ -72,9 +78,10 @@ def _training(history: list[dict[str, float]] | None) -> str:
     if not history:
         return "<p class=muted>No training history.</p>"
     last = history[-1]
-    return (images([plots.curves_plot(history, "loss"), plots.curves_plot(history, "auc")]) +
+    metric = "mae" if "mae" in last else "auc"
+    return (images([plots.curves_plot(history, "loss"), plots.curves_plot(history, metric)]) +
             f"<p>{len(history)} epochs; last: loss {last['loss']:.4f}, "
-            f"eval_auc {last.get('eval_auc', np.nan):.4f}.</p>")
+            f"eval_{metric} {last.get(f'eval_{metric}', np.nan):.4f}.</p>")
 
 
 def _evaluation(evaluate_dir: Path) -> str:
@@ -87,8 +94,14 @@ def _evaluation(evaluate_dir: Path) -> str:
     if found:
         preds = EvalPredictions.from_json(found)
         probs = {"candidate": preds.probs["frames"]}
-        pngs = [plots.roc_plot(probs, preds.labels, classes), plots.calibration_plot(probs, preds.labels, classes),
-                plots.confusion_plot(preds.probs["frames"], preds.labels, classes)]
+        if preds.is_value:
+            name = (verdict.get("value") or {}).get("column") or "value"
+            pngs = [plots.value_scatter(probs, preds.labels, name),
+                    plots.bland_altman(preds.probs["frames"], preds.labels, name)]
+        else:
+            pngs = [plots.roc_plot(probs, preds.labels, classes),
+                    plots.calibration_plot(probs, preds.labels, classes),
+                    plots.confusion_plot(preds.probs["frames"], preds.labels, classes)]
     decision = "blessed" if verdict["blessed"] else "not"
     return (f"<div class='decision {decision}' id=decision>{verdict['decision']}</div>{gate_section(verdict)}"
             f"<div class=plots>{images(pngs)}</div><h3>Slices</h3>{slices_section(verdict)}"
@@ -105,7 +118,8 @@ def _card(record: dict[str, Any]) -> str:
     inputs = card["network_data_format"]["inputs"][F.FRAMES]
     rows = [["version", str(card["version"])], ["created", esc(card["created"])],
             ["input", f"{'x'.join(map(str, inputs['shape']))} {esc(inputs['dtype'])}"],
-            ["classes", esc(", ".join(card["classes"]))],
+            ["target", esc(", ".join(card["classes"]) if card["classes"] else
+                           f"value {(card.get('target') or {}).get('column', '')}")],
             ["model fingerprint", esc(card["fingerprints"]["model"])],
             ["training records", esc((card["fingerprints"]["training_records"] or {}).get("sha256"))],
             ["packages", esc(", ".join(f"{k} {v}" for k, v in card["package_versions"].items()))]]
@@ -124,6 +138,8 @@ def _strips(run: Path, config: PipelineConfig) -> str:
     from ..components.io.examples import parse_examples, record_spec, split_files
 
     spec, pngs, overlays, seen = record_spec(run / "ingest"), [], [], set()
+    if spec.is_value:  # strips per class; a value target has none
+        return ""
     model = run / "train" / "model"
     signatures = tf.saved_model.load(str(model)).signatures if (model / "saved_model.pb").exists() else {}
     explain = signatures.get(F.EXPLAIN_SIGNATURE)

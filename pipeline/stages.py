@@ -62,7 +62,8 @@ def synthetic_input(synth: SynthConfig, run: Path) -> tuple[Path, bool]:
         return target, True
     staging = run / f".{SYNTH_DIR}-partial"
     shutil.rmtree(staging, ignore_errors=True)
-    synthesize.run(synth.task, synth.patients, synth.seed, staging, small=synth.small)
+    synthesize.run(synth.task, synth.patients, synth.seed, staging, small=synth.small, target=synth.target,
+                   noise=synth.noise)
     (staging / SYNTH_RECORD).write_text(json.dumps(wanted, indent=2) + "\n")
     shutil.rmtree(target, ignore_errors=True)
     os.replace(staging, target)

@@ -80,18 +80,26 @@ def tfma_failures(validation: Any) -> list[str]:
 
 
 def _intervals(preds: EvalPredictions, keys: list[gate.SliceKey], settings: EvaluateConfig,
-               ) -> dict[gate.SliceKey, dict[str, Interval]]:
+               cutoffs: tuple[float, ...] = ()) -> dict[gate.SliceKey, dict[str, Interval]]:
     out = {}
     for key in keys:
         mask = gate.slice_mask(preds, key)
         out[key] = bootstrap_intervals(preds.probs["frames"][mask], preds.labels[mask], settings.seed,
-                                       settings.bootstrap_samples, settings.confidence_level)
+                                       settings.bootstrap_samples, settings.confidence_level, cutoffs=cutoffs)
     return out
 
 
+def temporal_metric(preds: EvalPredictions) -> str:
+    """The metric the temporal controls compare: R² for a value, AUC (macro for 3+ classes)."""
+    if preds.is_value:
+        return "r_squared"
+    return "auc" if preds.probs["frames"].shape[1] == 2 else "macro_auc"
+
+
 def temporal_reliance(preds: EvalPredictions, settings: EvaluateConfig) -> tuple[dict[str, Any], gate.Check | None]:
-    """AUC on the real frames, shuffled frames and one repeated frame; the optional gate."""
-    name = "auc" if preds.probs["frames"].shape[1] == 2 else "macro_auc"
+    """The target's metric on the real frames, shuffled frames and one repeated frame;
+    the optional gate."""
+    name = temporal_metric(preds)
     rows: dict[str, Any] = {"metric": name, "min_drop": settings.temporal_min_drop}
     for variant in VARIANTS:
         ci = bootstrap_intervals(preds.probs[variant], preds.labels, settings.seed, settings.bootstrap_samples,
@@ -169,7 +177,9 @@ def evaluate(examples_dir: str, model_dir: str, out: str | Path, eval_config_pat
     out.mkdir(parents=True, exist_ok=True)
     for name in (F.BLESSED, F.NOT_BLESSED):
         (out / name).unlink(missing_ok=True)
-    classes = record_spec(examples_dir).classes
+    spec = record_spec(examples_dir)
+    classes = spec.classes
+    cutoffs = tuple(settings.value_cutoffs) if spec.is_value else ()
     preds = predict_split(examples_dir, model_dir, settings.seed)
     served_probs = _baseline_probs(baseline_dir, examples_dir, settings)
     config, small = gate.gated_config(prepare_config(load_eval_config(eval_config_path, len(classes)),
@@ -196,7 +206,12 @@ def evaluate(examples_dir: str, model_dir: str, out: str | Path, eval_config_pat
         raise EvaluationFailed(f"TFMA could not evaluate the candidate ({type(exc).__name__}: {first}); no verdict "
                                "was written, so nothing can be pushed: fix the eval config or the runner and run "
                                "again") from None
-    intervals = _intervals(preds, sorted(candidate) or [()], settings)
+    intervals = _intervals(preds, sorted(candidate) or [()], settings, cutoffs)
+    if preds.is_value:  # what TFMA cannot compute (AUC at each cut-off, calibration slope): medseq's exact numbers
+        for key, values in candidate.items():
+            exact = metrics_of(preds.probs["frames"][gate.slice_mask(preds, key)],
+                               preds.labels[gate.slice_mask(preds, key)], cutoffs)
+            values.update({k: v for k, v in exact.items() if k not in values})
     checks = gate.threshold_checks(config, candidate, intervals, settings.gate_on_interval, CANDIDATE,
                                    settings.confidence_level)
     temporal, temporal_check = temporal_reliance(preds, settings)
@@ -211,6 +226,7 @@ def evaluate(examples_dir: str, model_dir: str, out: str | Path, eval_config_pat
         "version": VERDICT_VERSION, "blessed": blessed, "decision": F.BLESSED if blessed else F.NOT_BLESSED,
         "model": str(model_dir), "model_fingerprint": tree_fingerprint(model_dir), "baseline": baseline_dir,
         "classes": list(classes), "eval_series": len(preds),
+        **({"target": "value", "value": {k: spec.value.get(k) for k in ("column", "units")}} if spec.is_value else {}),
         "confidence_level": settings.confidence_level, "gate_on_interval": settings.gate_on_interval,
         "min_slice_size": settings.min_slice_size,
         "checks": [c.to_json() for c in checks], "not_gated": small, "notes": notes, "reasons": reasons,

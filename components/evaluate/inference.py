@@ -30,9 +30,13 @@ BATCH = 32
 
 @dataclass(frozen=True)
 class EvalPredictions:
-    labels: np.ndarray  # (N,) class index
+    labels: np.ndarray  # (N,) class index, or the true value of a value target
     slices: dict[str, np.ndarray] = field(repr=False)  # slice feature -> (N,) str values
-    probs: dict[str, np.ndarray] = field(repr=False)  # variant -> (N, K)
+    probs: dict[str, np.ndarray] = field(repr=False)  # variant -> (N, K), or (N,) predicted values
+
+    @property
+    def is_value(self) -> bool:
+        return self.probs["frames"].ndim == 1
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -47,7 +51,8 @@ class EvalPredictions:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> EvalPredictions:
-        return cls(np.asarray(data["labels"], np.int64),
+        value = np.asarray(data["probs"]["frames"]).ndim == 1
+        return cls(np.asarray(data["labels"], np.float64 if value else np.int64),
                    {k: np.asarray(v, dtype=object) for k, v in data["slices"].items()},
                    {k: np.asarray(v, np.float64) for k, v in data["probs"].items()})
 
@@ -86,6 +91,7 @@ def predict_split(examples_dir: str, model_dir: str | Path, seed: int = 0, split
     """Probabilities of the SavedModel at `model_dir` on every record of `split`; with
     `controls`, also on the shuffled and the one-frame inputs."""
     serve = tf.saved_model.load(str(model_dir)).signatures[F.FRAMES_SIGNATURE]
+    output = F.VALUE if load_spec(model_dir).is_value else F.PROBABILITIES
     rng = np.random.default_rng(seed)
     labels: list[np.ndarray] = []
     slices: dict[str, list[np.ndarray]] = {name: [] for name in F.SLICE_FEATURES}
@@ -97,8 +103,8 @@ def predict_split(examples_dir: str, model_dir: str | Path, seed: int = 0, split
             inputs.update(shuffled=shuffle_frames(frames, valid, rng), one_frame=repeat_one_frame(frames, valid))
         for name, x in inputs.items():
             out = serve(**{F.FRAMES: tf.constant(x), F.VALID_FRAMES: tf.constant(valid)})
-            probs[name].append(out[F.PROBABILITIES].numpy().astype(np.float64))
-        labels.append(batch[F.LABEL])
+            probs[name].append(out[output].numpy().astype(np.float64))
+        labels.append(batch[F.TARGET] if output == F.VALUE else batch[F.LABEL])
         for name in F.SLICE_FEATURES:
             slices[name].append(np.array([v.decode() for v in batch[name]], dtype=object))
     return EvalPredictions(np.concatenate(labels), {k: np.concatenate(v) for k, v in slices.items()},

@@ -31,7 +31,10 @@ def feature(model: str, output: str) -> str:
 
 
 def outputs(probs: np.ndarray) -> dict[str, np.ndarray]:
-    """The exported signatures' outputs, from their probabilities (N, K)."""
+    """The exported signatures' outputs, from their probabilities (N, K), or a value
+    target's values (N,)."""
+    if probs.ndim == 1:
+        return {F.VALUE: probs}
     out = {F.PROBABILITIES: probs, F.CLASS_IDS: probs.argmax(-1)}
     if probs.shape[1] == 2:
         out["probability"] = probs[:, 1]

@@ -29,7 +29,8 @@ th{background:#f5f5f5} td.n{text-align:right;font-variant-numeric:tabular-nums}
 """
 
 NUMBER = re.compile(r"^(-|[-+]?\d[\d.,]*)$")  # right-aligned cells
-HEADLINE = ("auc", "macro_auc", "auc_precision_recall", "binary_accuracy", "sparse_categorical_accuracy",
+HEADLINE = ("r_squared", "mean_absolute_error", "root_mean_squared_error", "calibration", "calibration_slope",
+            "auc", "macro_auc", "auc_precision_recall", "binary_accuracy", "sparse_categorical_accuracy",
             "precision", "recall", "specificity", "mean_label", "mean_prediction", "example_count")
 
 
@@ -89,6 +90,8 @@ def slices_section(verdict: Mapping[str, Any]) -> str:
     gated = {c["slice"] for c in verdict["checks"]}
     name = "auc" if len(verdict["classes"]) == 2 else "macro_auc"
     accuracy = "binary_accuracy" if len(verdict["classes"]) == 2 else "sparse_categorical_accuracy"
+    if verdict.get("target") == "value":
+        name, accuracy = "r_squared", "mean_absolute_error"
     rows = [[esc(s["slice"]), str(s["series"]), num(s["metrics"].get(name)), _ci(s["intervals"].get(name)),
              num(s["metrics"].get(accuracy)), "gated" if s["slice"] in gated else
              '<span class="muted">too small to gate</span>' if s["series"] < verdict.get("min_slice_size", 0)
@@ -115,14 +118,23 @@ def render(verdict: Mapping[str, Any], preds: EvalPredictions, classes: Sequence
     probs = {"candidate": preds.probs["frames"]}
     if baseline_probs is not None:
         probs["served model"] = baseline_probs
-    pngs = [plots.roc_plot(probs, preds.labels, classes), plots.pr_plot(probs, preds.labels, classes),
-            plots.calibration_plot(probs, preds.labels, classes),
-            plots.confusion_plot(preds.probs["frames"], preds.labels, classes)]
+    if preds.is_value:
+        value = verdict.get("value", {})
+        name = f"{value.get('column') or 'value'}{' (' + value['units'] + ')' if value.get('units') else ''}"
+        pngs = [plots.value_scatter(probs, preds.labels, name),
+                plots.bland_altman(preds.probs["frames"], preds.labels, name),
+                plots.value_calibration(preds.probs["frames"], preds.labels, name)]
+        answers = f"value {esc(name)}"
+    else:
+        pngs = [plots.roc_plot(probs, preds.labels, classes), plots.pr_plot(probs, preds.labels, classes),
+                plots.calibration_plot(probs, preds.labels, classes),
+                plots.confusion_plot(preds.probs["frames"], preds.labels, classes)]
+        answers = f"classes {esc(', '.join(classes))}"
     figures = images(pngs)
     blessed = verdict["blessed"]
     against = f"against the served model {esc(verdict['baseline'])}" if verdict["baseline"] else "no served model"
-    body = (f"<h1>medseq evaluation</h1><div class=muted>{verdict['eval_series']} held-out series, classes "
-            f"{esc(', '.join(classes))}; {against}</div>"
+    body = (f"<h1>medseq evaluation</h1><div class=muted>{verdict['eval_series']} held-out series, "
+            f"{answers}; {against}</div>"
             f"<div class='decision {'blessed' if blessed else 'not'}' id=decision>{verdict['decision']}</div>"
             f"<h2>Gate</h2>{gate_section(verdict)}<h2>Metrics (overall)</h2>{metrics_section(verdict)}"
             f"<h2>Curves</h2><div class=plots>{figures}</div><h2>Slices</h2>{slices_section(verdict)}"

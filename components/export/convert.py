@@ -70,7 +70,8 @@ def frozen_function(model: keras.Model, spec: RecordSpec) -> tf.types.experiment
     @tf.function(input_signature=[tf.TensorSpec([None, *spec.shape], tf.dtypes.as_dtype(spec.dtype), name=F.FRAMES),
                                   tf.TensorSpec([None], tf.int32, name=F.VALID_FRAMES)])
     def predict_frames(frames: tf.Tensor, valid_frames: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {F.PROBABILITIES: model({F.FRAMES: frames, F.VALID_FRAMES: valid_frames}, training=False)}
+        output = F.VALUE if spec.is_value else F.PROBABILITIES
+        return {output: model({F.FRAMES: frames, F.VALID_FRAMES: valid_frames}, training=False)}
 
     with portable_lstm(model, unroll=True):
         return convert_variables_to_constants_v2(predict_frames.get_concrete_function())
@@ -101,8 +102,10 @@ def to_litert(function: tf.types.experimental.ConcreteFunction, precision: str) 
     return Converted(data, ops, "TFLITE_BUILTINS", f"tensorflow {tf.__version__} (TFLiteConverter)")
 
 
-def to_onnx(function: tf.types.experimental.ConcreteFunction, precision: str) -> Converted:
-    """fp32 (onnxruntime's dynamic int8 quantization was measured and failed the gate)."""
+def to_onnx(function: tf.types.experimental.ConcreteFunction, precision: str,
+            output: str = F.PROBABILITIES) -> Converted:
+    """fp32 (onnxruntime's dynamic int8 quantization was measured and failed the gate);
+    `output`: the name of the one output (probabilities, or a value head's value)."""
     import onnx
     import tf2onnx
 
@@ -113,8 +116,8 @@ def to_onnx(function: tf.types.experimental.ConcreteFunction, precision: str) ->
     with _quiet_converter():
         proto, _ = tf2onnx.convert.from_graph_def(function.graph.as_graph_def(), input_names=inputs,
                                                   output_names=outputs, opset=ONNX_OPSET)
-    # The contract's names (frames, valid_frames -> probabilities) instead of the graph's.
-    names = dict(zip([*inputs, *outputs], [F.FRAMES, F.VALID_FRAMES, F.PROBABILITIES], strict=True))
+    # The contract's names (frames, valid_frames -> probabilities, or value) instead of the graph's.
+    names = dict(zip([*inputs, *outputs], [F.FRAMES, F.VALID_FRAMES, output], strict=True))
     for value in [*proto.graph.input, *proto.graph.output]:
         value.name = names.get(value.name, value.name)
     for node in proto.graph.node:

@@ -82,8 +82,9 @@ def _entry(name: str, fmt: str, precision: str, converted: convert.Converted, sp
             "op_set": converted.op_set, "ops": list(converted.ops),
             "inputs": {"frames": {"shape": [-1, *spec.shape], "dtype": spec.dtype},
                        "valid_frames": {"shape": [-1], "dtype": "int32"}},
-            "outputs": {"probabilities": {"shape": [-1, len(spec.classes)], "dtype": "float32",
-                                          "class_names": list(spec.classes)}},
+            "outputs": ({"value": {"shape": [-1], "dtype": "float32", "units": spec.units}} if spec.is_value else
+                        {"probabilities": {"shape": [-1, len(spec.classes)], "dtype": "float32",
+                                           "class_names": list(spec.classes)}}),
             "batch": "any (checked at 1 and 8)", "parity": gate.to_json(), "latency": speed,
             # The SavedModel's signatures give `domain_score` (model/domain.py); the artifact does not.
             "domain_score": "not carried: checked by medseq predict's domain rules only"}
@@ -110,7 +111,8 @@ def export(model: str | Path, examples_dir: str | Path, out: str | Path, formats
     for fmt, precision in formats:
         label = f"{fmt} {precision}"
         try:
-            converted = (convert.to_litert if fmt == "litert" else convert.to_onnx)(function, precision)
+            converted = (convert.to_litert(function, precision) if fmt == "litert" else
+                         convert.to_onnx(function, precision, F.VALUE if spec.is_value else F.PROBABILITIES))
         except convert.Refused as exc:
             refused.append({"format": fmt, "precision": precision, "reason": str(exc)})
             _say(log, f"export: {label} not written: {exc}")

@@ -7,8 +7,9 @@ Checks, each against the SavedModel's `predict_frames` on the same inputs:
 - `short_sequences`: those 16 with fewer valid frames (1, and half of theirs), the frames
   beyond them zeroed as a shorter series' padding is, in batches of 8.
 
-It passes when the largest |Δp| over all of them is within the precision's tolerance
-and the eval AUC (macro AUC for three or more classes) changes by at least the
+It passes when the largest |Δp| over all of them (for a value target, |Δ| in the train
+split's standard deviations) is within the precision's tolerance and the eval AUC (macro
+AUC for three or more classes; R² for a value) changes by at least the
 configured minimum (the `export` section); the change's paired bootstrap interval, at
 the configured level, is reported beside it.
 """
@@ -35,6 +36,7 @@ class EvalSplit:
     frames: np.ndarray
     valid: np.ndarray
     labels: np.ndarray
+    scale: float = 1.0  # a value target's train standard deviation: |Δ| is compared in it, as a probability's
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -87,7 +89,8 @@ def eval_split(examples_dir: str | Path, spec: RecordSpec) -> EvalSplit:
         frames.append(inputs["frames"])
         valid.append(inputs["valid_frames"])
         labels.append(label)
-    return EvalSplit(np.concatenate(frames), np.concatenate(valid).astype(np.int32), np.concatenate(labels))
+    return EvalSplit(np.concatenate(frames), np.concatenate(valid).astype(np.int32), np.concatenate(labels),
+                     float(spec.value.get("std") or 1.0) if spec.is_value else 1.0)
 
 
 def batched(run: Predict, frames: np.ndarray, valid: np.ndarray, batch: int) -> np.ndarray:
@@ -104,7 +107,8 @@ def shortened(frames: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 def _score(probs: np.ndarray, labels: np.ndarray) -> tuple[str, float]:
-    name = "auc" if probs.shape[1] == 2 else "macro_auc"
+    """The eval metric the gate holds: AUC (macro for 3+ classes), R² for a value."""
+    name = "r_squared" if probs.ndim == 1 else "auc" if probs.shape[1] == 2 else "macro_auc"
     return name, float(metrics_of(probs, labels)[name])
 
 
@@ -124,10 +128,11 @@ def check(reference: Predict, candidate: Predict, split: EvalSplit, precision: s
     ref = batched(reference, split.frames, split.valid, 32)
     got = batched(candidate, split.frames, split.valid, BATCH)
     checks = {
-        "eval_batch_8": float(np.abs(got - ref).max()),
-        "batch_1": float(np.abs(batched(candidate, split.frames[few], split.valid[few], 1) - ref[few]).max()),
+        "eval_batch_8": float(np.abs(got - ref).max()) / split.scale,
+        "batch_1": float(np.abs(batched(candidate, split.frames[few], split.valid[few], 1) - ref[few]).max())
+        / split.scale,
         "short_sequences": float(np.abs(batched(candidate, short_frames, short_valid, BATCH)
-                                        - batched(reference, short_frames, short_valid, 32)).max()),
+                                        - batched(reference, short_frames, short_valid, 32)).max()) / split.scale,
     }
     worst = max(checks.values())
     metric, auc_ref = _score(ref, split.labels)

@@ -75,4 +75,5 @@ def _convert(config: PipelineConfig, input_path: str, labels: str, out: str, key
     # A small local input and no Beam option: no pipeline to build (in_process.py), no Beam imported.
     args = None if small and not given else default_beam_args(given, small)
     record = {"input": "<input>", "labels": "<labels>"}  # paths may name patients; not recorded
-    return run_job(input_path, labels, out, key, config.preprocess, config.ingest, args, record, fetch_rejected)
+    return run_job(input_path, labels, out, key, config.preprocess, config.ingest, args, record, fetch_rejected,
+                   config.train.target, config.train.value)

@@ -7,41 +7,34 @@ when the job has succeeded (qc.json last), so a reader never sees half an output
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
+import dataclasses
 import json
 import logging
 import os
-import re
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from ...pipeline import features as F
-from ...pipeline.config import IngestConfig, PreprocessConfig, to_dict
+from ...pipeline.config import IngestConfig, PreprocessConfig, ValueConfig, to_dict
 from ...pipeline.errors import InputError
 from ..io import storage
 from ..io.beam import pipeline as beam_pipeline
 from ..io.output_lock import output_lock
-from ..io.remote_errors import describe
-from ..io.storage import open_binary
 from ..preprocessing import pixel_phi
 from .graph import INDEX, LABELED_LINES, REJECTED_LINES, ingest_graph
 from .in_process import LocalGraph
+from .labels import CLASS, VALUE, LabelTable, read_labels
 from .steps import RejectedRow
 
 if TYPE_CHECKING:
     import apache_beam as beam
 
 log = logging.getLogger("medseq.ingest")
-# labels.csv keys a label by one of these columns (labels per series, or per study as a
-# radiology information system gives them), and has a `label` column.
-LABEL_KEYS = ("series_instance_uid", "study_instance_uid", "accession_number")
-CLASS_NAME = re.compile(r"^[\w][\w .-]{0,63}$")  # class names travel into file names, configs and reports
-
-
 @dataclass(frozen=True)
 class IngestOutputs:
     out: str
@@ -50,59 +43,6 @@ class IngestOutputs:
     classes: tuple[str, ...]
     qc: dict[str, Any]
     fetch: dict[str, Any] | None = None  # a DICOMweb input: what its fetch did (dicomweb._summary)
-
-
-class LabelTable(NamedTuple):
-    labels: dict[str, str]  # key column's value -> class name
-    classes: tuple[str, ...]  # sorted
-    column: str  # one of LABEL_KEYS
-
-
-def read_labels(path: str) -> LabelTable:
-    """labels.csv -> its labels by the key column it has (the first of LABEL_KEYS)."""
-    try:
-        with open_binary(path) as f:
-            raw = f.read()
-    except OSError as exc:  # an object store's own reason first (remote_errors.describe)
-        raise InputError(describe(exc) or f"labels file not found or not readable: {path}") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: expected UTF-8 text, found a byte that is not (0x{raw[exc.start]:02x} at byte "
-                         f"{exc.start}); save the labels as UTF-8 CSV") from None
-    reader = csv.DictReader(io.StringIO(text))
-    try:
-        return _label_rows(reader, path)
-    except csv.Error as exc:  # csv's own words name the problem, not the data ("field larger than field limit")
-        raise InputError(f"{path}: line {reader.line_num + 1}: not valid CSV ({exc}); expected rows of a key column "
-                         "and a label") from None
-
-
-def _label_rows(reader: csv.DictReader[str], path: str) -> LabelTable:
-    columns = {c.strip() for c in reader.fieldnames or []}
-    column = next((c for c in LABEL_KEYS if c in columns), None)
-    if column is None or "label" not in columns:
-        raise InputError(f"{path}: expected a CSV header with a column label and one of {', '.join(LABEL_KEYS)}, "
-                         f"found {','.join(reader.fieldnames or [])!r}")
-    labels: dict[str, str] = {}
-    first_line: dict[str, int] = {}
-    for row in reader:
-        row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
-        uid, label = row[column], row["label"]
-        if not (uid and label):
-            continue
-        if not CLASS_NAME.match(label):
-            raise InputError(f"{path}: line {reader.line_num}: expected a class name of letters, digits, '_', '-', "
-                             f"'.' or spaces, found {label[:40]!r}")
-        if uid in labels and labels[uid] != label:  # the line numbers, never the UID: it identifies
-            noun = {"series_instance_uid": "series", "study_instance_uid": "study"}.get(column, "accession number")
-            raise InputError(f"{path}: lines {first_line[uid]} and {reader.line_num} give one {noun} two "
-                             f"labels ({labels[uid]!r} and {label!r}); expected one label per {noun}")
-        labels[uid] = label
-        first_line.setdefault(uid, reader.line_num)
-    if not labels:
-        raise InputError(f"{path}: no labeled rows (expected rows of {column},label)")
-    return LabelTable(labels, tuple(sorted(set(labels.values()))), column)
 
 
 def input_pattern(input_path: str) -> tuple[str, str]:
@@ -183,10 +123,29 @@ class BeamGraph:
 OUTPUT_NAMES = (F.QC_FILE, *F.SPLITS, F.REJECTED_FILE)  # what ingest writes in OUT; nothing else there is touched
 
 
+def _target_record(labels: LabelTable, value: ValueConfig | None) -> dict[str, Any]:
+    """qc.json's `target`: what the records answer (a value: its column, units, range)."""
+    if labels.target == CLASS:
+        return {"kind": CLASS}
+    value = value or ValueConfig()
+    return {"kind": VALUE, "column": value.column, "units": value.units,
+            "range": list(value.range) if value.range else None}
+
+
+def value_statistics(values: list[float]) -> dict[str, float | int]:
+    """count, mean, std, min, max of a split's values (qc.json `targets`)."""
+    if not values:
+        return {"count": 0}
+    x = np.asarray(values, np.float64)
+    return {"count": len(x), "mean": float(x.mean()), "std": float(x.std()), "min": float(x.min()),
+            "max": float(x.max())}
+
+
 def merge_side_files(staging: str, classes: tuple[str, ...], config: dict[str, Any],
-                     labels_listed: int = 0) -> tuple[dict[str, Any], int]:
+                     labels_listed: int = 0, target: dict[str, Any] | None = None) -> tuple[dict[str, Any], int]:
     """Merges the job's side files into rejected.jsonl and qc.json.tmp inside `staging`:
     (qc, rejected lines). OUT is not touched."""
+    target = target or {"kind": CLASS}
     index = [json.loads(line) for line in storage.read_lines(storage.join(staging, INDEX))]
     labels_found = len(set(storage.read_lines(storage.join(staging, LABELED_LINES))))
     rejected_lines = storage.read_lines(storage.join(staging, REJECTED_LINES))
@@ -199,7 +158,9 @@ def merge_side_files(staging: str, classes: tuple[str, ...], config: dict[str, A
     qc: dict[str, Any] = {
         "classes": list(classes),
         "records": records,
-        "labels": {s: dict(sorted(Counter(r["label"] for r in index if r["split"] == s).items())) for s in F.SPLITS},
+        "target": target,
+        "labels": {s: dict(sorted(Counter(r["label"] for r in index if r["split"] == s).items()))
+                   if target["kind"] == CLASS else {} for s in F.SPLITS},
         "modalities": dict(sorted(Counter(r["modality"] for r in index).items())),
         "manufacturers": dict(sorted(Counter(r["manufacturer"] for r in index).items())),
         "colours": dict(sorted(Counter(r.get("colour", "grey") for r in index).items())),  # of the source pixels
@@ -210,6 +171,8 @@ def merge_side_files(staging: str, classes: tuple[str, ...], config: dict[str, A
         "labels_csv": {"rows": labels_listed, "found": labels_found, "not_found": labels_listed - labels_found},
         "config": config,
     }
+    if target["kind"] == VALUE:  # the values of each split, as validate and train read them
+        qc["targets"] = {s: value_statistics([float(r["label"]) for r in index if r["split"] == s]) for s in F.SPLITS}
     four_d = [r["four_d"] for r in index if "four_d" in r]
     if four_d:  # which attribute ordered the times of each 4-D series (one count per series)
         qc["four_d"] = {"records": len(four_d), "series": sum(p == 0 for p, _, _ in four_d),
@@ -254,11 +217,15 @@ def swap_into_place(staging: str, out: str) -> None:
 
 def run_job(input_path: str, labels_path: str, out: str, key: bytes, preprocess: PreprocessConfig,
             ingest: IngestConfig, beam_args: list[str] | None, config_record: dict[str, Any],
-            fetch_rejected: tuple[RejectedRow, ...] = ()) -> IngestOutputs:
+            fetch_rejected: tuple[RejectedRow, ...] = (), target: str = CLASS,
+            value: ValueConfig | None = None) -> IngestOutputs:
     """The job on Beam with `beam_args`, or, with None, its DoFns called in this process;
-    `fetch_rejected`: the series of a DICOMweb input that could not be fetched."""
-    labels, classes, column = read_labels(labels_path)
-    classes = ingest.classes or classes
+    `fetch_rejected`: the series of a DICOMweb input that could not be fetched; `target`
+    and `value`: what labels.csv answers (train.target, train.value)."""
+    labels = read_labels(labels_path, target, value)
+    if target == CLASS and ingest.classes:
+        labels = dataclasses.replace(labels, classes=ingest.classes)
+    classes = labels.classes
     pattern, root = input_pattern(input_path)
     if not fetch_rejected:
         _require_files(pattern, input_path)
@@ -269,16 +236,15 @@ def run_job(input_path: str, labels_path: str, out: str, key: bytes, preprocess:
                 with storage.create(storage.join(staging, f"{REJECTED_LINES}-fetch.jsonl")) as f:
                     f.write("".join(row.to_json() + "\n" for row in fetch_rejected).encode())
             if beam_args is None:
-                LocalGraph.run(ingest_graph, pattern, root, staging, key, labels, classes, preprocess, ingest,
-                               column)
+                LocalGraph.run(ingest_graph, pattern, root, staging, key, labels, preprocess, ingest)
             else:
                 remote = storage.remote(pattern) or storage.remote(staging)
                 with beam_pipeline(beam_args) as pipeline:
                     graph = BeamGraph(pipeline, beam_args if remote else ())
-                    ingest_graph(graph, pattern, root, staging, key, labels, classes, preprocess, ingest, column)
+                    ingest_graph(graph, pattern, root, staging, key, labels, preprocess, ingest)
             record = dict(config_record, preprocess=to_dict(preprocess),
                           ingest={**to_dict(ingest), "dicomweb": ingest.dicomweb.selection()})
-            qc, rejected = merge_side_files(staging, classes, record, len(labels))
+            qc, rejected = merge_side_files(staging, classes, record, labels.rows, _target_record(labels, value))
             swap_into_place(staging, out)
         finally:
             with contextlib.suppress(Exception):

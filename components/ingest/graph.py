@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from ...pipeline.config import IngestConfig, PreprocessConfig
 from ..io import storage
 from ..preprocessing.limits import InputLimits
+from .labels import LabelTable
 from .steps import (
     IDENTIFIERS,
     REJECTED,
@@ -56,11 +57,10 @@ def _index_line(placed: Placed) -> str:
     return placed.record.index_line()
 
 
-def ingest_graph(g: Graph, pattern: str, root: str, staging: str, key: bytes, labels: dict[str, str],
-                 classes: tuple[str, ...], preprocess: PreprocessConfig, ingest: IngestConfig,
-                 label_column: str = "series_instance_uid") -> None:
+def ingest_graph(g: Graph, pattern: str, root: str, staging: str, key: bytes, labels: LabelTable,
+                 preprocess: PreprocessConfig, ingest: IngestConfig) -> None:
     """Adds the ingest job to `g`, writing shards and side files under `staging`; `labels`
-    are keyed by the headers' `label_column` (executor.LABEL_KEYS)."""
+    are keyed by the headers' `labels.column` (labels.LABEL_KEYS)."""
     paths = g.files("MatchFiles", pattern)
     # The match is one element's fan-out: without a reshuffle every header read would run
     # in the bundle (and worker) that listed the files.
@@ -68,8 +68,9 @@ def ingest_graph(g: Graph, pattern: str, root: str, staging: str, key: bytes, la
     limits = InputLimits.of(ingest)
     read = ReadHeaderStep(root, key, staging=staging if g.spills_headers else None, limits=limits)
     headers, unreadable, identifiers = g.pardo("ReadHeaders", paths, read, (REJECTED, IDENTIFIERS))
-    build = BuildRecordStep(root, key, labels, classes, preprocess, ingest.split, staging=staging,
-                            limits=limits, pixel_phi=ingest.pixel_phi, label_column=label_column)
+    build = BuildRecordStep(root, key, labels.labels, labels.classes, preprocess, ingest.split, staging=staging,
+                            limits=limits, pixel_phi=ingest.pixel_phi, label_column=labels.column,
+                            target=labels.target, bad_labels=labels.bad)
     records, rejected, labeled = g.pardo("BuildRecords", g.group("GroupBySeries", headers), build,
                                          (BuildRecordStep.REJECTED, BuildRecordStep.LABELED))
     sizes = g.sum_per_key("SizePerSplit", g.map("RecordSizes", records, _record_size))

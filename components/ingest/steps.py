@@ -16,7 +16,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Container, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, NamedTuple
 
@@ -365,9 +365,13 @@ class BuildRecordStep(PrepareSeriesStep):
     def __init__(self, root: str, key: bytes, labels: dict[str, str], classes: tuple[str, ...],
                  preprocess_config: PreprocessConfig, split: SplitConfig, *, staging: str,
                  limits: InputLimits = DEFAULT_LIMITS, pixel_phi: PixelPhiConfig = SAFE_PIXEL_PHI,
-                 label_column: str = "series_instance_uid") -> None:
+                 label_column: str = "series_instance_uid", target: str = "class",
+                 bad_labels: Mapping[str, tuple[str, str]] | None = None) -> None:
         super().__init__(root, key, preprocess_config, limits=limits, pixel_phi=pixel_phi)
         self.labels, self.classes = labels, classes
+        # "class": `labels` holds class names; "value": numbers (repr(float)), `bad_labels`
+        # the rows whose number the job rejects by name (labels.read_labels).
+        self.target, self.bad_labels = target, dict(bad_labels or {})
         self.label_column = label_column  # which header value keys `labels`
         self.split = split
         self.staging = staging
@@ -392,14 +396,17 @@ class BuildRecordStep(PrepareSeriesStep):
         headers = self._headers_of(grouped)
         label_key = headers[0].label_key(self.label_column)
         label = self.labels.get(label_key) if label_key else None
-        if label is not None:  # which labels.csv rows met a series (keyed: the value itself is never written)
+        bad = self.bad_labels.get(label_key) if label_key else None
+        if label is not None or bad is not None:  # which labels.csv rows met a series (keyed: never the value)
             yield Tagged(LABELED, deid.keyed_hash(self.key, "labeled", label_key))
 
         def check() -> None:
+            if bad is not None:
+                raise Rejected(*bad)
             if label is None:
                 by = "" if self.label_column == "series_instance_uid" else f" (by its {self.label_column})"
                 raise Rejected(reasons.UNLABELED, f"the series is not listed in the labels file{by}")
-            if label not in self.classes:
+            if self.target == "class" and label not in self.classes:
                 raise Rejected(reasons.UNKNOWN_LABEL, f"its label is not one of the configured classes "
                                f"({', '.join(self.classes)})")
 
@@ -425,7 +432,6 @@ class BuildRecordStep(PrepareSeriesStep):
             F.FRAMES_SHAPE: list(frames.shape),
             F.FRAMES_DTYPE: str(frames.dtype).encode(),
             F.VALID_FRAMES: [prepared.valid_frames],
-            F.LABEL: [self.classes.index(label)],
             F.SERIES_KEY: series_key.encode(),
             F.PATIENT_KEY: deid.keyed_hash(self.key, "patient", first.patient_id).encode(),
             F.MODALITY: first.modality.encode(),
@@ -434,6 +440,10 @@ class BuildRecordStep(PrepareSeriesStep):
             F.SPACING: np.asarray(prepared.spacing, np.float32),
             F.FRAME_AXIS: ordered.axis.encode(),
         }
+        if self.target == "class":
+            features[F.LABEL] = [self.classes.index(label)]
+        else:
+            features[F.TARGET] = np.asarray([float(label)], np.float32)
         if ordered.position is not None:
             features[F.POSITION_INDEX] = [ordered.position]
         example = encode_example(features)

@@ -40,6 +40,18 @@ class RecordSpec:
     # The ingest bounds on one input (max_inflated_mb, max_decoded_mb, decode_timeout_s),
     # which `medseq predict` applies too (preprocessing.limits.InputLimits.from_record).
     input_limits: dict[str, Any] = field(default_factory=dict, compare=False)
+    # What a record answers: "class" (`label`, an index into `classes`) or "value" (`target`,
+    # a number; `value` holds its column, units, range and the train split's mean and std).
+    target: str = "class"
+    value: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def is_value(self) -> bool:
+        return self.target == "value"
+
+    @property
+    def units(self) -> str:
+        return str(self.value.get("units") or "")
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -51,15 +63,19 @@ class RecordSpec:
     @classmethod
     def of_shape(cls, shape: list[int], dtype: str, classes: tuple[str, ...],
                  preprocess: dict[str, Any], pixel_phi: dict[str, Any] | None = None,
-                 input_limits: dict[str, Any] | None = None) -> RecordSpec:
+                 input_limits: dict[str, Any] | None = None, target: str = "class",
+                 value: dict[str, Any] | None = None) -> RecordSpec:
         """The spec whose `shape` is `shape` (4 or 5 values)."""
         t, *depth, h, w, c = shape
         return cls(t, h, w, c, dtype, classes, preprocess, depth[0] if depth else 0, pixel_phi or {},
-                   input_limits or {})
+                   input_limits or {}, target, value or {})
 
     def to_json(self) -> dict[str, object]:
-        return {"shape": list(self.shape), "dtype": self.dtype, "classes": list(self.classes),
-                "preprocess": self.preprocess, "pixel_phi": self.pixel_phi, "input_limits": self.input_limits}
+        out: dict[str, object] = {"shape": list(self.shape), "dtype": self.dtype, "classes": list(self.classes),
+               "preprocess": self.preprocess, "pixel_phi": self.pixel_phi, "input_limits": self.input_limits}
+        if self.is_value:  # class specs keep their bytes
+            out.update(target=self.target, value=self.value)
+        return out
 
 
 def _qc(examples_dir: str | Path) -> dict[str, Any]:
@@ -80,8 +96,14 @@ def record_spec(examples_dir: str | Path) -> RecordSpec:
     ingest = qc["config"].get("ingest", {})
     pixel_phi = {"policy": ingest.get("pixel_phi", {}), **qc.get("pixel_phi", {})}
     limits = {k: ingest[k] for k in ("max_inflated_mb", "max_decoded_mb", "decode_timeout_s") if k in ingest}
+    target = qc.get("target", {}).get("kind", "class")
+    value = {}
+    if target == "value":
+        train = qc.get("targets", {}).get("train", {})
+        value = {k: qc["target"].get(k) for k in ("column", "units", "range")}
+        value.update(mean=float(train.get("mean", 0.0)), std=float(train.get("std", 0.0)) or 1.0)
     return RecordSpec(pre["frames"], pre["height"], pre["width"], channels, pre["dtype"], tuple(qc["classes"]), pre,
-                      depth, pixel_phi, limits)
+                      depth, pixel_phi, limits, target, value)
 
 
 def split_count(examples_dir: str | Path, split: str) -> int:
@@ -98,21 +120,30 @@ def split_files(examples_dir: str | Path, split: str) -> list[str]:
 
 
 def parse_examples(serialized: tf.Tensor, spec: RecordSpec) -> dict[str, tf.Tensor]:
-    """A batch of serialized tf.Examples -> {frames, valid_frames, label, frame_axis}."""
-    parsed = tf.io.parse_example(serialized, {
+    """A batch of serialized tf.Examples -> {frames, valid_frames, label, frame_axis}, and
+    `target` (NaN where absent) for the records of a value target."""
+    features = {
         F.FRAMES: tf.io.FixedLenFeature([], tf.string),
         F.VALID_FRAMES: tf.io.FixedLenFeature([], tf.int64),
         F.LABEL: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
         F.FRAME_AXIS: tf.io.FixedLenFeature([], tf.string, default_value=F.AXIS_INDEX),
-    })
+    }
+    if spec.is_value:
+        features[F.TARGET] = tf.io.FixedLenFeature([], tf.float32, default_value=float("nan"))
+    parsed = tf.io.parse_example(serialized, features)
     frames = tf.io.decode_raw(parsed[F.FRAMES], tf.dtypes.as_dtype(spec.dtype))
     frames = tf.reshape(frames, (-1, *spec.shape))
-    return {F.FRAMES: frames, F.VALID_FRAMES: tf.cast(parsed[F.VALID_FRAMES], tf.int32),
-            F.LABEL: tf.cast(parsed[F.LABEL], tf.int32), F.FRAME_AXIS: parsed[F.FRAME_AXIS]}
+    out = {F.FRAMES: frames, F.VALID_FRAMES: tf.cast(parsed[F.VALID_FRAMES], tf.int32),
+           F.LABEL: tf.cast(parsed[F.LABEL], tf.int32), F.FRAME_AXIS: parsed[F.FRAME_AXIS]}
+    if spec.is_value:
+        out[F.TARGET] = parsed[F.TARGET]
+    return out
 
 
 def model_inputs(parsed: dict[str, tf.Tensor]) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
-    return {F.FRAMES: parsed[F.FRAMES], F.VALID_FRAMES: parsed[F.VALID_FRAMES]}, parsed[F.LABEL]
+    """(the model's inputs, what it should answer: `target` for a value, else `label`)."""
+    answer = parsed[F.TARGET] if F.TARGET in parsed else parsed[F.LABEL]
+    return {F.FRAMES: parsed[F.FRAMES], F.VALID_FRAMES: parsed[F.VALID_FRAMES]}, answer
 
 
 def eval_dataset(files: list[str], spec: RecordSpec, batch_size: int) -> tf.data.Dataset:
@@ -146,7 +177,8 @@ def load_spec_json(model_dir: str | Path) -> dict[str, Any]:
 def load_spec(model_dir: str | Path) -> RecordSpec:
     data = load_spec_json(model_dir)
     return RecordSpec.of_shape(data["shape"], data["dtype"], tuple(data["classes"]), data.get("preprocess", {}),
-                               data.get("pixel_phi", {}), data.get("input_limits", {}))
+                               data.get("pixel_phi", {}), data.get("input_limits", {}), data.get("target", "class"),
+                               data.get("value", {}))
 
 
 def synthetic_frames(spec: RecordSpec, batch: int, seed: int = 0) -> np.ndarray:

@@ -28,23 +28,28 @@ import keras
 import tensorflow as tf
 
 from ...pipeline import features as F
-from .network import FEATURE_MAPS
+from .network import FEATURE_MAPS, VALUE_HEAD, head
 
 
 def grad_cam(model: keras.Model) -> Callable[[tf.Tensor, tf.Tensor], dict[str, tf.Tensor]]:
     """frames (B, T, [D,] H, W, C), valid_frames (B,) -> {probabilities (B, K), class_ids
-    (B,), attribution (B, T, [D,] H, W) in [0, 1]} for the predicted class of each series."""
-    head = model.get_layer(F.PROBABILITIES)
-    tap = keras.Model(model.inputs, [model.get_layer(FEATURE_MAPS).output, head.input, model.output])
+    (B,), attribution (B, T, [D,] H, W) in [0, 1]} for the predicted class of each series;
+    for a value head {value (B,), attribution}: the evidence for a higher value."""
+    last = head(model)
+    value = last.name == VALUE_HEAD
+    tap = keras.Model(model.inputs, [model.get_layer(FEATURE_MAPS).output, last.input, model.output])
 
     def explain(frames: tf.Tensor, valid_frames: tf.Tensor) -> dict[str, tf.Tensor]:
         with tf.GradientTape() as tape:
             maps, hidden, probabilities = tap({F.FRAMES: frames, F.VALID_FRAMES: valid_frames}, training=False)
             tape.watch(maps)
-            logits = tf.matmul(tf.cast(hidden, tf.float32), tf.cast(head.kernel, tf.float32)) + \
-                tf.cast(head.bias, tf.float32)
-            class_ids = tf.argmax(probabilities, -1, output_type=tf.int32)
-            score = tf.reduce_sum(logits * tf.one_hot(class_ids, tf.shape(logits)[-1]))
+            logits = tf.matmul(tf.cast(hidden, tf.float32), tf.cast(last.kernel, tf.float32)) + \
+                tf.cast(last.bias, tf.float32)
+            if value:
+                class_ids, score = None, tf.reduce_sum(logits)
+            else:
+                class_ids = tf.argmax(probabilities, -1, output_type=tf.int32)
+                score = tf.reduce_sum(logits * tf.one_hot(class_ids, tf.shape(logits)[-1]))
         grads = tf.cast(tape.gradient(score, maps), tf.float32)  # (B, T, [D,] h, w, F)
         maps = tf.cast(maps, tf.float32)
         weights = tf.reduce_mean(grads, axis=[-3, -2], keepdims=True)
@@ -58,6 +63,8 @@ def grad_cam(model: keras.Model) -> Callable[[tf.Tensor, tf.Tensor], dict[str, t
         cam *= tf.reshape(valid, tf.concat([tf.shape(valid), tf.ones([tf.rank(cam) - 2], tf.int32)], 0))
         peak = tf.reduce_max(tf.reshape(cam, [tf.shape(cam)[0], -1]), axis=1)
         cam /= tf.reshape(tf.maximum(peak, 1e-12), tf.concat([[-1], tf.ones([tf.rank(cam) - 1], tf.int32)], 0))
+        if value:
+            return {F.VALUE: probabilities, F.ATTRIBUTION: cam}
         return {F.PROBABILITIES: probabilities, F.CLASS_IDS: class_ids, F.ATTRIBUTION: cam}
 
     return explain

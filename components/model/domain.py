@@ -153,7 +153,9 @@ def embedder(model: Any) -> Any:
     """The model up to its head: frames, valid_frames -> the sequence embedding."""
     import keras
 
-    return keras.Model(model.input, model.get_layer(F.PROBABILITIES).input, name="sequence_embedding")
+    from .network import head
+
+    return keras.Model(model.input, head(model).input, name="sequence_embedding")
 
 
 def embeddings(model: Any, files: Sequence[str], spec: Any, batch_size: int) -> np.ndarray:

@@ -62,7 +62,33 @@ def percent(level: float) -> str:
     return f"{level * 100:.10g}%"
 
 
-def metrics_of(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+def value_metrics(predicted: np.ndarray, truth: np.ndarray, cutoffs: tuple[float, ...] = ()) -> dict[str, float]:
+    """A value target's metrics under TFMA's names (mean_absolute_error, mean_squared_error,
+    calibration: sum of predictions over sum of labels, mean_label, mean_prediction) and
+    medseq's (root_mean_squared_error; r_squared, 1 - SSE/SST; calibration_slope, the slope
+    of the truth regressed on the prediction, 1 for a calibrated model; auc_below_<c>, the
+    AUC of the prediction at the finding "value < c", EF < 40 for instance)."""
+    p, y = np.asarray(predicted, np.float64).reshape(-1), np.asarray(truth, np.float64).reshape(-1)
+    error = p - y
+    sse, sst = float(np.sum(error**2)), float(np.sum((y - y.mean()) ** 2)) if len(y) else 0.0
+    spread = float(np.sum((p - p.mean()) ** 2)) if len(p) else 0.0
+    out = {"mean_absolute_error": float(np.mean(np.abs(error))) if len(y) else float("nan"),
+           "mean_squared_error": sse / len(y) if len(y) else float("nan"),
+           "root_mean_squared_error": float(np.sqrt(sse / len(y))) if len(y) else float("nan"),
+           "r_squared": 1.0 - sse / sst if sst > 0 else float("nan"),
+           "calibration": _ratio(float(p.sum()), float(y.sum())),
+           "calibration_slope": float(np.sum((p - p.mean()) * (y - y.mean())) / spread) if spread > 0 else float("nan"),
+           "mean_label": float(y.mean()) if len(y) else float("nan"),
+           "mean_prediction": float(p.mean()) if len(p) else float("nan")}
+    for cut in cutoffs:
+        out[f"auc_below_{cut:g}"] = binary_auc(-p, y < cut)
+    return out
+
+
+def metrics_of(probs: np.ndarray, labels: np.ndarray, cutoffs: tuple[float, ...] = ()) -> dict[str, float]:
+    """A class target's metrics from (N, K) probabilities; a value target's from (N,) values."""
+    if probs.ndim == 1:
+        return value_metrics(probs, labels, cutoffs)
     return binary_metrics(probs, labels) if probs.shape[1] == 2 else multiclass_metrics(probs, labels)
 
 
@@ -93,6 +119,8 @@ def bootstrap(statistics: Callable[[np.ndarray], dict[str, float]], n: int, seed
 
 def bootstrap_intervals(probs: np.ndarray, labels: np.ndarray, seed: int, samples: int = 1000,
                         level: float = 0.95, metrics: Callable[..., dict[str, float]] = metrics_of,
-                        ) -> dict[str, Interval]:
+                        cutoffs: tuple[float, ...] = ()) -> dict[str, Interval]:
     """Percentile intervals of every metric over series resampled with replacement."""
+    if cutoffs:
+        return bootstrap(lambda pick: metrics(probs[pick], labels[pick], cutoffs), len(labels), seed, samples, level)
     return bootstrap(lambda pick: metrics(probs[pick], labels[pick]), len(labels), seed, samples, level)

@@ -38,6 +38,14 @@ BACKBONES: dict[str, Callable[..., keras.Model]] = {
 # The layer whose output is every frame's last feature maps (B, T, h, w, F), or every
 # volume's (B, T, D, h, w, F): what the frame encoder pools, and what Grad-CAM reads.
 FEATURE_MAPS = "per_frame_cnn"
+VALUE_HEAD = "value_head"  # the linear layer of a value target (its output standardized, see `build_model`)
+
+
+def head(model: keras.Model) -> keras.layers.Dense:
+    """The model's last Dense layer: the class head (softmax) or the value head (linear).
+    Its input is the sequence embedding (model/domain.py)."""
+    names = {layer.name for layer in model.layers}
+    return model.get_layer(F.PROBABILITIES if F.PROBABILITIES in names else VALUE_HEAD)
 
 
 def small_cnn(spec: RecordSpec, config: TrainConfig, channels: int) -> tuple[keras.Model, keras.Model]:
@@ -177,7 +185,12 @@ class MaskedMean(layers.Layer):
 
 def build_model(spec: RecordSpec, config: TrainConfig) -> keras.Model:
     """frames (B, T, H, W, C), or (B, T, D, H, W, C) for volumes, + valid_frames (B,)
-    -> class probabilities (B, K), float32."""
+    -> class probabilities (B, K), or for a value target the value (B,), float32.
+
+    The value head is linear on a standardized scale, then mapped to the labels' units by
+    the train split's mean and standard deviation (a fixed layer): it starts at the
+    training mean, as EchoNet-Dynamic's and PanEcho's heads do, and its loss is in
+    standard deviations whatever the units."""
     policy = "float32" if config.mixed_precision == "off" else config.mixed_precision
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(policy)
@@ -216,5 +229,11 @@ def _build(spec: RecordSpec, config: TrainConfig) -> keras.Model:
         lstm = layers.LSTM(config.lstm_units, return_sequences=not last, name=f"lstm_{i}")
         x = (layers.Bidirectional(lstm, name=f"bilstm_{i}") if config.bidirectional else lstm)(x, mask=mask)
         x = layers.Dropout(config.dropout, name=f"dropout_{i}")(x)
+    inputs = {F.FRAMES: frames, F.VALID_FRAMES: valid}
+    if spec.is_value:
+        z = layers.Dense(1, dtype="float32", kernel_initializer="zeros", name=VALUE_HEAD)(x)
+        value = layers.Rescaling(float(spec.value.get("std", 1.0)), offset=float(spec.value.get("mean", 0.0)),
+                                 dtype="float32", name="to_value_units")(z)
+        return keras.Model(inputs, ops.reshape(value, (-1,)), name="medseq_cnn_lstm")
     probabilities = layers.Dense(len(spec.classes), activation="softmax", dtype="float32", name=F.PROBABILITIES)(x)
-    return keras.Model({F.FRAMES: frames, F.VALID_FRAMES: valid}, probabilities, name="medseq_cnn_lstm")
+    return keras.Model(inputs, probabilities, name="medseq_cnn_lstm")

@@ -85,6 +85,47 @@ def calibration_plot(probs: Mapping[str, np.ndarray], labels: np.ndarray, classe
     return _png(fig)
 
 
+def value_scatter(predicted: Mapping[str, np.ndarray], truth: np.ndarray, name: str) -> str:
+    """A value target: predicted against true value per series, with the identity line."""
+    fig, ax = _subplots(figsize=(4.2, 4.2))
+    everything = np.concatenate([truth, *predicted.values()])
+    low, high = float(np.min(everything)), float(np.max(everything))
+    for legend, values in predicted.items():
+        ax.scatter(truth, values, s=12, alpha=0.7, label=legend)
+    ax.plot([low, high], [low, high], ls=":", c="grey", lw=1, label="identity")
+    ax.set(xlabel=f"true {name}", ylabel=f"predicted {name}", title="Predicted against true")
+    ax.legend(loc="upper left", fontsize=7)
+    return _png(fig)
+
+
+def bland_altman(predicted: np.ndarray, truth: np.ndarray, name: str) -> str:
+    """Agreement as cardiology reads it: the difference (predicted - true) against the mean
+    of the two, with the mean difference (bias) and its 95 % limits of agreement."""
+    fig, ax = _subplots(figsize=(4.6, 4.2))
+    mean, diff = (predicted + truth) / 2.0, predicted - truth
+    bias, spread = float(diff.mean()), float(diff.std(ddof=1)) if len(diff) > 1 else 0.0
+    ax.scatter(mean, diff, s=12, alpha=0.7)
+    for level, text in ((bias, f"bias {bias:+.2f}"), (bias + 1.96 * spread, f"+1.96 SD {bias + 1.96 * spread:+.2f}"),
+                        (bias - 1.96 * spread, f"-1.96 SD {bias - 1.96 * spread:+.2f}")):
+        ax.axhline(level, ls="--" if level != bias else "-", c="grey", lw=1)
+        ax.annotate(text, (float(mean.max()) if len(mean) else 0.0, level), fontsize=7, ha="right", va="bottom")
+    ax.set(xlabel=f"mean of predicted and true {name}", ylabel=f"predicted - true {name}", title="Bland-Altman")
+    return _png(fig)
+
+
+def value_calibration(predicted: np.ndarray, truth: np.ndarray, name: str, bins: int = 8) -> str:
+    """Mean true value against mean predicted value in bins of equal count."""
+    fig, ax = _subplots(figsize=(4.2, 4.2))
+    order = np.argsort(predicted, kind="mergesort")
+    groups = [g for g in np.array_split(order, min(bins, max(len(order), 1))) if len(g)]
+    ax.plot([predicted[g].mean() for g in groups], [truth[g].mean() for g in groups], marker="o", label="candidate")
+    low, high = float(min(predicted.min(), truth.min())), float(max(predicted.max(), truth.max()))
+    ax.plot([low, high], [low, high], ls=":", c="grey", lw=1, label="perfect calibration")
+    ax.set(xlabel=f"mean predicted {name}", ylabel=f"mean true {name}", title="Calibration")
+    ax.legend(loc="upper left", fontsize=7)
+    return _png(fig)
+
+
 def confusion_matrix(probs: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:
     """Counts [true class, predicted class] at the decision rule (argmax; 0.5 for two classes)."""
     matrix = np.zeros((classes, classes), np.int64)

@@ -41,7 +41,7 @@ def signature(predict_frames: Any) -> Predict:
 
     def run(frames: np.ndarray, valid: np.ndarray) -> np.ndarray:
         out = predict_frames(**{F.FRAMES: tf.constant(frames), F.VALID_FRAMES: tf.constant(valid, tf.int32)})
-        return np.asarray(out[F.PROBABILITIES].numpy(), np.float64)
+        return np.asarray((out[F.PROBABILITIES] if F.PROBABILITIES in out else out[F.VALUE]).numpy(), np.float64)
 
     return run
 
@@ -68,7 +68,7 @@ def onnx(data: bytes, threads: int | None = None) -> Predict:
     session = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
     def run(frames: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        out = session.run([F.PROBABILITIES], {F.FRAMES: frames, F.VALID_FRAMES: np.asarray(valid, np.int32)})
+        out = session.run(None, {F.FRAMES: frames, F.VALID_FRAMES: np.asarray(valid, np.int32)})  # the one output
         return np.asarray(out[0], np.float64)
 
     return run

@@ -26,7 +26,8 @@ def table(results: list[Prediction]) -> str:
     that could not be read shows its reason instead."""
     classes = next((list(r.probabilities) for r in results if r.probabilities), [])
     head = ["series", "series_key", "predicted", *classes]
-    rows = [[r.series, r.series_key[:16], r.label or "-",
+    rows = [[r.series, r.series_key[:16],
+             f"{r.value:.4g}{' ' + r.units if r.units else ''}" if r.value is not None else r.label or "-",
              *([f"{r.probabilities[c]:.4f}" for c in classes] if r.probabilities else ["-"] * len(classes)),
              f"rejected {r.rejected}: {r.message}" if r.rejected else
              f"domain: {'; '.join(r.domain)}" if r.domain else ""] for r in results]
@@ -43,7 +44,8 @@ def explanation(results: list[Prediction]) -> str:
             continue
         ranked = sorted(range(len(r.frame_importance)), key=lambda t: -r.frame_importance[t])[:TOP_FRAMES]
         drivers = ", ".join(f"frame {t} ({r.frame_importance[t]:+.3f})" for t in ranked)
-        lines.append(f"{r.series}: {r.label} driven most by {drivers}")
+        answer = r.label if r.value is None else f"value {r.value:.4g}"
+        lines.append(f"{r.series}: {answer} driven most by {drivers}")
     return "\n".join(lines)
 
 

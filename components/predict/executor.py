@@ -11,7 +11,7 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -62,13 +62,18 @@ class Prediction:
     # is of (the model's input), for the overlays; None for a model without explain_frames.
     attribution: np.ndarray | None = field(default=None, repr=False, compare=False)
     frames: np.ndarray | None = field(default=None, repr=False, compare=False)
+    value: float | None = None  # a value target's prediction (label None, no probabilities), in `units`
+    units: str = ""
 
     def to_json(self) -> dict[str, object]:
         if self.rejected:
             return {"series": self.series, "series_key": self.series_key, "rejected": self.rejected,
                     "message": self.message}
-        out: dict[str, object] = {"series": self.series, "series_key": self.series_key, "label": self.label,
-                                  "probabilities": self.probabilities}
+        out: dict[str, object] = {"series": self.series, "series_key": self.series_key}
+        if self.value is not None:
+            out.update(value=round(self.value, 6), units=self.units)
+        else:
+            out.update(label=self.label, probabilities=self.probabilities)
         if self.domain_score is not None:
             out[F.DOMAIN_SCORE] = round(self.domain_score, 4)
         if self.domain:
@@ -137,6 +142,11 @@ def prepare_folder(root: str | Path, config: PreprocessConfig, key: bytes | None
     return out
 
 
+def as_columns(run: Predict) -> Predict:
+    """`run` with a value model's (B,) outputs as (B, 1): one column, as one class's."""
+    return lambda frames, valid: np.asarray(run(frames, valid)).reshape(len(valid), -1)
+
+
 def frame_importance(run: Predict, prepared: Prepared, target: int) -> tuple[float, ...]:
     """Temporal occlusion: each valid frame is taken out of the sequence in turn (the
     later ones move up, the mask shrinks by one); its importance is how much the
@@ -192,24 +202,27 @@ def predict(model_dir: str | Path, root: str | Path, explain: bool = False,
             results.append(Prediction(series.where, series.series_key, None, {}, item.code, item.message))
             continue
         score = None
-        if scorer is not None:  # one call: probabilities and score
+        if scorer is not None:  # one call: probabilities (or the value) and score
             out = scorer(frames=tf.constant(item.frames[None]), valid_frames=tf.constant([item.valid_frames]))
-            probs = np.asarray(out[F.PROBABILITIES].numpy()[0], np.float64)
+            probs = np.atleast_1d(np.asarray(out[F.VALUE if spec.is_value else F.PROBABILITIES].numpy()[0],
+                                             np.float64))
             score = float(out[F.DOMAIN_SCORE].numpy()[0])
         else:
-            probs = run(item.frames[None], np.array([item.valid_frames], np.int32))[0]
+            probs = np.atleast_1d(run(item.frames[None], np.array([item.valid_frames], np.int32))[0])
         flags = (*found.hard, *found.soft) if found is not None else ()
         if domain and score is not None and (flag := score_finding(domain, score)) is not None:
             flags = (*flags, flag)
         target = int(np.argmax(probs))
-        importance = frame_importance(run, item, target) if explain else ()
+        importance = frame_importance(as_columns(run), item, target) if explain else ()
         attribution = None
         if spatial is not None:
             attribution = spatial(frames=tf.constant(item.frames[None]),
                                   valid_frames=tf.constant([item.valid_frames]))[F.ATTRIBUTION].numpy()[0]
-        results.append(Prediction(series.where, series.series_key, spec.classes[target],
-                                  {c: float(p) for c, p in zip(spec.classes, probs, strict=True)},
+        answer: dict[str, Any] = {"value": float(probs[0]), "units": spec.units} if spec.is_value else {}
+        results.append(Prediction(series.where, series.series_key, None if spec.is_value else spec.classes[target],
+                                  {} if spec.is_value else {c: float(p) for c, p in zip(spec.classes, probs,
+                                                                                        strict=True)},
                                   domain=flags, domain_score=score,
                                   frame_importance=importance, attribution=attribution,
-                                  frames=item.frames if attribution is not None else None))
+                                  frames=item.frames if attribution is not None else None, **answer))
     return results

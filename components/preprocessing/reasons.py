@@ -35,6 +35,8 @@ SECONDARY_CAPTURE = "secondary_capture"  # a screenshot, scan or other converted
 NO_IMAGING_REGION = "no_imaging_region"  # ultrasound whose listed regions leave no pixel of the image
 UNLABELED = "unlabeled"
 UNKNOWN_LABEL = "unknown_label"
+BAD_VALUE = "bad_value"  # train.target value: its labels.csv value is not a finite number
+VALUE_OUT_OF_RANGE = "value_out_of_range"  # train.target value: outside train.value.range
 PROCESSING_ERROR = "processing_error"  # an unexpected failure on one input; the job goes on
 FETCH_FAILED = "fetch_failed"  # a DICOMweb series that WADO-RS could not deliver (the HTTP status in the message)
 INCOMPLETE_FETCH = "incomplete_fetch"  # fewer instances arrived than QIDO-RS counted
@@ -46,7 +48,7 @@ ALL = (
     INCONSISTENT_SHAPE,
     INCONSISTENT_ORIENTATION, INCONSISTENT_FRAME_OF_REFERENCE, INCONSISTENT_SPACING,
     MISSING_SLICES, DUPLICATE_POSITION, INCOMPLETE_4D, UNORDERED_4D, TOO_FEW_FRAMES, BURNED_IN_ANNOTATION,
-    SECONDARY_CAPTURE, NO_IMAGING_REGION, UNLABELED, UNKNOWN_LABEL,
+    SECONDARY_CAPTURE, NO_IMAGING_REGION, UNLABELED, UNKNOWN_LABEL, BAD_VALUE, VALUE_OUT_OF_RANGE,
     PROCESSING_ERROR, FETCH_FAILED, INCOMPLETE_FETCH,
 )
 

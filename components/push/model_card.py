@@ -41,12 +41,22 @@ def model_card(spec_json: dict[str, Any], verdict: dict[str, Any], model_name: s
     volumes = len(shape) == 5  # T, D, H, W, C: preprocess.four_d: volumes
     classes = list(spec_json["classes"])
     training = spec_json.get("training", {})
+    value = spec_json.get("target") == "value"
+    outputs: dict[str, Any] = (
+        {F.VALUE: {"type": "float32", "shape": [], "meaning": f"the predicted {spec_json['value'].get('column')}",
+                   "units": spec_json["value"].get("units") or ""}} if value else
+        {F.PROBABILITIES: {"type": "float32", "shape": [len(classes)], "class_names": classes},
+         F.CLASS_IDS: {"type": "int32", "meaning": "argmax of probabilities"}})
     return {
         "schema": CARD_SCHEMA,
         "name": model_name,
         "version": version,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "task": "classification of image series: TimeDistributed CNN per frame, LSTM over the frames",
+        "task": f"{'regression' if value else 'classification'} of image series: TimeDistributed CNN per frame, "
+                "LSTM over the frames",
+        # What the model answers: a class, or a value (its labels.csv column, units, range,
+        # and the train split's mean and standard deviation).
+        "target": {"kind": "value", **spec_json["value"]} if value else {"kind": "class", "classes": classes},
         "package_versions": package_versions(),
         "network_data_format": {
             "inputs": {
@@ -56,8 +66,7 @@ def model_card(spec_json: dict[str, Any], verdict: dict[str, Any], model_name: s
                 F.VALID_FRAMES: {"type": "int32", "meaning": "frames before padding (the LSTM mask)"},
                 "examples": {"type": "serialized tf.Example of the record contract (serving_default)"},
             },
-            "outputs": {F.PROBABILITIES: {"type": "float32", "shape": [len(classes)], "class_names": classes},
-                        F.CLASS_IDS: {"type": "int32", "meaning": "argmax of probabilities"}},
+            "outputs": outputs,
             "signatures": [F.SERVING_SIGNATURE, F.FRAMES_SIGNATURE, F.EXPLAIN_SIGNATURE],
         },
         "preprocessing": spec_json.get("preprocess", {}),

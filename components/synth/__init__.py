@@ -13,10 +13,13 @@ if TYPE_CHECKING:
 __all__ = ["CLASSES", "TASKS", "run"]
 
 
-def run(task: str, patients: int, seed: int, out: str | Path, small: bool = False) -> SynthStats:
-    """Writes `out/dicom/` and `out/labels.csv`; same arguments, same bytes."""
+def run(task: str, patients: int, seed: int, out: str | Path, small: bool = False, target: str = "class",
+        noise: float = 0.0) -> SynthStats:
+    """Writes `out/dicom/` and `out/labels.csv`; same arguments, same bytes. `target`
+    value (cine_ef): labels.csv also has the EF in % (`ef`), with `noise` EF points of
+    measurement noise."""
     from ..io.output_lock import claim
     from .generator import generate  # numpy, pydicom: only when writing
 
     claim(str(out), "synthetic data set")
-    return generate(task, patients, seed, Path(out), small=small)
+    return generate(task, patients, seed, Path(out), small=small, target=target, noise=noise)

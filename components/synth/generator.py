@@ -16,6 +16,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
+from ...pipeline.errors import ConfigError
 from . import phantoms
 from .cine_sax import cine_sax
 from .dce import dce_kinetics
@@ -31,7 +32,7 @@ from .dicom_writer import (
     enhanced_series,
     uid,
 )
-from .tasks import EF_RANGES
+from .tasks import EF_RANGES, VALUE_EF_RANGE
 
 SITES = ("St. Elsewhere General Hospital", "Northfield University Medical Center",
          "Lakeside Imaging Clinic")
@@ -78,7 +79,21 @@ def _cine(seed: int, study: Study, rng: np.random.Generator, matrix: int,
           task: str) -> tuple[list[list[Dataset]], str]:
     ranges = EF_RANGES[task]
     label = sorted(ranges)[int(rng.random() * len(ranges))]
-    ef = rng.uniform(*ranges[label])
+    return _cine_series(seed, study, rng, matrix, rng.uniform(*ranges[label]))[0], label
+
+
+def _cine_value(seed: int, study: Study, rng: np.random.Generator, matrix: int,
+                task: str) -> tuple[list[list[Dataset]], str]:
+    """cine_ef for `--target value`: an EF drawn over the whole clinical range (no gaps
+    between classes), and the label its EF in % as the frames show it (1 - ESV/EDV of the
+    blood pool over the frames written), exactly."""
+    series, truth = _cine_series(seed, study, rng, matrix, rng.uniform(*VALUE_EF_RANGE))
+    areas = np.square(np.asarray(truth.radii_mm))
+    return series, repr(float(100.0 * (1.0 - areas.min() / areas.max())))
+
+
+def _cine_series(seed: int, study: Study, rng: np.random.Generator, matrix: int,
+                 ef: float) -> tuple[list[list[Dataset]], phantoms.CineTruth]:
     n = int(rng.integers(16, 31))
     frames, truth = phantoms.cine_frames(rng, study.scanner, matrix, n, ef)
     stored = np.clip(np.rint(frames), 0, 4095).astype(np.uint16)
@@ -96,7 +111,7 @@ def _cine(seed: int, study: Study, rng: np.random.Generator, matrix: int,
     extra = {"CardiacNumberOfImages": n, "NominalInterval": round(rr), "HeartRate": round(60000 / rr),
              "ScanningSequence": "GR", "SequenceVariant": "SS", "MagneticFieldStrength": 1.5}
     make = enhanced_series if rng.random() < 0.25 else classic_series
-    return [as_files(make(study, series_uid, 3, "CINE SAX", "MR", stored, geometry, (0.0, 1.0), seed, extra))], label
+    return [as_files(make(study, series_uid, 3, "CINE SAX", "MR", stored, geometry, (0.0, 1.0), seed, extra))], truth
 
 
 def _ct(seed: int, study: Study, rng: np.random.Generator, matrix: int,
@@ -140,16 +155,23 @@ def _paths(rng: np.random.Generator, patient_index: int, study_index: int, serie
     return [f"{base}/IM{k:06d}" for k in range(count)]
 
 
-def generate(task: str, patients: int, seed: int, out: Path, small: bool = False) -> SynthStats:
-    """Writes `out/dicom/...` and `out/labels.csv` for `patients` patients."""
+def generate(task: str, patients: int, seed: int, out: Path, small: bool = False, target: str = "class",
+             noise: float = 0.0) -> SynthStats:
+    """Writes `out/dicom/...` and `out/labels.csv` for `patients` patients. With `target`
+    value (cine_ef only), labels.csv also has an `ef` column: each series' ejection
+    fraction in %, plus Gaussian measurement noise of `noise` EF points (a reader's
+    tracing error: a perfect fit is then impossible), and its class by EF < 40 %."""
     makers: dict[str, Callable[[int, Study, np.random.Generator, int, str], tuple[list[list[Dataset]], str]]] = {
         "ct_nodule": _ct, "cine_sax": cine_sax, "dce_kinetics": dce_kinetics}
-    make_series = makers.get(task, _cine)
+    value = target == "value"
+    if value and task != "cine_ef":
+        raise ConfigError(f"synth: --target value is written for cine_ef, found task {task}")
+    make_series = _cine_value if value else makers.get(task, _cine)
     modality = "CT" if task == "ct_nodule" else "MR"
     dicom_root = out / "dicom"
     dicom_root.mkdir(parents=True, exist_ok=True)
     stats = SynthStats()
-    labels: list[tuple[str, str]] = []
+    labels: list[tuple[str, ...]] = []
     for pi in range(patients):
         patient = _patient(seed, pi)
         rng = _rng(seed, "series", pi)
@@ -158,8 +180,11 @@ def generate(task: str, patients: int, seed: int, out: Path, small: bool = False
             study = _study(seed, task, patient, si)
             matrix = phantoms.SMALL_MATRIX[study.scanner.matrix] if small else study.scanner.matrix
             labeled, label = make_series(seed, study, rng, matrix, task)  # one series, or one per slice
+            if value:  # the EF as measured: the truth plus a reader's error
+                ef = float(label) + noise * float(_rng(seed, "measurement", pi, si).standard_normal())
+                label = "reduced_ef" if float(label) < 40.0 else "normal"
             for datasets in labeled:
-                labels.append((datasets[0].SeriesInstanceUID, label))
+                labels.append((datasets[0].SeriesInstanceUID, label, *([f"{ef:.2f}"] if value else [])))
                 stats.labeled[label] = stats.labeled.get(label, 0) + 1
             syntax = TRANSFER_SYNTAXES[int(rng.choice(len(TRANSFER_SYNTAXES), p=SYNTAX_WEIGHTS))]
             for series_number, series in ([(d[0].SeriesNumber, d) for d in labeled] +
@@ -175,7 +200,7 @@ def generate(task: str, patients: int, seed: int, out: Path, small: bool = False
         (dicom_root / rel).write_bytes(payload)
     with open(out / "labels.csv", "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["series_instance_uid", "label"])
+        writer.writerow(["series_instance_uid", "label", *(["ef"] if value else [])])
         writer.writerows(sorted(labels))
     return stats
 

@@ -17,3 +17,5 @@ EF_RANGES = {
     "cine_ef": {"reduced_ef": (0.18, 0.37), "normal": (0.45, 0.70)},
     "cine_ef3": {"reduced_ef": (0.15, 0.37), "mildly_reduced_ef": (0.42, 0.48), "normal": (0.53, 0.70)},
 }
+# cine_ef with `--target value`: EF drawn uniformly over this range, every value possible.
+VALUE_EF_RANGE = (0.15, 0.75)

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework import config as tf_framework_config
 
@@ -82,6 +83,10 @@ def _batches(strategy: tf.distribute.Strategy, files: list[str], spec: RecordSpe
 
 def _train_metrics(trainer: Trainer, steps: int) -> dict[str, float]:
     state = trainer.state
+    if trainer.value:
+        return {"loss": float(state.loss_sum.numpy()) / steps,
+                "mae": float(state.correct.numpy()) / max(float(state.seen.numpy()), 1.0),
+                "learning_rate": trainer.learning_rate()}
     return {"loss": float(state.loss_sum.numpy()) / steps,
             "accuracy": float(state.correct.numpy()) / max(float(state.seen.numpy()), 1.0),
             "auc": auc_from_histograms(state.histograms.numpy()),
@@ -110,18 +115,19 @@ def _evaluate_epoch(trainer: Trainer, eval_ds: tf.data.Dataset, checkpoints: Che
     returns what to say about it."""
     state = trainer.state
     metrics.update(trainer.evaluate(eval_ds))
-    if config.monitor not in metrics:
+    monitor, mode = config.monitored
+    if monitor not in metrics:
         raise ConfigError(f"train.monitor: expected one of {', '.join(k for k in metrics if 'eval' in k)}, "
-                          f"found {config.monitor!r}")
+                          f"found {monitor!r}")
     note = ""
-    if state.improved(metrics[config.monitor], config.monitor_mode):
-        state.best_value.assign(metrics[config.monitor])
+    if state.improved(metrics[monitor], mode):
+        state.best_value.assign(metrics[monitor])
         state.best_epoch.assign(epoch)
         checkpoints.save_best(epoch)
-        note = f"best {config.monitor} so far"
+        note = f"best {monitor} so far"
     if config.patience and epoch - int(state.best_epoch.numpy()) >= config.patience:
         state.stopped.assign(True)
-        note = f"early stop: no better {config.monitor} for {config.patience} epoch(s)"
+        note = f"early stop: no better {monitor} for {config.patience} epoch(s)"
     return note
 
 
@@ -129,6 +135,9 @@ def train(examples_dir: str | Path, out: str | Path, config: TrainConfig) -> Tra
     """Trains on `examples_dir/train`, evaluates on `eval` each epoch, exports the best to `out/model`."""
     out = Path(out)
     spec = record_spec(examples_dir)
+    if spec.target != config.target:
+        raise ConfigError(f"train.target: {config.target}, but the records in {examples_dir} answer a {spec.target} "
+                          f"(their qc.json); expected the target the records were converted with")
     train_files, eval_files = split_files(examples_dir, "train"), split_files(examples_dir, "eval")
     if not train_files:
         raise InputError(f"{examples_dir}/train: no *.tfrecord.gz files; run `medseq convert` first")
@@ -140,7 +149,8 @@ def train(examples_dir: str | Path, out: str | Path, config: TrainConfig) -> Tra
     records = split_count(examples_dir, "train")
     global_batch = config.batch_size * strategy.num_replicas_in_sync
     steps_per_epoch = max(1, math.ceil(records / global_batch))
-    weights = class_weights(config.class_weight, spec.classes, label_counts(examples_dir, "train"))
+    weights = np.ones(0) if spec.is_value else class_weights(config.class_weight, spec.classes,
+                                                              label_counts(examples_dir, "train"))
     trainer = Trainer(spec, config, strategy, weights, config.epochs * steps_per_epoch)
     state = trainer.state
     checkpoints = Checkpoints(_worker_dir(out / "checkpoints", strategy), state, model=trainer.model,
@@ -177,7 +187,7 @@ def train(examples_dir: str | Path, out: str | Path, config: TrainConfig) -> Tra
                                                                  config.batch_size, config.domain_false_alarm)
     export_saved_model(trainer.model, spec, model_dir, training, reference)
     if best and chief:
-        print(f"train: exported epoch {int(state.best_epoch.numpy())} ({config.monitor} "
+        print(f"train: exported epoch {int(state.best_epoch.numpy())} ({config.monitored[0]} "
               f"{float(state.best_value.numpy()):.4f}) -> {model_dir}", flush=True)
     return TrainOutputs(str(model_dir), int(state.epochs_done.numpy()) - resumed_epoch, resumed_epoch, resumed_step,
                         step, int(state.best_epoch.numpy()) if best else 0, bool(state.stopped.numpy()),

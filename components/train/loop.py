@@ -19,6 +19,7 @@ import tensorflow as tf
 from ...pipeline.config import TrainConfig
 from ...pipeline.errors import ConfigError
 from ..io.examples import RecordSpec
+from ..model.intervals import value_metrics
 from ..model.metrics import auc, histograms
 from ..model.network import build_model
 from .state import TrainState
@@ -70,24 +71,39 @@ class Trainer:
             self.optimizer.build(self.model.trainable_variables)
         self.state = TrainState(len(spec.classes))
         self.class_weights = tf.constant(class_weights, tf.float32)
-        self.loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction="none")
+        self.value = spec.is_value
+        if self.value:  # the loss of a value is in the train split's standard deviations, whatever its units
+            self.value_std = float(spec.value.get("std") or 1.0)
+            self.loss_fn = (keras.losses.Huber(delta=1.0, reduction="none") if config.value.loss == "huber"
+                            else keras.losses.MeanSquaredError(reduction="none"))
+        else:
+            self.loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction="none")
         self.global_batch = config.batch_size * strategy.num_replicas_in_sync
         self._gradients = tf.function(self._forward_backward, jit_compile=True) if use_xla(config) \
             else self._forward_backward
 
+    def _losses(self, labels: tf.Tensor, outputs: tf.Tensor) -> tf.Tensor:
+        """Per series: a value's loss on the standardized scale, a class's weighted cross-entropy."""
+        if self.value:
+            scale = tf.constant(self.value_std, tf.float32)
+            return self.loss_fn(tf.expand_dims(labels / scale, -1), tf.expand_dims(outputs / scale, -1))
+        return self.loss_fn(labels, outputs) * tf.gather(self.class_weights, labels)
+
     def _forward_backward(self, inputs: dict[str, tf.Tensor], labels: tf.Tensor) -> tuple[Any, ...]:
-        weights = tf.gather(self.class_weights, labels)
         with tf.GradientTape() as tape:
             probs = self.model(inputs, training=True)
-            loss = tf.reduce_sum(self.loss_fn(labels, probs) * weights) / self.global_batch
+            loss = tf.reduce_sum(self._losses(labels, probs)) / self.global_batch
             scaled = self.optimizer.scale_loss(loss)
         return loss, probs, tape.gradient(scaled, self.model.trainable_variables)
 
     def _replica_step(self, inputs: dict[str, tf.Tensor], labels: tf.Tensor) -> tuple[tf.Tensor, ...]:
         loss, probs, grads = self._gradients(inputs, labels)
         self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables, strict=True))
+        seen = tf.cast(tf.size(labels), tf.float32)
+        if self.value:  # `correct` sums the absolute errors: their mean is the epoch's train MAE
+            return loss, tf.reduce_sum(tf.abs(probs - labels)), seen, tf.zeros_like(self.state.histograms)
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probs, -1, output_type=tf.int32), labels), tf.float32))
-        return loss, correct, tf.cast(tf.size(labels), tf.float32), histograms(probs, labels)
+        return loss, correct, seen, histograms(probs, labels)
 
     @tf.function
     def train_step(self, batches: Iterator[Any]) -> tf.Tensor:
@@ -106,12 +122,18 @@ class Trainer:
         return float(np.asarray(self.optimizer.learning_rate))
 
     def evaluate(self, dataset: tf.data.Dataset) -> dict[str, float]:
-        """Loss (without class weights), accuracy and exact AUC over every record of `dataset`."""
+        """Loss (without class weights), accuracy and exact AUC over every record of
+        `dataset`; for a value: loss, MAE, RMSE and R²."""
         probs, labels = [], []
         for inputs, y in dataset:
             probs.append(self._predict(inputs).numpy())
             labels.append(y.numpy())
         p, y = np.concatenate(probs), np.concatenate(labels)
+        if self.value:
+            loss = float(np.mean(self._losses(tf.constant(y, tf.float32), tf.constant(p, tf.float32)).numpy()))
+            errors = value_metrics(p, y)
+            return {"eval_loss": loss, "eval_mae": errors["mean_absolute_error"],
+                    "eval_rmse": errors["root_mean_squared_error"], "eval_r2": errors["r_squared"]}
         chosen = np.clip(p[np.arange(len(y)), y], 1e-7, 1.0)
         return {"eval_loss": float(-np.mean(np.log(chosen))), "eval_accuracy": float(np.mean(p.argmax(-1) == y)),
                 "eval_auc": auc(p, y)}

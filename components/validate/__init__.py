@@ -24,4 +24,4 @@ def run(config: PipelineConfig, inputs: ValidateInputs, out: str | Path,
     with on_filesystems(given, examples, out_path):
         claim(out_path, "validate output", (F.STATS_FILE, F.ANOMALIES_FILE, "stats.txt", "schema.pbtxt"))
         return validate(examples, out_path, section.schema, section.infer_schema, section.max_label_linf,
-                        given)
+                        given, section.max_target_shift)

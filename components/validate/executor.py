@@ -48,7 +48,8 @@ def split_files(examples_dir: str, split: str) -> list[str]:
     return sorted(storage.match(storage.join(examples_dir, split, "*.tfrecord.gz")))
 
 
-def compute_stats(examples_dir: str, out: str, schema_bytes: bytes, beam_args: list[str]) -> dict[str, dict[str, Any]]:
+def compute_stats(examples_dir: str, out: str, schema_bytes: bytes, beam_args: list[str],
+                  environment: str = "CLASS") -> dict[str, dict[str, Any]]:
     """Per-split statistics. The workers write them into a staging folder inside `out`
     (where any worker can write: `out` may be an object store), read back here."""
     staging = storage.join(out, f".medseq-staging-validate-{uuid.uuid4().hex[:8]}")
@@ -65,7 +66,7 @@ def compute_stats(examples_dir: str, out: str, schema_bytes: bytes, beam_args: l
                     p | f"{split.title()}Files" >> beam.Create(files)
                     | f"Spread{split.title()}" >> beam.Reshuffle()
                     | f"Read{split.title()}" >> beam.ParDo(ReadRecords(filesystem_args))
-                    | f"Summarize{split.title()}" >> beam.ParDo(RecordStats(split, schema_bytes)))
+                    | f"Summarize{split.title()}" >> beam.ParDo(RecordStats(split, schema_bytes, environment)))
             if per_split:
                 _ = (per_split | "AllSplits" >> beam.Flatten()
                      | "StatsPerSplit" >> beam.CombinePerKey(SplitStats())
@@ -85,8 +86,12 @@ def _write(out: str, name: str, text: str) -> str:
     return path
 
 
-def find_anomalies(stats: dict[str, dict[str, Any]], classes: list[str], max_label_linf: float) -> list[dict[str, str]]:
+def find_anomalies(stats: dict[str, dict[str, Any]], classes: list[str], max_label_linf: float,
+                   max_target_shift: float | None = None) -> list[dict[str, str]]:
+    """Anomalies of the splits' statistics; `max_target_shift` (in train standard
+    deviations) given for records of a value target, whose skew it bounds."""
     found: list[dict[str, str]] = []
+    value = max_target_shift is not None
 
     def add(kind: str, split: str, message: str) -> None:
         found.append({"kind": kind, "split": split, "message": message})
@@ -101,7 +106,7 @@ def find_anomalies(stats: dict[str, dict[str, Any]], classes: list[str], max_lab
             add("schema", split, f"{count} record(s): feature '{feature}' {kind.replace('_', ' ')}")
         if len(s["shapes"]) > 1:
             add("schema", split, f"frames shapes differ between records: {sorted(s['shapes'])}")
-        unknown = sorted(k for k in s["labels"] if not 0 <= int(k) < len(classes))
+        unknown = [] if value else sorted(k for k in s["labels"] if not 0 <= int(k) < len(classes))
         if unknown:
             add("schema", split, f"label(s) {', '.join(unknown)} outside the {len(classes)} classes of qc.json")
     patients = {split: set(stats[split]["patients"]) for split in F.SPLITS if split in stats}
@@ -112,7 +117,13 @@ def find_anomalies(stats: dict[str, dict[str, Any]], classes: list[str], max_lab
             if shared:
                 add("leakage", f"{a}+{b}", f"{len(shared)} patient(s) appear in both {a} and {b}")
     train, evaluation = stats.get("train"), stats.get("eval")
-    if train and evaluation and train["records"] and evaluation["records"]:
+    if value and train and evaluation and "target" in train and "target" in evaluation:
+        a, b = train["target"], evaluation["target"]
+        shift = abs(a["mean"] - b["mean"]) / max(a["std"], 1e-12)
+        if shift > max_target_shift:  # type: ignore[operator]
+            add("target_skew", "train+eval", f"the eval values' mean {b['mean']:.4g} lies {shift:.2f} train standard "
+                f"deviations from the train values' mean {a['mean']:.4g} (allowed {max_target_shift:.2f})")
+    elif train and evaluation and train["records"] and evaluation["records"]:
         def dist(s: dict[str, Any]) -> list[float]:
             return [s["labels"].get(str(i), 0) / s["records"] for i in range(len(classes))]
         linf = max((abs(p - q) for p, q in zip(dist(train), dist(evaluation), strict=True)), default=0.0)
@@ -134,6 +145,8 @@ def table(stats: dict[str, dict[str, Any]], classes: list[str]) -> str:
             lines.append(f"{split:<6} {0:>7} {0:>8}")
             continue
         labels = " ".join(f"{classes[int(k)] if 0 <= int(k) < len(classes) else k}={v}" for k, v in s["labels"].items())
+        if "target" in s:
+            labels = f"value {s['target']['mean']:.4g}±{s['target']['std']:.3g}"
         vf = s["valid_frames"]
         px = s["pixels"]
         lines.append(f"{split:<6} {s['records']:>7} {len(s['patients']):>8}  {labels:<28} "
@@ -143,7 +156,8 @@ def table(stats: dict[str, dict[str, Any]], classes: list[str]) -> str:
 
 
 def validate(examples_dir: str, out: str | Path, schema_path: str | None = None, infer: bool = False,
-             max_label_linf: float = 0.3, beam_args: list[str] | None = None) -> ValidateOutputs:
+             max_label_linf: float = 0.3, beam_args: list[str] | None = None,
+             max_target_shift: float = 0.5) -> ValidateOutputs:
     """Statistics of the records in `examples_dir` (local or on any Beam filesystem)
     checked against the schema; stats.json, stats.txt and anomalies.json into `out`."""
     out = str(out)
@@ -151,20 +165,23 @@ def validate(examples_dir: str, out: str | Path, schema_path: str | None = None,
     if not storage.exists(qc_path):
         raise InputError(f"{examples_dir}: no {F.QC_FILE}; expected the output folder of `medseq convert`")
     with storage.open_binary(qc_path) as f:
-        classes = json.loads(f.read())["classes"]
+        qc = json.loads(f.read())
+    classes = qc["classes"]
+    kind = qc.get("target", {}).get("kind", "class")
     schema = load_schema(schema_path)
     if not storage.remote(out):
         os.makedirs(out, exist_ok=True)
-    stats = compute_stats(examples_dir, out, schema.SerializeToString(), beam_args or [])
+    stats = compute_stats(examples_dir, out, schema.SerializeToString(), beam_args or [], kind.upper())
     written = None
     if infer:
         if "train" not in stats:
             raise InputError(f"{examples_dir}/train: no records to infer a schema from")
         written = _write(out, "schema.pbtxt", schema_text(infer_schema(stats["train"], classes)))
-    anomalies = find_anomalies(stats, classes, max_label_linf)
+    anomalies = find_anomalies(stats, classes, max_label_linf, max_target_shift if kind == "value" else None)
     public = {split: {k: v for k, v in s.items() if k != "patients"} | {"patient_count": len(s["patients"])}
               for split, s in stats.items()}
-    _write(out, F.STATS_FILE, json.dumps({"classes": classes, "splits": public}, indent=2, sort_keys=True))
+    _write(out, F.STATS_FILE, json.dumps({"classes": classes, "target": kind, "splits": public}, indent=2,
+                                         sort_keys=True))
     _write(out, F.ANOMALIES_FILE, json.dumps(anomalies, indent=2))
     text = table(stats, classes) + "\n"
     _write(out, "stats.txt", text)

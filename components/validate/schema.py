@@ -39,12 +39,24 @@ def _string_domain(schema: schema_pb2.Schema, feature: schema_pb2.Feature) -> se
     return None
 
 
-def check_record(schema: schema_pb2.Schema, values: dict[str, tuple[str, list[Any]]]) -> list[str]:
-    """Anomaly keys ('feature:kind') of one record given {name: (kind, values)}."""
+def in_environment(feature: schema_pb2.Feature, environment: str) -> bool:
+    """TFDV's rule: a feature that names environments (`in_environment`) belongs to those
+    only, and to none it excludes (`not_in_environment`). medseq's environments are the
+    target kinds, CLASS and VALUE (qc.json `target.kind`)."""
+    if feature.in_environment:
+        return environment in feature.in_environment
+    return environment not in feature.not_in_environment
+
+
+def check_record(schema: schema_pb2.Schema, values: dict[str, tuple[str, list[Any]]],
+                 environment: str = "CLASS") -> list[str]:
+    """Anomaly keys ('feature:kind') of one record given {name: (kind, values)}, the
+    schema's features taken in `environment`."""
     found: list[str] = []
-    known = {f.name for f in schema.feature}
+    features = [f for f in schema.feature if in_environment(f, environment)]
+    known = {f.name for f in features}
     found += [f"{name}:unexpected_feature" for name in values if name not in known]
-    for feature in schema.feature:
+    for feature in features:
         if feature.name not in values:
             if feature.presence.min_fraction >= 1.0:
                 found.append(f"{feature.name}:missing")

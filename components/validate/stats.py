@@ -45,8 +45,8 @@ def _first(values: dict[str, tuple[str, list[Any]]], name: str, default: Any = N
 class RecordStats(beam.DoFn):
     """serialized tf.Example -> (split, one-record summary)."""
 
-    def __init__(self, split: str, schema_bytes: bytes) -> None:
-        self.split, self.schema_bytes = split, schema_bytes
+    def __init__(self, split: str, schema_bytes: bytes, environment: str = "CLASS") -> None:
+        self.split, self.schema_bytes, self.environment = split, schema_bytes, environment
 
     def setup(self) -> None:
         from tensorflow.core.example import example_pb2  # heavy import, once per worker
@@ -59,7 +59,7 @@ class RecordStats(beam.DoFn):
     def process(self, serialized: bytes) -> Iterable[tuple[str, dict[str, Any]]]:
         self.records.inc()
         values = _values(self.example_cls.FromString(serialized))
-        anomalies = check_record(self.schema, values)
+        anomalies = check_record(self.schema, values, self.environment)
         dtype = (_first(values, F.FRAMES_DTYPE, b"") or b"").decode(errors="replace")
         shape = tuple(values.get(F.FRAMES_SHAPE, ("", []))[1])
         mean = sq = 0.0
@@ -75,6 +75,7 @@ class RecordStats(beam.DoFn):
         summary = {
             "features": {k: (kind, len(v)) for k, (kind, v) in values.items()},
             "label": _first(values, F.LABEL, -1),
+            "target": _first(values, F.TARGET),
             "valid_frames": _first(values, F.VALID_FRAMES, 0),
             "shape": shape, "dtype": dtype,
             "patient_key": (_first(values, F.PATIENT_KEY, b"") or b"").decode(errors="replace"),
@@ -112,6 +113,19 @@ class _Moments:
         return {"mean": float(mean), "std": float(np.sqrt(max(float(variance), 0.0))), "pixels": acc[0]}
 
 
+def _range(a: list[float], b: list[float]) -> list[float]:
+    """[min, max] of two [min, max] ranges, either possibly empty."""
+    if not a or not b:
+        return list(a or b)
+    return [min(a[0], b[0]), max(a[1], b[1])]
+
+
+def _target_summary(acc: dict[str, Any]) -> dict[str, float]:
+    moments = _Moments.summary(acc["targets"])
+    return {"count": moments["pixels"], "mean": moments["mean"], "std": moments["std"],
+            "min": acc["target_range"][0], "max": acc["target_range"][1]}
+
+
 class SplitStats(beam.CombineFn):
     """Folds one split's record summaries into its statistics."""
 
@@ -119,12 +133,16 @@ class SplitStats(beam.CombineFn):
         return {"records": 0, "labels": Counter(), "valid_frames": Counter(), "shapes": Counter(),
                 "dtypes": Counter(), "present": Counter(), "kinds": {}, "value_counts": {},
                 "values": {"modality": Counter(), "frames_dtype": Counter()},
-                "pixels": _Moments.new(), "by_site": {}, "by_manufacturer": {}, "anomalies": Counter(),
-                "patients": set()}
+                "pixels": _Moments.new(), "targets": _Moments.new(), "target_range": [], "by_site": {},
+                "by_manufacturer": {}, "anomalies": Counter(), "patients": set()}
 
     def add_input(self, acc: dict[str, Any], s: dict[str, Any]) -> dict[str, Any]:
         acc["records"] += 1
-        acc["labels"][s["label"]] += 1
+        if s["target"] is None:
+            acc["labels"][s["label"]] += 1
+        else:
+            _Moments.add(acc["targets"], 1, s["target"], s["target"] ** 2)
+            acc["target_range"] = _range(acc["target_range"], [s["target"]] * 2)
         acc["valid_frames"][s["valid_frames"]] += 1
         acc["shapes"][s["shape"]] += 1
         acc["dtypes"][s["dtype"]] += 1
@@ -154,6 +172,8 @@ class SplitStats(beam.CombineFn):
             for name in out["values"]:
                 out["values"][name].update(acc["values"][name])
             _Moments.merge(out["pixels"], acc["pixels"])
+            _Moments.merge(out["targets"], acc["targets"])
+            out["target_range"] = _range(out["target_range"], acc["target_range"])
             for key in ("by_site", "by_manufacturer"):
                 for group, moments in acc[key].items():
                     _Moments.merge(out[key].setdefault(group, _Moments.new()), moments)
@@ -174,6 +194,7 @@ class SplitStats(beam.CombineFn):
                          for name in sorted(acc["present"])},
             "values": {k: dict(v) for k, v in acc["values"].items()},
             "pixels": _Moments.summary(acc["pixels"]),
+            **({"target": _target_summary(acc)} if acc["targets"][0] else {}),
             "pixels_by_site": {k: _Moments.summary(v) for k, v in sorted(acc["by_site"].items())},
             "pixels_by_manufacturer": {k: _Moments.summary(v) for k, v in sorted(acc["by_manufacturer"].items())},
             "schema_anomalies": dict(sorted(acc["anomalies"].items())),
