@@ -29,7 +29,7 @@ from ..io.beam import options as beam_options
 from ..io.beam import pipeline as beam_pipeline
 from ..io.examples import record_spec, split_files
 from ..io.remote_errors import describe_runner
-from ..model.intervals import Interval, bootstrap_intervals, metrics_of
+from ..model.intervals import Interval, bootstrap_intervals, headline_metric, metrics_of
 from . import gate, report
 from .eval_config import BASELINE, CANDIDATE, has_thresholds, load_eval_config, prepare_config
 from .inference import PREDICTIONS_FILE, VARIANTS, EvalPredictions, predict_split
@@ -89,17 +89,10 @@ def _intervals(preds: EvalPredictions, keys: list[gate.SliceKey], settings: Eval
     return out
 
 
-def temporal_metric(preds: EvalPredictions) -> str:
-    """The metric the temporal controls compare: R² for a value, AUC (macro for 3+ classes)."""
-    if preds.is_value:
-        return "r_squared"
-    return "auc" if preds.probs["frames"].shape[1] == 2 else "macro_auc"
-
-
 def temporal_reliance(preds: EvalPredictions, settings: EvaluateConfig) -> tuple[dict[str, Any], gate.Check | None]:
     """The target's metric on the real frames, shuffled frames and one repeated frame;
     the optional gate."""
-    name = temporal_metric(preds)
+    name = headline_metric(preds.probs["frames"])
     rows: dict[str, Any] = {"metric": name, "min_drop": settings.temporal_min_drop}
     for variant in VARIANTS:
         ci = bootstrap_intervals(preds.probs[variant], preds.labels, settings.seed, settings.bootstrap_samples,
@@ -209,8 +202,8 @@ def evaluate(examples_dir: str, model_dir: str, out: str | Path, eval_config_pat
     intervals = _intervals(preds, sorted(candidate) or [()], settings, cutoffs)
     if preds.is_value:  # what TFMA cannot compute (AUC at each cut-off, calibration slope): medseq's exact numbers
         for key, values in candidate.items():
-            exact = metrics_of(preds.probs["frames"][gate.slice_mask(preds, key)],
-                               preds.labels[gate.slice_mask(preds, key)], cutoffs)
+            mask = gate.slice_mask(preds, key)
+            exact = metrics_of(preds.probs["frames"][mask], preds.labels[mask], cutoffs)
             values.update({k: v for k, v in exact.items() if k not in values})
     checks = gate.threshold_checks(config, candidate, intervals, settings.gate_on_interval, CANDIDATE,
                                    settings.confidence_level)

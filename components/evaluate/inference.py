@@ -91,7 +91,7 @@ def predict_split(examples_dir: str, model_dir: str | Path, seed: int = 0, split
     """Probabilities of the SavedModel at `model_dir` on every record of `split`; with
     `controls`, also on the shuffled and the one-frame inputs."""
     serve = tf.saved_model.load(str(model_dir)).signatures[F.FRAMES_SIGNATURE]
-    output = F.VALUE if load_spec(model_dir).is_value else F.PROBABILITIES
+    output = load_spec(model_dir).output
     rng = np.random.default_rng(seed)
     labels: list[np.ndarray] = []
     slices: dict[str, list[np.ndarray]] = {name: [] for name in F.SLICE_FEATURES}

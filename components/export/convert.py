@@ -70,8 +70,7 @@ def frozen_function(model: keras.Model, spec: RecordSpec) -> tf.types.experiment
     @tf.function(input_signature=[tf.TensorSpec([None, *spec.shape], tf.dtypes.as_dtype(spec.dtype), name=F.FRAMES),
                                   tf.TensorSpec([None], tf.int32, name=F.VALID_FRAMES)])
     def predict_frames(frames: tf.Tensor, valid_frames: tf.Tensor) -> dict[str, tf.Tensor]:
-        output = F.VALUE if spec.is_value else F.PROBABILITIES
-        return {output: model({F.FRAMES: frames, F.VALID_FRAMES: valid_frames}, training=False)}
+        return {spec.output: model({F.FRAMES: frames, F.VALID_FRAMES: valid_frames}, training=False)}
 
     with portable_lstm(model, unroll=True):
         return convert_variables_to_constants_v2(predict_frames.get_concrete_function())

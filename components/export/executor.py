@@ -112,7 +112,7 @@ def export(model: str | Path, examples_dir: str | Path, out: str | Path, formats
         label = f"{fmt} {precision}"
         try:
             converted = (convert.to_litert(function, precision) if fmt == "litert" else
-                         convert.to_onnx(function, precision, F.VALUE if spec.is_value else F.PROBABILITIES))
+                         convert.to_onnx(function, precision, spec.output))
         except convert.Refused as exc:
             refused.append({"format": fmt, "precision": precision, "reason": str(exc)})
             _say(log, f"export: {label} not written: {exc}")

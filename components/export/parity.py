@@ -24,7 +24,7 @@ import numpy as np
 from ...pipeline.config import ExportConfig
 from ...pipeline.errors import InputError
 from ..io.examples import RecordSpec, eval_dataset, split_files
-from ..model.intervals import bootstrap, metrics_of, percent
+from ..model.intervals import bootstrap, headline_metric, metrics_of, percent
 from ..model.runtimes import Predict
 
 BATCH = 8
@@ -90,7 +90,7 @@ def eval_split(examples_dir: str | Path, spec: RecordSpec) -> EvalSplit:
         valid.append(inputs["valid_frames"])
         labels.append(label)
     return EvalSplit(np.concatenate(frames), np.concatenate(valid).astype(np.int32), np.concatenate(labels),
-                     float(spec.value.get("std") or 1.0) if spec.is_value else 1.0)
+                     spec.value_std if spec.is_value else 1.0)
 
 
 def batched(run: Predict, frames: np.ndarray, valid: np.ndarray, batch: int) -> np.ndarray:
@@ -108,7 +108,7 @@ def shortened(frames: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.nda
 
 def _score(probs: np.ndarray, labels: np.ndarray) -> tuple[str, float]:
     """The eval metric the gate holds: AUC (macro for 3+ classes), R² for a value."""
-    name = "r_squared" if probs.ndim == 1 else "auc" if probs.shape[1] == 2 else "macro_auc"
+    name = headline_metric(probs)
     return name, float(metrics_of(probs, labels)[name])
 
 

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     import apache_beam as beam
 
 log = logging.getLogger("medseq.ingest")
+
+
 @dataclass(frozen=True)
 class IngestOutputs:
     out: str

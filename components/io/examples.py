@@ -54,6 +54,16 @@ class RecordSpec:
         return str(self.value.get("units") or "")
 
     @property
+    def value_std(self) -> float:
+        """A value target's train standard deviation (1 where unknown): its loss, parity and head scale."""
+        return float(self.value.get("std") or 1.0)
+
+    @property
+    def output(self) -> str:
+        """The name of the model's answer in every signature: `value`, or `probabilities`."""
+        return F.VALUE if self.is_value else F.PROBABILITIES
+
+    @property
     def shape(self) -> tuple[int, ...]:
         """(T, H, W, C), or (T, D, H, W, C) for a sequence of volumes."""
         if self.depth:

@@ -85,6 +85,12 @@ def value_metrics(predicted: np.ndarray, truth: np.ndarray, cutoffs: tuple[float
     return out
 
 
+def headline_metric(probs: np.ndarray) -> str:
+    """The one metric a target is judged by where one is needed (the temporal controls,
+    the export gate): R² for values (N,), AUC for two classes, macro AUC for more."""
+    return "r_squared" if probs.ndim == 1 else "auc" if probs.shape[1] == 2 else "macro_auc"
+
+
 def metrics_of(probs: np.ndarray, labels: np.ndarray, cutoffs: tuple[float, ...] = ()) -> dict[str, float]:
     """A class target's metrics from (N, K) probabilities; a value target's from (N,) values."""
     if probs.ndim == 1:

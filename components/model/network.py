@@ -232,7 +232,7 @@ def _build(spec: RecordSpec, config: TrainConfig) -> keras.Model:
     inputs = {F.FRAMES: frames, F.VALID_FRAMES: valid}
     if spec.is_value:
         z = layers.Dense(1, dtype="float32", kernel_initializer="zeros", name=VALUE_HEAD)(x)
-        value = layers.Rescaling(float(spec.value.get("std", 1.0)), offset=float(spec.value.get("mean", 0.0)),
+        value = layers.Rescaling(spec.value_std, offset=float(spec.value.get("mean", 0.0)),
                                  dtype="float32", name="to_value_units")(z)
         return keras.Model(inputs, ops.reshape(value, (-1,)), name="medseq_cnn_lstm")
     probabilities = layers.Dense(len(spec.classes), activation="softmax", dtype="float32", name=F.PROBABILITIES)(x)

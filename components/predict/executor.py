@@ -204,8 +204,7 @@ def predict(model_dir: str | Path, root: str | Path, explain: bool = False,
         score = None
         if scorer is not None:  # one call: probabilities (or the value) and score
             out = scorer(frames=tf.constant(item.frames[None]), valid_frames=tf.constant([item.valid_frames]))
-            probs = np.atleast_1d(np.asarray(out[F.VALUE if spec.is_value else F.PROBABILITIES].numpy()[0],
-                                             np.float64))
+            probs = np.atleast_1d(np.asarray(out[spec.output].numpy()[0], np.float64))
             score = float(out[F.DOMAIN_SCORE].numpy()[0])
         else:
             probs = np.atleast_1d(run(item.frames[None], np.array([item.valid_frames], np.int32))[0])

@@ -73,7 +73,7 @@ class Trainer:
         self.class_weights = tf.constant(class_weights, tf.float32)
         self.value = spec.is_value
         if self.value:  # the loss of a value is in the train split's standard deviations, whatever its units
-            self.value_std = float(spec.value.get("std") or 1.0)
+            self.value_std = spec.value_std
             self.loss_fn = (keras.losses.Huber(delta=1.0, reduction="none") if config.value.loss == "huber"
                             else keras.losses.MeanSquaredError(reduction="none"))
         else:
