@@ -2,8 +2,8 @@
 the same pipeline shown one frame per series, side by side in one run.
 
     python benchmarks/bench_quality.py [--patients 1000] [--ct-patients 300] [--epochs 30] [--split 0.5 0.1 0.4]
-        [--only cine ct dce sax value] [--dce-patients 300] [--sax-patients 300] [--depth 8] [--min-drop 0.1]
-        [--value-patients 1000] [--noise 3]
+        [--only cine ct dce phase sax value] [--dce-patients 300] [--sax-patients 300] [--depth 8] [--min-drop 0.1]
+        [--value-patients 1000] [--noise 3] [--value-frames 32] [--phase-patients 600]
 
 cine_ef (synthetic short-axis cine, `medseq synth --small`), converted and trained with
 the shipped config; AUC on the test split (patients never used for training or for
@@ -26,7 +26,13 @@ picking the epoch) with a bootstrap 95 % interval over series:
 - cine_ef as a value (`medseq synth --target value --noise 3`, `train.target: value`):
   the ejection fraction in % with 3 EF points of measurement noise, so a perfect fit is
   impossible (goals: MAE <= 3.0 EF points, R² >= 0.85), the same model with its frames
-  shuffled and with one frame repeated at test (clearly worse).
+  shuffled and with one frame repeated at test (clearly worse);
+- cine_phase as events per frame (`medseq synth --task cine_phase`, `train.target:
+  frames`): clips of 1.3-2.4 beats from any start phase where only the ED and ES frames
+  are labeled, every source frame kept (T = 40, `temporal: pad`): the event error in
+  source frames (goal: <= 1.0 for ED and for ES), the same model with its frames
+  shuffled at test (far worse), and the causal model (`train.causal`, goal: within 0.2
+  frames of the non-causal one).
 Prints a table and writes JSON (benchmarks/results/bench_quality.json; the rows of the
 sections not run are kept from the earlier run).
 """
@@ -48,6 +54,7 @@ import tensorflow as tf
 from medseq.components import evaluate, ingest, synth, train
 from medseq.components.evaluate.inference import repeat_one_frame, shuffle_frames
 from medseq.components.io.examples import eval_dataset, record_spec, split_files
+from medseq.components.model.events import frame_metrics
 from medseq.components.model.intervals import bootstrap_intervals, value_metrics
 from medseq.components.model.metrics import auc, binary_auc
 from medseq.components.synth import phantoms
@@ -254,32 +261,35 @@ def sax(args: argparse.Namespace, tmp: Path, config: PipelineConfig) -> list[dic
     return rows
 
 
-def value_predictions(model_dir: str, records: Path, variant: str = "") -> tuple[np.ndarray, np.ndarray]:
-    """A value model's predictions on the test split: on the records, or `shuffled`, or
-    with `one_frame` repeated."""
+def test_outputs(model_dir: str, records: Path, output: str, variant: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """A model's `output` (a value, or a frames model's scores) on the test split, on the
+    records, or `shuffled`, or with `one_frame` repeated; and the truth."""
     signature = tf.saved_model.load(model_dir).signatures[F.FRAMES_SIGNATURE]
-    rng, values, truth = np.random.default_rng(1), [], []
+    rng, outputs, truth = np.random.default_rng(1), [], []
     for inputs, y in eval_dataset(split_files(records, "test"), record_spec(records), 32):
         frames, valid = inputs[F.FRAMES].numpy(), inputs[F.VALID_FRAMES].numpy()
         if variant == "shuffled":
             frames = shuffle_frames(frames, valid, rng)
         elif variant == "one_frame":
             frames = repeat_one_frame(frames, valid)
-        values.append(signature(frames=tf.constant(frames), valid_frames=inputs[F.VALID_FRAMES])[F.VALUE].numpy())
+        outputs.append(signature(frames=tf.constant(frames), valid_frames=inputs[F.VALID_FRAMES])[output].numpy())
         truth.append(y.numpy())
-    return np.concatenate(values).astype(np.float64), np.concatenate(truth).astype(np.float64)
+    return np.concatenate(outputs).astype(np.float64), np.concatenate(truth).astype(np.float64)
 
 
 def value(args: argparse.Namespace, tmp: Path, config: PipelineConfig) -> list[dict[str, object]]:
     data, records = tmp / "cine_ef-value-data", tmp / "cine_ef-value-records"
     synth.run("cine_ef", args.value_patients, args.seed, data, small=True, target="value", noise=args.noise)
     config = with_train(config, target="value", value=ValueConfig(column="ef", units="%", range=(0.0, 100.0)))
+    if args.value_frames:  # every frame of the 16-30 kept: the end-systolic one is never skipped
+        config = with_preprocess(config, frames=args.value_frames, temporal="pad")
     ingest.run(config, ingest.IngestInputs(str(data / "dicom"), str(data / "labels.csv"), KEY), records)
     model, seconds = trained(records, tmp / "value-train", config)
     rows = []
-    for name, variant in (("sequence (T=16)", ""), ("frames shuffled at test", "shuffled"),
+    t = f"T={config.preprocess.frames}{', pad' if args.value_frames else ''}"
+    for name, variant in ((f"sequence ({t})", ""), ("frames shuffled at test", "shuffled"),
                           ("one frame repeated at test", "one_frame")):
-        predicted, truth = value_predictions(model, records, variant)
+        predicted, truth = test_outputs(model, records, F.VALUE, variant)
         metrics = value_metrics(predicted, truth, (40.0, 50.0))
         ci = bootstrap_intervals(predicted, truth, seed=0, samples=2000, cutoffs=(40.0, 50.0))
         rows.append({"model": f"cine_ef value, {name}", "mae": metrics["mean_absolute_error"],
@@ -290,7 +300,31 @@ def value(args: argparse.Namespace, tmp: Path, config: PipelineConfig) -> list[d
     return rows
 
 
-SECTIONS = {"cine": cine, "ct": ct, "dce": dce, "sax": sax, "value": value}
+def phase(args: argparse.Namespace, tmp: Path, config: PipelineConfig) -> list[dict[str, object]]:
+    data, records = tmp / "cine_phase-data", tmp / "cine_phase-records"
+    synth.run("cine_phase", args.phase_patients, args.seed, data, small=True, target="frames")
+    config = with_preprocess(with_train(config, target="frames"), frames=40, temporal="pad")
+    ingest.run(config, ingest.IngestInputs(str(data / "dicom"), str(data / "frame_labels.csv"), KEY), records)
+    rows = []
+    for causal in (False, True):
+        model, seconds = trained(records, tmp / f"phase-train-{causal}", with_train(config, causal=causal))
+        name = "causal" if causal else "sequence"
+        for label, variant in ((f"{name} (T=40)", ""), (f"{name}, frames shuffled at test", "shuffled"),
+                               (f"{name}, one frame repeated at test", "one_frame")):
+            if causal and variant:
+                continue
+            scores, truth = test_outputs(model, records, F.FRAME_VALUES, variant)
+            metrics = frame_metrics(scores, truth)
+            ci = bootstrap_intervals(scores, truth, seed=0, samples=2000)
+            rows.append({"model": f"cine_phase events, {label}", "event_error": metrics["event_error"],
+                         "ci95": list(ci["event_error"]), "event_error_ed": metrics["event_error_0"],
+                         "event_error_es": metrics["event_error_1"], "event_error_ms": metrics["event_error_ms"],
+                         "frame_mae": metrics["frame_mae"], "events_missed": metrics["events_missed"],
+                         "series": int(len(truth)), **({"train_seconds": round(seconds)} if not variant else {})})
+    return rows
+
+
+SECTIONS = {"cine": cine, "ct": ct, "dce": dce, "phase": phase, "sax": sax, "value": value}
 
 
 def main() -> None:
@@ -307,6 +341,9 @@ def main() -> None:
     parser.add_argument("--min-drop", type=float, default=0.1, help="evaluate.temporal_min_drop of the dce gate")
     parser.add_argument("--value-patients", type=int, default=1000, help="cine_ef patients of the value section")
     parser.add_argument("--noise", type=float, default=3.0, help="EF points of measurement noise (value section)")
+    parser.add_argument("--value-frames", type=int, default=0,
+                        help="value section: preprocess.frames with temporal: pad (0: the shipped T=16, sample)")
+    parser.add_argument("--phase-patients", type=int, default=600, help="cine_phase patients (events per frame)")
     parser.add_argument("--only", nargs="+", choices=sorted(SECTIONS), default=sorted(SECTIONS),
                         help="sections to run (all by default)")
     parser.add_argument("--json", default=str(RESULTS))
@@ -330,6 +367,11 @@ def main() -> None:
         gate = row.get("evaluate")
         verdict = (f" {gate['decision']} (drop {gate['auc_drop_one_frame']:.3f}, temporal gate "
                    f"{'passed' if gate['temporal_check_passed'] else 'failed'})") if isinstance(gate, dict) else ""
+        if "event_error" in row:
+            print(f"  {row['model']:52} event error {row['event_error']:.2f} {interval:16} (ED "
+                  f"{row['event_error_ed']:.2f}, ES {row['event_error_es']:.2f} source frames; "
+                  f"{row['event_error_ms']:.0f} ms) missed {row['events_missed']:.1%} {n:11} {seconds}")
+            continue
         if "mae" in row:
             r2 = row["r2_ci95"]
             print(f"  {row['model']:52} MAE {row['mae']:.2f} {interval:16} R² {row['r2']:.3f} "

@@ -336,11 +336,13 @@ def build_parser() -> _Parser:
     p.add_argument("--task", required=True, choices=TASKS)
     p.add_argument("--patients", type=int, required=True, help="number of patients (some have two studies)")
     p.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
-    p.add_argument("--out", required=True, help="writes OUT/dicom/... and OUT/labels.csv")
+    p.add_argument("--out", required=True, help="writes OUT/dicom/... and OUT/labels.csv (cine_phase also "
+                   "OUT/frame_labels.csv: the ED and ES frames of each clip)")
     p.add_argument("--small", action="store_true", help="small matrices (48-64 px) for committed samples")
-    p.add_argument("--target", choices=("class", "value"), default="class",
+    p.add_argument("--target", choices=("class", "value", "frames"), default="class",
                    help="value (cine_ef): labels.csv also gets an `ef` column, the ejection fraction in %% drawn "
-                   "over 15-75 %% (train.target: value, train.value.column: ef)")
+                   "over 15-75 %% (train.target: value, train.value.column: ef); frames: cine_phase only, whose "
+                   "frame_labels.csv `medseq run` then reads (train.target: frames)")
     p.add_argument("--noise", type=float, default=0.0,
                    help="with --target value: Gaussian measurement noise on `ef`, in EF points (e.g. 3)")
 
@@ -349,7 +351,9 @@ def build_parser() -> _Parser:
                    "DICOMweb service root (https://host/dicom-web; ingest.dicomweb in --config: filters, "
                    "concurrency, retries; credentials from $MEDSEQ_DICOMWEB_TOKEN or $MEDSEQ_DICOMWEB_USER/_PASSWORD)")
     p.add_argument("--labels", required=True, help="CSV with a label column and one of series_instance_uid, "
-                   "study_instance_uid, accession_number")
+                   "study_instance_uid, accession_number; for train.target: value the column train.value.column; "
+                   "for train.target: frames a frame_labels.csv (a key column, frame or time_ms, label: an event "
+                   "of train.frames.events)")
     p.add_argument("--out", required=True, help="writes OUT/{train,eval,test}/, rejected.jsonl, qc.json (a new or "
                    "empty folder, or one medseq wrote before: a folder holding other files is refused)")
     p.add_argument("--hash-key-file", help="secret key for the keyed hashes (else $MEDSEQ_HASH_KEY)")

@@ -27,6 +27,7 @@ DEFAULT_SCHEMA = SCHEMAS_DIR / "record_schema.pbtxt"
 DEFAULT_EVAL_CONFIG = SCHEMAS_DIR / "eval_config.pbtxt"  # two classes
 DEFAULT_EVAL_CONFIG_MULTICLASS = SCHEMAS_DIR / "eval_config_multiclass.pbtxt"  # three or more
 DEFAULT_EVAL_CONFIG_VALUE = SCHEMAS_DIR / "eval_config_value.pbtxt"  # train.target: value
+DEFAULT_EVAL_CONFIG_FRAMES = SCHEMAS_DIR / "eval_config_frames.pbtxt"  # train.target: frames
 
 DTYPES = ("uint8", "float16", "float32")
 TEMPORAL_MODES = ("sample", "pad")
@@ -39,12 +40,14 @@ AUGMENTATIONS = ("flip", "rot90", "roll")
 ENCODERS = ("small_cnn", "mobilenet_v3_small", "efficientnet_b0")
 LR_SCHEDULES = ("constant", "cosine")
 MONITOR_MODES = ("auto", "max", "min")
-TARGETS = ("class", "value")  # train.target: a class per series, or a number (e.g. EF %)
+# train.target: a class per series, a number per series (e.g. EF %), or events per frame
+# (key frames such as end-diastole and end-systole, from frame_labels.csv).
+TARGETS = ("class", "value", "frames")
 VALUE_LOSSES = ("huber", "mse")
 # Eval metrics where lower is better (train.monitor_mode: auto picks min for them).
-LOWER_IS_BETTER = ("eval_loss", "eval_mae", "eval_rmse")
+LOWER_IS_BETTER = ("eval_loss", "eval_mae", "eval_rmse", "eval_event_error")
 # `medseq synth --task` and synth.task: the synthetic tasks (components/synth/tasks.py makes them).
-SYNTH_TASKS = ("cine_ef", "cine_ef3", "cine_sax", "ct_nodule", "dce_kinetics")
+SYNTH_TASKS = ("cine_ef", "cine_ef3", "cine_phase", "cine_sax", "ct_nodule", "dce_kinetics")
 # `medseq export` and push.formats: the precisions each format offers. Measured and left
 # out (README, "Edge and portable export"): full int8 LiteRT and dynamic int8 ONNX failed
 # their gates; ONNX fp16 needs onnxconverter-common, which is not installed.
@@ -304,6 +307,25 @@ class ValueConfig:
 
 
 @dataclass(frozen=True)
+class FramesConfig:
+    """`train.target: frames`: events at key frames (frame_labels.csv: a series key, `frame`
+    or `time_ms`, and the event's name), learned per frame. Between an event of
+    `events[0]` (end-diastole) and one of `events[1]` (end-systole) every frame gets a
+    phase score that runs linearly from 1 to 0 and back (EchoPhaseDetection's dense
+    target); frames outside the labeled span carry no loss. An event is read back as a
+    turning point of the predicted score: a maximum for events[0], a minimum for events[1]."""
+
+    events: tuple[str, str] = ("ed", "es")
+    loss: str = "huber"  # huber | mse, on the phase score
+
+    def __post_init__(self) -> None:
+        check_choice("train.frames.loss", self.loss, VALUE_LOSSES)
+        if len(self.events) != 2 or len(set(self.events)) != 2 or not all(str(e).strip() for e in self.events):
+            raise ConfigError(f"train.frames.events: expected two different event names (the score's maximum, "
+                              f"then its minimum, e.g. [ed, es]), found {list(self.events)}")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """The model and its training loop (components/train). Defaults: schemas/pipeline.yaml."""
 
@@ -339,6 +361,11 @@ class TrainConfig:
     # (a number from the column train.value.column).
     target: str = "class"
     value: ValueConfig = field(default_factory=ValueConfig)
+    frames: FramesConfig = field(default_factory=FramesConfig)
+    # An answer at frame t from frames <= t only (train.target: frames): a unidirectional
+    # LSTM, frame features standardized by the statistics of the frames so far, the
+    # difference from the previous frame; what a live clip can be read with.
+    causal: bool = False
     # The eval metric that picks the exported checkpoint; auto: eval_auc for a class
     # target, eval_mae for a value. monitor_mode auto: min for a loss or an error, else max.
     monitor: str = "auto"
@@ -354,6 +381,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_choice("train.strategy", self.strategy, STRATEGIES)
         check_choice("train.target", self.target, TARGETS)
+        if self.causal and (self.target != "frames" or self.bidirectional or self.sequence_model != "lstm"):
+            raise ConfigError("train.causal: expected target: frames with a unidirectional lstm (bidirectional: "
+                              f"false, sequence_model: lstm), found target {self.target}, bidirectional "
+                              f"{str(self.bidirectional).lower()}, sequence_model {self.sequence_model}")
         if not 0 < self.domain_false_alarm < 0.5:
             raise ConfigError(f"train.domain_false_alarm: expected a share in (0, 0.5), "
                               f"found {self.domain_false_alarm}")
@@ -386,12 +417,14 @@ class TrainConfig:
                               "gradients); expected deterministic: false beside jit_compile: true")
         if self.monitor != "auto" and not self.monitor.startswith("eval_"):
             raise ConfigError(f"train.monitor: expected auto or an eval metric (eval_auc, eval_loss, eval_accuracy; "
-                              f"eval_mae, eval_rmse, eval_r2 for a value), found {self.monitor!r}")
+                              "eval_mae, eval_rmse, eval_r2 for a value; eval_event_error, eval_frame_mae for "
+                              f"frames), found {self.monitor!r}")
 
     @property
     def monitored(self) -> tuple[str, str]:
         """(the eval metric that picks the exported checkpoint, max or min)."""
-        name = self.monitor if self.monitor != "auto" else ("eval_mae" if self.target == "value" else "eval_auc")
+        auto = {"value": "eval_mae", "frames": "eval_event_error"}.get(self.target, "eval_auc")
+        name = self.monitor if self.monitor != "auto" else auto
         mode = self.monitor_mode if self.monitor_mode != "auto" else ("min" if name in LOWER_IS_BETTER else "max")
         return name, mode
 
@@ -493,7 +526,9 @@ class SynthConfig:
     patients: int = 200
     seed: int = 0
     small: bool = True
-    target: str = "class"  # value (cine_ef): labels.csv also holds `ef`, the EF in % (train.target: value)
+    # value (cine_ef): labels.csv also holds `ef`, the EF in % (train.target: value);
+    # frames (cine_phase): the run reads frame_labels.csv, its ED and ES frames (train.target: frames)
+    target: str = "class"
     noise: float = 0.0  # EF points of measurement noise on `ef`
 
     def __post_init__(self) -> None:
@@ -501,19 +536,23 @@ class SynthConfig:
         check_choice("synth.target", self.target, TARGETS)
         if self.target == "value" and self.task != "cine_ef":
             raise ConfigError(f"synth.target: value is written for cine_ef, found task {self.task}")
+        if self.target == "frames" and self.task != "cine_phase":
+            raise ConfigError(f"synth.target: frames is written for cine_phase, found task {self.task}")
         if self.patients < 1:
             raise ConfigError(f"synth.patients: expected a positive integer, found {self.patients}")
 
     def command(self, out: str) -> str:
         value = f" --target value --noise {self.noise:g}" if self.target == "value" else ""
+        value = " --target frames" if self.target == "frames" else value
         return (f"medseq synth --task {self.task} --patients {self.patients} --seed {self.seed}"
                 f"{' --small' if self.small else ''}{value} --out {out}")
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    # The DICOM input of `medseq run`: a folder (or glob) and its labels.csv, or else
-    # `synth`, synthetic data generated into the run folder (the Quickstart's default).
+    # The DICOM input of `medseq run`: a folder (or glob) and its labels.csv (a
+    # frame_labels.csv for train.target: frames), or else `synth`, synthetic data
+    # generated into the run folder (the Quickstart's default).
     input: str = ""
     labels: str = ""
     synth: SynthConfig | None = None

@@ -8,6 +8,20 @@ FRAMES_DTYPE = "frames_dtype"
 VALID_FRAMES = "valid_frames"
 LABEL = "label"
 TARGET = "target"  # float: the number a series answers under train.target: value (instead of LABEL)
+# train.target: frames. Per output frame: the phase score (1 at events[0], 0 at events[1],
+# linear between) and its weight (1 inside the labeled span, 0 outside it and on padding);
+# the source frame (its index in the ordered series) each output frame shows. Per labeled
+# key frame: the output frame it landed on, its event (an index into qc.json's classes),
+# its source frame number, and the source series' frame interval in ms (0: unknown).
+FRAME_LABELS = "frame_labels"
+FRAME_WEIGHTS = "frame_weights"
+FRAME_SOURCES = "frame_sources"
+KEY_FRAMES = "key_frames"
+KEY_EVENTS = "key_events"
+KEY_SOURCE_FRAMES = "key_source_frames"
+SOURCE_INTERVAL_MS = "source_interval_ms"
+FRAME_FEATURES = (FRAME_LABELS, FRAME_WEIGHTS, FRAME_SOURCES, KEY_FRAMES, KEY_EVENTS, KEY_SOURCE_FRAMES,
+                  SOURCE_INTERVAL_MS)
 SERIES_KEY = "series_key"
 PATIENT_KEY = "patient_key"
 MODALITY = "modality"
@@ -28,7 +42,8 @@ BYTES_FEATURES = (FRAMES, FRAMES_DTYPE, SERIES_KEY, PATIENT_KEY, MODALITY, MANUF
 INT_FEATURES = (FRAMES_SHAPE, VALID_FRAMES, LABEL)
 FLOAT_FEATURES = (SPACING,)
 ALL_FEATURES = BYTES_FEATURES + INT_FEATURES + FLOAT_FEATURES
-OPTIONAL_FEATURES = (POSITION_INDEX, TARGET)  # in some records only; readers that do not know them ignore them
+# In some records only; readers that do not know them ignore them.
+OPTIONAL_FEATURES = (POSITION_INDEX, TARGET, *FRAME_FEATURES)
 CONTRACT_FEATURES = ALL_FEATURES + OPTIONAL_FEATURES
 
 # Features TFMA slices on (DESIGN: per modality, vendor, site).
@@ -44,6 +59,7 @@ ATTRIBUTION = "attribution"
 PROBABILITIES = "probabilities"
 CLASS_IDS = "class_ids"
 VALUE = "value"  # the output of a value head (train.target: value), in the labels' units
+FRAME_VALUES = "frame_values"  # the output of a per-frame head (train.target: frames): (B, T) phase scores
 DOMAIN_SCORE = "domain_score"  # how far a series' sequence embedding lies from the training records' (model/domain.py)
 
 # Files every run folder uses.

@@ -57,6 +57,11 @@ def _qc(qc: dict[str, Any] | None) -> str:
         splits = table(("split", "records", "mean", "std", "min", "max"), [
             [s, str(qc["records"][s]), *(f"{stats.get(s, {}).get(k, float('nan')):.4g}" for k in
                                          ("mean", "std", "min", "max"))] for s in F.SPLITS])
+    elif qc.get("target", {}).get("kind") == "frames":  # key frames per event, and the frames with a weight
+        frames = qc.get("frame_labels", {})
+        splits = table(("split", "records", *(f"{c} key frames" for c in qc["classes"]), "labeled frames"), [
+            [s, str(qc["records"][s]), *(str(qc["labels"][s].get(c, 0)) for c in qc["classes"]),
+             str(frames.get(s, {}).get("labeled_frames", 0))] for s in F.SPLITS])
     else:
         splits = table(("split", "records", *qc["classes"]), [
             [s, str(qc["records"][s]), *(str(qc["labels"][s].get(c, 0)) for c in qc["classes"])] for s in F.SPLITS])
@@ -78,7 +83,7 @@ def _training(history: list[dict[str, float]] | None) -> str:
     if not history:
         return "<p class=muted>No training history.</p>"
     last = history[-1]
-    metric = "mae" if "mae" in last else "auc"
+    metric = next(m for m in ("mae", "frame_mae", "auc") if m in last or m == "auc")
     return (images([plots.curves_plot(history, "loss"), plots.curves_plot(history, metric)]) +
             f"<p>{len(history)} epochs; last: loss {last['loss']:.4f}, "
             f"eval_{metric} {last.get(f'eval_{metric}', np.nan):.4f}.</p>")
@@ -94,7 +99,9 @@ def _evaluation(evaluate_dir: Path) -> str:
     if found:
         preds = EvalPredictions.from_json(found)
         probs = {"candidate": preds.probs["frames"]}
-        if preds.is_value:
+        if preds.is_frames:
+            pngs = [plots.frame_curves(preds.probs["frames"], preds.labels, classes)]
+        elif preds.is_value:
             name = (verdict.get("value") or {}).get("column") or "value"
             pngs = [plots.value_scatter(probs, preds.labels, name),
                     plots.bland_altman(preds.probs["frames"], preds.labels, name)]
@@ -109,6 +116,13 @@ def _evaluation(evaluate_dir: Path) -> str:
             f"<p class=muted>Full evaluation: <code>evaluate/report.html</code>.</p>")
 
 
+def _target_line(card: dict[str, Any]) -> str:
+    target = card.get("target") or {}
+    if target.get("kind") == "frames":
+        return f"events per frame: {', '.join(target.get('events', []))}"
+    return ", ".join(card["classes"]) if target.get("kind") != "value" else f"value {target.get('column', '')}"
+
+
 def _card(record: dict[str, Any]) -> str:
     served = (record.get("outcome") or {}).get("served")
     card = _json(Path(served) / "assets.extra" / "medseq_model.json") if served else None
@@ -118,8 +132,7 @@ def _card(record: dict[str, Any]) -> str:
     inputs = card["network_data_format"]["inputs"][F.FRAMES]
     rows = [["version", str(card["version"])], ["created", esc(card["created"])],
             ["input", f"{'x'.join(map(str, inputs['shape']))} {esc(inputs['dtype'])}"],
-            ["target", esc(", ".join(card["classes"]) if card["classes"] else
-                           f"value {(card.get('target') or {}).get('column', '')}")],
+            ["target", esc(_target_line(card))],
             ["model fingerprint", esc(card["fingerprints"]["model"])],
             ["training records", esc((card["fingerprints"]["training_records"] or {}).get("sha256"))],
             ["packages", esc(", ".join(f"{k} {v}" for k, v in card["package_versions"].items()))]]
@@ -138,7 +151,7 @@ def _strips(run: Path, config: PipelineConfig) -> str:
     from ..components.io.examples import parse_examples, record_spec, split_files
 
     spec, pngs, overlays, seen = record_spec(run / "ingest"), [], [], set()
-    if spec.is_value:  # strips per class; a value target has none
+    if spec.is_value or spec.is_frames:  # strips per class; a value or frames target has none
         return ""
     model = run / "train" / "model"
     signatures = tf.saved_model.load(str(model)).signatures if (model / "saved_model.pb").exists() else {}

@@ -150,7 +150,8 @@ def _stages(runner: Runner, config: PipelineConfig, key: bytes, key_id: str, bea
         synth = config.synth
         runner.stage("synth", f"{synth.task}, {synth.patients} patients, seed {synth.seed}", to_dict(synth), {},
                      lambda: stages.folder_print(where, "labels.csv"), lambda _: stages.synth(synth, run))
-        config = config.on_input(str(where / "dicom"), str(where / "labels.csv"))
+        labels = "frame_labels.csv" if config.train.target == "frames" else "labels.csv"
+        config = config.on_input(str(where / "dicom"), str(where / labels))
     if not (config.input and config.labels):
         raise ConfigError("expected `input` and `labels` (your DICOM and its labels.csv) or a `synth` section in "
                           "the config, found neither")

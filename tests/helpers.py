@@ -78,6 +78,37 @@ def one_line(result: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
+def medseq_run(root: Path, config: dict) -> Path:
+    """`medseq run` in this process with `config` (written to ROOT/config.yaml) into ROOT/run."""
+    import yaml
+
+    from medseq.pipeline import cli
+
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run = root / "run"
+    assert cli.main(["run", "--config", str(path), "--out", str(run)]) == 0
+    return run
+
+
+def served_answers(run: Path, records: int) -> tuple[Path, dict, list[bytes], dict]:
+    """A run's served model: (its folder, its model card, the first `records` eval records,
+    what TF Serving's signature answers for them)."""
+    import json
+
+    import tensorflow as tf
+
+    from medseq.components.io.examples import split_files
+    from medseq.pipeline import features as F
+
+    served = run / "serving" / "medseq" / "1"
+    card = json.loads((served / "assets.extra" / "medseq_model.json").read_text())
+    signature = tf.saved_model.load(str(served)).signatures[F.SERVING_SIGNATURE]
+    examples = [r.numpy() for r in tf.data.TFRecordDataset(split_files(run / "ingest", "eval"),
+                                                           compression_type="GZIP").take(records)]
+    return served, card, examples, signature(examples=tf.constant(examples))
+
+
 def convert(config, out, key: bytes = KEY, beam_args=IN_PROCESS):
     """The ingest stage's entry on `config.input` and `config.labels`, with the tests' key."""
     from medseq.components import ingest

@@ -9,16 +9,21 @@ from google.protobuf import text_format
 from tensorflow_model_analysis.proto import config_pb2
 
 from ...pipeline import features as F
-from ...pipeline.config import DEFAULT_EVAL_CONFIG, DEFAULT_EVAL_CONFIG_MULTICLASS, DEFAULT_EVAL_CONFIG_VALUE
+from ...pipeline.config import (
+    DEFAULT_EVAL_CONFIG,
+    DEFAULT_EVAL_CONFIG_FRAMES,
+    DEFAULT_EVAL_CONFIG_MULTICLASS,
+    DEFAULT_EVAL_CONFIG_VALUE,
+)
 from ...pipeline.errors import ConfigError
 
 CANDIDATE, BASELINE = "candidate", "baseline"
 
 
-def load_eval_config(path: str | None, classes: int) -> config_pb2.EvalConfig:
-    """The config at `path`, or the shipped one for `classes` classes (0: a value target);
-    completed for them."""
-    shipped = DEFAULT_EVAL_CONFIG_VALUE if classes == 0 else \
+def load_eval_config(path: str | None, classes: int, target: str = "class") -> config_pb2.EvalConfig:
+    """The config at `path`, or the shipped one for `classes` classes (0: a value target)
+    or a frames target; completed for them."""
+    shipped = DEFAULT_EVAL_CONFIG_FRAMES if target == "frames" else DEFAULT_EVAL_CONFIG_VALUE if classes == 0 else \
         DEFAULT_EVAL_CONFIG if classes <= 2 else DEFAULT_EVAL_CONFIG_MULTICLASS
     path = path or str(shipped)
     try:

@@ -29,11 +29,12 @@ from ..io.beam import options as beam_options
 from ..io.beam import pipeline as beam_pipeline
 from ..io.examples import record_spec, split_files
 from ..io.remote_errors import describe_runner
-from ..model.intervals import Interval, bootstrap_intervals, headline_metric, metrics_of
+from ..model.events import series_summary
+from ..model.intervals import LOWER_IS_BETTER, Interval, bootstrap_intervals, headline_metric, metrics_of
 from . import gate, report
 from .eval_config import BASELINE, CANDIDATE, has_thresholds, load_eval_config, prepare_config
 from .inference import PREDICTIONS_FILE, VARIANTS, EvalPredictions, predict_split
-from .materialized import materialized_config, with_predictions
+from .materialized import EVENT_SUMMARY, materialized_config, with_predictions
 
 VERDICT_VERSION = 1
 
@@ -92,7 +93,7 @@ def _intervals(preds: EvalPredictions, keys: list[gate.SliceKey], settings: Eval
 def temporal_reliance(preds: EvalPredictions, settings: EvaluateConfig) -> tuple[dict[str, Any], gate.Check | None]:
     """The target's metric on the real frames, shuffled frames and one repeated frame;
     the optional gate."""
-    name = headline_metric(preds.probs["frames"])
+    name = headline_metric(preds.probs["frames"], preds.labels)
     rows: dict[str, Any] = {"metric": name, "min_drop": settings.temporal_min_drop}
     for variant in VARIANTS:
         ci = bootstrap_intervals(preds.probs[variant], preds.labels, settings.seed, settings.bootstrap_samples,
@@ -101,7 +102,10 @@ def temporal_reliance(preds: EvalPredictions, settings: EvaluateConfig) -> tuple
     if settings.temporal_min_drop is None:
         return rows, None
     drop = rows["frames"]["value"] - rows["one_frame"]["value"]
-    check = gate.Check(f"{name} drop with one frame repeated", "overall", f">= {settings.temporal_min_drop:g}",
+    if name in LOWER_IS_BETTER:  # an error: what the sequence is worth is how much it rises
+        drop = -drop
+    what = "rise" if name in LOWER_IS_BETTER else "drop"
+    check = gate.Check(f"{name} {what} with one frame repeated", "overall", f">= {settings.temporal_min_drop:g}",
                        float(drop), None, bool(drop >= settings.temporal_min_drop))
     return rows, check
 
@@ -175,7 +179,7 @@ def evaluate(examples_dir: str, model_dir: str, out: str | Path, eval_config_pat
     cutoffs = tuple(settings.value_cutoffs) if spec.is_value else ()
     preds = predict_split(examples_dir, model_dir, settings.seed)
     served_probs = _baseline_probs(baseline_dir, examples_dir, settings)
-    config, small = gate.gated_config(prepare_config(load_eval_config(eval_config_path, len(classes)),
+    config, small = gate.gated_config(prepare_config(load_eval_config(eval_config_path, len(classes), spec.target),
                                                      baseline=baseline_dir is not None),
                                       preds, settings.min_slice_size)
     config = materialized_config(config)
@@ -183,7 +187,10 @@ def evaluate(examples_dir: str, model_dir: str, out: str | Path, eval_config_pat
     notes = [] if baseline_dir else ["no baseline (no served model): change thresholds skipped"]
     result_path = str(out / "metrics")
     probs = {CANDIDATE: preds.probs["frames"], **({BASELINE: served_probs} if served_probs is not None else {})}
-    examples = with_predictions(split_files(examples_dir, "eval"), probs)
+    made: dict[str, Any] = probs
+    if preds.is_frames:  # TFMA averages each series' event summary (model/events.py)
+        made = {name: {EVENT_SUMMARY: series_summary(p, preds.labels)} for name, p in probs.items()}
+    examples = with_predictions(split_files(examples_dir, "eval"), made)
     reasons: list[str] = []
     try:
         validation = _run_tfma(config, examples, result_path, list(beam_args or []))
@@ -200,7 +207,8 @@ def evaluate(examples_dir: str, model_dir: str, out: str | Path, eval_config_pat
                                "was written, so nothing can be pushed: fix the eval config or the runner and run "
                                "again") from None
     intervals = _intervals(preds, sorted(candidate) or [()], settings, cutoffs)
-    if preds.is_value:  # what TFMA cannot compute (AUC at each cut-off, calibration slope): medseq's exact numbers
+    if preds.is_value or preds.is_frames:  # what TFMA does not compute (AUC at each cut-off, calibration
+        # slope; events missed, the error per event kind): medseq's exact numbers
         for key, values in candidate.items():
             mask = gate.slice_mask(preds, key)
             exact = metrics_of(preds.probs["frames"][mask], preds.labels[mask], cutoffs)
@@ -220,6 +228,7 @@ def evaluate(examples_dir: str, model_dir: str, out: str | Path, eval_config_pat
         "model": str(model_dir), "model_fingerprint": tree_fingerprint(model_dir), "baseline": baseline_dir,
         "classes": list(classes), "eval_series": len(preds),
         **({"target": "value", "value": {k: spec.value.get(k) for k in ("column", "units")}} if spec.is_value else {}),
+        **({"target": "frames", "events": list(classes)} if spec.is_frames else {}),
         "confidence_level": settings.confidence_level, "gate_on_interval": settings.gate_on_interval,
         "min_slice_size": settings.min_slice_size,
         "checks": [c.to_json() for c in checks], "not_gated": small, "notes": notes, "reasons": reasons,

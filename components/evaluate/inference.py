@@ -5,8 +5,9 @@ that take time away from it.
 - `shuffled`: the valid frames of each series in a seeded random order;
 - `one_frame`: the middle valid frame repeated over all valid positions.
 
-A model that reads the sequence loses AUC on the controls; one that looks at a single
-frame does not. Predictions go through the exported `predict_frames` signature, the
+A model that reads the sequence loses AUC on the controls (R² for a value; for events
+per frame, its event error rises: the labels stay on their frames); one that looks at a
+single frame does not. Predictions go through the exported `predict_frames` signature, the
 one TF Serving runs.
 """
 
@@ -21,7 +22,7 @@ import tensorflow as tf
 
 from ...pipeline import features as F
 from ...pipeline.errors import InputError
-from ..io.examples import load_spec, parse_examples, split_files
+from ..io.examples import FRAME_TRUTH, load_spec, parse_examples, split_files
 
 VARIANTS = ("frames", "shuffled", "one_frame")
 PREDICTIONS_FILE = "predictions.json"  # written by evaluate beside BLESSED: the run report redraws from it
@@ -30,13 +31,17 @@ BATCH = 32
 
 @dataclass(frozen=True)
 class EvalPredictions:
-    labels: np.ndarray  # (N,) class index, or the true value of a value target
+    labels: np.ndarray  # (N,) class index, the true value of a value target, or a frames target's truth (N, T, 6)
     slices: dict[str, np.ndarray] = field(repr=False)  # slice feature -> (N,) str values
-    probs: dict[str, np.ndarray] = field(repr=False)  # variant -> (N, K), or (N,) predicted values
+    probs: dict[str, np.ndarray] = field(repr=False)  # variant -> (N, K), (N,) values, or (N, T) frame scores
 
     @property
     def is_value(self) -> bool:
         return self.probs["frames"].ndim == 1
+
+    @property
+    def is_frames(self) -> bool:
+        return self.labels.ndim == 3
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -51,7 +56,7 @@ class EvalPredictions:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> EvalPredictions:
-        value = np.asarray(data["probs"]["frames"]).ndim == 1
+        value = np.asarray(data["probs"]["frames"]).ndim == 1 or np.asarray(data["labels"]).ndim == 3
         return cls(np.asarray(data["labels"], np.float64 if value else np.int64),
                    {k: np.asarray(v, dtype=object) for k, v in data["slices"].items()},
                    {k: np.asarray(v, np.float64) for k, v in data["probs"].items()})
@@ -104,7 +109,8 @@ def predict_split(examples_dir: str, model_dir: str | Path, seed: int = 0, split
         for name, x in inputs.items():
             out = serve(**{F.FRAMES: tf.constant(x), F.VALID_FRAMES: tf.constant(valid)})
             probs[name].append(out[output].numpy().astype(np.float64))
-        labels.append(batch[F.TARGET] if output == F.VALUE else batch[F.LABEL])
+        labels.append(batch[F.TARGET] if output == F.VALUE else batch[FRAME_TRUTH] if output == F.FRAME_VALUES
+                      else batch[F.LABEL])
         for name in F.SLICE_FEATURES:
             slices[name].append(np.array([v.decode() for v in batch[name]], dtype=object))
     return EvalPredictions(np.concatenate(labels), {k: np.concatenate(v) for k, v in slices.items()},

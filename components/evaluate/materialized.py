@@ -30,9 +30,15 @@ def feature(model: str, output: str) -> str:
     return f"{model}__{output}"
 
 
-def outputs(probs: np.ndarray) -> dict[str, np.ndarray]:
+EVENT_SUMMARY = "event_summary"  # a frames target's per-series summary (model/events.py series_summary)
+SUMMARY_LABEL = "medseq__summary_label"  # its label key: zeros of its shape (TFMA's metrics read no label)
+
+
+def outputs(probs: np.ndarray | Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
     """The exported signatures' outputs, from their probabilities (N, K), or a value
-    target's values (N,)."""
+    target's values (N,); outputs already made (a frames target's summary) as they are."""
+    if isinstance(probs, Mapping):
+        return probs
     if probs.ndim == 1:
         return {F.VALUE: probs}
     out = {F.PROBABILITIES: probs, F.CLASS_IDS: probs.argmax(-1)}
@@ -60,11 +66,11 @@ def _records(files: list[str]) -> Iterator[bytes]:
         yield bytes(record)
 
 
-def with_predictions(files: list[str], probs: Mapping[str, np.ndarray]) -> list[bytes]:
+def with_predictions(files: list[str], probs: Mapping[str, np.ndarray | Mapping[str, np.ndarray]]) -> list[bytes]:
     """The records of `files` (in the order `predict_split` read them) without pixels,
-    each with every model's outputs for it; `probs`: model name -> (N, K)."""
+    each with every model's outputs for it; `probs`: model name -> (N, K), or its outputs."""
     per_model = {model: outputs(p) for model, p in probs.items()}
-    count = min(len(p) for p in probs.values())
+    count = min(len(next(iter(p.values()))) for p in per_model.values())
     out: list[bytes] = []
     for i, serialized in enumerate(_records(files)):
         if i >= count:
@@ -73,6 +79,8 @@ def with_predictions(files: list[str], probs: Mapping[str, np.ndarray]) -> list[
         example = tf.train.Example.FromString(serialized)
         for name in PIXELS:
             del example.features.feature[name]
+        if any(EVENT_SUMMARY in values for values in per_model.values()):
+            example.features.feature[SUMMARY_LABEL].float_list.value.extend([0.0] * 3)
         for model, values in per_model.items():
             for output, value in values.items():
                 target = example.features.feature[feature(model, output)]

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..model import plots
-from ..model.intervals import percent
+from ..model.intervals import LOWER_IS_BETTER, percent
 from .inference import EvalPredictions
 
 STYLE = """
@@ -105,10 +105,18 @@ def temporal_section(verdict: Mapping[str, Any]) -> str:
               "one_frame": "one frame repeated T times"}
     rows = [[labels[k], num(t[k]["value"]), _ci(t[k]["interval"]),
              num(t["frames"]["value"] - t[k]["value"]) if k != "frames" else "-"] for k in labels]
+    what = "loses"
+    if t["metric"] in LOWER_IS_BETTER:  # an error rises when time is taken away
+        rows = [[*r[:3], num(t[k]["value"] - t["frames"]["value"]) if k != "frames" else "-"]
+                for r, k in zip(rows, labels, strict=True)]
+        what = "gains"
     gate = (f"Gate: refuse when the one-frame drop is below {t['min_drop']:g}." if t["min_drop"] is not None
             else "Not gated (evaluate.temporal_min_drop is off).")
-    return (table(("input", t["metric"], interval_head(verdict), "drop"), rows) +
-            f'<p class="muted">A model that reads the sequence loses {t["metric"]} when time is taken away. {gate}</p>')
+    change = "rise" if what == "gains" else "drop"
+    gate = gate.replace("drop", change)
+    return (table(("input", t["metric"], interval_head(verdict), change), rows) +
+            f'<p class="muted">A model that reads the sequence {what} {t["metric"]} when time is taken away. '
+            f'{gate}</p>')
 
 
 def render(verdict: Mapping[str, Any], preds: EvalPredictions, classes: Sequence[str],
@@ -118,7 +126,10 @@ def render(verdict: Mapping[str, Any], preds: EvalPredictions, classes: Sequence
     probs = {"candidate": preds.probs["frames"]}
     if baseline_probs is not None:
         probs["served model"] = baseline_probs
-    if preds.is_value:
+    if preds.is_frames:
+        pngs = [plots.frame_curves(preds.probs["frames"], preds.labels, classes)]
+        answers = f"events per frame {esc(', '.join(classes))}"
+    elif preds.is_value:
         value = verdict.get("value", {})
         name = f"{value.get('column') or 'value'}{' (' + value['units'] + ')' if value.get('units') else ''}"
         pngs = [plots.value_scatter(probs, preds.labels, name),

@@ -5,6 +5,11 @@ squared error. Computed by TFMA's own machinery (a combiner per slice, per model
 their thresholds, slices and change against the served model work as for TFMA's
 metrics; an eval config names them by `class_name` with `module:
 "medseq.components.evaluate.tfma_metrics"`.
+
+For a frames target TFMA reads each series' event summary (evaluate/materialized.py:
+its event error in source frames, in ms, and its phase score's MAE, computed by
+model/events.py) and `EventError`, `EventErrorMs` and `FrameMeanAbsoluteError` average
+one of them over a slice's series, NaN (no timing) left out.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import numpy as np
 from tensorflow_model_analysis.metrics import metric_types, metric_util
 
 R_SQUARED, RMSE = "r_squared", "root_mean_squared_error"
+# The columns of a frames target's materialized summary (events.series_summary), by metric name.
+SUMMARY_COLUMNS = {"event_error": 0, "event_error_ms": 1, "frame_mae": 2}
 
 
 @dataclasses.dataclass
@@ -68,13 +75,44 @@ class _Combiner(beam.CombineFn):  # type: ignore[misc]
         return {self.key: float(1.0 - acc.error_sq / total) if total > 0 else float("nan")}
 
 
+class _SummaryMean(beam.CombineFn):  # type: ignore[misc]
+    """The mean of one column of each series' event summary over a slice's finite values."""
+
+    def __init__(self, key: metric_types.MetricKey, eval_config: Any, column: int) -> None:
+        self.key, self.eval_config, self.column = key, eval_config, column
+
+    def create_accumulator(self) -> list[float]:
+        return [0.0, 0.0]
+
+    def add_input(self, acc: list[float], element: metric_types.StandardMetricInputs) -> list[float]:
+        for _, prediction, _ in metric_util.to_label_prediction_example_weight(
+                element, eval_config=self.eval_config, model_name=self.key.model_name,
+                output_name=self.key.output_name, flatten=False, squeeze=False):
+            value = float(np.asarray(prediction, np.float64).reshape(-1)[self.column])
+            if np.isfinite(value):
+                acc[0] += value
+                acc[1] += 1.0
+        return acc
+
+    def merge_accumulators(self, accs: Iterable[list[float]]) -> list[float]:
+        out = [0.0, 0.0]
+        for acc in accs:
+            out[0] += acc[0]
+            out[1] += acc[1]
+        return out
+
+    def extract_output(self, acc: list[float]) -> dict[metric_types.MetricKey, float]:
+        return {self.key: acc[0] / acc[1] if acc[1] else float("nan")}
+
+
 def _computations(kind: str) -> Any:
     def computations(name: str | None = None, eval_config: Any = None, model_name: str = "", output_name: str = "",
                      example_weighted: bool = False, **_: Any) -> metric_types.MetricComputations:
         key = metric_types.MetricKey(name=name or kind, model_name=model_name, output_name=output_name,
                                      example_weighted=example_weighted)
-        return [metric_types.MetricComputation(keys=[key], preprocessors=None,
-                                               combiner=_Combiner(key, eval_config, kind))]
+        combiner = _SummaryMean(key, eval_config, SUMMARY_COLUMNS[kind]) if kind in SUMMARY_COLUMNS \
+            else _Combiner(key, eval_config, kind)
+        return [metric_types.MetricComputation(keys=[key], preprocessors=None, combiner=combiner)]
     return computations
 
 
@@ -92,5 +130,26 @@ class RootMeanSquaredError(metric_types.Metric):  # type: ignore[misc]
         super().__init__(metric_util.merge_per_key_computations(_computations(RMSE)), name=name)
 
 
-metric_types.register_metric(RSquared)
-metric_types.register_metric(RootMeanSquaredError)
+class EventError(metric_types.Metric):  # type: ignore[misc]
+    """A frames target: the mean over a slice's series of their event error, in source frames."""
+
+    def __init__(self, name: str = "event_error") -> None:
+        super().__init__(metric_util.merge_per_key_computations(_computations("event_error")), name=name)
+
+
+class EventErrorMs(metric_types.Metric):  # type: ignore[misc]
+    """A frames target: the event error in ms (series with a frame interval only)."""
+
+    def __init__(self, name: str = "event_error_ms") -> None:
+        super().__init__(metric_util.merge_per_key_computations(_computations("event_error_ms")), name=name)
+
+
+class FrameMeanAbsoluteError(metric_types.Metric):  # type: ignore[misc]
+    """A frames target: the mean over a slice's series of their phase score's MAE over labeled frames."""
+
+    def __init__(self, name: str = "frame_mae") -> None:
+        super().__init__(metric_util.merge_per_key_computations(_computations("frame_mae")), name=name)
+
+
+for _metric in (RSquared, RootMeanSquaredError, EventError, EventErrorMs, FrameMeanAbsoluteError):
+    metric_types.register_metric(_metric)

@@ -9,7 +9,8 @@ Checks, each against the SavedModel's `predict_frames` on the same inputs:
 
 It passes when the largest |Δp| over all of them (for a value target, |Δ| in the train
 split's standard deviations) is within the precision's tolerance and the eval AUC (macro
-AUC for three or more classes; R² for a value) changes by at least the
+AUC for three or more classes; R² for a value; minus the event error for frames, whose
+scores compare as probabilities do) changes by at least the
 configured minimum (the `export` section); the change's paired bootstrap interval, at
 the configured level, is reported beside it.
 """
@@ -24,7 +25,8 @@ import numpy as np
 from ...pipeline.config import ExportConfig
 from ...pipeline.errors import InputError
 from ..io.examples import RecordSpec, eval_dataset, split_files
-from ..model.intervals import bootstrap, headline_metric, metrics_of, percent
+from ..model.events import series_table, table_metrics
+from ..model.intervals import LOWER_IS_BETTER, bootstrap, headline_metric, metrics_of, percent
 from ..model.runtimes import Predict
 
 BATCH = 8
@@ -107,17 +109,26 @@ def shortened(frames: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 def _score(probs: np.ndarray, labels: np.ndarray) -> tuple[str, float]:
-    """The eval metric the gate holds: AUC (macro for 3+ classes), R² for a value."""
-    name = headline_metric(probs)
-    return name, float(metrics_of(probs, labels)[name])
+    """The eval metric the gate holds: AUC (macro for 3+ classes), R² for a value, the
+    event error for frames, signed so that higher is better (an error counts negative)."""
+    name = headline_metric(probs, labels)
+    value = float(metrics_of(probs, labels)[name])
+    return name, -value if name in LOWER_IS_BETTER else value
 
 
 def change_interval(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray,
                     settings: ExportConfig) -> tuple[float, float]:
-    """The interval of the AUC change over series resampled together (paired)."""
-    change = bootstrap(lambda pick: {"change": _score(candidate[pick], labels[pick])[1]
-                                     - _score(reference[pick], labels[pick])[1]},
-                       len(labels), settings.seed, settings.bootstrap_samples, settings.confidence_level)
+    """The interval of the AUC change over series resampled together (paired); for frames,
+    of the event error's fall (each series' events found once)."""
+    if labels.ndim == 3:
+        ref, got = series_table(reference, labels), series_table(candidate, labels)
+
+        def statistics(pick: np.ndarray) -> dict[str, float]:
+            return {"change": table_metrics(ref[pick])["event_error"] - table_metrics(got[pick])["event_error"]}
+    else:
+        def statistics(pick: np.ndarray) -> dict[str, float]:
+            return {"change": _score(candidate[pick], labels[pick])[1] - _score(reference[pick], labels[pick])[1]}
+    change = bootstrap(statistics, len(labels), settings.seed, settings.bootstrap_samples, settings.confidence_level)
     return change.get("change", (float("nan"), float("nan")))
 
 
@@ -135,8 +146,10 @@ def check(reference: Predict, candidate: Predict, split: EvalSplit, precision: s
                                         - batched(reference, short_frames, short_valid, 32)).max()) / split.scale,
     }
     worst = max(checks.values())
-    metric, auc_ref = _score(ref, split.labels)
+    metric, auc_ref = _score(ref, split.labels)  # an error as its negative: higher is better for every metric
     auc = _score(got, split.labels)[1]
+    if metric in LOWER_IS_BETTER:
+        metric = f"-{metric}"
     tolerance, least = settings.tolerance[precision], settings.min_auc_change
     failures = []
     if not worst <= tolerance:

@@ -28,7 +28,7 @@ from ..io.output_lock import output_lock
 from ..preprocessing import pixel_phi
 from .graph import INDEX, LABELED_LINES, REJECTED_LINES, ingest_graph
 from .in_process import LocalGraph
-from .labels import CLASS, VALUE, LabelTable, read_labels
+from .labels import CLASS, FRAMES, VALUE, LabelTable, read_labels
 from .steps import RejectedRow
 
 if TYPE_CHECKING:
@@ -126,9 +126,12 @@ OUTPUT_NAMES = (F.QC_FILE, *F.SPLITS, F.REJECTED_FILE)  # what ingest writes in 
 
 
 def _target_record(labels: LabelTable, value: ValueConfig | None) -> dict[str, Any]:
-    """qc.json's `target`: what the records answer (a value: its column, units, range)."""
+    """qc.json's `target`: what the records answer (a value: its column, units, range;
+    frames: the events, which are qc.json's `classes` too)."""
     if labels.target == CLASS:
         return {"kind": CLASS}
+    if labels.target == FRAMES:
+        return {"kind": FRAMES, "events": list(labels.classes)}
     value = value or ValueConfig()
     return {"kind": VALUE, "column": value.column, "units": value.units,
             "range": list(value.range) if value.range else None}
@@ -141,6 +144,14 @@ def value_statistics(values: list[float]) -> dict[str, float | int]:
     x = np.asarray(values, np.float64)
     return {"count": len(x), "mean": float(x.mean()), "std": float(x.std()), "min": float(x.min()),
             "max": float(x.max())}
+
+
+def _label_counts(labels: list[str], kind: str) -> dict[str, int]:
+    if kind == VALUE:
+        return {}
+    if kind == FRAMES:
+        return dict(sorted(Counter(e for label in labels for e in label.split(",")).items()))
+    return dict(sorted(Counter(labels).items()))
 
 
 def merge_side_files(staging: str, classes: tuple[str, ...], config: dict[str, Any],
@@ -161,8 +172,9 @@ def merge_side_files(staging: str, classes: tuple[str, ...], config: dict[str, A
         "classes": list(classes),
         "records": records,
         "target": target,
-        "labels": {s: dict(sorted(Counter(r["label"] for r in index if r["split"] == s).items()))
-                   if target["kind"] == CLASS else {} for s in F.SPLITS},
+        # Records per class; for frames, key frames per event.
+        "labels": {s: _label_counts([r["label"] for r in index if r["split"] == s], target["kind"])
+                   for s in F.SPLITS},
         "modalities": dict(sorted(Counter(r["modality"] for r in index).items())),
         "manufacturers": dict(sorted(Counter(r["manufacturer"] for r in index).items())),
         "colours": dict(sorted(Counter(r.get("colour", "grey") for r in index).items())),  # of the source pixels
@@ -175,6 +187,10 @@ def merge_side_files(staging: str, classes: tuple[str, ...], config: dict[str, A
     }
     if target["kind"] == VALUE:  # the values of each split, as validate and train read them
         qc["targets"] = {s: value_statistics([float(r["label"]) for r in index if r["split"] == s]) for s in F.SPLITS}
+    if target["kind"] == FRAMES:  # the output frames with a target, per split
+        qc["frame_labels"] = {s: {"labeled_frames": sum(r.get("labeled_frames", 0) for r in index if r["split"] == s),
+                                  "valid_frames": sum(r["valid_frames"] for r in index if r["split"] == s)}
+                              for s in F.SPLITS}
     four_d = [r["four_d"] for r in index if "four_d" in r]
     if four_d:  # which attribute ordered the times of each 4-D series (one count per series)
         qc["four_d"] = {"records": len(four_d), "series": sum(p == 0 for p, _, _ in four_d),
@@ -220,11 +236,11 @@ def swap_into_place(staging: str, out: str) -> None:
 def run_job(input_path: str, labels_path: str, out: str, key: bytes, preprocess: PreprocessConfig,
             ingest: IngestConfig, beam_args: list[str] | None, config_record: dict[str, Any],
             fetch_rejected: tuple[RejectedRow, ...] = (), target: str = CLASS,
-            value: ValueConfig | None = None) -> IngestOutputs:
+            value: ValueConfig | None = None, events: tuple[str, ...] = ("ed", "es")) -> IngestOutputs:
     """The job on Beam with `beam_args`, or, with None, its DoFns called in this process;
     `fetch_rejected`: the series of a DICOMweb input that could not be fetched; `target`
-    and `value`: what labels.csv answers (train.target, train.value)."""
-    labels = read_labels(labels_path, target, value)
+    `value` and `events`: what labels.csv answers (train.target, train.value, train.frames)."""
+    labels = read_labels(labels_path, target, value, events)
     if target == CLASS and ingest.classes:
         labels = dataclasses.replace(labels, classes=ingest.classes)
     classes = labels.classes

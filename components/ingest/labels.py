@@ -8,6 +8,13 @@ number, or lies outside `train.value.range`, does not stop the job: its series i
 rejected by name (`bad_value`, `value_out_of_range`) and the rest converts. Two rows
 giving one key two answers are one line of error, which names line numbers, never the
 key (it identifies a patient's series).
+
+For `train.target: frames` the file is frame_labels.csv: a key column, the frame as
+`frame` (its 0-based index in the ordered series, EchoNet's VolumeTracings numbering) or
+`time_ms` (from the series' first frame), and `label`, the event's name (one of
+`train.frames.events`). Sparse key frames are the rule: a row per labeled frame. Where
+each lands among the output frames is decided per series (steps.py), where the frames
+are known.
 """
 
 from __future__ import annotations
@@ -26,7 +33,8 @@ from ..preprocessing import reasons
 
 LABEL_KEYS = ("series_instance_uid", "study_instance_uid", "accession_number")
 CLASS_NAME = re.compile(r"^[\w][\w .-]{0,63}$")  # class names travel into file names, configs and reports
-CLASS, VALUE = "class", "value"
+CLASS, VALUE, FRAMES = "class", "value", "frames"
+FRAME_UNITS = ("frame", "time_ms")  # frame_labels.csv: where a key frame is, by index or by time
 
 
 @dataclass(frozen=True)
@@ -43,8 +51,10 @@ class LabelTable:
         return len(self.labels) + len(self.bad)
 
 
-def read_labels(path: str, target: str = CLASS, value: ValueConfig | None = None) -> LabelTable:
-    """labels.csv -> its labels by the key column it has (the first of LABEL_KEYS)."""
+def read_labels(path: str, target: str = CLASS, value: ValueConfig | None = None,
+                events: tuple[str, ...] = ("ed", "es")) -> LabelTable:
+    """labels.csv (frame_labels.csv for `frames`) -> its labels by the key column it has
+    (the first of LABEL_KEYS)."""
     try:
         with open_binary(path) as f:
             raw = f.read()
@@ -57,6 +67,8 @@ def read_labels(path: str, target: str = CLASS, value: ValueConfig | None = None
                          f"{exc.start}); save the labels as UTF-8 CSV") from None
     reader = csv.DictReader(io.StringIO(text))
     try:
+        if target == FRAMES:
+            return _frame_rows(reader, path, tuple(events))
         return _label_rows(reader, path, target, value or ValueConfig())
     except csv.Error as exc:  # csv's own words name the problem, not the data ("field larger than field limit")
         raise InputError(f"{path}: line {reader.line_num + 1}: not valid CSV ({exc}); expected rows of a key column "
@@ -118,3 +130,62 @@ def _label_rows(reader: csv.DictReader[str], path: str, target: str, value: Valu
                          f"{' holding finite numbers' if target == VALUE else ''})")
     classes = tuple(sorted(set(labels.values()))) if target == CLASS else ()
     return LabelTable(labels, classes, column, target, bad)
+
+
+@dataclass(frozen=True)
+class KeyFrame:
+    unit: str  # one of FRAME_UNITS
+    at: float  # the frame index, or ms from the first frame
+    event: str
+
+
+def key_frames(encoded: str) -> list[KeyFrame]:
+    """A LabelTable's frames label ("frame:12:ed;time_ms:400:es") -> its key frames."""
+    out = []
+    for part in encoded.split(";"):
+        unit, at, event = part.split(":", 2)
+        out.append(KeyFrame(unit, float(at), event))
+    return out
+
+
+def _frame_rows(reader: csv.DictReader[str], path: str, events: tuple[str, ...]) -> LabelTable:
+    columns = {c.strip() for c in reader.fieldnames or []}
+    column = next((c for c in LABEL_KEYS if c in columns), None)
+    if column is None or "label" not in columns or not columns & set(FRAME_UNITS):
+        raise InputError(f"{path}: expected a frame_labels.csv header with one of {', '.join(LABEL_KEYS)}, "
+                         f"frame or time_ms, and label; found {','.join(reader.fieldnames or [])!r}")
+    rows: dict[str, dict[tuple[str, float], str]] = {}
+    bad: dict[str, tuple[str, str]] = {}
+    first_line: dict[tuple[str, str, float], int] = {}
+    for row in reader:
+        row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
+        uid, event = row.get(column, ""), row.get("label", "")
+        given = [(u, row[u]) for u in FRAME_UNITS if row.get(u)]
+        if not (uid and event and given):
+            continue
+        if event not in events:
+            raise InputError(f"{path}: line {reader.line_num}: expected an event of train.frames.events "
+                             f"({', '.join(events)}), found {event[:40]!r}")
+        unit, text = given[0]
+        try:
+            at = float(text)
+        except ValueError:
+            at = float("nan")
+        if len(given) > 1 or not math.isfinite(at) or at < 0 or (unit == "frame" and at != int(at)):
+            what = "both frame and time_ms" if len(given) > 1 else f"{unit} {text[:24]!r}"
+            bad[uid] = (reasons.BAD_FRAME_LABEL, f"a row of its key frames in the frame labels file gives {what}; "
+                        "expected a frame number (an integer >= 0) or a time in ms >= 0")
+            continue
+        where = (unit, at)
+        known = rows.setdefault(uid, {})
+        if known.get(where, event) != event:
+            raise InputError(f"{path}: lines {first_line[(uid, unit, at)]} and {reader.line_num} give one {unit} "
+                             f"{at:g} of a series two events ({known[where]!r} and {event!r}); expected one")
+        known[where] = event
+        first_line.setdefault((uid, unit, at), reader.line_num)
+    labels = {uid: ";".join(f"{u}:{int(at) if u == 'frame' else repr(at)}:{e}" for (u, at), e in sorted(frames.items()))
+              for uid, frames in rows.items() if uid not in bad}
+    if not labels:
+        raise InputError(f"{path}: no labeled rows (expected rows of {column},frame or time_ms,label with an "
+                         f"event of {', '.join(events)})")
+    return LabelTable(labels, tuple(events), column, FRAMES, bad)

@@ -34,6 +34,7 @@ from ..preprocessing.limits import DEFAULT_LIMITS, InputLimits
 from ..preprocessing.prepare import prepare_series
 from ..preprocessing.reasons import Rejected
 from ..preprocessing.transform import Prepared
+from .frame_targets import FrameTarget, frame_target
 
 log = logging.getLogger("medseq.ingest")
 PROGRESS_SECONDS = 5.0
@@ -85,6 +86,7 @@ class Record:
     four_d: tuple[int, int, str] | None = None
     pixel_phi: tuple[str, ...] = ()  # what ingest.pixel_phi did to let it in (pixel_phi.DECISIONS)
     colour: str = "grey"  # of the source pixels (decode.is_colour): "grey" or "colour"
+    labeled_frames: int | None = None  # train.target frames: output frames with a weight (`label`: its events)
 
     def index_line(self) -> str:
         line: dict[str, Any] = {"split": self.split, "series_key": self.series_key, "label": self.label,
@@ -95,6 +97,8 @@ class Record:
             line["four_d"] = list(self.four_d)
         if self.pixel_phi:
             line["pixel_phi"] = list(self.pixel_phi)
+        if self.labeled_frames is not None:
+            line["labeled_frames"] = self.labeled_frames
         return json.dumps(line, sort_keys=True)
 
 
@@ -369,8 +373,9 @@ class BuildRecordStep(PrepareSeriesStep):
                  bad_labels: Mapping[str, tuple[str, str]] | None = None) -> None:
         super().__init__(root, key, preprocess_config, limits=limits, pixel_phi=pixel_phi)
         self.labels, self.classes = labels, classes
-        # "class": `labels` holds class names; "value": numbers (repr(float)), `bad_labels`
-        # the rows whose number the job rejects by name (labels.read_labels).
+        # "class": `labels` holds class names; "value": numbers (repr(float)); "frames": key
+        # frames (labels.key_frames), `classes` the events. `bad_labels`: the rows the job
+        # rejects by name (labels.read_labels).
         self.target, self.bad_labels = target, dict(bad_labels or {})
         self.label_column = label_column  # which header value keys `labels`
         self.split = split
@@ -416,12 +421,20 @@ class BuildRecordStep(PrepareSeriesStep):
                 yield out
                 continue
             assert label is not None  # check() passed
+            target = None
+            if self.target == "frames":
+                try:
+                    target = frame_target(out.ordered, self.config, label, self.classes)
+                except Rejected as exc:
+                    yield Tagged(REJECTED, self._reject(headers, deid.keyed_hash(self.key, "series", source),
+                                                        exc.code, exc.message))
+                    continue
             files = {f.path for f in out.ordered.frames} - counted  # each input file in one record's count
             counted |= files
-            yield self._placed(headers, out.ordered, out.prepared, label, source, len(files))
+            yield self._placed(headers, out.ordered, out.prepared, label, source, len(files), target)
 
     def _placed(self, headers: list[FileHeader], ordered: OrderedSeries, prepared: Prepared, label: str,
-                source: str, files: int) -> Placed:
+                source: str, files: int, target: FrameTarget | None = None) -> Placed:
         first = headers[0]
         # A 4-D series: one of its per-position records, or its one record of volumes.
         four_d = (ordered.position or 0, ordered.positions, ordered.time_attribute) if ordered.positions > 1 else None
@@ -442,6 +455,8 @@ class BuildRecordStep(PrepareSeriesStep):
         }
         if self.target == "class":
             features[F.LABEL] = [self.classes.index(label)]
+        elif target is not None:
+            features.update(target.features())
         else:
             features[F.TARGET] = np.asarray([float(label)], np.float32)
         if ordered.position is not None:
@@ -450,9 +465,12 @@ class BuildRecordStep(PrepareSeriesStep):
         self.counts.inc("series_written")
         self.counts.update("valid_frames", prepared.valid_frames)
         self.progress.add("series")
-        record = Record(self._split_of(first.patient_id), series_key, label, first.modality,
+        # A frames target's index line names its key frames' events in order, not where they are.
+        named = label if target is None else ",".join(self.classes[e] for e in target.key_events)
+        record = Record(self._split_of(first.patient_id), series_key, named, first.modality,
                         vendor(first.manufacturer), prepared.valid_frames, files, content_key(prepared, label),
-                        len(example), four_d, prepared.pixel_phi, source_colour(first))
+                        len(example), four_d, prepared.pixel_phi, source_colour(first),
+                        None if target is None else int(target.weights.sum()))
         if not self.spills:
             return Placed(record, example)
         self._spill = self._spill or _Spill.new(self.staging)

@@ -50,6 +50,11 @@ class RecordSpec:
         return self.target == "value"
 
     @property
+    def is_frames(self) -> bool:
+        """Events per frame (`frame_labels`); `classes` then names the events."""
+        return self.target == "frames"
+
+    @property
     def units(self) -> str:
         return str(self.value.get("units") or "")
 
@@ -60,8 +65,8 @@ class RecordSpec:
 
     @property
     def output(self) -> str:
-        """The name of the model's answer in every signature: `value`, or `probabilities`."""
-        return F.VALUE if self.is_value else F.PROBABILITIES
+        """The name of the model's answer in every signature: `value`, `frame_values`, or `probabilities`."""
+        return F.VALUE if self.is_value else F.FRAME_VALUES if self.is_frames else F.PROBABILITIES
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -85,6 +90,8 @@ class RecordSpec:
                "preprocess": self.preprocess, "pixel_phi": self.pixel_phi, "input_limits": self.input_limits}
         if self.is_value:  # class specs keep their bytes
             out.update(target=self.target, value=self.value)
+        elif self.is_frames:
+            out.update(target=self.target)
         return out
 
 
@@ -131,7 +138,8 @@ def split_files(examples_dir: str | Path, split: str) -> list[str]:
 
 def parse_examples(serialized: tf.Tensor, spec: RecordSpec) -> dict[str, tf.Tensor]:
     """A batch of serialized tf.Examples -> {frames, valid_frames, label, frame_axis}, and
-    `target` (NaN where absent) for the records of a value target."""
+    `target` (NaN where absent) for the records of a value target, `frame_truth` (B, T, 6)
+    for those of a frames target (`frame_truth`)."""
     features = {
         F.FRAMES: tf.io.FixedLenFeature([], tf.string),
         F.VALID_FRAMES: tf.io.FixedLenFeature([], tf.int64),
@@ -147,12 +155,44 @@ def parse_examples(serialized: tf.Tensor, spec: RecordSpec) -> dict[str, tf.Tens
            F.LABEL: tf.cast(parsed[F.LABEL], tf.int32), F.FRAME_AXIS: parsed[F.FRAME_AXIS]}
     if spec.is_value:
         out[F.TARGET] = parsed[F.TARGET]
+    if spec.is_frames:
+        out[FRAME_TRUTH] = frame_truth(serialized, spec.frames)
     return out
 
 
+FRAME_TRUTH = "frame_truth"  # parse_examples' per-frame truth of a frames target (channels: model/events.py)
+
+
+def frame_truth(serialized: tf.Tensor, frames: int) -> tf.Tensor:
+    """(B, T, 6) float32 of a frames target's records, per output frame: its phase score,
+    its weight, the event of a key frame landed there (1 + index, 0 none), that key frame's
+    source frame (-1 none), the source frame shown (-1 padding), the source frame interval
+    in ms (0 unknown)."""
+    parsed = tf.io.parse_example(serialized, {
+        # Defaults: a record without labels (a served request) has no frame with a weight.
+        F.FRAME_LABELS: tf.io.FixedLenFeature([frames], tf.float32, default_value=[0.0] * frames),
+        F.FRAME_WEIGHTS: tf.io.FixedLenFeature([frames], tf.float32, default_value=[0.0] * frames),
+        F.FRAME_SOURCES: tf.io.FixedLenFeature([frames], tf.float32, default_value=[-1.0] * frames),
+        F.KEY_FRAMES: tf.io.VarLenFeature(tf.int64),
+        F.KEY_EVENTS: tf.io.VarLenFeature(tf.int64),
+        F.KEY_SOURCE_FRAMES: tf.io.VarLenFeature(tf.float32),
+        F.SOURCE_INTERVAL_MS: tf.io.FixedLenFeature([1], tf.float32, default_value=[0.0]),
+    })
+    keys = parsed[F.KEY_FRAMES]
+    where = tf.stack([keys.indices[:, 0], keys.values], -1)  # (record, output frame) of every key frame
+    shape = tf.stack([tf.shape(serialized, out_type=tf.int64)[0], frames])
+    event = tf.scatter_nd(where, tf.cast(parsed[F.KEY_EVENTS].values + 1, tf.float32), shape)
+    source = tf.scatter_nd(where, parsed[F.KEY_SOURCE_FRAMES].values + 1.0, shape) - 1.0
+    interval = tf.repeat(parsed[F.SOURCE_INTERVAL_MS], frames, axis=1)
+    return tf.stack([parsed[F.FRAME_LABELS], parsed[F.FRAME_WEIGHTS], event, source, parsed[F.FRAME_SOURCES],
+                     interval], -1)
+
+
 def model_inputs(parsed: dict[str, tf.Tensor]) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
-    """(the model's inputs, what it should answer: `target` for a value, else `label`)."""
-    answer = parsed[F.TARGET] if F.TARGET in parsed else parsed[F.LABEL]
+    """(the model's inputs, what it should answer: `target` for a value, `frame_truth`
+    for frames, else `label`)."""
+    answer = parsed[FRAME_TRUTH] if FRAME_TRUTH in parsed else parsed[F.TARGET] if F.TARGET in parsed \
+        else parsed[F.LABEL]
     return {F.FRAMES: parsed[F.FRAMES], F.VALID_FRAMES: parsed[F.VALID_FRAMES]}, answer
 
 

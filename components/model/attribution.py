@@ -28,22 +28,25 @@ import keras
 import tensorflow as tf
 
 from ...pipeline import features as F
-from .network import FEATURE_MAPS, VALUE_HEAD, head
+from .network import FEATURE_MAPS, FRAME_HEAD, VALUE_HEAD, head
 
 
 def grad_cam(model: keras.Model) -> Callable[[tf.Tensor, tf.Tensor], dict[str, tf.Tensor]]:
     """frames (B, T, [D,] H, W, C), valid_frames (B,) -> {probabilities (B, K), class_ids
     (B,), attribution (B, T, [D,] H, W) in [0, 1]} for the predicted class of each series;
-    for a value head {value (B,), attribution}: the evidence for a higher value."""
+    for a value head {value (B,), attribution}: the evidence for a higher value; for a
+    per-frame head {frame_values (B, T), attribution}: the evidence for a higher score
+    over the series (towards events[0])."""
     last = head(model)
-    value = last.name == VALUE_HEAD
+    value = last.name in (VALUE_HEAD, FRAME_HEAD)
+    output = F.VALUE if last.name == VALUE_HEAD else F.FRAME_VALUES
     tap = keras.Model(model.inputs, [model.get_layer(FEATURE_MAPS).output, last.input, model.output])
 
     def explain(frames: tf.Tensor, valid_frames: tf.Tensor) -> dict[str, tf.Tensor]:
         with tf.GradientTape() as tape:
             maps, hidden, probabilities = tap({F.FRAMES: frames, F.VALID_FRAMES: valid_frames}, training=False)
             tape.watch(maps)
-            logits = tf.matmul(tf.cast(hidden, tf.float32), tf.cast(last.kernel, tf.float32)) + \
+            logits = tf.tensordot(tf.cast(hidden, tf.float32), tf.cast(last.kernel, tf.float32), 1) + \
                 tf.cast(last.bias, tf.float32)
             if value:
                 class_ids, score = None, tf.reduce_sum(logits)
@@ -64,7 +67,7 @@ def grad_cam(model: keras.Model) -> Callable[[tf.Tensor, tf.Tensor], dict[str, t
         peak = tf.reduce_max(tf.reshape(cam, [tf.shape(cam)[0], -1]), axis=1)
         cam /= tf.reshape(tf.maximum(peak, 1e-12), tf.concat([[-1], tf.ones([tf.rank(cam) - 1], tf.int32)], 0))
         if value:
-            return {F.VALUE: probabilities, F.ATTRIBUTION: cam}
+            return {output: probabilities, F.ATTRIBUTION: cam}
         return {F.PROBABILITIES: probabilities, F.CLASS_IDS: class_ids, F.ATTRIBUTION: cam}
 
     return explain

@@ -150,12 +150,20 @@ def _span(bounds: list[float]) -> str:
 
 
 def embedder(model: Any) -> Any:
-    """The model up to its head: frames, valid_frames -> the sequence embedding."""
+    """The model up to its head: frames, valid_frames -> the sequence embedding (for a
+    per-frame head, the mean of what it reads over the valid frames)."""
     import keras
+    from keras import ops
 
-    from .network import head
+    from ...pipeline import features as F
+    from .network import MaskedMean, head
 
-    return keras.Model(model.input, head(model).input, name="sequence_embedding")
+    embedded = head(model).input
+    if len(embedded.shape) == 3:
+        valid = model.input[F.VALID_FRAMES]
+        mask = ops.less(ops.expand_dims(ops.arange(embedded.shape[1], dtype="int32"), 0), ops.expand_dims(valid, -1))
+        embedded = MaskedMean(dtype="float32", name="mean_over_frames_embedding")(embedded, mask)
+    return keras.Model(model.input, embedded, name="sequence_embedding")
 
 
 def embeddings(model: Any, files: Sequence[str], spec: Any, batch_size: int) -> np.ndarray:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .events import series_table, table_metrics
 from .metrics import binary_auc
 
 Interval = tuple[float, float]
@@ -85,14 +86,24 @@ def value_metrics(predicted: np.ndarray, truth: np.ndarray, cutoffs: tuple[float
     return out
 
 
-def headline_metric(probs: np.ndarray) -> str:
+# Metrics where a lower number is better (the temporal controls' drop is then a rise).
+LOWER_IS_BETTER = ("event_error", "event_error_ms", "frame_mae", "mean_absolute_error", "root_mean_squared_error")
+
+
+def headline_metric(probs: np.ndarray, labels: np.ndarray) -> str:
     """The one metric a target is judged by where one is needed (the temporal controls,
-    the export gate): R² for values (N,), AUC for two classes, macro AUC for more."""
+    the export gate): R² for values (N,), the event error for frames (labels (N, T, 6)),
+    AUC for two classes, macro AUC for more."""
+    if labels.ndim == 3:
+        return "event_error"
     return "r_squared" if probs.ndim == 1 else "auc" if probs.shape[1] == 2 else "macro_auc"
 
 
 def metrics_of(probs: np.ndarray, labels: np.ndarray, cutoffs: tuple[float, ...] = ()) -> dict[str, float]:
-    """A class target's metrics from (N, K) probabilities; a value target's from (N,) values."""
+    """A class target's metrics from (N, K) probabilities; a value target's from (N,)
+    values; a frames target's from (N, T) scores and their truth (N, T, 6)."""
+    if labels.ndim == 3:
+        return table_metrics(series_table(probs, labels))
     if probs.ndim == 1:
         return value_metrics(probs, labels, cutoffs)
     return binary_metrics(probs, labels) if probs.shape[1] == 2 else multiclass_metrics(probs, labels)
@@ -127,6 +138,9 @@ def bootstrap_intervals(probs: np.ndarray, labels: np.ndarray, seed: int, sample
                         level: float = 0.95, metrics: Callable[..., dict[str, float]] = metrics_of,
                         cutoffs: tuple[float, ...] = ()) -> dict[str, Interval]:
     """Percentile intervals of every metric over series resampled with replacement."""
+    if labels.ndim == 3:  # a frames target: its events are found once, its series resampled
+        table = series_table(probs, labels)
+        return bootstrap(lambda pick: table_metrics(table[pick]), len(table), seed, samples, level)
     if cutoffs:
         return bootstrap(lambda pick: metrics(probs[pick], labels[pick], cutoffs), len(labels), seed, samples, level)
     return bootstrap(lambda pick: metrics(probs[pick], labels[pick]), len(labels), seed, samples, level)

@@ -39,13 +39,15 @@ BACKBONES: dict[str, Callable[..., keras.Model]] = {
 # volume's (B, T, D, h, w, F): what the frame encoder pools, and what Grad-CAM reads.
 FEATURE_MAPS = "per_frame_cnn"
 VALUE_HEAD = "value_head"  # the linear layer of a value target (its output standardized, see `build_model`)
+FRAME_HEAD = "frame_head"  # the per-frame linear layer of a frames target: (B, T, units) -> (B, T, 1)
 
 
 def head(model: keras.Model) -> keras.layers.Dense:
-    """The model's last Dense layer: the class head (softmax) or the value head (linear).
-    Its input is the sequence embedding (model/domain.py)."""
+    """The model's last Dense layer: the class head (softmax), the value head (linear) or
+    the per-frame head. Its input is the sequence embedding (model/domain.py), per frame
+    for the per-frame head."""
     names = {layer.name for layer in model.layers}
-    return model.get_layer(F.PROBABILITIES if F.PROBABILITIES in names else VALUE_HEAD)
+    return model.get_layer(next(n for n in (F.PROBABILITIES, VALUE_HEAD, FRAME_HEAD) if n in names))
 
 
 def small_cnn(spec: RecordSpec, config: TrainConfig, channels: int) -> tuple[keras.Model, keras.Model]:
@@ -173,9 +175,37 @@ class SequenceStandardization(layers.Layer):
         return z, ops.repeat(context, ops.shape(x)[1], axis=1)
 
 
+class RunningStandardization(layers.Layer):
+    """SequenceStandardization from the frames so far: frame t is standardized by the
+    mean and spread of frames 0..t (cumulative sums), its context those statistics at t.
+    `train.causal`: the answer at frame t never depends on a later frame, so a live clip
+    can be read frame by frame. Computed in float32."""
+
+    def call(self, features: keras.KerasTensor, mask: keras.KerasTensor) -> tuple[keras.KerasTensor, ...]:
+        x = ops.cast(features, "float32")
+        # Sums of x - (the first frame's x): the same statistics, without the cancellation
+        # of large sums of squares (a runtime's last bits stay in the last bits).
+        first = x[:, :1]
+        x = x - first
+        weights = ops.expand_dims(ops.cast(mask, "float32"), -1)
+        count = ops.maximum(ops.cumsum(weights, axis=1), 1.0)
+        mean = ops.cumsum(x * weights, axis=1) / count
+        var = ops.maximum(ops.cumsum(ops.square(x) * weights, axis=1) / count - ops.square(mean), 0.0)
+        z = (x - mean) * ops.rsqrt(var + 1e-6) * weights
+        return z, ops.concatenate([mean + first, 0.5 * ops.log(var + 1e-6)], axis=-1)
+
+
 class MaskedMean(layers.Layer):
     """(B, T, F) features and their (B, T) mask -> (B, F), the mean over the valid frames:
-    the same whatever the order of the frames (`train.sequence_model: mean_pool`)."""
+    the same whatever the order of the frames (`train.sequence_model: mean_pool`). It
+    takes the mask an LSTM's sequence carries and passes none on (one row per series)."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.supports_masking = True
+
+    def compute_mask(self, inputs: keras.KerasTensor, mask: keras.KerasTensor | None = None) -> None:
+        return None
 
     def call(self, features: keras.KerasTensor, mask: keras.KerasTensor) -> keras.KerasTensor:
         weights = ops.expand_dims(ops.cast(mask, "float32"), -1)
@@ -185,7 +215,8 @@ class MaskedMean(layers.Layer):
 
 def build_model(spec: RecordSpec, config: TrainConfig) -> keras.Model:
     """frames (B, T, H, W, C), or (B, T, D, H, W, C) for volumes, + valid_frames (B,)
-    -> class probabilities (B, K), or for a value target the value (B,), float32.
+    -> class probabilities (B, K), for a value target the value (B,), for a frames target
+    the phase score of every frame (B, T), float32.
 
     The value head is linear on a standardized scale, then mapped to the labels' units by
     the train split's mean and standard deviation (a fixed layer): it starts at the
@@ -217,19 +248,29 @@ def _build(spec: RecordSpec, config: TrainConfig) -> keras.Model:
     x = layers.Dropout(config.dropout, noise_shape=(None, 1, x.shape[-1]), name="feature_dropout")(x)
     mask = ops.less(ops.expand_dims(ops.arange(spec.frames, dtype="int32"), 0), ops.expand_dims(valid, -1))
     if config.sequence_norm:
-        z, context = SequenceStandardization(dtype="float32", name="sequence_standardization")(x, mask)
+        norm = RunningStandardization if config.causal else SequenceStandardization
+        z, context = norm(dtype="float32", name="sequence_standardization")(x, mask)
         context = layers.LayerNormalization(dtype="float32", name="sequence_context")(context)
         x = layers.Concatenate(name="standardized_and_context")([z, context])
     if config.sequence_model == "mean_pool":
-        x = layers.Dense(config.lstm_units, activation="relu", name="pooled_features")(
-            MaskedMean(dtype="float32", name="mean_over_frames")(x, mask))
+        pooled = MaskedMean(dtype="float32", name="mean_over_frames")(x, mask)
+        if spec.is_frames:  # each frame beside the mean of all: blind to their order
+            pooled = layers.Concatenate(name="frame_and_mean")([
+                x, ops.repeat(ops.expand_dims(pooled, 1), spec.frames, axis=1)])
+        x = layers.Dense(config.lstm_units, activation="relu", name="pooled_features")(pooled)
         x = layers.Dropout(config.dropout, name="dropout_0")(x)
     for i in range(config.lstm_layers if config.sequence_model == "lstm" else 0):
-        last = i == config.lstm_layers - 1
+        last = i == config.lstm_layers - 1 and not spec.is_frames
         lstm = layers.LSTM(config.lstm_units, return_sequences=not last, name=f"lstm_{i}")
         x = (layers.Bidirectional(lstm, name=f"bilstm_{i}") if config.bidirectional else lstm)(x, mask=mask)
         x = layers.Dropout(config.dropout, name=f"dropout_{i}")(x)
     inputs = {F.FRAMES: frames, F.VALID_FRAMES: valid}
+    if spec.is_frames:  # a phase score per frame, starting mid-way (0.5) between its events
+        score = layers.Dense(1, dtype="float32", kernel_initializer="zeros",
+                             bias_initializer=keras.initializers.Constant(0.5), name=FRAME_HEAD)(x)
+        # Padding has no answer: 0 there, whatever a runtime's masked LSTM steps hold.
+        score = ops.reshape(score, (-1, spec.frames)) * ops.cast(mask, "float32")
+        return keras.Model(inputs, score, name="medseq_cnn_lstm")
     if spec.is_value:
         z = layers.Dense(1, dtype="float32", kernel_initializer="zeros", name=VALUE_HEAD)(x)
         value = layers.Rescaling(spec.value_std, offset=float(spec.value.get("mean", 0.0)),

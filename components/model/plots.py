@@ -126,6 +126,31 @@ def value_calibration(predicted: np.ndarray, truth: np.ndarray, name: str, bins:
     return _png(fig)
 
 
+def frame_curves(scores: np.ndarray, truth: np.ndarray, events: Sequence[str], series: int = 4) -> str:
+    """A frames target: the predicted phase score of a few eval series over their source
+    frames, the labeled target where it has a weight, and the key frames marked by event."""
+    from .events import KEY_EVENT, KEY_SOURCE, SCORE, SOURCE, WEIGHT
+
+    shown = list(range(min(series, len(scores))))
+    fig, axes = _subplots(len(shown) or 1, 1, figsize=(6.4, 1.6 * max(len(shown), 1)), squeeze=False)
+    for row, i in enumerate(shown):
+        ax = axes[row][0]
+        valid = truth[i, :, SOURCE] >= 0
+        x = truth[i, valid, SOURCE]
+        ax.plot(x, scores[i, valid], c="C0", lw=1.4, label="predicted score")
+        labeled = valid & (truth[i, :, WEIGHT] > 0)
+        ax.plot(truth[i, labeled, SOURCE], truth[i, labeled, SCORE], ls=":", c="grey", lw=1, label="target")
+        for kind, (name, colour) in enumerate(zip(events, ("C3", "C2"), strict=False)):
+            at = truth[i, truth[i, :, KEY_EVENT] == kind + 1, KEY_SOURCE]
+            for j, frame in enumerate(at):
+                ax.axvline(float(frame), c=colour, lw=1, ls="--", label=f"labeled {name}" if j == 0 else None)
+        ax.set(ylim=(-0.15, 1.15), ylabel=f"series {i + 1}")
+        if row == 0:
+            ax.legend(loc="upper right", fontsize=6, ncol=4)
+    axes[-1][0].set_xlabel("source frame")
+    return _png(fig)
+
+
 def confusion_matrix(probs: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:
     """Counts [true class, predicted class] at the decision rule (argmax; 0.5 for two classes)."""
     matrix = np.zeros((classes, classes), np.int64)

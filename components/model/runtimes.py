@@ -1,5 +1,6 @@
 """The runtimes an artifact is checked and served under, behind one call:
-frames (B, *shape), valid_frames (B,) -> probabilities (B, K) as float64 numpy.
+frames (B, *shape), valid_frames (B,) -> probabilities (B, K), a value target's values
+(B,) or a frames target's scores (B, T), as float64 numpy.
 
 - SavedModel: its `predict_frames` signature (TensorFlow, what TF Serving runs);
 - LiteRT: `ai_edge_litert.interpreter.Interpreter`, its signature runner (the default
@@ -41,7 +42,8 @@ def signature(predict_frames: Any) -> Predict:
 
     def run(frames: np.ndarray, valid: np.ndarray) -> np.ndarray:
         out = predict_frames(**{F.FRAMES: tf.constant(frames), F.VALID_FRAMES: tf.constant(valid, tf.int32)})
-        return np.asarray((out[F.PROBABILITIES] if F.PROBABILITIES in out else out[F.VALUE]).numpy(), np.float64)
+        answer = next(name for name in (F.PROBABILITIES, F.VALUE, F.FRAME_VALUES) if name in out)
+        return np.asarray(out[answer].numpy(), np.float64)
 
     return run
 

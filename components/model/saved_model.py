@@ -2,7 +2,8 @@
 
 - `serving_default`: serialized tf.Examples (the record contract) -> probabilities,
   class_ids (and `probability` of the positive class for two-class tasks); for a value
-  target (train.target: value), `value` in the labels' units. TFMA and
+  target (train.target: value), `value` in the labels' units; for a frames target,
+  `frame_values`, the phase score of every frame (B, T). TFMA and
   TF Serving's Predict/Classify clients use this one.
 - `predict_frames`: preprocessed frames + valid_frames -> the same outputs, for
   clients that run the shared preprocessing themselves (`medseq predict`).
@@ -31,8 +32,8 @@ from .domain import embedder
 
 
 def _outputs(probabilities: tf.Tensor, spec: RecordSpec) -> dict[str, tf.Tensor]:
-    if spec.is_value:  # the model's output is the value itself
-        return {F.VALUE: probabilities}
+    if spec.is_value or spec.is_frames:  # the model's output is the value itself, or each frame's score
+        return {spec.output: probabilities}
     out = {F.PROBABILITIES: probabilities, F.CLASS_IDS: tf.argmax(probabilities, -1, output_type=tf.int32)}
     if len(spec.classes) == 2:
         out["probability"] = probabilities[:, 1]

@@ -1,4 +1,5 @@
-"""`medseq predict`: a raw DICOM folder -> class probabilities per series, printed as
+"""`medseq predict`: a raw DICOM folder -> class probabilities per series (a value; a
+frames model's score per frame and its events in source frames), printed as
 an aligned table or JSON lines, with optional explanations (`--explain`): which frames
 mattered (temporal occlusion) and where in them (Grad-CAM)."""
 
@@ -27,13 +28,19 @@ def table(results: list[Prediction]) -> str:
     classes = next((list(r.probabilities) for r in results if r.probabilities), [])
     head = ["series", "series_key", "predicted", *classes]
     rows = [[r.series, r.series_key[:16],
-             f"{r.value:.4g}{' ' + r.units if r.units else ''}" if r.value is not None else r.label or "-",
+             f"{r.value:.4g}{' ' + r.units if r.units else ''}" if r.value is not None else
+             _events(r) if r.frame_values else r.label or "-",
              *([f"{r.probabilities[c]:.4f}" for c in classes] if r.probabilities else ["-"] * len(classes)),
              f"rejected {r.rejected}: {r.message}" if r.rejected else
              f"domain: {'; '.join(r.domain)}" if r.domain else ""] for r in results]
     widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(row, [*widths, 0], strict=False)).rstrip() for row in [head, *rows]]
     return "\n".join(lines)
+
+
+def _events(r: Prediction) -> str:
+    """A frames model's events in source frames: "ed at 3.2, 19.1; es at 11.3"."""
+    return "; ".join(f"{name} at {', '.join(f'{x:.1f}' for x in found) or 'none'}" for name, found in r.events.items())
 
 
 def explanation(results: list[Prediction]) -> str:

@@ -18,6 +18,7 @@ import numpy as np
 from ...pipeline import features as F
 from ...pipeline.config import SAFE_PIXEL_PHI, PixelPhiConfig, PreprocessConfig, from_dict
 from ...pipeline.errors import InputError
+from ..ingest.frame_targets import series_sources
 from ..ingest.in_process import LocalGraph
 from ..ingest.steps import (
     IDENTIFIERS,
@@ -32,6 +33,7 @@ from ..ingest.steps import (
 from ..ingest.steps import PreparedSeries as PreparedSeriesOf
 from ..io import deid, storage
 from ..model.domain import SeriesFacts, findings, score_finding
+from ..model.events import to_source, turning_points
 from ..preprocessing import reasons
 from ..preprocessing.headers import FileHeader
 from ..preprocessing.limits import DEFAULT_LIMITS, InputLimits
@@ -64,6 +66,12 @@ class Prediction:
     frames: np.ndarray | None = field(default=None, repr=False, compare=False)
     value: float | None = None  # a value target's prediction (label None, no probabilities), in `units`
     units: str = ""
+    # A frames target (label None, no probabilities): the phase score of each valid frame,
+    # and the events read back from it (model/events.py): name -> source frames, with ms
+    # where the series has a frame interval.
+    frame_values: tuple[float, ...] = field(default=(), repr=False)
+    events: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    interval_ms: float = 0.0
 
     def to_json(self) -> dict[str, object]:
         if self.rejected:
@@ -72,6 +80,10 @@ class Prediction:
         out: dict[str, object] = {"series": self.series, "series_key": self.series_key}
         if self.value is not None:
             out.update(value=round(self.value, 6), units=self.units)
+        elif self.frame_values:
+            out.update(frame_values=[round(v, 6) for v in self.frame_values], events={
+                name: [{"frame": round(at, 3), **({"ms": round(at * self.interval_ms, 1)} if self.interval_ms else {})}
+                       for at in found] for name, found in self.events.items()})
         else:
             out.update(label=self.label, probabilities=self.probabilities)
         if self.domain_score is not None:
@@ -89,6 +101,9 @@ class PreparedSeries:
     series_key: str
     item: Prepared | Rejected
     facts: SeriesFacts | None = None  # what the domain check reads (None for a rejected item)
+    # The source frame each output frame shows, and the ms between source frames (0 unknown).
+    sources: np.ndarray | None = field(default=None, repr=False, compare=False)
+    interval_ms: float = 0.0
 
 
 def prepare_folder(root: str | Path, config: PreprocessConfig, key: bytes | None = None,
@@ -136,10 +151,21 @@ def prepare_folder(root: str | Path, config: PreprocessConfig, key: bytes | None
         position, header = item.ordered.position, item.headers[0]
         facts = SeriesFacts(header.modality, vendor(header.manufacturer), source_colour(header), item.ordered.axis,
                             item.prepared.valid_frames, tuple(item.prepared.spacing))
+        sources, _, _, interval = series_sources(item.ordered, config)
         out.append(PreparedSeries(where if position is None else f"{where}#position{position}",
                                   deid.keyed_hash(key, "series", deid.record_source(item.source, position)),
-                                  item.prepared, facts))
+                                  item.prepared, facts, sources, interval))
     return out
+
+
+def frame_answer(scores: np.ndarray, valid: int, series: PreparedSeries, events: tuple[str, ...]) -> dict[str, Any]:
+    """A frames model's answer for one series: its valid frames' scores and the events
+    read back from them, in source frames (model/events.py)."""
+    sources = series.sources if series.sources is not None else np.arange(len(scores), dtype=np.float32)
+    found = {name: tuple(float(x) for x in to_source(turning_points(scores[:valid], kind == 0), sources[:valid]))
+             for kind, name in enumerate(events)}
+    return {"frame_values": tuple(float(v) for v in scores[:valid]), "events": found,
+            "interval_ms": series.interval_ms}
 
 
 def as_columns(run: Predict) -> Predict:
@@ -212,15 +238,17 @@ def predict(model_dir: str | Path, root: str | Path, explain: bool = False,
         if domain and score is not None and (flag := score_finding(domain, score)) is not None:
             flags = (*flags, flag)
         target = int(np.argmax(probs))
-        importance = frame_importance(as_columns(run), item, target) if explain else ()
+        importance = frame_importance(as_columns(run), item, target) if explain and not spec.is_frames else ()
         attribution = None
         if spatial is not None:
             attribution = spatial(frames=tf.constant(item.frames[None]),
                                   valid_frames=tf.constant([item.valid_frames]))[F.ATTRIBUTION].numpy()[0]
         answer: dict[str, Any] = {"value": float(probs[0]), "units": spec.units} if spec.is_value else {}
-        results.append(Prediction(series.where, series.series_key, None if spec.is_value else spec.classes[target],
-                                  {} if spec.is_value else {c: float(p) for c, p in zip(spec.classes, probs,
-                                                                                        strict=True)},
+        if spec.is_frames:
+            answer = frame_answer(probs, item.valid_frames, series, spec.classes)
+        by_class = not (spec.is_value or spec.is_frames)
+        results.append(Prediction(series.where, series.series_key, spec.classes[target] if by_class else None,
+                                  {c: float(p) for c, p in zip(spec.classes, probs, strict=True)} if by_class else {},
                                   domain=flags, domain_score=score,
                                   frame_importance=importance, attribution=attribution,
                                   frames=item.frames if attribution is not None else None, **answer))

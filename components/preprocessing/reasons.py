@@ -37,6 +37,10 @@ UNLABELED = "unlabeled"
 UNKNOWN_LABEL = "unknown_label"
 BAD_VALUE = "bad_value"  # train.target value: its labels.csv value is not a finite number
 VALUE_OUT_OF_RANGE = "value_out_of_range"  # train.target value: outside train.value.range
+BAD_FRAME_LABEL = "bad_frame_label"  # train.target frames: a frame number or time that is not a number >= 0
+FRAME_LABEL_OUT_OF_RANGE = "frame_label_out_of_range"  # a key frame past the series' last frame
+NO_LABELED_SPAN = "no_labeled_span"  # not one key frame of each of train.frames.events
+KEY_FRAME_COLLISION = "key_frame_collision"  # two different events land on one output frame (too few frames)
 PROCESSING_ERROR = "processing_error"  # an unexpected failure on one input; the job goes on
 FETCH_FAILED = "fetch_failed"  # a DICOMweb series that WADO-RS could not deliver (the HTTP status in the message)
 INCOMPLETE_FETCH = "incomplete_fetch"  # fewer instances arrived than QIDO-RS counted
@@ -49,6 +53,7 @@ ALL = (
     INCONSISTENT_ORIENTATION, INCONSISTENT_FRAME_OF_REFERENCE, INCONSISTENT_SPACING,
     MISSING_SLICES, DUPLICATE_POSITION, INCOMPLETE_4D, UNORDERED_4D, TOO_FEW_FRAMES, BURNED_IN_ANNOTATION,
     SECONDARY_CAPTURE, NO_IMAGING_REGION, UNLABELED, UNKNOWN_LABEL, BAD_VALUE, VALUE_OUT_OF_RANGE,
+    BAD_FRAME_LABEL, FRAME_LABEL_OUT_OF_RANGE, NO_LABELED_SPAN, KEY_FRAME_COLLISION,
     PROCESSING_ERROR, FETCH_FAILED, INCOMPLETE_FETCH,
 )
 

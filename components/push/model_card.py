@@ -42,7 +42,10 @@ def model_card(spec_json: dict[str, Any], verdict: dict[str, Any], model_name: s
     classes = list(spec_json["classes"])
     training = spec_json.get("training", {})
     value = spec_json.get("target") == "value"
-    outputs: dict[str, Any] = (
+    frames = spec_json.get("target") == "frames"
+    outputs: dict[str, Any] = {F.FRAME_VALUES: {
+        "type": "float32", "shape": [shape[0]], "meaning": f"a phase score per frame: 1 at {classes[0]}, 0 at "
+        f"{classes[1]}; events are its turning points (medseq predict reads them back)"}} if frames else (
         {F.VALUE: {"type": "float32", "shape": [], "meaning": f"the predicted {spec_json['value'].get('column')}",
                    "units": spec_json["value"].get("units") or ""}} if value else
         {F.PROBABILITIES: {"type": "float32", "shape": [len(classes)], "class_names": classes},
@@ -52,11 +55,13 @@ def model_card(spec_json: dict[str, Any], verdict: dict[str, Any], model_name: s
         "name": model_name,
         "version": version,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "task": f"{'regression' if value else 'classification'} of image series: TimeDistributed CNN per frame, "
-                "LSTM over the frames",
+        "task": f"{'per-frame event detection' if frames else 'regression' if value else 'classification'} of "
+                "image series: TimeDistributed CNN per frame, LSTM over the frames",
         # What the model answers: a class, or a value (its labels.csv column, units, range,
         # and the train split's mean and standard deviation).
-        "target": {"kind": "value", **spec_json["value"]} if value else {"kind": "class", "classes": classes},
+        "target": {"kind": "value", **spec_json["value"]} if value else {
+            "kind": "frames", "events": classes, "causal": bool(training.get("config", {}).get("causal"))}
+        if frames else {"kind": "class", "classes": classes},
         "package_versions": package_versions(),
         "network_data_format": {
             "inputs": {

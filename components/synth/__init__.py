@@ -17,7 +17,7 @@ def run(task: str, patients: int, seed: int, out: str | Path, small: bool = Fals
         noise: float = 0.0) -> SynthStats:
     """Writes `out/dicom/` and `out/labels.csv`; same arguments, same bytes. `target`
     value (cine_ef): labels.csv also has the EF in % (`ef`), with `noise` EF points of
-    measurement noise."""
+    measurement noise. cine_phase also writes `out/frame_labels.csv` (train.target: frames)."""
     from ..io.output_lock import claim
     from .generator import generate  # numpy, pydicom: only when writing
 

@@ -32,7 +32,7 @@ from .dicom_writer import (
     enhanced_series,
     uid,
 )
-from .tasks import EF_RANGES, VALUE_EF_RANGE
+from .tasks import EF_RANGES, PHASE_CYCLES, PHASE_EF_RANGE, PHASE_EVENTS, PHASE_FRAMES, VALUE_EF_RANGE
 
 SITES = ("St. Elsewhere General Hospital", "Northfield University Medical Center",
          "Lakeside Imaging Clinic")
@@ -92,10 +92,30 @@ def _cine_value(seed: int, study: Study, rng: np.random.Generator, matrix: int,
     return series, repr(float(100.0 * (1.0 - areas.min() / areas.max())))
 
 
-def _cine_series(seed: int, study: Study, rng: np.random.Generator, matrix: int,
-                 ef: float) -> tuple[list[list[Dataset]], phantoms.CineTruth]:
-    n = int(rng.integers(16, 31))
-    frames, truth = phantoms.cine_frames(rng, study.scanner, matrix, n, ef)
+def _cine_phase(seed: int, study: Study, rng: np.random.Generator, matrix: int,
+                task: str) -> tuple[list[list[Dataset]], str, list[tuple[int, str]]]:
+    """cine_phase: a clip of 1.3-2.4 beats from a random start phase; its class (EF < 40 %),
+    and its key frames: every end-diastole (ed) and end-systole (es) the clip holds, each
+    at the frame nearest the event (EchoNet traces such frames)."""
+    n = int(rng.integers(PHASE_FRAMES[0], PHASE_FRAMES[1] + 1))
+    cycles, start = rng.uniform(*PHASE_CYCLES), rng.uniform(0.0, 1.0)
+    phase = start + np.arange(n) * cycles / n
+    ef = rng.uniform(*PHASE_EF_RANGE)
+    series, truth = _cine_series(seed, study, rng, matrix, ef, n=n, phase=phase, beats=cycles)
+    keys = []
+    for k in range(int(np.floor(start)), int(np.ceil(phase[-1])) + 1):
+        for offset, event in zip((0.0, truth.systole), PHASE_EVENTS, strict=True):
+            at = (k + offset - start) * n / cycles  # the event's time in frames
+            if -0.5 < at < n - 0.5:
+                keys.append((int(round(at)), event))
+    return series, "reduced_ef" if ef < 0.40 else "normal", sorted(keys)
+
+
+def _cine_series(seed: int, study: Study, rng: np.random.Generator, matrix: int, ef: float, n: int = 0,
+                 phase: np.ndarray | None = None,
+                 beats: float = 1.0) -> tuple[list[list[Dataset]], phantoms.CineTruth]:
+    n = n or int(rng.integers(16, 31))
+    frames, truth = phantoms.cine_frames(rng, study.scanner, matrix, n, ef, phase=phase)
     stored = np.clip(np.rint(frames), 0, 4095).astype(np.uint16)
     row = np.array([0.70, 0.70, -0.14])
     row /= np.linalg.norm(row)
@@ -106,7 +126,7 @@ def _cine_series(seed: int, study: Study, rng: np.random.Generator, matrix: int,
     origin = (ox, oy, oz)
     rr = 60000.0 / rng.uniform(55, 95)
     geometry = SeriesGeometry(tuple(row) + tuple(col), (origin,) * n, truth.pixel_spacing, 8.0,
-                              tuple(rr * t / n for t in range(n)))
+                              tuple(beats * rr * t / n for t in range(n)))
     series_uid = uid(seed, "series", study.uid, "cine")
     extra = {"CardiacNumberOfImages": n, "NominalInterval": round(rr), "HeartRate": round(60000 / rr),
              "ScanningSequence": "GR", "SequenceVariant": "SS", "MagneticFieldStrength": 1.5}
@@ -160,13 +180,17 @@ def generate(task: str, patients: int, seed: int, out: Path, small: bool = False
     """Writes `out/dicom/...` and `out/labels.csv` for `patients` patients. With `target`
     value (cine_ef only), labels.csv also has an `ef` column: each series' ejection
     fraction in %, plus Gaussian measurement noise of `noise` EF points (a reader's
-    tracing error: a perfect fit is then impossible), and its class by EF < 40 %."""
+    tracing error: a perfect fit is then impossible), and its class by EF < 40 %.
+    cine_phase also writes `out/frame_labels.csv`: the ED and ES frames of each clip."""
     makers: dict[str, Callable[[int, Study, np.random.Generator, int, str], tuple[list[list[Dataset]], str]]] = {
         "ct_nodule": _ct, "cine_sax": cine_sax, "dce_kinetics": dce_kinetics}
     value = target == "value"
     if value and task != "cine_ef":
         raise ConfigError(f"synth: --target value is written for cine_ef, found task {task}")
+    if target == "frames" and task != "cine_phase":
+        raise ConfigError(f"synth: --target frames is written for cine_phase, found task {task}")
     make_series = _cine_value if value else makers.get(task, _cine)
+    frame_rows: list[tuple[str, int, str]] = []
     modality = "CT" if task == "ct_nodule" else "MR"
     dicom_root = out / "dicom"
     dicom_root.mkdir(parents=True, exist_ok=True)
@@ -179,7 +203,11 @@ def generate(task: str, patients: int, seed: int, out: Path, small: bool = False
         for si in range(n_studies):
             study = _study(seed, task, patient, si)
             matrix = phantoms.SMALL_MATRIX[study.scanner.matrix] if small else study.scanner.matrix
-            labeled, label = make_series(seed, study, rng, matrix, task)  # one series, or one per slice
+            if task == "cine_phase":
+                labeled, label, keys = _cine_phase(seed, study, rng, matrix, task)
+                frame_rows += [(labeled[0][0].SeriesInstanceUID, frame, event) for frame, event in keys]
+            else:
+                labeled, label = make_series(seed, study, rng, matrix, task)  # one series, or one per slice
             if value:  # the EF as measured: the truth plus a reader's error
                 ef = float(label) + noise * float(_rng(seed, "measurement", pi, si).standard_normal())
                 label = "reduced_ef" if float(label) < 40.0 else "normal"
@@ -202,6 +230,11 @@ def generate(task: str, patients: int, seed: int, out: Path, small: bool = False
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["series_instance_uid", "label", *(["ef"] if value else [])])
         writer.writerows(sorted(labels))
+    if task == "cine_phase":  # train.target: frames
+        with open(out / "frame_labels.csv", "w", newline="") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(["series_instance_uid", "frame", "label"])
+            writer.writerows(sorted(frame_rows))
     return stats
 
 

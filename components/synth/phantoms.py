@@ -38,6 +38,7 @@ class CineTruth:
     radii_mm: tuple[float, ...]  # blood-pool equivalent radius per frame
     center_mm: tuple[float, float]
     pixel_spacing: float
+    systole: float = 0.35  # the phase of end-systole (0 is end-diastole, 1 the next one)
 
 
 def grid(matrix: int, spacing: float) -> tuple[np.ndarray, np.ndarray]:
@@ -57,16 +58,18 @@ ANCHOR = (0.1, 0.9)
 FOV_MM = (170.0, 260.0)  # a cardiac field of view: the heart fills enough of a 64-pixel frame
 
 
-def _cycle(n_frames: int, systole: float) -> np.ndarray:
-    """0 at end-diastole, 1 at end-systole: contraction, then slower relaxation."""
-    phase = np.arange(n_frames) / n_frames
+def _cycle(n_frames: int, systole: float, phase: np.ndarray | None = None) -> np.ndarray:
+    """0 at end-diastole, 1 at end-systole: contraction, then slower relaxation. `phase`:
+    each frame's point in the cycle (0 end-diastole, wrapping at 1); one cycle over the
+    frames when None."""
+    phase = np.arange(n_frames) / n_frames if phase is None else np.mod(phase, 1.0)
     return np.where(phase < systole, 0.5 - 0.5 * np.cos(np.pi * phase / systole),
                     0.5 + 0.5 * np.cos(np.pi * (phase - systole) / (1 - systole)))
 
 
 def cine_frames(
     rng: np.random.Generator, scanner: Scanner, matrix: int, n_frames: int, ef: float,
-    cavity_scale: float = 1.0, noise_rng: np.random.Generator | None = None,
+    cavity_scale: float = 1.0, noise_rng: np.random.Generator | None = None, phase: np.ndarray | None = None,
 ) -> tuple[np.ndarray, CineTruth]:
     """Short-axis cine over one heartbeat: a bright blood pool in a myocardial ring.
 
@@ -75,6 +78,7 @@ def cine_frames(
     the change of the blood pool between frames tells the ejection fraction. For one
     slice of a stack (cine_sax): `cavity_scale` narrows the cavity towards the apex and
     `noise_rng` draws the slice's own noise, `rng` giving every slice the same heart.
+    `phase`: each frame's point in the cycle (cine_phase: several beats from any start).
     """
     spacing = rng.uniform(*FOV_MM) / matrix
     rows, cols = grid(matrix, spacing)
@@ -89,7 +93,7 @@ def cine_frames(
     systole = rng.uniform(0.3, 0.4)  # fraction of the cycle spent contracting
     body_a, body_b = rng.uniform(120, 140), rng.uniform(90, 110)
     scale = 1000.0 * scanner.gain
-    shape = _cycle(n_frames, systole)
+    shape = _cycle(n_frames, systole, phase)
     radii = ed_radius - (ed_radius - es_radius) * shape
     outer = radii + wall * (1.0 + thickening * shape)
 
@@ -109,7 +113,8 @@ def cine_frames(
     img = np.where(radius_map[None] <= radii[:, None, None], np.float32(1.0),
                    np.where(radius_map[None] <= outer[:, None, None], np.float32(0.12), background[None]))
     frames = (np.hypot(img + noise[:, 0], noise[:, 1]) * scale).astype(np.float32)  # Rician magnitude
-    truth = CineTruth(float(ef), float(ed_radius), tuple(float(r) for r in radii), center, float(spacing))
+    truth = CineTruth(float(ef), float(ed_radius), tuple(float(r) for r in radii), center, float(spacing),
+                      float(systole))
     return frames, truth
 
 

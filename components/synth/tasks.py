@@ -6,6 +6,7 @@ from ...pipeline.config import SYNTH_TASKS
 
 TASKS = SYNTH_TASKS  # the config checks synth.task against the same names
 CLASSES = {"cine_ef": ("normal", "reduced_ef"), "cine_ef3": ("normal", "mildly_reduced_ef", "reduced_ef"),
+           "cine_phase": ("normal", "reduced_ef"),
            "cine_sax": ("normal", "reduced_ef"), "ct_nodule": ("clear", "nodule"),
            "dce_kinetics": ("benign", "malignant")}
 # cine_sax: the volumetric ejection fraction over every slice (Simpson's method) decides;
@@ -19,3 +20,9 @@ EF_RANGES = {
 }
 # cine_ef with `--target value`: EF drawn uniformly over this range, every value possible.
 VALUE_EF_RANGE = (0.15, 0.75)
+# cine_phase: clips of several beats from any start phase, at any heart rate; only the
+# end-diastolic (ed) and end-systolic (es) frames are labeled (frame_labels.csv).
+PHASE_FRAMES = (24, 40)  # frames per clip
+PHASE_CYCLES = (1.3, 2.4)  # heart beats per clip
+PHASE_EF_RANGE = (0.30, 0.70)
+PHASE_EVENTS = ("ed", "es")

@@ -5,7 +5,9 @@
   (square frames only). With `flip`, the eight symmetries of the square.
 - `roll`: start a periodic sequence at another phase: cine over one heartbeat, i.e.
   records whose `frame_axis` is time. Only the valid frames turn; padding stays put.
-  Never applied to slice stacks or to frames ordered by number only.
+  Never applied to slice stacks, to frames ordered by number only, or to the records of
+  a frames target (a clip of several beats does not wrap round, and its labels sit on
+  their frames).
 
 Every draw is stateless, from the seed of the batch: the same batch of the same run is
 augmented the same way, also after a restart (see dataset.train_stream).
@@ -17,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from ...pipeline import features as F
+from ..io.examples import FRAME_TRUTH
 
 
 def spatial_permutations(height: int, width: int, ops: tuple[str, ...]) -> np.ndarray:
@@ -47,7 +50,7 @@ def augment(parsed: dict[str, tf.Tensor], ops: tuple[str, ...], seed: tf.Tensor)
         flat = tf.reshape(frames, [batch, -1, height * width, channels])
         moved = tf.gather(flat, tf.gather(tf.constant(table), choice), axis=2, batch_dims=1)
         frames = tf.reshape(moved, tf.shape(frames))
-    if "roll" in ops:
+    if "roll" in ops and FRAME_TRUTH not in parsed:
         shift = tf.random.stateless_uniform([batch], roll_seed, 0, 2**30, dtype=tf.int32) % tf.maximum(valid, 1)
         periodic = tf.equal(parsed[F.FRAME_AXIS], F.AXIS_TIME)
         shift = tf.where(periodic, shift, tf.zeros_like(shift))

@@ -83,9 +83,10 @@ def _batches(strategy: tf.distribute.Strategy, files: list[str], spec: RecordSpe
 
 def _train_metrics(trainer: Trainer, steps: int) -> dict[str, float]:
     state = trainer.state
-    if trainer.value:
+    if trainer.value or trainer.frames:  # the value's MAE, or the phase score's over weighted frames
         return {"loss": float(state.loss_sum.numpy()) / steps,
-                "mae": float(state.correct.numpy()) / max(float(state.seen.numpy()), 1.0),
+                ("frame_mae" if trainer.frames else "mae"): float(state.correct.numpy()) / max(
+                    float(state.seen.numpy()), 1.0),
                 "learning_rate": trainer.learning_rate()}
     return {"loss": float(state.loss_sum.numpy()) / steps,
             "accuracy": float(state.correct.numpy()) / max(float(state.seen.numpy()), 1.0),
@@ -149,7 +150,7 @@ def train(examples_dir: str | Path, out: str | Path, config: TrainConfig) -> Tra
     records = split_count(examples_dir, "train")
     global_batch = config.batch_size * strategy.num_replicas_in_sync
     steps_per_epoch = max(1, math.ceil(records / global_batch))
-    weights = np.ones(0) if spec.is_value else class_weights(config.class_weight, spec.classes,
+    weights = np.ones(0) if spec.is_value or spec.is_frames else class_weights(config.class_weight, spec.classes,
                                                               label_counts(examples_dir, "train"))
     trainer = Trainer(spec, config, strategy, weights, config.epochs * steps_per_epoch)
     state = trainer.state

@@ -19,6 +19,7 @@ import tensorflow as tf
 from ...pipeline.config import TrainConfig
 from ...pipeline.errors import ConfigError
 from ..io.examples import RecordSpec
+from ..model import events
 from ..model.intervals import value_metrics
 from ..model.metrics import auc, histograms
 from ..model.network import build_model
@@ -71,8 +72,11 @@ class Trainer:
             self.optimizer.build(self.model.trainable_variables)
         self.state = TrainState(len(spec.classes))
         self.class_weights = tf.constant(class_weights, tf.float32)
-        self.value = spec.is_value
-        if self.value:  # the loss of a value is in the train split's standard deviations, whatever its units
+        self.value, self.frames = spec.is_value, spec.is_frames
+        if self.frames:  # the phase score's loss on the weighted frames only
+            self.loss_fn = (keras.losses.Huber(delta=1.0, reduction="none") if config.frames.loss == "huber"
+                            else keras.losses.MeanSquaredError(reduction="none"))
+        elif self.value:  # the loss of a value is in the train split's standard deviations, whatever its units
             self.value_std = spec.value_std
             self.loss_fn = (keras.losses.Huber(delta=1.0, reduction="none") if config.value.loss == "huber"
                             else keras.losses.MeanSquaredError(reduction="none"))
@@ -83,7 +87,13 @@ class Trainer:
             else self._forward_backward
 
     def _losses(self, labels: tf.Tensor, outputs: tf.Tensor) -> tf.Tensor:
-        """Per series: a value's loss on the standardized scale, a class's weighted cross-entropy."""
+        """Per series: a value's loss on the standardized scale, a class's weighted cross-entropy,
+        a frames target's loss averaged over its weighted frames (temporal sample weights:
+        unlabeled and padded frames carry none)."""
+        if self.frames:
+            weights = labels[..., events.WEIGHT]
+            per_frame = self.loss_fn(labels[..., events.SCORE, None], outputs[..., None])
+            return tf.reduce_sum(per_frame * weights, -1) / tf.maximum(tf.reduce_sum(weights, -1), 1.0)
         if self.value:
             scale = tf.constant(self.value_std, tf.float32)
             return self.loss_fn(tf.expand_dims(labels / scale, -1), tf.expand_dims(outputs / scale, -1))
@@ -100,6 +110,10 @@ class Trainer:
         loss, probs, grads = self._gradients(inputs, labels)
         self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables, strict=True))
         seen = tf.cast(tf.size(labels), tf.float32)
+        if self.frames:  # `correct` sums the weighted absolute errors, `seen` the weights: the frame MAE
+            weights = labels[..., events.WEIGHT]
+            error = tf.reduce_sum(tf.abs(probs - labels[..., events.SCORE]) * weights)
+            return loss, error, tf.reduce_sum(weights), tf.zeros_like(self.state.histograms)
         if self.value:  # `correct` sums the absolute errors: their mean is the epoch's train MAE
             return loss, tf.reduce_sum(tf.abs(probs - labels)), seen, tf.zeros_like(self.state.histograms)
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probs, -1, output_type=tf.int32), labels), tf.float32))
@@ -123,12 +137,17 @@ class Trainer:
 
     def evaluate(self, dataset: tf.data.Dataset) -> dict[str, float]:
         """Loss (without class weights), accuracy and exact AUC over every record of
-        `dataset`; for a value: loss, MAE, RMSE and R²."""
+        `dataset`; for a value: loss, MAE, RMSE and R²; for frames: loss, the phase score's
+        MAE over the weighted frames and the event error in source frames."""
         probs, labels = [], []
         for inputs, y in dataset:
             probs.append(self._predict(inputs).numpy())
             labels.append(y.numpy())
         p, y = np.concatenate(probs), np.concatenate(labels)
+        if self.frames:
+            loss = float(np.mean(self._losses(tf.constant(y, tf.float32), tf.constant(p, tf.float32)).numpy()))
+            found = events.frame_metrics(p, y)
+            return {"eval_loss": loss, "eval_frame_mae": found["frame_mae"], "eval_event_error": found["event_error"]}
         if self.value:
             loss = float(np.mean(self._losses(tf.constant(y, tf.float32), tf.constant(p, tf.float32)).numpy()))
             errors = value_metrics(p, y)

@@ -87,11 +87,13 @@ def _write(out: str, name: str, text: str) -> str:
 
 
 def find_anomalies(stats: dict[str, dict[str, Any]], classes: list[str], max_label_linf: float,
-                   max_target_shift: float | None = None) -> list[dict[str, str]]:
+                   max_target_shift: float | None = None, frames: bool = False) -> list[dict[str, str]]:
     """Anomalies of the splits' statistics; `max_target_shift` (in train standard
-    deviations) given for records of a value target, whose skew it bounds."""
+    deviations) given for records of a value target, whose skew it bounds; `frames` for
+    those of a frames target, whose key frames' events (`classes`) are compared between
+    splits as a class target's labels are."""
     found: list[dict[str, str]] = []
-    value = max_target_shift is not None
+    value = max_target_shift is not None or frames
 
     def add(kind: str, split: str, message: str) -> None:
         found.append({"kind": kind, "split": split, "message": message})
@@ -123,6 +125,19 @@ def find_anomalies(stats: dict[str, dict[str, Any]], classes: list[str], max_lab
         if shift > max_target_shift:  # type: ignore[operator]
             add("target_skew", "train+eval", f"the eval values' mean {b['mean']:.4g} lies {shift:.2f} train standard "
                 f"deviations from the train values' mean {a['mean']:.4g} (allowed {max_target_shift:.2f})")
+    elif frames and train and evaluation:
+        def shares(s: dict[str, Any]) -> list[float]:
+            counts = s.get("frame_labels", {}).get("key_frames", {})
+            total = max(sum(counts.values()), 1)
+            return [counts.get(str(i), 0) / total for i in range(len(classes))]
+        linf = max((abs(p - q) for p, q in zip(shares(train), shares(evaluation), strict=True)), default=0.0)
+        if linf > max_label_linf:
+            add("label_skew", "train+eval", f"the key frames' event shares differ by L-inf {linf:.3f} "
+                f"(allowed {max_label_linf:.3f})")
+        missing = [c for i, c in enumerate(classes)
+                   if not evaluation.get("frame_labels", {}).get("key_frames", {}).get(str(i))]
+        if missing:
+            add("class_missing_in_eval", "eval", f"no eval key frame of event(s): {', '.join(missing)}")
     elif train and evaluation and train["records"] and evaluation["records"]:
         def dist(s: dict[str, Any]) -> list[float]:
             return [s["labels"].get(str(i), 0) / s["records"] for i in range(len(classes))]
@@ -147,6 +162,10 @@ def table(stats: dict[str, dict[str, Any]], classes: list[str]) -> str:
         labels = " ".join(f"{classes[int(k)] if 0 <= int(k) < len(classes) else k}={v}" for k, v in s["labels"].items())
         if "target" in s:
             labels = f"value {s['target']['mean']:.4g}±{s['target']['std']:.3g}"
+        if "frame_labels" in s:  # key frames per event, and the frames with a weight
+            keys = s["frame_labels"]["key_frames"]
+            labels = " ".join(f"{classes[int(k)] if 0 <= int(k) < len(classes) else k}={v}" for k, v in keys.items()) \
+                + f" ({s['frame_labels']['labeled_frames']:.0f} fr)"
         vf = s["valid_frames"]
         px = s["pixels"]
         lines.append(f"{split:<6} {s['records']:>7} {len(s['patients']):>8}  {labels:<28} "
@@ -177,7 +196,8 @@ def validate(examples_dir: str, out: str | Path, schema_path: str | None = None,
         if "train" not in stats:
             raise InputError(f"{examples_dir}/train: no records to infer a schema from")
         written = _write(out, "schema.pbtxt", schema_text(infer_schema(stats["train"], classes)))
-    anomalies = find_anomalies(stats, classes, max_label_linf, max_target_shift if kind == "value" else None)
+    anomalies = find_anomalies(stats, classes, max_label_linf, max_target_shift if kind == "value" else None,
+                               frames=kind == "frames")
     public = {split: {k: v for k, v in s.items() if k != "patients"} | {"patient_count": len(s["patients"])}
               for split, s in stats.items()}
     _write(out, F.STATS_FILE, json.dumps({"classes": classes, "target": kind, "splits": public}, indent=2,

@@ -42,7 +42,7 @@ def _string_domain(schema: schema_pb2.Schema, feature: schema_pb2.Feature) -> se
 def in_environment(feature: schema_pb2.Feature, environment: str) -> bool:
     """TFDV's rule: a feature that names environments (`in_environment`) belongs to those
     only, and to none it excludes (`not_in_environment`). medseq's environments are the
-    target kinds, CLASS and VALUE (qc.json `target.kind`)."""
+    target kinds, CLASS, VALUE and FRAMES (qc.json `target.kind`)."""
     if feature.in_environment:
         return environment in feature.in_environment
     return environment not in feature.not_in_environment

@@ -76,6 +76,9 @@ class RecordStats(beam.DoFn):
             "features": {k: (kind, len(v)) for k, (kind, v) in values.items()},
             "label": _first(values, F.LABEL, -1),
             "target": _first(values, F.TARGET),
+            # A frames target: its key frames' events and its output frames with a weight.
+            "events": values.get(F.KEY_EVENTS, ("", []))[1] if F.KEY_EVENTS in values else None,
+            "labeled_frames": float(sum(values.get(F.FRAME_WEIGHTS, ("", []))[1])),
             "valid_frames": _first(values, F.VALID_FRAMES, 0),
             "shape": shape, "dtype": dtype,
             "patient_key": (_first(values, F.PATIENT_KEY, b"") or b"").decode(errors="replace"),
@@ -134,11 +137,15 @@ class SplitStats(beam.CombineFn):
                 "dtypes": Counter(), "present": Counter(), "kinds": {}, "value_counts": {},
                 "values": {"modality": Counter(), "frames_dtype": Counter()},
                 "pixels": _Moments.new(), "targets": _Moments.new(), "target_range": [], "by_site": {},
-                "by_manufacturer": {}, "anomalies": Counter(), "patients": set()}
+                "by_manufacturer": {}, "anomalies": Counter(), "patients": set(), "events": Counter(),
+                "labeled_frames": 0.0}
 
     def add_input(self, acc: dict[str, Any], s: dict[str, Any]) -> dict[str, Any]:
         acc["records"] += 1
-        if s["target"] is None:
+        if s.get("events") is not None:
+            acc["events"].update(s["events"])
+            acc["labeled_frames"] += s["labeled_frames"]
+        elif s["target"] is None:
             acc["labels"][s["label"]] += 1
         else:
             _Moments.add(acc["targets"], 1, s["target"], s["target"] ** 2)
@@ -164,7 +171,8 @@ class SplitStats(beam.CombineFn):
         out = accs[0]
         for acc in accs[1:]:
             out["records"] += acc["records"]
-            for key in ("labels", "valid_frames", "shapes", "dtypes", "present", "anomalies"):
+            out["labeled_frames"] += acc["labeled_frames"]
+            for key in ("labels", "valid_frames", "shapes", "dtypes", "present", "anomalies", "events"):
                 out[key].update(acc[key])
             out["kinds"].update(acc["kinds"])
             for name, counts in acc["value_counts"].items():
@@ -195,6 +203,9 @@ class SplitStats(beam.CombineFn):
             "values": {k: dict(v) for k, v in acc["values"].items()},
             "pixels": _Moments.summary(acc["pixels"]),
             **({"target": _target_summary(acc)} if acc["targets"][0] else {}),
+            # A frames target: key frames per event (by index) and the output frames with a weight.
+            **({"frame_labels": {"key_frames": {str(k): v for k, v in sorted(acc["events"].items())},
+                                 "labeled_frames": acc["labeled_frames"]}} if acc["events"] else {}),
             "pixels_by_site": {k: _Moments.summary(v) for k, v in sorted(acc["by_site"].items())},
             "pixels_by_manufacturer": {k: _Moments.summary(v) for k, v in sorted(acc["by_manufacturer"].items())},
             "schema_anomalies": dict(sorted(acc["anomalies"].items())),

@@ -11,11 +11,9 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
-import yaml
 
-from helpers import ARTIFACTS, render_in_chromium
+from helpers import ARTIFACTS, medseq_run, render_in_chromium, served_answers
 from medseq.components.evaluate.inference import PREDICTIONS_FILE, EvalPredictions
-from medseq.components.io.examples import split_files
 from medseq.components.model.intervals import value_metrics
 from medseq.pipeline import cli
 from medseq.pipeline import features as F
@@ -27,18 +25,14 @@ def value_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("value")
     gate = root / "gate.pbtxt"  # the shipped gate with R² >= 0.3 overall: a small eval split, a wide interval
     gate.write_text(GATE.read_text().replace("lower_bound { value: 0.5 }", "lower_bound { value: 0.3 }"))
-    config = root / "config.yaml"
-    config.write_text(yaml.safe_dump({
+    return medseq_run(root, {
         "synth": {"task": "cine_ef", "patients": 150, "seed": 5, "small": True, "target": "value", "noise": 3.0},
         "preprocess": {"frames": 16, "height": 32, "width": 32},
         "train": {"target": "value", "value": {"column": "ef", "units": "%", "range": [0, 100]}, "epochs": 15,
                   "conv_filters": [8, 16], "lstm_units": 16},
         "evaluate": {"eval_config": str(gate), "value_cutoffs": [40, 50], "bootstrap_samples": 300},
         "push": {"formats": ["litert:fp32", "onnx:fp32"]},
-    }))
-    run = root / "run"
-    assert cli.main(["run", "--config", str(config), "--out", str(run)]) == 0
-    return run
+    })
 
 
 @pytest.mark.slow
@@ -65,16 +59,11 @@ def test_a_value_model_learns_the_ejection_fraction_and_uses_time(value_run):
 
 @pytest.mark.slow
 def test_the_served_value_model_answers_through_every_door(value_run, tmp_path, capsys):
-    served = value_run / "serving" / "medseq" / "1"
-    card = json.loads((served / "assets.extra" / "medseq_model.json").read_text())
+    served, card, records, out = served_answers(value_run, 4)
     assert card["target"]["kind"] == "value" and card["target"]["units"] == "%"
     assert set(card["network_data_format"]["outputs"]) == {F.VALUE}
     assert sorted(a["format"] for a in card["artifacts"]) == ["litert", "onnx"]  # both passed their parity gate
     # TF Serving's signature on the record contract returns the value (and the domain score).
-    signature = tf.saved_model.load(str(served)).signatures[F.SERVING_SIGNATURE]
-    records = [r.numpy() for r in tf.data.TFRecordDataset(split_files(value_run / "ingest", "eval"),
-                                                          compression_type="GZIP").take(4)]
-    out = signature(examples=tf.constant(records))
     assert set(out) == {F.VALUE, F.DOMAIN_SCORE} and out[F.VALUE].shape == (4,)
     truth = [tf.train.Example.FromString(r).features.feature[F.TARGET].float_list.value[0] for r in records]
     assert np.all(np.abs(out[F.VALUE].numpy() - np.asarray(truth)) < 40)

@@ -7,9 +7,8 @@ from __future__ import annotations
 import json
 
 import pytest
-import yaml
 
-from helpers import auc_gate, write_cine_sax
+from helpers import auc_gate, medseq_run, write_cine_sax
 from medseq.components import predict
 from medseq.components.push import model_card
 from medseq.pipeline import cli
@@ -20,8 +19,7 @@ DEPTH = 4
 
 @pytest.mark.slow
 def test_a_run_of_volumes_trains_evaluates_pushes_and_predicts_a_raw_4d_folder(tmp_path, capsys):
-    config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({
+    run = medseq_run(tmp_path, {
         "synth": {"task": "cine_sax", "patients": 16, "seed": 3, "small": True},
         "ingest": {"split": {"train": 0.5, "eval": 0.25, "test": 0.25}},
         "preprocess": {"frames": 8, "height": 32, "width": 32, "min_frames": 2, "four_d": "volumes", "depth": DEPTH},
@@ -30,9 +28,7 @@ def test_a_run_of_volumes_trains_evaluates_pushes_and_predicts_a_raw_4d_folder(t
         "evaluate": {"eval_config": auc_gate(tmp_path / "eval.pbtxt", 0.0), "temporal_min_drop": -1.0,
                      "bootstrap_samples": 100},
         "push": {"formats": ["litert:fp32", "onnx:fp32"]},
-    }))
-    run = tmp_path / "run"
-    assert cli.main(["run", "--config", str(config), "--out", str(run)]) == 0
+    })
     qc = json.loads((run / "ingest" / F.QC_FILE).read_text())
     assert qc["four_d"]["series"] >= 2 and qc["four_d"]["records"] == qc["four_d"]["series"]
     assert set(qc["rejected"]) <= {"unlabeled", "not_dicom"}, qc["rejected"]

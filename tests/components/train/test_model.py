@@ -131,3 +131,42 @@ def test_a_sequence_of_volumes_is_read_by_a_volume_encoder_and_backbones_refuse_
                                  training=False).numpy(), probs, atol=1e-7)
     with pytest.raises(ConfigError, match="reads 2-D frames"):
         build_model(spec, dataclasses.replace(TINY, encoder="mobilenet_v3_small"))
+
+
+FRAMES_SPEC = RecordSpec(8, 32, 32, 1, "uint8", ("ed", "es"), target="frames")
+
+
+def test_a_per_frame_head_answers_every_frame_and_the_causal_one_only_from_the_past():
+    """Frames 5.. changed: the causal model's answers at frames 0-4 stay, the model
+    standardizing over the whole sequence (the default) moves them; padding answers 0."""
+    keras.utils.set_random_seed(2)
+    causal = build_model(FRAMES_SPEC, dataclasses.replace(TINY, target="frames", causal=True))
+    keras.utils.set_random_seed(2)
+    whole = build_model(FRAMES_SPEC, dataclasses.replace(TINY, target="frames"))
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 255, (1, *FRAMES_SPEC.shape), dtype=np.uint8)
+    later = frames.copy()
+    later[:, 5:] = rng.integers(0, 255, later[:, 5:].shape, dtype=np.uint8)
+    for model in (causal, whole):  # a trained head: the zero-initialised one answers 0.5 everywhere
+        head = model.get_layer("frame_head")
+        head.kernel.assign(np.random.default_rng(4).normal(size=head.kernel.shape).astype(np.float32))
+    run = lambda model, x, valid=8: model({F.FRAMES: x, F.VALID_FRAMES: np.array([valid], np.int32)},
+                                          training=False).numpy()[0]
+    assert run(causal, frames).shape == (8,)
+    np.testing.assert_allclose(run(causal, frames)[:5], run(causal, later)[:5], atol=1e-5)
+    assert np.max(np.abs(run(causal, frames)[5:] - run(causal, later)[5:])) > 1e-4
+    assert np.max(np.abs(run(whole, frames)[:5] - run(whole, later)[:5])) > 1e-4
+    shorter = run(causal, frames, valid=5)
+    np.testing.assert_allclose(shorter[:5], run(causal, frames)[:5], atol=1e-5)
+    assert np.all(shorter[5:] == 0.0)
+    pooled = build_model(FRAMES_SPEC, dataclasses.replace(TINY, target="frames", sequence_model="mean_pool",
+                                                          frame_difference=False))
+    assert run(pooled, frames).shape == (8,)
+
+
+def test_causal_needs_a_frames_target_and_a_unidirectional_lstm():
+    with pytest.raises(ConfigError, match="train.causal: expected target: frames"):
+        TrainConfig(causal=True)
+    with pytest.raises(ConfigError, match="bidirectional true"):
+        TrainConfig(target="frames", causal=True, bidirectional=True)
+    assert TrainConfig(target="frames").monitored == ("eval_event_error", "min")
