@@ -176,3 +176,24 @@ def test_a_class_labels_file_read_for_frames_is_one_line(tmp_path, config):
     result = medseq("convert", "--input", config.input, "--labels", config.labels, "--out", str(tmp_path / "out"),
                     "--config", str(path))
     assert "expected a frame_labels.csv header" in one_line(result)
+
+
+def test_every_model_variant_trains_on_frames_and_resumes(phase_records):
+    from medseq.components import train
+    from medseq.pipeline.config import TrainConfig
+    from medseq.pipeline.errors import ConfigError
+
+    root = phase_records[0]
+    records = root / "records"
+    with pytest.raises(ConfigError, match=r"train.target: value, but the records .* answer a frames"):
+        train.train(records, root / "wrong", TrainConfig(target="value"))
+    small = TrainConfig(target="frames", epochs=2, batch_size=2, conv_filters=(4,), lstm_units=4, augment=("roll",))
+    for name, variant in (("lstm", small), ("causal", dataclasses.replace(small, causal=True)),
+                          ("mean_pool", dataclasses.replace(small, sequence_model="mean_pool",
+                                                            frame_difference=False))):
+        out = train.train(records, root / name, variant)
+        history = json.loads((root / name / "history.json").read_text())
+        assert {"frame_mae", "eval_frame_mae", "eval_event_error"} <= set(history[-1]), name
+        assert out.best_epoch >= 1
+    resumed = train.train(records, root / "lstm", dataclasses.replace(small, epochs=3))
+    assert resumed.resumed_from_epoch == 2 and resumed.epochs_run == 1
