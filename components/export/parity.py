@@ -7,12 +7,12 @@ Checks, each against the SavedModel's `predict_frames` on the same inputs:
 - `short_sequences`: those 16 with fewer valid frames (1, and half of theirs), the frames
   beyond them zeroed as a shorter series' padding is, in batches of 8.
 
-It passes when the largest |Δp| over all of them (for a value target, |Δ| in the train
-split's standard deviations) is within the precision's tolerance and the eval AUC (macro
-AUC for three or more classes; R² for a value; minus the event error for frames, whose
-scores compare as probabilities do) changes by at least the
-configured minimum (the `export` section); the change's paired bootstrap interval, at
-the configured level, is reported beside it.
+It passes when the largest |Δp| over all of them (for a value target |Δ| in the train
+split's standard deviations, for frames |Δscore|; each line names which) is within the
+precision's tolerance and the eval AUC (macro AUC for three or more classes; R² for a
+value; minus the event error for frames) changes by at least the configured minimum
+(the `export` section); the change's paired bootstrap interval, at the configured
+level, is reported beside it.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ class EvalSplit:
     valid: np.ndarray
     labels: np.ndarray
     scale: float = 1.0  # a value target's train standard deviation: |Δ| is compared in it, as a probability's
+    difference: str = "|Δp|"  # what |Δ| is of, in the gate's words: probabilities, values in SDs, frame scores
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -58,6 +59,7 @@ class Parity:
     level: float
     min_change: float
     failures: tuple[str, ...]
+    difference: str = "|Δp|"
 
     @property
     def passed(self) -> bool:
@@ -77,7 +79,7 @@ class Parity:
     def figures(self) -> str:
         """The gate's numbers in one clause, the interval at its configured level."""
         low, high = self.auc_change_interval
-        return (f"max |Δp| {self.max_abs_diff:.1e} (tolerance {self.tolerance:.0e}), {self.auc_metric} "
+        return (f"max {self.difference} {self.max_abs_diff:.1e} (tolerance {self.tolerance:.0e}), {self.auc_metric} "
                 f"{self.auc:.4f} vs {self.auc_reference:.4f} (change {self.auc_change:+.4f}, {percent(self.level)} "
                 f"[{low:+.4f}, {high:+.4f}]) on {self.series} series")
 
@@ -91,8 +93,9 @@ def eval_split(examples_dir: str | Path, spec: RecordSpec) -> EvalSplit:
         frames.append(inputs["frames"])
         valid.append(inputs["valid_frames"])
         labels.append(label)
+    difference = "|Δ| (train SDs)" if spec.is_value else "|Δscore|" if spec.is_frames else "|Δp|"
     return EvalSplit(np.concatenate(frames), np.concatenate(valid).astype(np.int32), np.concatenate(labels),
-                     spec.value_std if spec.is_value else 1.0)
+                     spec.value_std if spec.is_value else 1.0, difference)
 
 
 def batched(run: Predict, frames: np.ndarray, valid: np.ndarray, batch: int) -> np.ndarray:
@@ -153,8 +156,9 @@ def check(reference: Predict, candidate: Predict, split: EvalSplit, precision: s
     tolerance, least = settings.tolerance[precision], settings.min_auc_change
     failures = []
     if not worst <= tolerance:
-        failures.append(f"max |Δp| {worst:.2e} above the {precision} tolerance {tolerance:.0e}")
+        failures.append(f"max {split.difference} {worst:.2e} above the {precision} tolerance {tolerance:.0e}")
     if np.isfinite(auc_ref) and not auc - auc_ref >= least:
         failures.append(f"eval {metric} {auc:.4f} against {auc_ref:.4f}, a change below {least}")
     return Parity(precision, len(split), tolerance, worst, checks, metric, auc_ref, auc,
-                  change_interval(ref, got, split.labels, settings), settings.confidence_level, least, tuple(failures))
+                  change_interval(ref, got, split.labels, settings), settings.confidence_level, least, tuple(failures),
+                  split.difference)
