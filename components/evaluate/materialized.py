@@ -22,6 +22,7 @@ from tensorflow_model_analysis.proto import config_pb2
 
 from ...pipeline import features as F
 from ...pipeline.errors import EvaluationFailed
+from ..model.events import SUMMARY
 
 PIXELS = (F.FRAMES,)  # dropped: TFMA never reads them, and they are most of a record
 
@@ -80,7 +81,7 @@ def with_predictions(files: list[str], probs: Mapping[str, np.ndarray | Mapping[
         for name in PIXELS:
             del example.features.feature[name]
         if any(EVENT_SUMMARY in values for values in per_model.values()):
-            example.features.feature[SUMMARY_LABEL].float_list.value.extend([0.0] * 3)
+            example.features.feature[SUMMARY_LABEL].float_list.value.extend([0.0] * len(SUMMARY))
         for model, values in per_model.items():
             for output, value in values.items():
                 target = example.features.feature[feature(model, output)]

@@ -7,9 +7,10 @@ metrics; an eval config names them by `class_name` with `module:
 "medseq.components.evaluate.tfma_metrics"`.
 
 For a frames target TFMA reads each series' event summary (evaluate/materialized.py:
-its event error in source frames, in ms, and its phase score's MAE, computed by
-model/events.py) and `EventError`, `EventErrorMs` and `FrameMeanAbsoluteError` average
-one of them over a slice's series, NaN (no timing) left out.
+its event error in source frames, in ms, and its phase score's absolute errors and
+their weight, computed by model/events.py): `EventError` and `EventErrorMs` average one
+over a slice's series, NaN (no timing) left out; `FrameMeanAbsoluteError` divides the
+slice's summed errors by its summed weights. Both are `events.table_metrics`' numbers.
 """
 
 from __future__ import annotations
@@ -22,9 +23,14 @@ import apache_beam as beam
 import numpy as np
 from tensorflow_model_analysis.metrics import metric_types, metric_util
 
+from ..model.events import SUMMARY
+
 R_SQUARED, RMSE = "r_squared", "root_mean_squared_error"
-# The columns of a frames target's materialized summary (events.series_summary), by metric name.
-SUMMARY_COLUMNS = {"event_error": 0, "event_error_ms": 1, "frame_mae": 2}
+# A frames target's metrics as (numerator column, denominator column or None: a count of
+# the series) of its materialized summary (events.series_summary).
+SUMMARY_COLUMNS = {"event_error": (SUMMARY.index("event_error"), None),
+                   "event_error_ms": (SUMMARY.index("event_error_ms"), None),
+                   "frame_mae": (SUMMARY.index("frame_error_sum"), SUMMARY.index("frame_weight"))}
 
 
 @dataclasses.dataclass
@@ -75,11 +81,12 @@ class _Combiner(beam.CombineFn):  # type: ignore[misc]
         return {self.key: float(1.0 - acc.error_sq / total) if total > 0 else float("nan")}
 
 
-class _SummaryMean(beam.CombineFn):  # type: ignore[misc]
-    """The mean of one column of each series' event summary over a slice's finite values."""
+class _SummaryRatio(beam.CombineFn):  # type: ignore[misc]
+    """Over a slice's series with a finite value in the summary's numerator column: its
+    sum over the sum of the denominator column, or over their count."""
 
-    def __init__(self, key: metric_types.MetricKey, eval_config: Any, column: int) -> None:
-        self.key, self.eval_config, self.column = key, eval_config, column
+    def __init__(self, key: metric_types.MetricKey, eval_config: Any, columns: tuple[int, int | None]) -> None:
+        self.key, self.eval_config, self.columns = key, eval_config, columns
 
     def create_accumulator(self) -> list[float]:
         return [0.0, 0.0]
@@ -88,10 +95,11 @@ class _SummaryMean(beam.CombineFn):  # type: ignore[misc]
         for _, prediction, _ in metric_util.to_label_prediction_example_weight(
                 element, eval_config=self.eval_config, model_name=self.key.model_name,
                 output_name=self.key.output_name, flatten=False, squeeze=False):
-            value = float(np.asarray(prediction, np.float64).reshape(-1)[self.column])
-            if np.isfinite(value):
-                acc[0] += value
-                acc[1] += 1.0
+            row = np.asarray(prediction, np.float64).reshape(-1)
+            numerator, denominator = self.columns
+            if np.isfinite(row[numerator]):
+                acc[0] += row[numerator]
+                acc[1] += 1.0 if denominator is None else row[denominator]
         return acc
 
     def merge_accumulators(self, accs: Iterable[list[float]]) -> list[float]:
@@ -102,6 +110,8 @@ class _SummaryMean(beam.CombineFn):  # type: ignore[misc]
         return out
 
     def extract_output(self, acc: list[float]) -> dict[metric_types.MetricKey, float]:
+        if self.columns[1] is not None:  # a pooled ratio: as events.table_metrics, a zero weight divides by 1
+            return {self.key: acc[0] / max(acc[1], 1.0)}
         return {self.key: acc[0] / acc[1] if acc[1] else float("nan")}
 
 
@@ -110,7 +120,7 @@ def _computations(kind: str) -> Any:
                      example_weighted: bool = False, **_: Any) -> metric_types.MetricComputations:
         key = metric_types.MetricKey(name=name or kind, model_name=model_name, output_name=output_name,
                                      example_weighted=example_weighted)
-        combiner = _SummaryMean(key, eval_config, SUMMARY_COLUMNS[kind]) if kind in SUMMARY_COLUMNS \
+        combiner = _SummaryRatio(key, eval_config, SUMMARY_COLUMNS[kind]) if kind in SUMMARY_COLUMNS \
             else _Combiner(key, eval_config, kind)
         return [metric_types.MetricComputation(keys=[key], preprocessors=None, combiner=combiner)]
     return computations
@@ -145,7 +155,7 @@ class EventErrorMs(metric_types.Metric):  # type: ignore[misc]
 
 
 class FrameMeanAbsoluteError(metric_types.Metric):  # type: ignore[misc]
-    """A frames target: the mean over a slice's series of their phase score's MAE over labeled frames."""
+    """A frames target: the phase score's MAE over a slice's labeled frames (pooled)."""
 
     def __init__(self, name: str = "frame_mae") -> None:
         super().__init__(metric_util.merge_per_key_computations(_computations("frame_mae")), name=name)

@@ -148,6 +148,8 @@ def parse_examples(serialized: tf.Tensor, spec: RecordSpec) -> dict[str, tf.Tens
     }
     if spec.is_value:
         features[F.TARGET] = tf.io.FixedLenFeature([], tf.float32, default_value=float("nan"))
+    if spec.is_frames:
+        features.update(_frame_features(spec.frames))
     parsed = tf.io.parse_example(serialized, features)
     frames = tf.io.decode_raw(parsed[F.FRAMES], tf.dtypes.as_dtype(spec.dtype))
     frames = tf.reshape(frames, (-1, *spec.shape))
@@ -156,20 +158,17 @@ def parse_examples(serialized: tf.Tensor, spec: RecordSpec) -> dict[str, tf.Tens
     if spec.is_value:
         out[F.TARGET] = parsed[F.TARGET]
     if spec.is_frames:
-        out[FRAME_TRUTH] = frame_truth(serialized, spec.frames)
+        out[FRAME_TRUTH] = frame_truth(parsed, spec.frames)
     return out
 
 
 FRAME_TRUTH = "frame_truth"  # parse_examples' per-frame truth of a frames target (channels: model/events.py)
 
 
-def frame_truth(serialized: tf.Tensor, frames: int) -> tf.Tensor:
-    """(B, T, 6) float32 of a frames target's records, per output frame: its phase score,
-    its weight, the event of a key frame landed there (1 + index, 0 none), that key frame's
-    source frame (-1 none), the source frame shown (-1 padding), the source frame interval
-    in ms (0 unknown)."""
-    parsed = tf.io.parse_example(serialized, {
-        # Defaults: a record without labels (a served request) has no frame with a weight.
+def _frame_features(frames: int) -> dict[str, tf.io.FixedLenFeature | tf.io.VarLenFeature]:
+    """How a frames target's features parse. Defaults: a record without labels (a served
+    request) has no frame with a weight."""
+    return {
         F.FRAME_LABELS: tf.io.FixedLenFeature([frames], tf.float32, default_value=[0.0] * frames),
         F.FRAME_WEIGHTS: tf.io.FixedLenFeature([frames], tf.float32, default_value=[0.0] * frames),
         F.FRAME_SOURCES: tf.io.FixedLenFeature([frames], tf.float32, default_value=[-1.0] * frames),
@@ -177,10 +176,17 @@ def frame_truth(serialized: tf.Tensor, frames: int) -> tf.Tensor:
         F.KEY_EVENTS: tf.io.VarLenFeature(tf.int64),
         F.KEY_SOURCE_FRAMES: tf.io.VarLenFeature(tf.float32),
         F.SOURCE_INTERVAL_MS: tf.io.FixedLenFeature([1], tf.float32, default_value=[0.0]),
-    })
+    }
+
+
+def frame_truth(parsed: dict[str, tf.Tensor], frames: int) -> tf.Tensor:
+    """(B, T, 6) float32 from a batch's parsed frames-target features, per output frame:
+    its phase score, its weight, the event of a key frame landed there (1 + index, 0 none),
+    that key frame's source frame (-1 none), the source frame shown (-1 padding), the
+    source frame interval in ms (0 unknown)."""
     keys = parsed[F.KEY_FRAMES]
     where = tf.stack([keys.indices[:, 0], keys.values], -1)  # (record, output frame) of every key frame
-    shape = tf.stack([tf.shape(serialized, out_type=tf.int64)[0], frames])
+    shape = tf.stack([tf.shape(parsed[F.FRAME_LABELS], out_type=tf.int64)[0], frames])
     event = tf.scatter_nd(where, tf.cast(parsed[F.KEY_EVENTS].values + 1, tf.float32), shape)
     source = tf.scatter_nd(where, parsed[F.KEY_SOURCE_FRAMES].values + 1.0, shape) - 1.0
     interval = tf.repeat(parsed[F.SOURCE_INTERVAL_MS], frames, axis=1)

@@ -39,8 +39,8 @@ def turning_points(score: np.ndarray, maximum: bool) -> np.ndarray:
     padded = np.concatenate([[s[1]], s, [s[-2]]])  # reflected: an edge frame may be a turning point
     found = []
     for t in range(n):
-        left, here, right = padded[t], padded[t + 1], padded[t + 2]
-        if not (here >= left and here > right) and not (here > left and here >= right):
+        before, here, after = padded[t], padded[t + 1], padded[t + 2]
+        if not (here >= before and here > after) and not (here > before and here >= after):
             continue
         j = t
         while j > 0 and s[j - 1] <= here:
@@ -95,9 +95,9 @@ def series_events(score: np.ndarray, truth: np.ndarray) -> SeriesEvents:
     turning = [turning_points(score[:valid], kind == 0) for kind in (0, 1)]
     detected = tuple(to_source(t, sources) for t in turning)
     keys = np.flatnonzero(truth[:, KEY_EVENT] > 0)
-    kinds = list((truth[keys, KEY_EVENT] - 1).astype(np.int64))
-    true = [truth[keys[kinds_i == np.asarray(kinds)], KEY_SOURCE] if len(keys) else np.zeros(0)
-            for kinds_i in (0, 1)]
+    key_kinds = (truth[keys, KEY_EVENT] - 1).astype(np.int64)
+    true = [truth[keys[key_kinds == kind], KEY_SOURCE] for kind in (0, 1)]  # source frames of the key frames
+    kinds = list(key_kinds)
     errors, missed = [], 0
     middle = float(sources[-1]) / 2.0 if valid else 0.0
     for key, kind in zip(keys, kinds, strict=True):
@@ -163,9 +163,13 @@ def frame_metrics(scores: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     return table_metrics(series_table(scores, truth))
 
 
+# What TFMA reads of each series (evaluate/materialized.py): the first columns of `TABLE`,
+# so that its per-slice numbers are `table_metrics`' own (a mean over series, or the
+# pooled frame MAE: the sum of the errors over the sum of the weights).
+SUMMARY = TABLE[:4]
+
+
 def series_summary(scores: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """(N, 3) per series: event error in source frames, in ms, and the phase score's MAE
-    over its weighted frames: what TFMA averages per slice (evaluate/materialized.py)."""
-    table = series_table(scores, truth)
-    mae = table[:, 2] / np.maximum(table[:, 3], 1.0)
-    return np.stack([table[:, 0], table[:, 1], mae], -1)
+    """(N, len(SUMMARY)) per series: event error in source frames, in ms, the sum of the
+    phase score's absolute errors over its weighted frames, and their weight."""
+    return series_table(scores, truth)[:, :len(SUMMARY)]

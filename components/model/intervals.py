@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .events import series_table, table_metrics
+from .events import frame_metrics, series_table, table_metrics
 from .metrics import binary_auc
 
 Interval = tuple[float, float]
@@ -103,7 +103,7 @@ def metrics_of(probs: np.ndarray, labels: np.ndarray, cutoffs: tuple[float, ...]
     """A class target's metrics from (N, K) probabilities; a value target's from (N,)
     values; a frames target's from (N, T) scores and their truth (N, T, 6)."""
     if labels.ndim == 3:
-        return table_metrics(series_table(probs, labels))
+        return frame_metrics(probs, labels)
     if probs.ndim == 1:
         return value_metrics(probs, labels, cutoffs)
     return binary_metrics(probs, labels) if probs.shape[1] == 2 else multiclass_metrics(probs, labels)

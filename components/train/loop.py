@@ -73,15 +73,15 @@ class Trainer:
         self.state = TrainState(len(spec.classes))
         self.class_weights = tf.constant(class_weights, tf.float32)
         self.value, self.frames = spec.is_value, spec.is_frames
-        if self.frames:  # the phase score's loss on the weighted frames only
-            self.loss_fn = (keras.losses.Huber(delta=1.0, reduction="none") if config.frames.loss == "huber"
-                            else keras.losses.MeanSquaredError(reduction="none"))
-        elif self.value:  # the loss of a value is in the train split's standard deviations, whatever its units
-            self.value_std = spec.value_std
-            self.loss_fn = (keras.losses.Huber(delta=1.0, reduction="none") if config.value.loss == "huber"
-                            else keras.losses.MeanSquaredError(reduction="none"))
-        else:
+        # A value's loss is in the train split's standard deviations, whatever its units; a
+        # frames target's is on the phase score, over the weighted frames only.
+        self.value_std = spec.value_std
+        regression = config.frames.loss if self.frames else config.value.loss if self.value else None
+        if regression is None:
             self.loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction="none")
+        else:
+            self.loss_fn = (keras.losses.Huber(delta=1.0, reduction="none") if regression == "huber"
+                            else keras.losses.MeanSquaredError(reduction="none"))
         self.global_batch = config.batch_size * strategy.num_replicas_in_sync
         self._gradients = tf.function(self._forward_backward, jit_compile=True) if use_xla(config) \
             else self._forward_backward

@@ -47,6 +47,7 @@ def test_a_frames_model_finds_end_diastole_and_end_systole_and_uses_time(frames_
     preds = EvalPredictions.from_json(json.loads((frames_run / "evaluate" / PREDICTIONS_FILE).read_text()))
     exact = frame_metrics(preds.probs["frames"], preds.labels)
     assert metrics["event_error"] == pytest.approx(exact["event_error"], abs=1e-4)
+    assert metrics["frame_mae"] == pytest.approx(exact["frame_mae"], abs=1e-4)
     # Time taken away: shuffled frames put the turning points anywhere, one frame has none.
     temporal = verdict["temporal"]
     assert temporal["metric"] == "event_error"
