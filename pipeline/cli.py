@@ -1,4 +1,4 @@
-"""The `medseq` command line: one subcommand per stage, plus `synth`, `predict`, `run`.
+"""The `medseq` command line: one subcommand per stage, plus `synth`, `predict`, `stream`, `run`.
 
 User mistakes (a wrong flag, a missing input, a bad config) print one line saying
 what was expected and what was found, and exit with status 2. Commands that run a
@@ -291,6 +291,30 @@ def cmd_predict(args: argparse.Namespace, _: list[str]) -> int:
     return 1 if failed or outside or not series else 0
 
 
+def cmd_stream(args: argparse.Namespace, _: list[str]) -> int:
+    import json
+
+    import numpy as np
+
+    from ..components.predict.stream import stream
+
+    latencies, skipped, events = [], 0, 0
+    for out in stream(args.model, args.input, realtime=args.realtime, follow=args.follow,
+                      idle_timeout_s=args.idle_timeout, outside_domain=args.outside_domain):
+        print(json.dumps(out.to_json()), flush=True)
+        skipped += out.rejected is not None
+        events += len(out.events)
+        if out.rejected is None:
+            latencies.append(out.latency_ms)
+    if latencies:
+        p50, p99 = np.percentile(latencies, [50, 99])
+        print(f"stream: {len(latencies)} frame(s), latency p50 {p50:.1f} ms, p99 {p99:.1f} ms (decode, preprocessing "
+              f"and the step); {events} event(s) confirmed", file=sys.stderr)
+    if skipped:
+        print(f"stream: {skipped} frame(s) could not be read and were skipped (reasons above)", file=sys.stderr)
+    return 0 if latencies else 1
+
+
 def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
     from .runner import run_pipeline
 
@@ -432,6 +456,25 @@ def build_parser() -> _Parser:
     p.add_argument("--outside-domain", choices=("refuse", "warn"), default="refuse",
                    help="a series whose modality, frame axis or colour the model was never trained on: refused "
                    "as outside_domain (default), or predicted and flagged (warn); unusual values are flagged")
+
+    p = add("stream", cmd_stream, "Read a live series frame by frame with a causal model (train.causal): each frame "
+            "through ingest's preprocessing and one step of the model, its state carried to the next; one JSON line "
+            "per frame (frame, time_ms, frame_value, latency_ms, step_ms, and the events it confirms).",
+            config=False)
+    p.add_argument("--model", required=True, help="a causal SavedModel written by `medseq train` or `push`, or a "
+                   "step artifact of `medseq export` (model_<precision>_step.tflite or .onnx; the whole-series "
+                   "file names it too)")
+    p.add_argument("--input", required=True, help="a multi-frame DICOM file, or a folder of one series' files "
+                   "(read in their geometric or temporal order); with --follow a folder being written")
+    p.add_argument("--realtime", action="store_true", help="pace the frames by their Frame Time / Trigger Time, "
+                   "as the clip was recorded")
+    p.add_argument("--follow", action="store_true", help="read files as they appear in --input (each once its "
+                   "size stops changing), until --idle-timeout seconds pass without a new one")
+    p.add_argument("--idle-timeout", type=float, default=10.0, help="with --follow: seconds without a new file "
+                   "that end the stream (default 10)")
+    p.add_argument("--outside-domain", choices=("refuse", "warn"), default="refuse",
+                   help="a series whose modality, frame axis or colour the model was never trained on: refused "
+                   "(default), or streamed (warn)")
 
     p = add("run", cmd_run, "Run every stage into one run folder: by default on synthetic cine MR that the "
             "shipped config's `synth` section generates there; `input`/`labels` in a --config for your DICOM.")

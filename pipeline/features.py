@@ -55,6 +55,10 @@ SPLITS = ("train", "eval", "test")
 SERVING_SIGNATURE = "serving_default"
 FRAMES_SIGNATURE = "predict_frames"
 EXPLAIN_SIGNATURE = "explain_frames"  # predict_frames' outputs plus ATTRIBUTION (Grad-CAM)
+# A causal model's (train.causal) one frame at a time: frame + state_* -> frame_value + state_*
+# (components/model/step.py), and the zero state to start a stream with, for batch_size streams.
+STEP_SIGNATURE = "predict_step"
+INITIAL_STATE_SIGNATURE = "initial_state"
 ATTRIBUTION = "attribution"
 PROBABILITIES = "probabilities"
 CLASS_IDS = "class_ids"

@@ -7,6 +7,9 @@ weights copied from the SavedModel, and its LSTMs traced unrolled (T is fixed by
 record spec) on the portable kernel; the traced function is frozen (variables become
 constants, which dynamic-range and int8 quantization need) and handed to the converter.
 Only built-in ops are accepted: LiteRT's TFLITE_BUILTINS, ONNX's default domain.
+
+A causal model's step (model/step.py, `predict_step`: frame + state -> frame_value +
+state) is traced and converted the same way, into a second artifact: it holds no loop.
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ from ...pipeline.config import EXPORT_FORMATS, TrainConfig, from_dict
 from ...pipeline.errors import InputError
 from ..io.examples import RecordSpec, load_spec, load_spec_json
 from ..model.network import build_model
-from ..model.saved_model import portable_lstm
+from ..model.saved_model import portable_lstm, step_inputs
+from ..model.step import StepModel
 
 ONNX_OPSET = 17
+NEXT = "next_"  # an ONNX step's state outputs: next_state_* (its inputs are state_*)
 
 
 class Refused(Exception):
@@ -76,6 +81,36 @@ def frozen_function(model: keras.Model, spec: RecordSpec) -> tf.types.experiment
         return convert_variables_to_constants_v2(predict_frames.get_concrete_function())
 
 
+def frozen_step_function(model: keras.Model, spec: RecordSpec) -> tuple[tf.types.experimental.ConcreteFunction,
+                                                                        tuple[str, ...]]:
+    """frame + state_* -> frame_value + state_* (model/step.py), frozen, and the names of
+    its outputs in their order (freezing keeps their order, not their names)."""
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    step = StepModel(model, spec)
+
+    @tf.function(input_signature=[step_inputs(model, spec)])
+    def predict_step(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        return step(inputs, training=False)
+
+    traced = predict_step.get_concrete_function()
+    return convert_variables_to_constants_v2(traced), tuple(sorted(traced.structured_outputs))  # nest's order
+
+
+def named_outputs(function: tf.types.experimental.ConcreteFunction,
+                  outputs: Sequence[str]) -> tf.types.experimental.ConcreteFunction:
+    """A frozen function of dict inputs with its outputs named again: LiteRT's signature
+    then names them (state_* in, state_* out) instead of output_0, output_1, ..."""
+    specs = {t.name.split(":")[0]: tf.TensorSpec(t.shape, t.dtype, name=t.name.split(":")[0])
+             for t in function.inputs}
+
+    @tf.function(input_signature=[specs])
+    def named(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        return dict(zip(outputs, function(**inputs), strict=True))
+
+    return named.get_concrete_function()
+
+
 def to_litert(function: tf.types.experimental.ConcreteFunction, precision: str) -> Converted:
     """fp32, fp16 (weights stored as float16) or dynamic_int8 (int8 weights; activations
     quantized on the fly in convolutions and fully connected layers, float elsewhere)."""
@@ -102,21 +137,25 @@ def to_litert(function: tf.types.experimental.ConcreteFunction, precision: str) 
 
 
 def to_onnx(function: tf.types.experimental.ConcreteFunction, precision: str,
-            output: str = F.PROBABILITIES) -> Converted:
+            outputs: Sequence[str] = (F.PROBABILITIES,)) -> Converted:
     """fp32 (onnxruntime's dynamic int8 quantization was measured and failed the gate);
-    `output`: the name of the one output (probabilities, or a value head's value)."""
+    `outputs`: the names of the outputs in order (probabilities, a value head's value, a
+    step's frame_value and state); the inputs keep their TensorSpec names."""
     import onnx
     import tf2onnx
 
     if precision not in EXPORT_FORMATS["onnx"]:
         raise Refused(f"ONNX: precision {precision} is not offered "
                       f"(expected one of {', '.join(EXPORT_FORMATS['onnx'])})")
-    inputs, outputs = [t.name for t in function.inputs], [t.name for t in function.outputs]
+    inputs, graph_outputs = [t.name for t in function.inputs], [t.name for t in function.outputs]
     with _quiet_converter():
         proto, _ = tf2onnx.convert.from_graph_def(function.graph.as_graph_def(), input_names=inputs,
-                                                  output_names=outputs, opset=ONNX_OPSET)
+                                                  output_names=graph_outputs, opset=ONNX_OPSET)
     # The contract's names (frames, valid_frames -> probabilities, or value) instead of the graph's.
-    names = dict(zip([*inputs, *outputs], [F.FRAMES, F.VALID_FRAMES, output], strict=True))
+    # An output carrying an input on (a step's state) is `next_<name>`: ONNX names a value once.
+    given = [name.split(":")[0] for name in inputs]
+    names = dict(zip([*inputs, *graph_outputs], [*given, *(NEXT + o if o in given else o for o in outputs)],
+                     strict=True))
     for value in [*proto.graph.input, *proto.graph.output]:
         value.name = names.get(value.name, value.name)
     for node in proto.graph.node:

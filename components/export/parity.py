@@ -13,6 +13,11 @@ precision's tolerance and the eval AUC (macro AUC for three or more classes; R²
 value; minus the event error for frames) changes by at least the configured minimum
 (the `export` section); the change's paired bootstrap interval, at the configured
 level, is reported beside it.
+
+A causal model's step artifact (model/step.py) passes when stepping the first 16 eval
+series frame by frame, all 16 as one batch of streams and the first alone, gives the
+SavedModel's whole-sequence score at every valid frame within the same tolerance
+(`check_step`).
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from ...pipeline.errors import InputError
 from ..io.examples import RecordSpec, eval_dataset, split_files
 from ..model.events import series_table, table_metrics
 from ..model.intervals import LOWER_IS_BETTER, bootstrap, headline_metric, metrics_of, percent
-from ..model.runtimes import Predict
+from ..model.runtimes import Predict, Step
+from ..model.step import StateTensor, step_through
 
 BATCH = 8
 FEW = 16
@@ -162,3 +168,44 @@ def check(reference: Predict, candidate: Predict, split: EvalSplit, precision: s
     return Parity(precision, len(split), tolerance, worst, checks, metric, auc_ref, auc,
                   change_interval(ref, got, split.labels, settings), settings.confidence_level, least, tuple(failures),
                   split.difference)
+
+
+@dataclass(frozen=True)
+class StepParity:
+    precision: str
+    series: int
+    frames: int  # valid frames compared
+    tolerance: float
+    max_abs_diff: float
+    checks: dict[str, float]
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_diff <= self.tolerance
+
+    @property
+    def failures(self) -> tuple[str, ...]:
+        return () if self.passed else (f"stepped frame by frame, max |Δscore| {self.max_abs_diff:.2e} from the "
+                                       f"whole-sequence model, above the {self.precision} tolerance "
+                                       f"{self.tolerance:.0e}",)
+
+    def to_json(self) -> dict[str, object]:
+        return {"split": "eval", "series": self.series, "frames": self.frames, "tolerance": self.tolerance,
+                "max_abs_diff": self.max_abs_diff, "checks": self.checks, "passed": self.passed,
+                "against": "the SavedModel's predict_frames on the whole sequence, at every valid frame"}
+
+    def figures(self) -> str:
+        return (f"stepped max |Δscore| {self.max_abs_diff:.1e} (tolerance {self.tolerance:.0e}) over "
+                f"{self.frames} frames of {self.series} series")
+
+
+def check_step(reference: Predict, candidate: Step, states: tuple[StateTensor, ...], split: EvalSplit,
+               precision: str, settings: ExportConfig) -> StepParity:
+    """The step `candidate` against the whole-sequence `reference` (see the module's text)."""
+    few = slice(0, min(FEW, len(split)))
+    frames, valid = split.frames[few], split.valid[few]
+    whole = batched(reference, frames, valid, 32)
+    checks = {"streams_batch": float(np.abs(step_through(candidate, frames, valid, states) - whole).max()),
+              "stream_1": float(np.abs(step_through(candidate, frames[:1], valid[:1], states) - whole[:1]).max())}
+    return StepParity(precision, len(valid), int(valid.sum()), settings.tolerance[precision], max(checks.values()),
+                      checks)

@@ -6,6 +6,9 @@ frames (B, *shape), valid_frames (B,) -> probabilities (B, K), a value target's 
 - LiteRT: `ai_edge_litert.interpreter.Interpreter`, its signature runner (the default
   CPU delegate, XNNPACK, included);
 - ONNX: `onnxruntime.InferenceSession` on the CPU execution provider.
+
+A causal model's step (step.py) runs behind another: {frame, state_*} -> {frame_value,
+state_*}, numpy in and out, under the same three runtimes (`Step`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from ...pipeline import features as F
 from ...pipeline.errors import InputError
 
 Predict = Callable[[np.ndarray, np.ndarray], np.ndarray]
+Step = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+STEP_SUFFIX = "_step"  # model_fp32_step.tflite beside model_fp32.tflite
 RUNTIMES = {"litert": "ai-edge-litert", "onnx": "onnxruntime"}
 SUFFIXES = {"litert": ".tflite", "onnx": ".onnx"}
 
@@ -95,6 +100,65 @@ def load(path: str | Path) -> Predict:
         return saved_model(path)
     try:
         return of_bytes(fmt, Path(path).read_bytes())
+    except ImportError:
+        raise InputError(f"{path}: running a {fmt} artifact needs {RUNTIMES[fmt]}: "
+                         "pip install 'medseq[edge]'") from None
+
+
+def saved_model_step(predict_step: Any) -> Step:
+    """A SavedModel's `predict_step` concrete function behind the common step call."""
+    import tensorflow as tf
+
+    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {k: v.numpy() for k, v in predict_step(**{k: tf.constant(v) for k, v in inputs.items()}).items()}
+
+    return run
+
+
+def litert_step(data: bytes, threads: int | None = None) -> Step:
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_content=data, num_threads=threads).get_signature_runner()
+    return lambda inputs: runner(**inputs)
+
+
+def onnx_step(data: bytes, threads: int | None = None) -> Step:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    session = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    names = [o.name.removeprefix("next_") for o in session.get_outputs()]  # convert.NEXT: next_state_* -> state_*
+    return lambda inputs: dict(zip(names, session.run(None, inputs), strict=True))
+
+
+def step_of_bytes(fmt: str, data: bytes, threads: int | None = None) -> Step:
+    return litert_step(data, threads) if fmt == "litert" else onnx_step(data, threads)
+
+
+def load_step(path: str | Path) -> Step:
+    """The step of a SavedModel folder (its predict_step), or a step artifact of
+    `medseq export` (model_<precision>_step.tflite or .onnx). Raises InputError for
+    anything else."""
+    fmt = artifact_format(path)
+    if fmt is None:
+        if not (Path(path) / "saved_model.pb").exists():
+            raise InputError(f"{path}: expected a SavedModel folder or a step artifact (_step.tflite or "
+                             "_step.onnx), found neither")
+        import tensorflow as tf
+
+        signatures = tf.saved_model.load(str(path)).signatures
+        if F.STEP_SIGNATURE not in signatures:
+            raise InputError(f"{path}: the SavedModel has no {F.STEP_SIGNATURE} signature (exported before "
+                             "medseq streamed, or not causal)")
+        return saved_model_step(signatures[F.STEP_SIGNATURE])
+    if not Path(path).stem.endswith(STEP_SUFFIX):
+        raise InputError(f"{path}: a whole-series artifact; expected its step artifact "
+                         f"({Path(path).stem}{STEP_SUFFIX}{Path(path).suffix}) to stream")
+    try:
+        return step_of_bytes(fmt, Path(path).read_bytes())
     except ImportError:
         raise InputError(f"{path}: running a {fmt} artifact needs {RUNTIMES[fmt]}: "
                          "pip install 'medseq[edge]'") from None

@@ -10,6 +10,10 @@
 - `explain_frames`: the inputs of `predict_frames` -> its outputs and `attribution`,
   where in each frame the evidence for the predicted class lies (Grad-CAM,
   attribution.py; `medseq predict --explain`).
+- `predict_step` and `initial_state`, for a causal model only (train.causal): one frame
+  of each stream and the state the frames before it left -> that frame's `frame_value`
+  and the next state (step.py); the zero state for `batch_size` streams. Whether the
+  model streams, and why not, and its state tensors are in medseq_spec.json's `step`.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from ...pipeline import features as F
 from ..io.examples import SPEC_FILE, RecordSpec, parse_examples
 from .attribution import grad_cam
 from .domain import embedder
+from .step import FRAME, FRAME_VALUE, StepModel, causal_reason, state_tensors
 
 
 def _outputs(probabilities: tf.Tensor, spec: RecordSpec) -> dict[str, tf.Tensor]:
@@ -92,6 +97,44 @@ def portable_lstm(model: keras.Model, unroll: bool = False) -> Iterator[None]:
             layer.use_cudnn, layer.unroll = cudnn, unrolled
 
 
+def step_inputs(model: keras.Model, spec: RecordSpec) -> dict[str, tf.TensorSpec]:
+    """predict_step's inputs: one frame of each stream, and the state (step.py)."""
+    return {FRAME: tf.TensorSpec([None, *spec.shape[1:]], tf.dtypes.as_dtype(spec.dtype), name=FRAME),
+            **{s.key: tf.TensorSpec([None, *s.shape], tf.float32, name=s.key) for s in state_tensors(model, spec)}}
+
+
+def step_card(model: keras.Model, spec: RecordSpec) -> dict[str, object]:
+    """medseq_spec.json's `step`: whether the model streams (and if not, why), its
+    signatures and state tensors, what a client passes back with each frame."""
+    why = causal_reason(model)
+    if why is not None:
+        return {"streams": False, "reason": why}
+    return {"streams": True, "signature": F.STEP_SIGNATURE, "initial_state": F.INITIAL_STATE_SIGNATURE,
+            "inputs": {FRAME: {"shape": [-1, *spec.shape[1:]], "dtype": spec.dtype}},
+            "outputs": {FRAME_VALUE: {"shape": [-1], "dtype": "float32"}},
+            "state": {s.key: s.to_json() for s in state_tensors(model, spec)},
+            "initial": "zeros (every state tensor), or the initial_state signature for batch_size streams",
+            "protocol": "each output state_* is the next call's input of the same name"}
+
+
+def add_step_endpoints(archive: keras.export.ExportArchive, model: keras.Model, spec: RecordSpec) -> dict[str, object]:
+    """`predict_step` and `initial_state` for a causal model; returns its step card."""
+    card = step_card(model, spec)
+    if not card["streams"]:
+        return card
+    step = StepModel(model, spec)
+    states = state_tensors(model, spec)
+
+    def initial_state(batch_size: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {s.key: tf.zeros(tf.concat([[batch_size], s.shape], 0), tf.float32) for s in states}
+
+    archive.add_endpoint(F.STEP_SIGNATURE, lambda inputs: step(inputs, training=False),
+                         input_signature=[step_inputs(model, spec)])
+    archive.add_endpoint(F.INITIAL_STATE_SIGNATURE, initial_state,
+                         input_signature=[tf.TensorSpec([], tf.int32, name="batch_size")])
+    return card
+
+
 def export_saved_model(model: keras.Model, spec: RecordSpec, path: str | Path,
                        training: dict[str, object] | None = None,
                        reference: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
@@ -128,10 +171,11 @@ def export_saved_model(model: keras.Model, spec: RecordSpec, path: str | Path,
                              input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
         archive.add_endpoint(F.FRAMES_SIGNATURE, serve_frames, input_signature=frames_inputs)
         archive.add_endpoint(F.EXPLAIN_SIGNATURE, grad_cam(model), input_signature=frames_inputs)
+        step = add_step_endpoints(archive, model, spec)
         archive.write_out(str(tmp), verbose=False)
     extra = tmp / "assets.extra"
     extra.mkdir(exist_ok=True)
-    (extra / SPEC_FILE).write_text(json.dumps({**spec.to_json(), "training": training or {}}, indent=2))
+    (extra / SPEC_FILE).write_text(json.dumps({**spec.to_json(), "training": training or {}, "step": step}, indent=2))
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
     return path

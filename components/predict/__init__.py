@@ -1,7 +1,10 @@
 """`medseq predict`: a raw DICOM folder -> class probabilities per series (a value; a
 frames model's score per frame and its events in source frames), printed as
 an aligned table or JSON lines, with optional explanations (`--explain`): which frames
-mattered (temporal occlusion) and where in them (Grad-CAM)."""
+mattered (temporal occlusion) and where in them (Grad-CAM).
+
+`medseq stream` (stream.py): a causal model reads a live series frame by frame, its state
+carried from frame to frame (model/step.py)."""
 
 from __future__ import annotations
 

@@ -112,12 +112,23 @@ def _model_frames(volume: np.ndarray, meta: SeriesMeta, config: PreprocessConfig
     windows = _windows(volume, meta, config)
     out: np.ndarray | None = None
     for i, frame in enumerate(volume):
-        resized = np.clip(_resize_frame(_channels(frame, windows, meta, config), config.height, config.width),
-                          0.0, 1.0)
+        resized = model_frame(frame, windows, meta, config)
         if out is None:
             out = np.empty((len(volume), *resized.shape), np.float32)
         out[i] = resized
     return out if out is not None else np.zeros((0, config.height, config.width, 1), np.float32)
+
+
+def frame_windows(volume: np.ndarray, meta: SeriesMeta, config: PreprocessConfig) -> list[tuple[float, float]]:
+    """(low, scale) of each channel's window over `volume` (N, H, W[, 3]): what
+    `model_frame` windows with. A stream (predict/stream.py) takes them from its first frame."""
+    return _windows(volume, meta, config)
+
+
+def model_frame(frame: np.ndarray, windows: list[tuple[float, float]], meta: SeriesMeta,
+                config: PreprocessConfig) -> np.ndarray:
+    """One frame (H, W[, 3]) in modality units -> (height, width, C) float32 in [0, 1]."""
+    return np.clip(_resize_frame(_channels(frame, windows, meta, config), config.height, config.width), 0.0, 1.0)
 
 
 def _luma(rgb: np.ndarray) -> np.ndarray:
@@ -214,10 +225,10 @@ def preprocess(volume: np.ndarray, meta: SeriesMeta, config: PreprocessConfig) -
     resized = _model_frames(volume, meta, config)
     frames = np.zeros((config.frames, config.height, config.width, resized.shape[-1]), np.float32)
     frames[:valid] = resized
-    return Prepared(_stored(frames, config), valid, (*_pixel_spacing(meta, h, w, config), float(step)))
+    return Prepared(stored(frames, config), valid, (*_pixel_spacing(meta, h, w, config), float(step)))
 
 
-def _stored(frames: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+def stored(frames: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     """[0, 1] float32 -> the record's dtype."""
     if config.dtype == "uint8":
         return np.round(frames * 255.0).astype(np.uint8)
@@ -266,5 +277,5 @@ def preprocess_volumes(volumes: np.ndarray, meta: SeriesMeta, slice_mm: float, c
     else:
         depth_mm = picked_step(slice_mm, positions, config.depth)
     step = picked_step(meta.interval, n, kept)
-    return Prepared(_stored(frames, config), valid,
+    return Prepared(stored(frames, config), valid,
                     (*_pixel_spacing(meta, h, w, config), float(depth_mm), float(step)))

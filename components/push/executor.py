@@ -142,13 +142,20 @@ def push(model_dir: str | Path, evaluation_dir: str | Path, serving_dir: str | P
     verdict = _blessed_verdict(evaluation_dir, model_dir)
     if formats and examples is None:
         raise InputError("push.formats: the artifacts' parity gate needs the records (--examples), found none")
+    from ..export import saved_step_parity
+
+    stepped = saved_step_parity(model_dir, examples, export_settings)
+    if stepped is not None and not stepped.passed:
+        raise StageFailed(f"not pushed: its predict_step does not give its predict_frames scores: "
+                          f"{'; '.join(stepped.failures)}")
     base = serving_dir / model_name
     base.mkdir(parents=True, exist_ok=True)
     _sweep_leftovers(base)
     staging = base / f"{STAGING_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     shutil.copytree(model_dir, staging)
     extra = staging / "assets.extra"
-    write_warmup(extra / WARMUP_FILE, warmup_requests(load_spec(model_dir), model_name, warmup_batch_sizes))
+    write_warmup(extra / WARMUP_FILE, warmup_requests(load_spec(model_dir), model_name, warmup_batch_sizes,
+                                                      load_spec_json(model_dir).get("step")))
     edge = None
     if formats:
         from ..export import export

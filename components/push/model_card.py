@@ -43,6 +43,7 @@ def model_card(spec_json: dict[str, Any], verdict: dict[str, Any], model_name: s
     training = spec_json.get("training", {})
     value = spec_json.get("target") == "value"
     frames = spec_json.get("target") == "frames"
+    streams = bool((spec_json.get("step") or {}).get("streams"))
     outputs: dict[str, Any] = {F.FRAME_VALUES: {
         "type": "float32", "shape": [shape[0]], "meaning": f"a phase score per frame: 1 at {classes[0]}, 0 at "
         f"{classes[1]}; events are its turning points (medseq predict reads them back)"}} if frames else (
@@ -72,8 +73,12 @@ def model_card(spec_json: dict[str, Any], verdict: dict[str, Any], model_name: s
                 "examples": {"type": "serialized tf.Example of the record contract (serving_default)"},
             },
             "outputs": outputs,
-            "signatures": [F.SERVING_SIGNATURE, F.FRAMES_SIGNATURE, F.EXPLAIN_SIGNATURE],
+            "signatures": [F.SERVING_SIGNATURE, F.FRAMES_SIGNATURE, F.EXPLAIN_SIGNATURE,
+                           *([F.STEP_SIGNATURE, F.INITIAL_STATE_SIGNATURE] if streams else [])],
         },
+        # A causal model's predict_step: its state tensors, their initial value (zeros) and
+        # how a client carries them; else why the model cannot stream.
+        "streaming": spec_json.get("step") or {"streams": False, "reason": "exported before medseq streamed"},
         "preprocessing": spec_json.get("preprocess", {}),
         # ingest.pixel_phi: the policy on text burned into the pixels (predict applies it
         # too) and what it decided over the training records' ingest.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -29,8 +30,21 @@ def synthetic_example(frames: np.ndarray) -> bytes:
                            F.FRAMES_DTYPE: str(frames.dtype).encode(), F.VALID_FRAMES: [frames.shape[0]]})
 
 
-def warmup_requests(spec: RecordSpec, model_name: str, batch_sizes: Sequence[int]) -> list[predict_pb2.PredictRequest]:
-    """One PredictRequest per signature and batch size."""
+def step_request(model_name: str, frames: np.ndarray, state: dict[str, np.ndarray]) -> predict_pb2.PredictRequest:
+    """A causal model's `predict_step` request: one frame per stream (B, H, W, C) and the
+    state the frames before left (model/step.py), as a TF Serving client sends it."""
+    request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=model_name,
+                                                                        signature_name=F.STEP_SIGNATURE))
+    request.inputs["frame"].CopyFrom(tf.make_tensor_proto(frames))
+    for name, value in state.items():
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(np.asarray(value, np.float32)))
+    return request
+
+
+def warmup_requests(spec: RecordSpec, model_name: str, batch_sizes: Sequence[int],
+                    step: dict[str, Any] | None = None) -> list[predict_pb2.PredictRequest]:
+    """One PredictRequest per signature and batch size; with a streaming model's `step`
+    (medseq_spec.json), `predict_step` from the initial (zero) state too."""
     requests = []
     for batch in batch_sizes:
         frames = synthetic_frames(spec, batch, seed=batch)
@@ -43,6 +57,9 @@ def warmup_requests(spec: RecordSpec, model_name: str, batch_sizes: Sequence[int
         by_frames.inputs[F.FRAMES].CopyFrom(tf.make_tensor_proto(frames))
         by_frames.inputs[F.VALID_FRAMES].CopyFrom(tf.make_tensor_proto(np.full(batch, spec.frames, np.int32)))
         requests += [by_examples, by_frames]
+        if step and step.get("streams"):
+            zeros = {name: np.zeros([batch, *t["shape"][1:]], np.float32) for name, t in step["state"].items()}
+            requests.append(step_request(model_name, frames[:, 0], zeros))
     return requests[:MAX_RECORDS]
 
 

@@ -95,6 +95,132 @@ def test_the_causal_model_answers_frame_t_from_frames_up_to_t(frames_run):
     assert np.allclose(a[0, :20], c[0, :20], atol=1e-5)
 
 
+def _streamed(model, source, **options) -> list:
+    from medseq.components.predict.stream import stream
+
+    return list(stream(model, source, outside_domain="warn", **options))
+
+
+@pytest.mark.slow
+def test_a_real_ultrasound_clip_streams_frame_by_frame_under_every_runtime(frames_run, tmp_path, capsys):
+    """pydicom's real 30-frame ultrasound clip, frame by frame, with its ultrasound-region
+    policy: under the SavedModel's predict_step, LiteRT and ONNX the score at every frame
+    is the whole-series score `medseq predict` gives (same preprocessing, T = 40 holds
+    all 30); pydicom-data's 120-frame cine streams whole, its first 40 frames scored as the
+    whole-sequence model scores them."""
+    import shutil
+    import time
+
+    from pydicom.data import get_testdata_file
+
+    from medseq.components.model import runtimes
+    from medseq.components.predict import predict
+
+    served = frames_run / "serving" / "medseq" / "1"
+    edge = served / "assets.extra" / "edge"
+    card = json.loads((served / "assets.extra" / "medseq_model.json").read_text())
+    assert card["streaming"]["streams"] and F.STEP_SIGNATURE in card["network_data_format"]["signatures"]
+    for artifact in card["artifacts"]:  # each format's step passed its own parity gate
+        assert artifact["step"]["parity"]["passed"] and artifact["step"]["parity"]["max_abs_diff"] <= 1e-5
+    clip = tmp_path / "clip"
+    clip.mkdir()
+    shutil.copy(get_testdata_file("examples_ybr_color.dcm"), clip)
+    whole = predict(served, clip, outside_domain="warn")[0].frame_values
+    assert len(whole) == 30
+    capsys.readouterr()
+    for model in (served, edge / "model_fp32.tflite", edge / "model_fp32_step.onnx"):
+        out = _streamed(model, clip / "examples_ybr_color.dcm")
+        assert [o.frame for o in out] == list(range(30))
+        assert np.allclose(np.diff([o.time_ms for o in out]), 1000 / 30, atol=0.01)  # its Frame Time
+        np.testing.assert_allclose([o.frame_value for o in out], whole, atol=1e-5)
+    # The CLI, paced as the clip was recorded (30 frames at 30 fps: at least its second).
+    started = time.monotonic()
+    assert cli.main(["stream", "--model", str(edge / "model_fp32.onnx"), "--input",
+                     str(clip / "examples_ybr_color.dcm"), "--realtime", "--outside-domain", "warn"]) == 0
+    assert time.monotonic() - started >= 29 / 30
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    np.testing.assert_allclose([line["frame_value"] for line in lines], whole, atol=1e-5)
+    cine = _streamed(edge / "model_fp32.tflite", get_testdata_file("color3d_jpeg_baseline.dcm"))
+    assert [o.frame for o in cine] == list(range(120)) and all(o.latency_ms > o.step_ms > 0 for o in cine)
+    first = np.stack([o.model_input for o in cine[:40]])
+    expected = runtimes.load(served)(first[None], np.array([40], np.int32))[0]
+    np.testing.assert_allclose([o.frame_value for o in cine[:40]], expected, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_medseq_stream_follows_a_folder_being_written_and_skips_what_it_cannot_read(frames_run, tmp_path, capsys):
+    """A series' files written one by one into a folder, a truncated file among them: the
+    followed stream prints a JSON line per frame, reports the broken file and goes on,
+    and scores each frame as the stream of the finished folder does; the events it
+    confirms as they pass are those of the series."""
+    import threading
+    import time
+
+    import pydicom
+
+    served = frames_run / "serving" / "medseq" / "1"
+    series = next((frames_run / "synth" / "dicom").glob("PA*/ST*/SE000003"))
+    files = sorted(series.iterdir(), key=lambda p: int(pydicom.dcmread(p, stop_before_pixels=True).InstanceNumber))
+    capsys.readouterr()
+    assert cli.main(["stream", "--model", str(served), "--input", str(series)]) == 0
+    done = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [d["frame"] for d in done] == list(range(len(files)))
+    live = tmp_path / "live"
+    live.mkdir()
+
+    def acquire() -> None:
+        for i, path in enumerate(files):
+            (live / f"{i:04d}.dcm").write_bytes(path.read_bytes())
+            if i == 5:
+                (live / "0005b.dcm").write_bytes(path.read_bytes()[:400])  # cut off mid-header
+            time.sleep(0.06)
+
+    writer = threading.Thread(target=acquire)
+    writer.start()
+    assert cli.main(["stream", "--model", str(served), "--input", str(live), "--follow", "--idle-timeout", "2"]) == 0
+    writer.join()
+    captured = capsys.readouterr()
+    lines = [json.loads(line) for line in captured.out.splitlines()]
+    skipped = [line for line in lines if line.get("skipped")]
+    read = [line for line in lines if not line.get("skipped")]
+    assert len(skipped) == 1 and skipped[0]["rejected"] == "no_pixel_data", skipped  # it ends before its pixels
+    assert [d["frame"] for d in read] == list(range(len(files)))
+    np.testing.assert_allclose([d["frame_value"] for d in read], [d["frame_value"] for d in done], atol=1e-6)
+    assert "1 frame(s) could not be read" in captured.err
+    confirmed = [e for d in done for e in d.get("events", [])]
+    assert {e["event"] for e in confirmed} <= {"ed", "es"} and confirmed, done
+
+
+@pytest.mark.slow
+def test_a_tf_serving_client_carries_the_state_from_request_to_request(frames_run):
+    """PredictRequests to predict_step, as docs/serving.md's client sends them (the state
+    from the model card, zeros to start, each answer's state into the next request),
+    through the pushed version as TF Serving runs them: two streams at once get
+    predict_frames' scores at every frame; the warm-up replays predict_step too."""
+    from medseq.components.io.examples import eval_dataset, load_spec, split_files
+    from medseq.components.push.warmup import WARMUP_FILE, read_warmup, run_request, step_request
+
+    served = frames_run / "serving" / "medseq" / "1"
+    card = json.loads((served / "assets.extra" / "medseq_model.json").read_text())
+    loaded = tf.saved_model.load(str(served))
+    spec = load_spec(served)
+    inputs, _ = next(iter(eval_dataset(split_files(frames_run / "ingest", "eval"), spec, 2)))
+    clips, valid = inputs[F.FRAMES].numpy(), inputs[F.VALID_FRAMES].numpy()
+    expected = loaded.signatures[F.FRAMES_SIGNATURE](frames=tf.constant(clips),
+                                                     valid_frames=tf.constant(valid))[F.FRAME_VALUES].numpy()
+    state = {name: np.zeros([2, *t["shape"][1:]], np.float32) for name, t in card["streaming"]["state"].items()}
+    scores = []
+    for t in range(int(valid.min())):
+        out = run_request(loaded, step_request("medseq", clips[:, t], state))
+        scores.append(out["frame_value"])
+        state = {name: out[name] for name in state}
+    np.testing.assert_allclose(np.stack(scores, axis=1), expected[:, :int(valid.min())], atol=1e-5)
+    warmups = {r.model_spec.signature_name for r in read_warmup(served / "assets.extra" / WARMUP_FILE)}
+    assert F.STEP_SIGNATURE in warmups
+    for request in read_warmup(served / "assets.extra" / WARMUP_FILE):
+        run_request(loaded, request)
+
+
 @pytest.mark.slow
 def test_the_frames_report_renders_per_frame_curves_in_a_browser(frames_run):
     dom = render_in_chromium(frames_run / "evaluate" / "report.html", ARTIFACTS / "frames_report.png")

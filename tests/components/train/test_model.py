@@ -170,3 +170,49 @@ def test_causal_needs_a_frames_target_and_a_unidirectional_lstm():
     with pytest.raises(ConfigError, match="bidirectional true"):
         TrainConfig(target="frames", causal=True, bidirectional=True)
     assert TrainConfig(target="frames").monitored == ("eval_event_error", "min")
+
+
+@pytest.mark.parametrize("options", [{}, {"lstm_layers": 2}, {"sequence_norm": False}, {"frame_difference": False}],
+                         ids=["default", "two_lstms", "no_norm", "no_difference"])
+def test_the_step_model_gives_the_sequence_models_score_at_every_frame(options, tmp_path):
+    """A causal model stepped frame by frame, its state carried from call to call, through
+    the exported SavedModel's predict_step (state from initial_state): the whole-sequence
+    score at every valid frame, and 0 beyond, as the sequence model answers padding."""
+    import tensorflow as tf
+
+    from medseq.components.model.runtimes import saved_model_step
+    from medseq.components.model.saved_model import export_saved_model
+    from medseq.components.model.step import state_tensors, step_through
+
+    keras.utils.set_random_seed(5)
+    model = build_model(FRAMES_SPEC, dataclasses.replace(TINY, target="frames", causal=True, **options))
+    head = model.get_layer("frame_head")
+    head.kernel.assign(np.random.default_rng(4).normal(size=head.kernel.shape).astype(np.float32))
+    frames = np.random.default_rng(6).integers(0, 255, (3, *FRAMES_SPEC.shape), dtype=np.uint8)
+    valid = np.array([8, 5, 1], np.int32)
+    whole = model({F.FRAMES: frames, F.VALID_FRAMES: valid}, training=False).numpy()
+    assert np.std(whole[0]) > 1e-3  # a score that moves from frame to frame
+    export_saved_model(model, FRAMES_SPEC, tmp_path / "model")
+    loaded = tf.saved_model.load(str(tmp_path / "model"))
+    states = state_tensors(model, FRAMES_SPEC)
+    initial = loaded.signatures[F.INITIAL_STATE_SIGNATURE](batch_size=tf.constant(3))
+    assert {k: v.shape for k, v in initial.items()} == {s.key: (3, *s.shape) for s in states}
+    assert all(not np.any(v.numpy()) for v in initial.values())  # zeros, as the card says
+    stepped = step_through(saved_model_step(loaded.signatures[F.STEP_SIGNATURE]), frames, valid, states)
+    np.testing.assert_allclose(stepped, whole, atol=1e-5)
+    assert np.all(stepped[1, 5:] == 0.0)
+
+
+def test_a_model_that_is_not_causal_says_why_it_cannot_stream(tmp_path):
+    from medseq.components.model.saved_model import export_saved_model
+    from medseq.components.predict.stream import Stream
+    from medseq.pipeline.errors import InputError
+
+    whole = build_model(FRAMES_SPEC, dataclasses.replace(TINY, target="frames"))
+    export_saved_model(whole, FRAMES_SPEC, tmp_path / "whole")
+    with pytest.raises(InputError, match="cannot stream: it standardizes each frame by the whole series"):
+        Stream(tmp_path / "whole")
+    per_series = build_model(SPEC, TINY)
+    export_saved_model(per_series, SPEC, tmp_path / "class")
+    with pytest.raises(InputError, match="cannot stream: it answers once per series"):
+        Stream(tmp_path / "class")
