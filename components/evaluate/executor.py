@@ -29,6 +29,7 @@ from ..io.beam import options as beam_options
 from ..io.beam import pipeline as beam_pipeline
 from ..io.examples import record_spec, split_files
 from ..io.remote_errors import describe_runner
+from ..model.domain import domain_threshold, shift_separation
 from ..model.events import series_summary
 from ..model.intervals import LOWER_IS_BETTER, Interval, bootstrap_intervals, headline_metric, metrics_of
 from . import gate, report
@@ -234,6 +235,10 @@ def evaluate(examples_dir: str, model_dir: str, out: str | Path, eval_config_pat
         "checks": [c.to_json() for c in checks], "not_gated": small, "notes": notes, "reasons": reasons,
         "metrics": candidate.get((), {}), "intervals": intervals.get((), {}), "baseline_metrics": served.get((), {}),
         "temporal": temporal,
+        # Not gated: how the domain score parts the eval series from shifted copies of them.
+        **({"domain": shift_separation(preds.domain["frames"], {k: v for k, v in preds.domain.items()
+                                                                if k != "frames"}, domain_threshold(model_dir))}
+           if preds.domain else {}),
         "slices": [{"slice": gate.slice_name(k), "series": int(gate.slice_mask(preds, k).sum()),
                     "metrics": v, "intervals": intervals.get(k, {})} for k, v in sorted(candidate.items())],
     }

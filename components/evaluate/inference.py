@@ -8,7 +8,8 @@ that take time away from it.
 A model that reads the sequence loses AUC on the controls (R² for a value; for events
 per frame, its event error rises: the labels stay on their frames); one that looks at a
 single frame does not. Predictions go through the exported `predict_frames` signature, the
-one TF Serving runs.
+one TF Serving runs. Its `domain_score` is also taken on shifted copies of the records
+(model/domain.py `SHIFTS`): how well the score flags input the model never saw.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import tensorflow as tf
 from ...pipeline import features as F
 from ...pipeline.errors import InputError
 from ..io.examples import FRAME_TRUTH, load_spec, parse_examples, split_files
+from ..model.domain import SHIFTS, shifted
 
 VARIANTS = ("frames", "shuffled", "one_frame")
 PREDICTIONS_FILE = "predictions.json"  # written by evaluate beside BLESSED: the run report redraws from it
@@ -34,6 +36,9 @@ class EvalPredictions:
     labels: np.ndarray  # (N,) class index, the true value of a value target, or a frames target's truth (N, T, 6)
     slices: dict[str, np.ndarray] = field(repr=False)  # slice feature -> (N,) str values
     probs: dict[str, np.ndarray] = field(repr=False)  # variant -> (N, K), (N,) values, or (N, T) frame scores
+    # A model that gives `domain_score`: its score on the records ("frames") and on their
+    # shifted copies (model/domain.py SHIFTS), (N,) each.
+    domain: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def is_value(self) -> bool:
@@ -52,14 +57,16 @@ class EvalPredictions:
     def to_json(self) -> dict[str, object]:
         """Labels, slice values (keyed hashes for sites) and probabilities: no pixel, no identifier."""
         return {"labels": self.labels.tolist(), "slices": {k: v.tolist() for k, v in self.slices.items()},
-                "probs": {k: v.tolist() for k, v in self.probs.items()}}
+                "probs": {k: v.tolist() for k, v in self.probs.items()},
+                "domain": {k: v.tolist() for k, v in self.domain.items()}}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> EvalPredictions:
         value = np.asarray(data["probs"]["frames"]).ndim == 1 or np.asarray(data["labels"]).ndim == 3
         return cls(np.asarray(data["labels"], np.float64 if value else np.int64),
                    {k: np.asarray(v, dtype=object) for k, v in data["slices"].items()},
-                   {k: np.asarray(v, np.float64) for k, v in data["probs"].items()})
+                   {k: np.asarray(v, np.float64) for k, v in data["probs"].items()},
+                   {k: np.asarray(v, np.float64) for k, v in data.get("domain", {}).items()})
 
 
 def shuffle_frames(frames: np.ndarray, valid: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -94,9 +101,12 @@ def _records(examples_dir: str, split: str, spec_model_dir: str) -> tf.data.Data
 def predict_split(examples_dir: str, model_dir: str | Path, seed: int = 0, split: str = "eval",
                   controls: bool = True) -> EvalPredictions:
     """Probabilities of the SavedModel at `model_dir` on every record of `split`; with
-    `controls`, also on the shuffled and the one-frame inputs."""
+    `controls`, also on the shuffled and the one-frame inputs, and, where the model gives
+    a domain score, that score on the records and on their shifted copies."""
     serve = tf.saved_model.load(str(model_dir)).signatures[F.FRAMES_SIGNATURE]
     output = load_spec(model_dir).output
+    scored = controls and F.DOMAIN_SCORE in serve.structured_outputs
+    domain: dict[str, list[np.ndarray]] = {name: [] for name in (("frames", *SHIFTS) if scored else ())}
     rng = np.random.default_rng(seed)
     labels: list[np.ndarray] = []
     slices: dict[str, list[np.ndarray]] = {name: [] for name in F.SLICE_FEATURES}
@@ -109,9 +119,16 @@ def predict_split(examples_dir: str, model_dir: str | Path, seed: int = 0, split
         for name, x in inputs.items():
             out = serve(**{F.FRAMES: tf.constant(x), F.VALID_FRAMES: tf.constant(valid)})
             probs[name].append(out[output].numpy().astype(np.float64))
+            if scored and name == "frames":
+                domain[name].append(out[F.DOMAIN_SCORE].numpy().astype(np.float64))
+        for shift in SHIFTS if scored else ():
+            moved = shifted(frames, valid, shift, rng)
+            out = serve(**{F.FRAMES: tf.constant(moved), F.VALID_FRAMES: tf.constant(valid)})
+            domain[shift].append(out[F.DOMAIN_SCORE].numpy().astype(np.float64))
         labels.append(batch[F.TARGET] if output == F.VALUE else batch[FRAME_TRUTH] if output == F.FRAME_VALUES
                       else batch[F.LABEL])
         for name in F.SLICE_FEATURES:
             slices[name].append(np.array([v.decode() for v in batch[name]], dtype=object))
     return EvalPredictions(np.concatenate(labels), {k: np.concatenate(v) for k, v in slices.items()},
-                           {k: np.concatenate(v) for k, v in probs.items()})
+                           {k: np.concatenate(v) for k, v in probs.items()},
+                           {k: np.concatenate(v) for k, v in domain.items()})

@@ -119,6 +119,26 @@ def temporal_section(verdict: Mapping[str, Any]) -> str:
             f'{gate}</p>')
 
 
+SHIFT_NAMES = {"noise": "noise (SD 0.15)", "intensity": "another intensity profile (gamma 0.5)",
+               "inverted": "contrast inverted", "corrupted": "second half of the frames corrupt"}
+
+
+def domain_section(verdict: Mapping[str, Any], preds: EvalPredictions) -> str:
+    """How the domain score parts the held-out series from shifted copies of them."""
+    d = verdict.get("domain")
+    if not d:
+        return "<p class=muted>The model gives no domain score.</p>"
+    share = lambda x: "-" if x is None else f"{100 * x:.0f} %"
+    rows = [[SHIFT_NAMES.get(k, k), num(v["auroc"]), share(v["flagged"]), num(v["median"])]
+            for k, v in d["shifts"].items()]
+    scores = {"held out": preds.domain["frames"], **{k: v for k, v in preds.domain.items() if k != "frames"}}
+    return (table(("shifted copy of the held-out series", "AUROC against held out", "flagged", "median score"), rows)
+            + f'<p class="muted">Held out: {share(d["false_alarm"])} of {d["series"]} series above the threshold '
+            f'{num(d["threshold"]) if d["threshold"] is not None else "-"} (set on the eval split at the training '
+            "false-alarm rate). Not gated.</p>"
+            + f"<div class=plots>{images([plots.domain_scores(scores, d['threshold'])])}</div>")
+
+
 def render(verdict: Mapping[str, Any], preds: EvalPredictions, classes: Sequence[str],
            baseline_probs: np.ndarray | None = None) -> str:
     """The page for `verdict` (the BLESSED / NOT_BLESSED JSON) and the predictions behind it."""
@@ -149,7 +169,8 @@ def render(verdict: Mapping[str, Any], preds: EvalPredictions, classes: Sequence
             f"<div class='decision {'blessed' if blessed else 'not'}' id=decision>{verdict['decision']}</div>"
             f"<h2>Gate</h2>{gate_section(verdict)}<h2>Metrics (overall)</h2>{metrics_section(verdict)}"
             f"<h2>Curves</h2><div class=plots>{figures}</div><h2>Slices</h2>{slices_section(verdict)}"
-            f"<h2>Does the model use time?</h2>{temporal_section(verdict)}")
+            f"<h2>Does the model use time?</h2>{temporal_section(verdict)}"
+            f"<h2>Does the model know its domain?</h2>{domain_section(verdict, preds)}")
     return page(f"medseq evaluation: {verdict['decision']}", body)
 
 

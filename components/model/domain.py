@@ -206,3 +206,60 @@ def embedding_reference(model: Any, spec: Any, train_files: Sequence[str], eval_
         "threshold": threshold, "false_alarm": false_alarm, "set_on": "eval" if eval_files else "train",
         "dimensions": int(mean.shape[0]), "fitted_on_records": int(train.shape[0]),
         "quantiles": {q: float(np.quantile(on, float(q))) for q in ("0.5", "0.9", "0.95", "0.99")}}
+
+
+# Shifted copies of held-out series that the domain score should flag (evaluate measures
+# it): the same anatomy as the model's own records, each moved out of the training domain
+# one way. On the record's [0, 1] scale (uint8 records: / 255).
+SHIFTS = ("noise", "intensity", "inverted", "corrupted")
+
+
+def shifted(frames: np.ndarray, valid: np.ndarray, shift: str, rng: np.random.Generator) -> np.ndarray:
+    """`frames` (B, T, ...) in the record dtype moved out of the training domain by `shift`:
+    `noise` Gaussian noise of SD 0.15; `intensity` another intensity profile (gamma 0.5:
+    dark tissue brightened, as another vendor's reconstruction may show it); `inverted`
+    the contrast reversed (MONOCHROME1 read as MONOCHROME2, another modality's look);
+    `corrupted` the second half of the valid frames replaced by uniform noise (a
+    transfer or decode fault)."""
+    scale = 255.0 if frames.dtype == np.uint8 else 1.0
+    x = frames.astype(np.float32) / scale
+    if shift == "noise":
+        x = x + rng.normal(0.0, 0.15, x.shape).astype(np.float32)
+    elif shift == "intensity":
+        x = np.sqrt(np.clip(x, 0.0, 1.0))
+    elif shift == "inverted":
+        x = 1.0 - x
+    elif shift == "corrupted":
+        for i, v in enumerate(valid):
+            half = int(v) // 2
+            x[i, half:int(v)] = rng.random(x[i, half:int(v)].shape, dtype=np.float32)
+    else:
+        raise ValueError(f"unknown shift {shift!r}")
+    x = np.clip(x, 0.0, 1.0)
+    for i, v in enumerate(valid):  # padding stays padding
+        x[i, int(v):] = frames[i, int(v):].astype(np.float32) / scale
+    return np.round(x * 255.0).astype(np.uint8) if frames.dtype == np.uint8 else x.astype(frames.dtype)
+
+
+def shift_separation(held_out: np.ndarray, by_shift: dict[str, np.ndarray], threshold: float | None) -> dict[str, Any]:
+    """How the domain score parts held-out series from their shifted copies: per shift the
+    AUROC (shifted as positive) and the share flagged above the model's threshold; the
+    held-out share above it (the false-alarm rate the threshold was set for)."""
+    from .metrics import binary_auc
+
+    flagged = (lambda s: float(np.mean(s > threshold))) if threshold is not None else (lambda s: None)
+    out: dict[str, Any] = {"threshold": threshold, "series": int(len(held_out)),
+                           "false_alarm": flagged(held_out), "shifts": {}}
+    for name, scored in by_shift.items():
+        both = np.concatenate([held_out, scored])
+        positive = np.concatenate([np.zeros(len(held_out), bool), np.ones(len(scored), bool)])
+        out["shifts"][name] = {"auroc": float(binary_auc(both, positive)), "flagged": flagged(scored),
+                               "median": float(np.median(scored))}
+    return out
+
+
+def domain_threshold(model_dir: str | Path) -> float | None:
+    """The domain score threshold a model carries (set on its eval split), if any."""
+    from ..io.examples import load_spec_json
+
+    return (load_spec_json(model_dir).get("training", {}).get("domain") or {}).get("score", {}).get("threshold")

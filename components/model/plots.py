@@ -151,6 +151,23 @@ def frame_curves(scores: np.ndarray, truth: np.ndarray, events: Sequence[str], s
     return _png(fig)
 
 
+def domain_scores(scores: Mapping[str, np.ndarray], threshold: float | None) -> str:
+    """The domain score's distribution on the held-out series and on each shifted copy of
+    them, with the model's threshold: what the score flags, and what it lets through."""
+    fig, ax = _subplots(figsize=(5.2, 3.6))
+    everything = np.concatenate([v for v in scores.values() if len(v)] or [np.zeros(1)])
+    top = float(np.quantile(everything, 0.99)) * 1.05 or 1.0
+    bins = np.linspace(0.0, max(top, threshold * 1.2 if threshold else 0.0), 40)
+    for name, values in scores.items():
+        ax.hist(np.clip(values, 0, bins[-1]), bins=bins, histtype="step", lw=1.5 if name == "held out" else 1,
+                density=True, label=name)
+    if threshold is not None:
+        ax.axvline(threshold, ls="--", c="grey", lw=1, label=f"threshold {threshold:.2f}")
+    ax.set(xlabel="domain score", ylabel="density", title="Domain score: held out and shifted")
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
 def confusion_matrix(probs: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:
     """Counts [true class, predicted class] at the decision rule (argmax; 0.5 for two classes)."""
     matrix = np.zeros((classes, classes), np.int64)

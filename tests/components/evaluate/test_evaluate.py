@@ -127,6 +127,24 @@ def test_the_model_reads_time_and_the_temporal_gate_refuses_one_that_does_not_en
 
 
 @pytest.mark.slow
+def test_the_domain_score_flags_shifted_copies_of_the_held_out_series(good, good_model):
+    """The model's domain score on the eval series and on copies of them moved out of its
+    domain (noise, another intensity profile, inverted contrast, corrupt frames): the
+    noisy and the corrupt ones stand apart, and the held-out series pass the threshold at
+    about the false-alarm rate it was set for."""
+    from medseq.components.model.domain import SHIFTS
+
+    d = verdict(good)["domain"]
+    spec = json.loads((Path(good_model) / "assets.extra" / "medseq_spec.json").read_text())
+    score = spec["training"]["domain"]["score"]
+    assert d["threshold"] == score["threshold"] and set(d["shifts"]) == set(SHIFTS)
+    assert abs(d["false_alarm"] - score["false_alarm"]) <= 1.5 / d["series"] + 0.05
+    assert d["shifts"]["corrupted"]["auroc"] > 0.9 and d["shifts"]["corrupted"]["flagged"] > 0.5, d
+    assert d["shifts"]["noise"]["auroc"] > 0.8, d  # 0.93 here
+    assert all(0.0 <= v["auroc"] <= 1.0 for v in d["shifts"].values())
+
+
+@pytest.mark.slow
 def test_the_report_renders_in_chromium_with_the_decision_and_the_auc(good):
     from PIL import Image
 
@@ -134,7 +152,8 @@ def test_the_report_renders_in_chromium_with_the_decision_and_the_auc(good):
     dom = render_in_chromium(Path(good.out) / "report.html", shot)
     assert 'id="decision">BLESSED<' in dom
     assert f"{good.metrics['auc']:.4f}" in dom and "Does the model use time?" in dom
-    assert dom.count("data:image/png;base64,") == 4 and 'src="http' not in dom and "<link" not in dom
+    assert "Does the model know its domain?" in dom and "contrast inverted" in dom
+    assert dom.count("data:image/png;base64,") == 5 and 'src="http' not in dom and "<link" not in dom
     pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
     green = (abs(pixels - np.array([30, 125, 50])).sum(-1) < 30).mean()
     assert green > 0.01 and pixels.std() > 20  # the green decision banner, and a page, not a blank
