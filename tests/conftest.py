@@ -3,6 +3,7 @@ records, model and evaluation they produce, each built once per session."""
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import os
 from pathlib import Path
@@ -91,3 +92,26 @@ def random_model(tmp_path_factory, synthetic_records, synthetic_config) -> str:
     spec = record_spec(synthetic_records)
     config = dataclasses.replace(synthetic_config.train, conv_filters=(8, 16), lstm_units=16)
     return str(export_saved_model(build_model(spec, config), spec, tmp_path_factory.mktemp("random") / "model"))
+
+
+@pytest.fixture(scope="session")
+def phase_records(tmp_path_factory):
+    """Six patients of synthetic cine_phase for a frames target: (root, series UIDs, the
+    frame_labels.csv rows, the records); one series' key frame past its end, one series
+    left out of the file."""
+    from medseq.components.synth import run as synthesize
+    from medseq.pipeline.config import load_config
+
+    root = tmp_path_factory.mktemp("phase")
+    synthesize("cine_phase", 6, 1, root / "synth", small=True, target="frames")
+    rows = list(csv.reader((root / "synth" / "frame_labels.csv").open()))[1:]
+    uids = sorted({r[0] for r in rows})
+    rows = [r for r in rows if r[0] != uids[1]] + [[uids[0], "99", "es"]]
+    labels = root / "frame_labels.csv"
+    labels.write_text("series_instance_uid,frame,label\n" + "".join(",".join(r) + "\n" for r in rows))
+    base = load_config()
+    config = dataclasses.replace(
+        base.on_input(str(root / "synth" / "dicom"), str(labels)),
+        preprocess=dataclasses.replace(base.preprocess, frames=20, temporal="sample", height=32, width=32),
+        train=dataclasses.replace(base.train, target="frames"))
+    return root, uids, rows, convert(config, root / "records")

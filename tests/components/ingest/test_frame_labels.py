@@ -5,7 +5,6 @@ file that cannot be meant as frame labels is one line."""
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 from pathlib import Path
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import convert, medseq, one_line
+from helpers import medseq, one_line
 from medseq.components.ingest.frame_targets import frame_target
 from medseq.components.ingest.labels import key_frames, read_labels
 from medseq.components.io.examples import record_spec, split_files
@@ -22,9 +21,8 @@ from medseq.components.model.events import series_events, turning_points
 from medseq.components.preprocessing.geometry import OrderedSeries
 from medseq.components.preprocessing.headers import FrameRef
 from medseq.components.preprocessing.reasons import Rejected
-from medseq.components.synth import run as synthesize
 from medseq.pipeline import features as F
-from medseq.pipeline.config import PreprocessConfig, load_config
+from medseq.pipeline.config import PreprocessConfig
 from medseq.pipeline.errors import InputError
 
 UID = "1.2.3.4"
@@ -111,25 +109,6 @@ def test_events_are_the_turning_points_of_the_score_and_a_spurious_one_costs():
     spurious = score.copy()
     spurious[14:16] = [1.0, 0.0]  # an extra beat inside the labeled span
     assert series_events(spurious, truth).error > found.error + 0.5
-
-
-@pytest.fixture(scope="module")
-def phase_records(tmp_path_factory):
-    """Six patients of synthetic cine_phase; one series' key frame past its end, one series
-    left out of the file."""
-    root = tmp_path_factory.mktemp("phase")
-    synthesize("cine_phase", 6, 1, root / "synth", small=True, target="frames")
-    rows = list(csv.reader((root / "synth" / "frame_labels.csv").open()))[1:]
-    uids = sorted({r[0] for r in rows})
-    rows = [r for r in rows if r[0] != uids[1]] + [[uids[0], "99", "es"]]
-    labels = root / "frame_labels.csv"
-    labels.write_text("series_instance_uid,frame,label\n" + "".join(",".join(r) + "\n" for r in rows))
-    base = load_config()
-    config = dataclasses.replace(
-        base.on_input(str(root / "synth" / "dicom"), str(labels)),
-        preprocess=dataclasses.replace(base.preprocess, frames=20, temporal="sample", height=32, width=32),
-        train=dataclasses.replace(base.train, target="frames"))
-    return root, uids, rows, convert(config, root / "records")
 
 
 def test_frame_records_carry_their_labels_on_their_frames_and_bad_series_are_rejected(phase_records):

@@ -25,15 +25,23 @@ def _ports(n: int) -> list[int]:
 
 
 @pytest.mark.slow
-def test_two_workers_train_in_step(cine_records, tmp_path):
+@pytest.mark.parametrize("target", ["class", "frames"])
+def test_two_workers_train_in_step(target, request, tmp_path):
+    """Two workers of one TF_CONFIG cluster: the same steps, the same weights; for a class
+    target on the committed cine samples, and for events per frame (a causal model, its
+    loss over weighted frames) on synthetic cine_phase."""
+    if target == "class":
+        records, extra = request.getfixturevalue("cine_records"), ""
+    else:
+        records, extra = request.getfixturevalue("phase_records")[0] / "records", ", target: frames, causal: true"
     cluster = {"worker": [f"localhost:{p}" for p in _ports(2)]}
     config = tmp_path / "tiny.yaml"
-    config.write_text("train: {epochs: 1, batch_size: 4, conv_filters: [4], lstm_units: 4}\n")
+    config.write_text(f"train: {{epochs: 1, batch_size: 4, conv_filters: [4], lstm_units: 4{extra}}}\n")
     procs = []
     for index in range(2):
         env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "medseq.pipeline.cli", "train", "--examples", str(cine_records), "--out",
+            [sys.executable, "-m", "medseq.pipeline.cli", "train", "--examples", str(records), "--out",
              str(tmp_path / "train"), "--config", str(config), "--strategy", "multi_worker_mirrored"],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [p.communicate(timeout=600)[0] for p in procs]
