@@ -68,6 +68,7 @@ class FrameOutput:
     latency_ms: float  # from its bytes' read to its answer: decode, preprocessing and the step
     step_ms: float  # the model's step alone
     events: tuple[dict[str, Any], ...] = ()  # events confirmed at this frame (each at an earlier frame)
+    domain: tuple[str, ...] = ()  # on a series' first frame, under --outside-domain warn: what the model never saw
     rejected: str | None = None
     message: str = ""
     model_input: np.ndarray | None = field(default=None, repr=False, compare=False)  # the preprocessed frame
@@ -82,6 +83,8 @@ class FrameOutput:
                     "step_ms": round(self.step_ms, 3)})
         if self.events:
             out["events"] = list(self.events)
+        if self.domain:
+            out["domain"] = list(self.domain)
         return out
 
 
@@ -146,6 +149,7 @@ class Stream:
         self.frames = 0
         self.windows: list[tuple[float, float]] | None = None
         self.first_ms: float | None = None  # the first frame's time in its header
+        self.findings: tuple[str, ...] = ()  # the domain check's, told with the next frame read
         self.online.reset()
 
     def step(self, frame: np.ndarray) -> tuple[float, float]:
@@ -170,7 +174,8 @@ class Stream:
         value, step_ms = self.step(frame)
         index, self.frames = self.frames, self.frames + 1
         events = self.online.add(index, value, time_ms)
-        return FrameOutput(index, time_ms, value, (time.perf_counter() - start) * 1e3, step_ms, events,
+        told, self.findings = self.findings, ()
+        return FrameOutput(index, time_ms, value, (time.perf_counter() - start) * 1e3, step_ms, events, told,
                            model_input=frame)
 
     def skip(self, arrival: Arrival) -> FrameOutput:
@@ -179,18 +184,19 @@ class Stream:
         return FrameOutput(-1, arrival.time_ms, None, 0.0, 0.0, rejected=arrival.rejected.code,
                            message=arrival.rejected.message)
 
-    def check_domain(self, header: FileHeader, ordered: OrderedSeries, outside_domain: str) -> str | None:
+    def check_domain(self, header: FileHeader, ordered: OrderedSeries, outside_domain: str) -> None:
         """A series outside the model's training domain (a modality, frame axis or colour
-        it never saw): InputError under "refuse"; the finding under "warn"."""
+        it never saw): InputError under "refuse"; under "warn" the findings go with the
+        next frame's answer (`FrameOutput.domain`)."""
         if not self.domain:
-            return None
+            return
         facts = SeriesFacts(header.modality, vendor(header.manufacturer), source_colour(header), ordered.axis,
                             len(ordered.frames), ())
         hard = findings(self.domain, facts).hard
         if hard and outside_domain == "refuse":
             raise InputError(f"outside the model's training domain: {'; '.join(hard)} "
                              "(--outside-domain warn streams it anyway)")
-        return "; ".join(hard) or None
+        self.findings = hard
 
     def frames_of(self, source: str | Path, follow: bool = False, idle_timeout_s: float = 10.0,
                   outside_domain: str = "refuse") -> Iterator[Arrival]:

@@ -131,6 +131,7 @@ def test_a_real_ultrasound_clip_streams_frame_by_frame_under_every_runtime(frame
     for model in (served, edge / "model_fp32.tflite", edge / "model_fp32_step.onnx"):
         out = _streamed(model, clip / "examples_ybr_color.dcm")
         assert [o.frame for o in out] == list(range(30))
+        assert "modality US, trained on MR" in out[0].domain and not out[1].domain  # told once, then streamed
         assert np.allclose(np.diff([o.time_ms for o in out]), 1000 / 30, atol=0.01)  # its Frame Time
         np.testing.assert_allclose([o.frame_value for o in out], whole, atol=1e-5)
     # The CLI, paced as the clip was recorded (30 frames at 30 fps: at least its second).
