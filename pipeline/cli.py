@@ -315,6 +315,14 @@ def cmd_stream(args: argparse.Namespace, _: list[str]) -> int:
     return 0 if latencies else 1
 
 
+def cmd_compile(args: argparse.Namespace, _: list[str]) -> int:
+    from .kfp_pipeline import IMAGE, compile_pipeline
+
+    path = compile_pipeline(_config(args), args.kfp, serving_dir=args.serving_dir or "", image=args.image or IMAGE)
+    print(f"compile: KFP v2 pipeline -> {path} (parameters: config, serving_dir; image {args.image or IMAGE})")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
     from .runner import run_pipeline
 
@@ -475,6 +483,15 @@ def build_parser() -> _Parser:
     p.add_argument("--outside-domain", choices=("refuse", "warn"), default="refuse",
                    help="a series whose modality, frame axis or colour the model was never trained on: refused "
                    "(default), or streamed (warn)")
+
+    p = add("compile", cmd_compile, "Compile the config's stages into a Kubeflow Pipelines (KFP v2) pipeline: one "
+            "component per stage, KFP artifacts between them, push only when BLESSED (pip install 'medseq[kfp]').")
+    p.add_argument("--kfp", required=True, metavar="PIPELINE.yaml", help="the pipeline YAML to write (checked with "
+                   "kfp's own loader)")
+    p.add_argument("--serving-dir", help="the TF Serving base folder evaluate compares with and push writes into "
+                   "(the pipeline's serving_dir parameter; a path the steps can reach)")
+    p.add_argument("--image", help="the container image the steps run in, holding medseq with its kfp extra "
+                   "(default medseq:latest)")
 
     p = add("run", cmd_run, "Run every stage into one run folder: by default on synthetic cine MR that the "
             "shipped config's `synth` section generates there; `input`/`labels` in a --config for your DICOM.")

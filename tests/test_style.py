@@ -81,6 +81,12 @@ def _resolves_in_tree(path: Path, level: int, module: str | None, names: list[st
                n in (target / "__init__.py").read_text() for n in names)
 
 
+# Code that runs outside the package: the bodies of KFP's lightweight components are
+# shipped as source text and run as a module of their own in the step's image, where only
+# the installed name (medseq.pipeline.kfp_steps) resolves.
+SHIPPED_AS_SOURCE = ("pipeline/kfp_components.py",)
+
+
 def test_the_trees_own_imports_are_relative_and_resolve_by_folder():
     """Library code imports its own modules relatively, so a tool that reads the tree
     (IDEs, pyright, import-graph tools) sees every edge; the installed names stay medseq.*."""
@@ -97,7 +103,8 @@ def test_the_trees_own_imports_are_relative_and_resolve_by_folder():
                 elif isinstance(node, (ast.Import, ast.ImportFrom)):
                     names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
                     where = f"{path.relative_to(REPO)}:{node.lineno}"
-                    absolute += [where for n in names if n.split(".")[0] == "medseq"]
+                    if str(path.relative_to(REPO)) not in SHIPPED_AS_SOURCE:
+                        absolute += [where for n in names if n.split(".")[0] == "medseq"]
     assert not absolute and not unresolved and relative > 200, (absolute, unresolved)
 
 

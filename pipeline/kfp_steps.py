@@ -1,0 +1,175 @@
+"""What each step of the KFP pipeline (pipeline/kfp_pipeline.py) runs inside its container:
+one stage of `medseq run`, through the same `stages.*` calls, on the folders KFP hands it
+(its artifacts' local paths) instead of a run folder's subfolders.
+
+No import of kfp here: these run wherever medseq is installed, and are tested without
+an orchestrator too. Each returns what KFP records of the step (metrics, a decision); a
+medseq error ends the step with its one line (SystemExit), as `medseq <stage>` would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import features as F
+from . import stages
+from .config import PipelineConfig, load_config
+from .errors import ConfigError, MedseqError
+
+SYNTH_LABELS = {"frames": "frame_labels.csv"}  # the labels file synth writes for a target; else labels.csv
+
+
+def config_of(text: str) -> PipelineConfig:
+    """The pipeline's `config` parameter (JSON as compiled, or YAML a user passed; laid
+    over the shipped config) as a config."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = yaml.safe_load(text)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.yaml"
+        path.write_text(yaml.safe_dump(data))  # YAML's own floats: it reads JSON's 1e-05 as text
+        return load_config(path)
+
+
+@contextlib.contextmanager
+def one_line(stage: str) -> Iterator[None]:
+    """A medseq error ends the step with `medseq <stage>: <its one line>` and exit status 1."""
+    try:
+        yield
+    except MedseqError as exc:
+        raise SystemExit(f"medseq {stage}: {exc}") from None
+
+
+def keep(*artifacts: Any) -> None:
+    """Each metrics artifact's values also in its file: KFP's local cache counts an
+    artifact without a file as missing, and would run the step again."""
+    for artifact in artifacts:
+        Path(artifact.path).parent.mkdir(parents=True, exist_ok=True)
+        Path(artifact.path).write_text(json.dumps(artifact.metadata, indent=2) + "\n")
+
+
+def _key(config: PipelineConfig) -> bytes:
+    """ingest.hash_key_file (a mounted secret) or $MEDSEQ_HASH_KEY (a secret as an
+    environment variable); one line if neither is set."""
+    from ..components.io import deid
+
+    return deid.load_key(config.ingest.hash_key_file)
+
+
+def synth(config_text: str, out: str) -> None:
+    """The config's `synth` section into `out`: dicom/ and its labels."""
+    with one_line("synth"):
+        config = config_of(config_text)
+        if config.synth is None:
+            raise ConfigError("the pipeline has a synth step but the config has no `synth` section")
+        from ..components import synth as synthesize
+
+        s = config.synth
+        synthesize.run(s.task, s.patients, s.seed, Path(out), small=s.small, target=s.target, noise=s.noise)
+
+
+def ingest(config_text: str, out: str, synthetic: str | None = None) -> dict[str, float]:
+    """DICOM -> records into `out`: the config's `input`/`labels`, or a synth step's output."""
+    with one_line("ingest"):
+        config = config_of(config_text)
+        if synthetic is not None:
+            labels = SYNTH_LABELS.get(config.train.target, "labels.csv")
+            config = config.on_input(str(Path(synthetic) / "dicom"), str(Path(synthetic) / labels))
+        if not (config.input and config.labels):
+            raise ConfigError("expected `input` and `labels` (your DICOM and its labels.csv) or a `synth` section "
+                              "in the config, found neither")
+        done = stages.ingest(config, Path(out), _key(config), list(config.ingest.beam_args))
+        print(done.summary, flush=True)
+        return {f"records_{split}": float(n) for split, n in done.detail["records"].items()}
+
+
+def validate(config_text: str, records: str, out: str) -> None:
+    with one_line("validate"):
+        config = config_of(config_text)
+        stages.validate(config, Path(records), Path(out), list(config.validate.beam_args))
+
+
+def train(config_text: str, records: str, out: str) -> dict[str, float]:
+    """The model into `out`/model; the best epoch's metrics."""
+    with one_line("train"):
+        config = config_of(config_text)
+        done = stages.train(config, Path(records), Path(out))
+        print(done.summary, flush=True)
+        history = json.loads((Path(out) / "history.json").read_text()) if (Path(out) / "history.json").exists() else []
+        best = int(done.detail.get("best_epoch") or len(history))
+        row = history[best - 1] if 0 < best <= len(history) else (history[-1] if history else {})
+        return _finite(row)
+
+
+def evaluate(config_text: str, records: str, model: str, out: str, serving_dir: str) -> dict[str, Any]:
+    """The evaluation into `out`: its decision, overall metrics and, for a class target,
+    the ROC points and the confusion matrix (what KFP's UI draws)."""
+    with one_line("evaluate"):
+        config = config_of(config_text)
+        model_dir = Path(model) / "model"
+        served = _baseline(config, serving_dir, model_dir)
+        done = stages.evaluate(config, Path(records), model_dir, Path(out), served, list(config.evaluate.beam_args))
+        verdict_file = Path(out) / (F.BLESSED if done.detail["blessed"] else F.NOT_BLESSED)
+        verdict = json.loads(verdict_file.read_text())
+        return {"decision": verdict["decision"], "reasons": verdict["reasons"],
+                "metrics": _finite(verdict["metrics"]),
+                **_curves(Path(out), verdict)}
+
+
+def _finite(values: dict[str, Any]) -> dict[str, float]:
+    """The numbers KFP's Metrics can hold: finite ones (a metric undefined on a split is NaN)."""
+    return {k: float(v) for k, v in values.items() if isinstance(v, int | float) and math.isfinite(v)}
+
+
+def _baseline(config: PipelineConfig, serving_dir: str, model_dir: Path) -> Path | None:
+    from .fingerprints import tree_fingerprint
+
+    if not serving_dir:
+        return None
+    served, _ = stages.baseline(Path(serving_dir), config.push.model_name, {"model": tree_fingerprint(model_dir)})
+    return served
+
+
+def _curves(out: Path, verdict: dict[str, Any]) -> dict[str, Any]:
+    """A class target's ROC points (of the positive class; one-vs-rest of the first for
+    more) and confusion matrix, from the predictions evaluate scored."""
+    import numpy as np
+
+    from ..components.evaluate.inference import PREDICTIONS_FILE, EvalPredictions
+    from ..components.model.plots import confusion_matrix, roc_points
+
+    preds = EvalPredictions.from_json(json.loads((out / PREDICTIONS_FILE).read_text()))
+    if preds.is_value or preds.is_frames:
+        return {}
+    probs, classes = preds.probs["frames"], verdict["classes"]
+    positive = 1 if len(classes) == 2 else 0
+    fpr, tpr = roc_points(probs[:, positive], preds.labels == positive)
+    thresholds = np.r_[1.0, np.unique(probs[:, positive])[::-1]]  # (0, 0), then each distinct score down
+    return {"roc": {"fpr": [float(x) for x in fpr], "tpr": [float(x) for x in tpr],
+                    "thresholds": [float(x) for x in thresholds]},
+            "confusion": {"classes": list(classes),
+                          "matrix": confusion_matrix(probs, preds.labels, len(classes)).astype(int).tolist()}}
+
+
+def push(config_text: str, records: str, model: str, evaluation: str, serving_dir: str) -> str:
+    """A blessed model into `serving_dir` (the TF Serving base folder): the version folder."""
+    with one_line("push"):
+        from .fingerprints import tree_fingerprint
+
+        config = config_of(config_text)
+        if not serving_dir:
+            raise ConfigError("push: expected the pipeline's serving_dir (a TF Serving model base folder), found none")
+        model_dir = Path(model) / "model"
+        done = stages.push(config, model_dir, {"model": tree_fingerprint(model_dir)}, Path(evaluation),
+                           Path(serving_dir), Path(records))
+        print(done.summary, flush=True)
+        return str(done.detail.get("served", ""))
