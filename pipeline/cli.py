@@ -324,9 +324,14 @@ def cmd_compile(args: argparse.Namespace, _: list[str]) -> int:
 
 
 def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
-    from .runner import run_pipeline
+    from .runner import nothing_new, run_pipeline
 
     config = _config(args)
+    if args.if_new:
+        unchanged = nothing_new(config, args.out)
+        if unchanged:
+            print(f"run: {unchanged}; no run started")
+            return 0
     result = run_pipeline(config, args.out, beam_args, start_from=args.start_from, only=args.only)
     if result.blessed:
         print(f"run: BLESSED; served model at {result.served}")
@@ -503,6 +508,9 @@ def build_parser() -> _Parser:
     which.add_argument("--from", dest="start_from", choices=STAGES,
                        help="rerun this stage and every later one (earlier ones are reused from OUT)")
     which.add_argument("--only", choices=STAGES, help="run this one stage on the outputs already in OUT")
+    p.add_argument("--if-new", action="store_true", help="start only if the input holds something the last ingest "
+                   "in OUT did not read (a DICOMweb input is asked which series it lists, nothing is fetched); "
+                   "else exit 0 with one line: for a schedule or a new-data trigger")
     return parser
 
 

@@ -110,6 +110,49 @@ def _key(run: Path, config: PipelineConfig) -> tuple[bytes, str]:
     return key, hmac.new(key, b"medseq run.json key id", "sha256").hexdigest()[:16]
 
 
+def nothing_new(config: PipelineConfig, run_dir: str | Path) -> str | None:
+    """`medseq run --if-new`: one line when the run folder's last ingest already holds
+    everything its input holds now (no run need start), else None. A DICOMweb input is
+    asked what it lists (QIDO-RS, no instance fetched) and each series compared with the
+    fetch manifest of the last ingest (its keyed hash, its number of instances); any
+    other input by its content fingerprint against run.json's."""
+    import json
+
+    from ..components.ingest.dicomweb import read_manifest
+    from ..components.ingest.dicomweb.client import is_dicomweb
+
+    run = Path(run_dir).resolve()
+    record = run / "run.json"
+    if config.synth is not None or not config.input or not record.exists():
+        return None
+    ingest = json.loads(record.read_text()).get("stages", {}).get("ingest", {})
+    if ingest.get("status") != "done" or not (run / "ingest" / "qc.json").exists():
+        return None
+    if not is_dicomweb(config.input):
+        now = {"dicom": stages.input_print(config.input), "labels": stages.input_print(config.labels)}
+        seen = ingest.get("inputs", {})
+        if any(seen.get(k) != v for k, v in now.items()):
+            return None
+        return f"nothing new: the input and its labels are what the last ingest in {run} read"
+    import time
+
+    from ..components.ingest.dicomweb import listed_series
+    from ..components.ingest.dicomweb.client import Service
+    from ..components.io import deid
+
+    key, _ = _key(run, config)
+    fetched = read_manifest(str(run / "ingest")).get("series", {})
+    settings = config.ingest.dicomweb
+    listed = listed_series(Service(config.input, settings), settings, time.monotonic() + settings.deadline_s)
+    for ref in listed:
+        known = fetched.get(deid.keyed_hash(key, "series", ref.series_uid))
+        if known is None or ref.instances and known.get("instances") != ref.instances:
+            return None
+    if stages.input_print(config.labels) != ingest.get("inputs", {}).get("labels"):
+        return None
+    return f"nothing new: the DICOMweb input lists {len(listed)} series, each fetched by the last ingest in {run}"
+
+
 def run_pipeline(config: PipelineConfig, run_dir: str | Path, beam_args: list[str] | None = None,
                  start_from: str | None = None, only: str | None = None) -> RunOutputs:
     """Runs (or reuses) synth -> ingest -> validate -> train -> evaluate -> push, then writes the run report."""

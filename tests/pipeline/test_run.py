@@ -147,3 +147,23 @@ def test_a_run_killed_in_training_keeps_a_true_record_and_resumes_there(tmp_path
     assert f"{verdict['metrics']['auc']:.4f}" in dom and "Does the model use time?" in dom
     assert dom.count("data:image/png;base64,") >= 9 and "model fingerprint" in dom  # curves, plots, strips, card
     assert "Where the model looked" in dom and "predicted" in dom  # Grad-CAM overlays of the held-out series
+
+
+def test_run_if_new_starts_again_only_when_the_input_changed(tmp_path, capsys):
+    """A folder input: `--if-new` starts no run while the DICOM and the labels are what
+    the last ingest read (one line, exit 0); changed labels start one."""
+    import shutil
+
+    labels = tmp_path / "labels.csv"
+    shutil.copy(FAST["labels"], labels)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({**FAST, "labels": str(labels)}))
+    command = ["run", "--config", str(config), "--out", str(tmp_path / "run"), "--only", "ingest", "--if-new"]
+    assert cli.main(command) == 0
+    assert "[1/5] ingest" in capsys.readouterr().out
+    assert cli.main(command) == 0
+    quiet = capsys.readouterr().out
+    assert quiet.startswith("run: nothing new: ") and quiet.rstrip().endswith("no run started")
+    labels.write_text(labels.read_text() + "\n")
+    assert cli.main(command) == 0
+    assert "[1/5] ingest" in capsys.readouterr().out

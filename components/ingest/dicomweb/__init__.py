@@ -36,9 +36,9 @@ from .fetch import (
     cache_folder,
     fetch_in_process,
 )
-from .search import find_series
+from .search import SeriesRef, find_series
 
-__all__ = ["MANIFEST_FILE", "Fetched", "fetched", "is_dicomweb"]
+__all__ = ["MANIFEST_FILE", "Fetched", "fetched", "is_dicomweb", "listed_series", "read_manifest"]
 
 log = logging.getLogger("medseq.ingest")
 MANIFEST_FILE = F.FETCH_MANIFEST_FILE
@@ -84,16 +84,11 @@ def write_manifest(out: str, manifest: dict[str, Any]) -> None:
     storage.rename(tmp, path)
 
 
-@contextmanager
-def fetched(url: str, config: DicomwebConfig, key: bytes, out: str, beam_args: list[str] | None,
-            small_files: int) -> Iterator[Fetched]:
-    """The input fetched; the cache stays locked while the block converts it. `beam_args`
-    None: fetch in this process unless the series hold `small_files` instances or more."""
-    started = time.monotonic()
-    deadline_at = time.time() + config.deadline_s  # for every worker: a time of day
-    service = Service(url, config)
+def listed_series(service: Service, config: DicomwebConfig, deadline: float) -> list[SeriesRef]:
+    """The series the service lists under `config`'s filters (QIDO-RS only), searched
+    before `deadline` (time.monotonic()); a failed search is an ArchiveError in one line."""
     try:
-        refs = find_series(service, config, started + config.deadline_s)
+        return find_series(service, config, deadline)
     except Retryable as exc:
         raise ArchiveError(f"the DICOMweb service could not be searched ({exc})") from None
     except Failed as exc:
@@ -102,6 +97,17 @@ def fetched(url: str, config: DicomwebConfig, key: bytes, out: str, beam_args: l
     except NotFound as exc:
         raise ArchiveError(f"no QIDO-RS search at {service.root} (HTTP {exc.status}); expected a DICOMweb "
                            "service root such as https://host/dicom-web") from None
+
+
+@contextmanager
+def fetched(url: str, config: DicomwebConfig, key: bytes, out: str, beam_args: list[str] | None,
+            small_files: int) -> Iterator[Fetched]:
+    """The input fetched; the cache stays locked while the block converts it. `beam_args`
+    None: fetch in this process unless the series hold `small_files` instances or more."""
+    started = time.monotonic()
+    deadline_at = time.time() + config.deadline_s  # for every worker: a time of day
+    service = Service(url, config)
+    refs = listed_series(service, config, started + config.deadline_s)
     if not refs:
         raise InputError("the DICOMweb service lists no series that match ingest.dicomweb's filters; expected "
                          "at least one (check modality, study_date, filters and studies_csv)")

@@ -330,3 +330,35 @@ def test_medseq_run_takes_a_dicomweb_input_and_asks_the_archive_again(archive, t
     assert " 0 fetched" in again and "reused" not in again.split("[1/5] ingest")[-1].splitlines()[0]
     recorded = (tmp_path / "run" / "run.json").read_text()
     assert PASSWORD not in recorded and "dicomweb:http" in recorded  # the address, never the credentials
+
+
+def test_run_if_new_starts_only_when_the_archive_lists_a_series_the_last_ingest_lacks(archive, tmp_path,
+                                                                                       credentials, capsys,
+                                                                                       monkeypatch):
+    """`medseq run --if-new` as a schedule's new-data trigger: after a run, the archive is
+    asked which series it lists (nothing fetched) and no run starts while the last ingest
+    holds them all; a series that arrives starts one, which fetches only it."""
+    from pydicom.uid import generate_uid
+
+    from medseq.pipeline import cli
+
+    server, _, _ = archive
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"input": server.url, "labels": str(CINE / "labels.csv"),
+                                      "ingest": {"dicomweb": {"filters": {"ModalitiesInStudy": "MR"}}}}))
+    command = ["run", "--config", str(config), "--out", str(tmp_path / "run"), "--only", "ingest", "--if-new"]
+    assert cli.main(command) == 0
+    assert "series listed" in capsys.readouterr().out  # no run before: it starts
+    assert cli.main(command) == 0
+    quiet = capsys.readouterr().out
+    assert quiet.startswith("run: nothing new: the DICOMweb input lists") and "[1/5]" not in quiet
+    assert quiet.count("\n") == 1 and server.url not in quiet
+    taken = next(p for p in sample_files() if p.read_bytes()[128:132] == b"DICM")
+    arrived = pydicom.dcmread(taken)  # a new series of an existing MR study
+    arrived.SeriesInstanceUID, arrived.SOPInstanceUID = generate_uid(), generate_uid()
+    arrived.file_meta.MediaStorageSOPInstanceUID = arrived.SOPInstanceUID
+    arrived.save_as(tmp_path / "arrived.dcm")
+    assert server.upload([tmp_path / "arrived.dcm"])
+    assert cli.main(command) == 0
+    assert ", 1 fetched" in capsys.readouterr().out
