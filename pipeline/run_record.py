@@ -1,6 +1,7 @@
 """`run.json`: the record of a `medseq run`, and the cache that lets a rerun skip work.
 
-Per stage: its status (running, done, failed, skipped), start and end, the content
+Its `run_id` (new for every invocation; the last 50 runs' ids, times and outcomes under
+`runs`). Per stage: its status (running, done, failed, skipped), start and end, the content
 fingerprints of its inputs and outputs, a cache key (the stage, its config section and
 its inputs' fingerprints) and a one-line summary; beside them the config, the package
 versions and the outcome. The file is replaced atomically after every change, so a
@@ -16,12 +17,14 @@ import datetime
 import hashlib
 import json
 import os
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 RECORD_FILE = "run.json"
 RECORD_VERSION = 1
+KEPT_RUNS = 50  # the runs of a folder listed in its run.json, newest last
 
 
 def now() -> str:
@@ -40,7 +43,9 @@ class RunRecord:
         self.path = run_dir / RECORD_FILE
         old: dict[str, Any] = json.loads(self.path.read_text()) if self.path.exists() else {}
         self.previous: dict[str, dict[str, Any]] = old.get("stages", {}) if old.get("version") == RECORD_VERSION else {}
-        self.data: dict[str, Any] = {"version": RECORD_VERSION, "started": now(), "updated": now(),
+        earlier = old.get("runs", []) if old.get("version") == RECORD_VERSION else []
+        self.data: dict[str, Any] = {"version": RECORD_VERSION, "run_id": uuid.uuid4().hex,
+                                     "runs": earlier[-(KEPT_RUNS - 1):], "started": now(), "updated": now(),
                                      "config": config, "package_versions": dict(packages),
                                      "stages": dict(self.previous), "outcome": None}
 
@@ -77,6 +82,9 @@ class RunRecord:
 
     def outcome(self, **fields: Any) -> None:
         self.data["outcome"] = fields
+        self.data["runs"] = [*self.data["runs"], {"run_id": self.data["run_id"], "started": self.data["started"],
+                                                  "ended": now(), "blessed": fields.get("blessed"),
+                                                  "reused": fields.get("reused", [])}]
         self.save()
 
     def save(self) -> None:

@@ -167,3 +167,6 @@ def test_run_if_new_starts_again_only_when_the_input_changed(tmp_path, capsys):
     labels.write_text(labels.read_text() + "\n")
     assert cli.main(command) == 0
     assert "[1/5] ingest" in capsys.readouterr().out
+    record = json.loads((tmp_path / "run" / RECORD_FILE).read_text())  # two runs started, each with its id
+    assert [r["run_id"] for r in record["runs"]][-1] == record["run_id"] and len(record["runs"]) == 2
+    assert len({r["run_id"] for r in record["runs"]}) == 2 and record["runs"][-1]["blessed"] is False
