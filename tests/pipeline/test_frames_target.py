@@ -226,6 +226,7 @@ def test_a_tf_serving_client_carries_the_state_from_request_to_request(frames_ru
 def test_the_frames_report_renders_per_frame_curves_in_a_browser(frames_run):
     dom = render_in_chromium(frames_run / "evaluate" / "report.html", ARTIFACTS / "frames_report.png")
     assert "BLESSED" in dom and "events per frame ed, es" in dom and "event_error" in dom
-    assert dom.count('alt="plot"') == 1  # the per-frame curves with the labeled frames marked
+    # The per-frame curves with the labeled frames marked, and the domain score's distributions.
+    assert dom.count('alt="plot"') == 2 and "Does the model know its domain?" in dom
     run_dom = render_in_chromium(frames_run / "report.html", ARTIFACTS / "frames_run_report.png")
     assert "ed key frames" in run_dom and "eval_frame_mae" in run_dom

@@ -85,6 +85,6 @@ def test_the_served_value_model_answers_through_every_door(value_run, tmp_path, 
 def test_the_value_report_renders_agreement_plots_in_a_browser(value_run):
     dom = render_in_chromium(value_run / "evaluate" / "report.html", ARTIFACTS / "value_report.png")
     assert "BLESSED" in dom and "value ef (%)" in dom and "r_squared" in dom and "auc_below_40" in dom
-    assert dom.count('alt="plot"') == 3  # predicted against true, Bland-Altman, calibration
+    assert dom.count('alt="plot"') == 4  # predicted against true, Bland-Altman, calibration; the domain score
     run_dom = render_in_chromium(value_run / "report.html", ARTIFACTS / "value_run_report.png")
     assert "mean" in run_dom and "eval_mae" in run_dom
