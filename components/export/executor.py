@@ -31,7 +31,7 @@ from ...pipeline.errors import InputError
 from ...pipeline.fingerprints import tree_fingerprint
 from ..io.examples import SPEC_FILE, RecordSpec, load_spec_json, synthetic_frames
 from ..model import runtimes
-from ..model.step import FRAME, STATE, StateTensor, causal_reason, state_tensors, zero_state
+from ..model.step import FRAME, causal_reason, state_tensors, states_of, zero_state
 from . import convert, parity
 
 EXPORT_FILE = "medseq_export.json"
@@ -218,8 +218,7 @@ def saved_step_parity(model: str | Path, examples_dir: str | Path | None,
         frames = synthetic_frames(spec, parity.FEW)
         valid = np.random.default_rng(0).integers(1, spec.frames + 1, parity.FEW).astype(np.int32)
         split = parity.EvalSplit(frames, valid, np.zeros((parity.FEW, spec.frames)))
-    states = tuple(StateTensor(k[len(STATE):], tuple(v["shape"][1:]), v.get("meaning", ""))
-                   for k, v in step["state"].items())
+    states = states_of(step)
     return parity.check_step(reference, runtimes.saved_model_step(loaded.signatures[F.STEP_SIGNATURE]), states,
                              split, "fp32", settings or ExportConfig())
 

@@ -90,6 +90,13 @@ def state_tensors(model: keras.Model, spec: RecordSpec) -> tuple[StateTensor, ..
     return tuple(out)
 
 
+def states_of(card: dict[str, object]) -> tuple[StateTensor, ...]:
+    """The state tensors a model's `step` card (medseq_spec.json) lists, in its order."""
+    listed: dict[str, dict[str, object]] = card["state"]  # type: ignore[assignment]
+    return tuple(StateTensor(k[len(STATE):], tuple(v["shape"][1:]), str(v.get("meaning", "")))  # type: ignore[index]
+                 for k, v in listed.items())
+
+
 def zero_state(states: tuple[StateTensor, ...], batch: int) -> dict[str, np.ndarray]:
     return {s.key: np.zeros((batch, *s.shape), np.float32) for s in states}
 
@@ -159,4 +166,4 @@ def step_through(step: keras.Model | object, frames: np.ndarray, valid: np.ndarr
 
 
 __all__ = ["FRAME", "FRAME_VALUE", "STATE", "StateTensor", "StepModel", "causal_reason", "state_tensors",
-           "step_through", "zero_state"]
+           "states_of", "step_through", "zero_state"]

@@ -37,7 +37,7 @@ from ..io.storage import open_binary
 from ..model import runtimes
 from ..model.domain import SeriesFacts, findings
 from ..model.events import PROMINENCE
-from ..model.step import FRAME, FRAME_VALUE, STATE, StateTensor, zero_state
+from ..model.step import FRAME, FRAME_VALUE, states_of, zero_state
 from ..preprocessing import pixel_phi, reasons
 from ..preprocessing.decode import SeriesMeta, load_series
 from ..preprocessing.geometry import OrderedSeries, order_series
@@ -138,8 +138,7 @@ class Stream:
         self.phi = from_dict(PixelPhiConfig, self.spec.pixel_phi.get("policy", {}), "model pixel_phi")
         self.limits = InputLimits.from_record(self.spec.input_limits)
         self.domain = spec_json.get("training", {}).get("domain")
-        self.states = tuple(StateTensor(k[len(STATE):], tuple(v["shape"][1:]), v.get("meaning", ""))
-                            for k, v in step["state"].items())
+        self.states = states_of(step)
         self.run = runtimes.load_step(_step_artifact(model))
         self.online = OnlineEvents(self.spec.classes)
         self.reset()
