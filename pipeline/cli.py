@@ -490,7 +490,9 @@ def build_parser() -> _Parser:
                    "(default), or streamed (warn)")
 
     p = add("compile", cmd_compile, "Compile the config's stages into a Kubeflow Pipelines (KFP v2) pipeline: one "
-            "component per stage, KFP artifacts between them, push only when BLESSED (pip install 'medseq[kfp]').")
+            "component per stage, KFP artifacts between them, push only when BLESSED, the input fingerprinted first so "
+            "KFP's cache reuses every step until new data arrives, a run record as KFP metadata "
+            "(pip install 'medseq[kfp]').")
     p.add_argument("--kfp", required=True, metavar="PIPELINE.yaml", help="the pipeline YAML to write (checked with "
                    "kfp's own loader)")
     p.add_argument("--serving-dir", help="the TF Serving base folder evaluate compares with and push writes into "

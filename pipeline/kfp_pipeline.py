@@ -6,7 +6,11 @@ pipeline/kfp_steps.py, with KFP artifacts between them: `Dataset` for the synthe
 DICOM, the records, the statistics and the evaluation; `Model` for the trained model;
 `Metrics` for ingest's counts, training's best epoch and evaluate's overall metrics;
 `ClassificationMetrics` with the ROC curve and the confusion matrix of a class target
-(KFP's UI draws both). push runs only under `dsl.If(decision == "BLESSED")`.
+(KFP's UI draws both). push runs only under `dsl.If(decision == "BLESSED")`. A folder,
+file or DICOMweb input is fingerprinted first (never cached) and ingest takes the
+fingerprint as a parameter: KFP's cache reuses every step while the input is unchanged.
+The run ends with its record (never cached): its id, parameters, each step run or
+reused, and the decision, as KFP metadata.
 
 Parameters: `config` (the whole effective config as JSON: every value of it, laid over
 the shipped config inside each step as `--config` is), `serving_dir` (the TF Serving base

@@ -65,6 +65,59 @@ def _key(config: PipelineConfig) -> bytes:
     return deid.load_key(config.ingest.hash_key_file)
 
 
+def input_fingerprint(config_text: str) -> str:
+    """What the run's input holds now, as one fingerprint: ingest takes it as a parameter, so
+    KFP's cache reuses the records (and every step after them) exactly while it is unchanged,
+    and a recurring run does nothing but this step until new data arrives. A folder or file by
+    its content and its labels'; a DICOMweb input by the series it lists (QIDO-RS only, each
+    series by its keyed hash and number of instances) and its labels'; synthetic data by the
+    config's synth section (a parameter already)."""
+    with one_line("ingest"):
+        config = config_of(config_text)
+        if config.synth is not None:
+            return "synth"
+        if not (config.input and config.labels):
+            raise ConfigError("expected `input` and `labels` (your DICOM and its labels.csv) or a `synth` section "
+                              "in the config, found neither")
+        labels = stages.input_print(config.labels)
+        from ..components.ingest.dicomweb.client import is_dicomweb
+
+        if not is_dicomweb(config.input):  # an object store's by its address only (stages.input_print)
+            return f"{stages.input_print(config.input)} labels {labels}"
+        import hashlib
+        import time
+
+        from ..components.ingest.dicomweb import listed_series
+        from ..components.ingest.dicomweb.client import Service
+        from ..components.io import deid
+
+        key, settings = _key(config), config.ingest.dicomweb
+        listed = listed_series(Service(config.input, settings), settings, time.monotonic() + settings.deadline_s)
+        held = sorted(f"{deid.keyed_hash(key, 'series', ref.series_uid)}:{ref.instances}" for ref in listed)
+        print(f"the DICOMweb input lists {len(held)} series", flush=True)
+        return f"dicomweb sha256:{hashlib.sha256(' '.join(held).encode()).hexdigest()} labels {labels}"
+
+
+def record(run_id: str, run_name: str, config_text: str, serving_dir: str, input_print: str,
+           outputs: dict[str, str], decision: str) -> dict[str, Any]:
+    """The run's identity, as KFP metadata: its id and name, its parameters (the config's
+    fingerprint, the serving folder, the input's fingerprint), each step run or reused from
+    KFP's cache (a reused step's artifact lies under an earlier run's folder: its URI names
+    neither this run's id nor its name) and the blessing. `outputs`: a step's name -> the
+    URI of one of its artifacts."""
+    import hashlib
+
+    steps = {step: "ran" if (run_id and run_id in uri) or (run_name and run_name in uri) else "reused"
+             for step, uri in outputs.items()}
+    made = {"run_id": run_id, "run_name": run_name,
+            "config_sha256": hashlib.sha256(config_text.encode()).hexdigest(), "serving_dir": serving_dir,
+            "input": input_print, "steps": steps, "decision": decision, "blessed": decision == F.BLESSED}
+    ran = [step for step, how in steps.items() if how == "ran"]
+    print(f"run {run_id}: {decision}; " + (f"ran {', '.join(ran)}" if ran else "every step reused: nothing new"),
+          flush=True)
+    return made
+
+
 def synth(config_text: str, out: str) -> None:
     """The config's `synth` section into `out`: dicom/ and its labels."""
     with one_line("synth"):

@@ -1,8 +1,9 @@
 """`medseq compile --kfp`: the config's stages as a KFP v2 pipeline, run by KFP's own local
 runner (kfp.local.SubprocessRunner, each step a process of its own) on a tiny synthetic
 task: the same records and verdict as `medseq run` with the same config, push under
-dsl.If(BLESSED), every step reused from KFP's cache on a second run, and a failing
-stage failing the run with its one line."""
+dsl.If(BLESSED), every step reused from KFP's cache on a second run and run again when
+the input changes, each run's identity as KFP metadata, and a failing stage failing the
+run with its one line."""
 
 from __future__ import annotations
 
@@ -24,6 +25,19 @@ pytestmark = pytest.mark.filterwarnings("ignore:You may be attemping to run a ta
 def _tasks(root) -> set[str]:
     """The step folders KFP's local runner made under one run's folder."""
     return {p.name for p in root.iterdir() if p.is_dir()}
+
+
+def _record(run) -> dict:
+    """The run_record step's KFP metadata of one run."""
+    executor = json.loads((run / "run-record" / "executor_output.json").read_text())
+    return executor["artifacts"]["run"]["artifacts"][0]["metadata"]
+
+
+def _runs(root, seen: list) -> list:
+    """The run folders under `root` made since `seen`, in order."""
+    new = sorted((p for p in root.glob("medseq-*") if p not in seen), key=lambda p: p.stat().st_mtime)
+    seen += new
+    return new
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +65,11 @@ def kfp_run(compiled):
     root, _ = compiled
     local.init(local.SubprocessRunner(use_venv=False), pipeline_root=str(root / "runs"), enable_caching=True)
     pipeline = components.load_component_from_file(str(root / "medseq.yaml"))  # kfp's own loader
+    seen: list = []
     pipeline()
-    first = next((root / "runs").glob("medseq-*"))
+    first, = _runs(root / "runs", seen)
     pipeline()
-    again = [p for p in (root / "runs").glob("medseq-*") if p != first]  # a run whose every step is cached leaves none
+    again, = _runs(root / "runs", seen)
     return root, first, again
 
 
@@ -93,9 +108,53 @@ def test_the_kfp_pipeline_gives_the_records_and_verdict_of_medseq_run(compiled, 
 
 
 @pytest.mark.slow
-def test_a_second_run_reuses_every_step_from_the_cache(kfp_run):
+def test_a_second_run_reuses_every_step_from_the_cache_and_records_itself(kfp_run):
     _, first, again = kfp_run
-    assert _tasks(first) and not any(_tasks(p) for p in again)  # no step ran again
+    assert _tasks(again) == {"run-record"}  # only the run's record, never cached, ran again
+    ran, reused = _record(first), _record(again)
+    assert ran["run_id"] and ran["run_id"] != reused["run_id"]
+    assert ran["run_name"] == first.name and reused["run_name"] == again.name
+    assert ran["steps"] == dict.fromkeys(("ingest", "validate", "train", "evaluate"), "ran")
+    assert reused["steps"] == dict.fromkeys(("ingest", "validate", "train", "evaluate"), "reused")
+    assert ran["decision"] == reused["decision"] == F.BLESSED and ran["blessed"] is True
+    assert ran["config_sha256"] == reused["config_sha256"] and ran["input"] == "synth"
+
+
+@pytest.mark.slow
+def test_a_recurring_run_does_nothing_until_the_input_changes(tmp_path):
+    """A folder input: its fingerprint is ingest's parameter, so an unchanged input reuses
+    every step and a changed labels file runs ingest and every step after it again."""
+    from kfp import components, local
+
+    from medseq.components import synth
+
+    synth.run("cine_ef", 40, 5, tmp_path / "data", small=True)
+    (tmp_path / "hash.key").write_bytes(KEY)
+    config = {"input": str(tmp_path / "data" / "dicom"), "labels": str(tmp_path / "data" / "labels.csv"),
+              "preprocess": {"height": 32, "width": 32, "frames": 8},
+              "ingest": {"hash_key_file": str(tmp_path / "hash.key")}, "validate": {"max_label_linf": 1.0},
+              "train": {"epochs": 1, "conv_filters": [8], "lstm_units": 8},
+              "evaluate": {"eval_config": auc_gate(tmp_path / "gate.pbtxt", 0.0), "bootstrap_samples": 100}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    assert cli.main(["compile", "--kfp", str(tmp_path / "medseq.yaml"), "--config", str(tmp_path / "config.yaml"),
+                     "--serving-dir", str(tmp_path / "serving")]) == 0
+    local.init(local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "runs"), enable_caching=True)
+    pipeline, seen = components.load_component_from_file(str(tmp_path / "medseq.yaml")), []
+    pipeline()
+    first, = _runs(tmp_path / "runs", seen)
+    pipeline()
+    unchanged, = _runs(tmp_path / "runs", seen)
+    labels = tmp_path / "data" / "labels.csv"
+    labels.write_text("".join(labels.read_text().splitlines(keepends=True)[:-1]))  # one series fewer
+    pipeline()
+    changed, = _runs(tmp_path / "runs", seen)
+    steps = ("ingest", "validate", "train", "evaluate")
+    assert {"fingerprint-input", "ingest", "validate", "train", "evaluate", "run-record"} <= _tasks(first)
+    assert _tasks(unchanged) == {"fingerprint-input", "run-record"}
+    assert _record(unchanged)["steps"] == dict.fromkeys(steps, "reused")
+    assert _record(unchanged)["input"] == _record(first)["input"] != _record(changed)["input"]
+    assert _record(changed)["steps"] == dict.fromkeys(steps, "ran")
+    assert str(tmp_path / "data") not in json.dumps(_record(first))  # the input by fingerprint, not its paths
 
 
 @pytest.mark.slow
