@@ -337,10 +337,11 @@ def test_run_if_new_starts_only_when_the_archive_lists_a_series_the_last_ingest_
                                                                                        monkeypatch):
     """`medseq run --if-new` as a schedule's new-data trigger: after a run, the archive is
     asked which series it lists (nothing fetched) and no run starts while the last ingest
-    holds them all; a series that arrives starts one, which fetches only it."""
+    holds them all; a series that arrives starts one, which fetches only it. The KFP
+    pipeline's input fingerprint (ingest's cache key there) changes with it too."""
     from pydicom.uid import generate_uid
 
-    from medseq.pipeline import cli
+    from medseq.pipeline import cli, kfp_steps
 
     server, _, _ = archive
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
@@ -354,11 +355,14 @@ def test_run_if_new_starts_only_when_the_archive_lists_a_series_the_last_ingest_
     quiet = capsys.readouterr().out
     assert quiet.startswith("run: nothing new: the DICOMweb input lists") and "[1/5]" not in quiet
     assert quiet.count("\n") == 1 and server.url not in quiet
+    listed = kfp_steps.input_fingerprint(config.read_text())
+    assert kfp_steps.input_fingerprint(config.read_text()) == listed  # KFP reuses ingest: nothing arrived
     taken = next(p for p in sample_files() if p.read_bytes()[128:132] == b"DICM")
     arrived = pydicom.dcmread(taken)  # a new series of an existing MR study
     arrived.SeriesInstanceUID, arrived.SOPInstanceUID = generate_uid(), generate_uid()
     arrived.file_meta.MediaStorageSOPInstanceUID = arrived.SOPInstanceUID
     arrived.save_as(tmp_path / "arrived.dcm")
     assert server.upload([tmp_path / "arrived.dcm"])
+    assert kfp_steps.input_fingerprint(config.read_text()) != listed  # KFP runs ingest again
     assert cli.main(command) == 0
     assert ", 1 fetched" in capsys.readouterr().out
