@@ -8,10 +8,11 @@ import dataclasses
 import os
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 
-from helpers import IN_PROCESS, KEY, SAMPLES, convert
+from helpers import EF, IN_PROCESS, KEY, SAMPLES, convert, sample_uids, write_values
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -115,3 +116,19 @@ def phase_records(tmp_path_factory):
         preprocess=dataclasses.replace(base.preprocess, frames=20, temporal="sample", height=32, width=32),
         train=dataclasses.replace(base.train, target="frames"))
     return root, uids, rows, convert(config, root / "records")
+
+
+@pytest.fixture(scope="session")
+def value_records(tmp_path_factory, config):
+    """data_samples/cine_ef with an EF per series (train.target: value), two of them bad:
+    (root, the values, the records, the config)."""
+    tmp_path = tmp_path_factory.mktemp("value")
+    uids = sample_uids()
+    rng = np.random.default_rng(0)
+    values = {uid: round(float(rng.uniform(15, 75)), 2) for uid in uids}
+    rows = [(uid, str(v)) for uid, v in values.items()]
+    rows[0], rows[1] = (uids[0], "n/a"), (uids[1], "120")
+    labels = write_values(tmp_path / "labels.csv", rows)
+    value_config = dataclasses.replace(config.on_input(config.input, labels),
+                                       train=dataclasses.replace(config.train, target="value", value=EF))
+    return tmp_path, values, convert(value_config, tmp_path / "records"), value_config

@@ -15,11 +15,26 @@ import pydicom
 import pytest
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
+from medseq.pipeline.config import ValueConfig
+
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "data_samples"
 KEY = b"medseq-test-key-0123456789abcdef"
 IN_PROCESS = ["--runner=DirectRunner"]  # one process: fastest for tiny inputs
 ARTIFACTS = REPO / "runs" / "test-artifacts"  # screenshots of rendered pages (runs/ is git-ignored)
+EF = ValueConfig(column="ef", units="%", range=(0.0, 100.0))  # train.value of an ejection fraction
+
+
+def sample_uids() -> list[str]:
+    """The series UIDs of data_samples/cine_ef, in its labels.csv's order."""
+    lines = (SAMPLES / "cine_ef" / "labels.csv").read_text().splitlines()[1:]
+    return [line.split(",")[0] for line in lines]
+
+
+def write_values(path: Path, rows: list[tuple[str, str]], header: str = "series_instance_uid,ef") -> str:
+    """A labels.csv of a value per series."""
+    path.write_text(header + "\n" + "".join(f"{uid},{value}\n" for uid, value in rows))
+    return str(path)
 
 
 def _chromium() -> str:

@@ -12,29 +12,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import KEY, SAMPLES, convert, medseq, one_line
+from helpers import EF, KEY, SAMPLES, convert, medseq, one_line, sample_uids, write_values
 from medseq.components.ingest.labels import read_labels
 from medseq.components.io.examples import record_spec, split_files
 from medseq.pipeline import features as F
-from medseq.pipeline.config import ValueConfig
 from medseq.pipeline.errors import InputError
-
-EF = ValueConfig(column="ef", units="%", range=(0.0, 100.0))
-
-
-def _uids() -> list[str]:
-    lines = (SAMPLES / "cine_ef" / "labels.csv").read_text().splitlines()[1:]
-    return [line.split(",")[0] for line in lines]
-
-
-def _write(path: Path, rows: list[tuple[str, str]], header: str = "series_instance_uid,ef") -> str:
-    path.write_text(header + "\n" + "".join(f"{uid},{value}\n" for uid, value in rows))
-    return str(path)
 
 
 def test_numbers_are_read_and_bad_ones_are_named_per_series(tmp_path):
-    uids = _uids()
-    table = read_labels(_write(tmp_path / "labels.csv", [(uids[0], "55.5"), (uids[1], " 31 "), (uids[2], "abc"),
+    uids = sample_uids()
+    table = read_labels(write_values(tmp_path / "labels.csv", [(uids[0], "55.5"), (uids[1], " 31 "), (uids[2], "abc"),
                                                         (uids[3], "nan"), (uids[4], "150"), (uids[5], "-inf")]),
                         "value", EF)
     assert table.target == "value" and table.classes == ()
@@ -46,14 +33,14 @@ def test_numbers_are_read_and_bad_ones_are_named_per_series(tmp_path):
 
 
 def test_a_missing_column_and_two_numbers_for_one_series_are_one_line(tmp_path):
-    uids = _uids()
+    uids = sample_uids()
     with pytest.raises(InputError, match=r"expected a CSV header with a column ef \(train.value.column\)"):
-        read_labels(_write(tmp_path / "a.csv", [(uids[0], "normal")], "series_instance_uid,label"), "value", EF)
+        read_labels(write_values(tmp_path / "a.csv", [(uids[0], "normal")], "series_instance_uid,label"), "value", EF)
     with pytest.raises(InputError, match=r"lines 2 and 3 give one series two labels") as caught:
-        read_labels(_write(tmp_path / "b.csv", [(uids[0], "50"), (uids[0], "60")]), "value", EF)
+        read_labels(write_values(tmp_path / "b.csv", [(uids[0], "50"), (uids[0], "60")]), "value", EF)
     assert uids[0] not in str(caught.value)  # a UID identifies: never in a message
     with pytest.raises(InputError, match="no labeled rows"):
-        read_labels(_write(tmp_path / "c.csv", [(uids[0], "x")]), "value", EF)
+        read_labels(write_values(tmp_path / "c.csv", [(uids[0], "x")]), "value", EF)
     # A class labels file read for a value is not silently taken as one.
     result = medseq("convert", "--input", str(SAMPLES / "cine_ef" / "dicom"), "--labels",
                     str(SAMPLES / "cine_ef" / "labels.csv"), "--out", str(tmp_path / "out"),
@@ -67,24 +54,9 @@ def _value_config(tmp_path: Path) -> str:
     return str(path)
 
 
-@pytest.fixture(scope="module")
-def value_records(tmp_path_factory, config):
-    """data_samples/cine_ef with an EF per series, two of them bad."""
-    tmp_path = tmp_path_factory.mktemp("value")
-    uids = _uids()
-    rng = np.random.default_rng(0)
-    values = {uid: round(float(rng.uniform(15, 75)), 2) for uid in uids}
-    rows = [(uid, str(v)) for uid, v in values.items()]
-    rows[0], rows[1] = (uids[0], "n/a"), (uids[1], "120")
-    labels = _write(tmp_path / "labels.csv", rows)
-    value_config = dataclasses.replace(config.on_input(config.input, labels),
-                                       train=dataclasses.replace(config.train, target="value", value=EF))
-    return tmp_path, values, convert(value_config, tmp_path / "records"), value_config
-
-
 def test_value_records_carry_the_number_and_bad_rows_are_rejected_while_the_rest_converts(value_records):
     tmp_path, values, out, _ = value_records
-    uids = _uids()
+    uids = sample_uids()
     qc = json.loads((tmp_path / "records" / F.QC_FILE).read_text())
     assert qc["target"] == {"kind": "value", "column": "ef", "units": "%", "range": [0.0, 100.0]}
     assert qc["classes"] == [] and qc["rejected"]["bad_value"] == 1 and qc["rejected"]["value_out_of_range"] == 1
@@ -112,8 +84,8 @@ def test_value_records_carry_the_number_and_bad_rows_are_rejected_while_the_rest
 def test_a_value_split_validates_against_the_schema_and_its_skew_is_checked(tmp_path, config):
     from medseq.components.validate import validate
 
-    uids = _uids()
-    labels = _write(tmp_path / "labels.csv", [(uid, str(30.0 + i)) for i, uid in enumerate(uids)])
+    uids = sample_uids()
+    labels = write_values(tmp_path / "labels.csv", [(uid, str(30.0 + i)) for i, uid in enumerate(uids)])
     value_config = dataclasses.replace(config.on_input(config.input, labels),
                                        train=dataclasses.replace(config.train, target="value", value=EF))
     convert(value_config, tmp_path / "records", key=KEY)

@@ -25,13 +25,17 @@ def _ports(n: int) -> list[int]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("target", ["class", "frames"])
+@pytest.mark.parametrize("target", ["class", "value", "frames"])
 def test_two_workers_train_in_step(target, request, tmp_path):
     """Two workers of one TF_CONFIG cluster: the same steps, the same weights; for a class
-    target on the committed cine samples, and for events per frame (a causal model, its
-    loss over weighted frames) on synthetic cine_phase."""
+    target on the committed cine samples, a value per series on the same (its head's bias
+    from the train split's mean on both), and events per frame (a causal model, its loss
+    over weighted frames) on synthetic cine_phase."""
     if target == "class":
         records, extra = request.getfixturevalue("cine_records"), ""
+    elif target == "value":
+        records = request.getfixturevalue("value_records")[0] / "records"
+        extra = ", target: value, value: {column: ef, units: '%', range: [0, 100]}"
     else:
         records, extra = request.getfixturevalue("phase_records")[0] / "records", ", target: frames, causal: true"
     cluster = {"worker": [f"localhost:{p}" for p in _ports(2)]}
