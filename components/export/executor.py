@@ -13,12 +13,13 @@ OUT/medseq_export.json               the entries (and the refusals, with their r
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,34 +57,38 @@ def model_folder(path: str | Path) -> Path:
     return path
 
 
+def timed(call: Callable[[], object], calls: int = LATENCY_CALLS) -> dict[str, float]:
+    """p50 and p99 in ms of `calls` calls of `call`, after one that allocates."""
+    call()
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - start) * 1e3)
+    return {"p50_ms": round(float(np.percentile(times, 50)), 3), "p99_ms": round(float(np.percentile(times, 99)), 3)}
+
+
 def latency(run: runtimes.Predict, spec: RecordSpec) -> dict[str, dict[str, float]]:
     """p50 and p99 in ms of one call on synthetic frames, per batch size."""
     out = {}
     for batch in LATENCY_BATCHES:
         frames, valid = synthetic_frames(spec, batch), np.full(batch, spec.frames, np.int32)
-        run(frames, valid)  # the first call allocates
-        times = []
-        for _ in range(LATENCY_CALLS):
-            start = time.perf_counter()
-            run(frames, valid)
-            times.append((time.perf_counter() - start) * 1e3)
-        out[f"batch_{batch}"] = {"p50_ms": round(float(np.percentile(times, 50)), 3),
-                                 "p99_ms": round(float(np.percentile(times, 99)), 3)}
+        out[f"batch_{batch}"] = timed(functools.partial(run, frames, valid))
     return out
 
 
 def step_latency(run: runtimes.Step, spec: RecordSpec, states: tuple) -> dict[str, float]:
-    """p50 and p99 in ms of one step of one stream (batch 1) on synthetic frames."""
+    """p50 and p99 in ms of one step of one stream (batch 1) on synthetic frames, each step
+    carrying the state the last one returned."""
     frames = synthetic_frames(spec, 1)[0]
-    state = zero_state(states, 1)
-    times = []
-    for t in range(LATENCY_CALLS + 1):
-        start = time.perf_counter()
+    state, t = zero_state(states, 1), 0
+
+    def step() -> None:
+        nonlocal state, t
         out = run({FRAME: frames[t % len(frames)][None], **state})
-        times.append((time.perf_counter() - start) * 1e3)
-        state = {s.key: out[s.key] for s in states}
-    times = times[1:]  # the first call allocates
-    return {"p50_ms": round(float(np.percentile(times, 50)), 3), "p99_ms": round(float(np.percentile(times, 99)), 3)}
+        state, t = {s.key: out[s.key] for s in states}, t + 1
+
+    return timed(step)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

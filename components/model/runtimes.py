@@ -65,14 +65,19 @@ def litert(data: bytes, threads: int | None = None) -> Predict:
     return run
 
 
-def onnx(data: bytes, threads: int | None = None) -> Predict:
+def _onnx_session(data: bytes, threads: int | None) -> Any:
+    """An ONNX Runtime CPU session of a model's bytes, logging errors only."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only
     if threads:
         options.intra_op_num_threads = threads
-    session = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+
+def onnx(data: bytes, threads: int | None = None) -> Predict:
+    session = _onnx_session(data, threads)
 
     def run(frames: np.ndarray, valid: np.ndarray) -> np.ndarray:
         out = session.run(None, {F.FRAMES: frames, F.VALID_FRAMES: np.asarray(valid, np.int32)})  # the one output
@@ -123,13 +128,7 @@ def litert_step(data: bytes, threads: int | None = None) -> Step:
 
 
 def onnx_step(data: bytes, threads: int | None = None) -> Step:
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    session = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    session = _onnx_session(data, threads)
     names = [o.name.removeprefix("next_") for o in session.get_outputs()]  # convert.NEXT: next_state_* -> state_*
     return lambda inputs: dict(zip(names, session.run(None, inputs), strict=True))
 
