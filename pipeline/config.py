@@ -66,6 +66,7 @@ CLASS_WEIGHTS = ("none", "auto")
 FRAME_STRIPS = ("synthetic", "on", "off")
 KEEP_OR_REJECT = ("reject", "keep")
 REGION_MODES = ("crop", "mask", "off")
+AGGREGATORS = ("fedavg", "fedprox", "fedmedian", "trimmed_mean")
 
 
 @dataclass(frozen=True)
@@ -482,6 +483,31 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class FederateConfig:
+    """`medseq federate run`: sites train the model together through Flower, each on its
+    own records; only weights and aggregate metrics leave a site (components/federate)."""
+
+    rounds: int = 5
+    local_epochs: int = 1  # over the site's train split, per round
+    min_sites: int = 2  # a round needs this many sites' answers; fewer fail the run
+    # fedavg (weighted by train records) | fedprox (fedavg, each site's loss + mu/2 |w - w_global|^2)
+    # | fedmedian (coordinate-wise median) | trimmed_mean (trim_fraction of each end dropped)
+    aggregator: str = "fedavg"
+    proximal_mu: float = 0.01
+    trim_fraction: float = 0.2
+    round_timeout_s: float = 900.0  # a site silent this long is left out of the round
+
+    def __post_init__(self) -> None:
+        check_choice("federate.aggregator", self.aggregator, AGGREGATORS)
+        if self.rounds < 1 or self.local_epochs < 1 or self.min_sites < 1 or self.round_timeout_s <= 0 \
+                or self.proximal_mu < 0 or not 0 <= self.trim_fraction < 0.5:
+            raise ConfigError(f"federate: expected rounds, local_epochs and min_sites >= 1, round_timeout_s > 0, "
+                              f"proximal_mu >= 0 and 0 <= trim_fraction < 0.5, found {self.rounds}, "
+                              f"{self.local_epochs}, {self.min_sites}, {self.round_timeout_s}, {self.proximal_mu}, "
+                              f"{self.trim_fraction}")
+
+
+@dataclass(frozen=True)
 class PushConfig:
     serving_dir: str = "serving"  # relative to the run folder
     model_name: str = "medseq"
@@ -563,6 +589,7 @@ class PipelineConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     push: PushConfig = field(default_factory=PushConfig)
+    federate: FederateConfig = field(default_factory=FederateConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
 
     def __post_init__(self) -> None:
@@ -673,3 +700,19 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
         validate=dataclasses.replace(config.validate, schema=resolve(config.validate.schema)),
         evaluate=dataclasses.replace(config.evaluate, eval_config=resolve(config.evaluate.eval_config)),
         train=dataclasses.replace(config.train, encoder_weights=resolve(config.train.encoder_weights)))
+
+
+def config_from_text(text: str) -> PipelineConfig:
+    """A whole config passed as text (JSON, as `to_dict` dumps it, or YAML), laid over the
+    shipped config as a --config file is: a KFP pipeline's or a federation's parameter."""
+    import json
+    import tempfile
+
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = yaml.safe_load(text)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.yaml"
+        path.write_text(yaml.safe_dump(data))  # YAML's own floats: it reads JSON's 1e-05 as text
+        return load_config(path)

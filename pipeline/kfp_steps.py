@@ -12,32 +12,17 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from . import features as F
 from . import stages
-from .config import PipelineConfig, load_config
+from .config import PipelineConfig
+from .config import config_from_text as config_of
 from .errors import ConfigError, MedseqError
 
 SYNTH_LABELS = {"frames": "frame_labels.csv"}  # the labels file synth writes for a target; else labels.csv
-
-
-def config_of(text: str) -> PipelineConfig:
-    """The pipeline's `config` parameter (JSON as compiled, or YAML a user passed; laid
-    over the shipped config) as a config."""
-    try:
-        data = json.loads(text)
-    except ValueError:
-        data = yaml.safe_load(text)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "config.yaml"
-        path.write_text(yaml.safe_dump(data))  # YAML's own floats: it reads JSON's 1e-05 as text
-        return load_config(path)
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ import pydicom
 import pytest
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
+from medseq.components.federate.local import free_ports  # noqa: F401 - shared by the tests
 from medseq.pipeline.config import ValueConfig
 
 REPO = Path(__file__).resolve().parent.parent

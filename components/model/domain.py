@@ -176,13 +176,18 @@ def embeddings(model: Any, files: Sequence[str], spec: Any, batch_size: int) -> 
 
 
 def reference(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, inverse covariance) of the training embeddings, the covariance shrunk toward
+    """(mean, inverse covariance) of the training embeddings (pooled_reference)."""
+    return pooled_reference(len(train), train.sum(axis=0), train.T @ train)
+
+
+def pooled_reference(n: int, total: np.ndarray, outer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, inverse covariance) of n embeddings from their sum and the sum of their outer
+    products (so sites can pool theirs without sharing one), the covariance shrunk toward
     its average variance by d / (n + d): a few hundred records fix no 64-dimensional
     covariance on their own."""
-    n, d = train.shape
-    mean = train.mean(axis=0)
-    centred = train - mean
-    covariance = centred.T @ centred / max(n - 1, 1)
+    d = len(total)
+    mean = total / max(n, 1)
+    covariance = (outer - n * np.outer(mean, mean)) / max(n - 1, 1)
     average = float(np.trace(covariance)) / d or 1.0
     shrink = d / (n + d)
     shrunk = (1 - shrink) * covariance + shrink * average * np.eye(d) + 1e-9 * average * np.eye(d)

@@ -15,9 +15,13 @@ from ..io import storage
 from ..io.output_lock import claim
 from ..io.remote_errors import on_filesystems
 from ..io.storage import absolute
+from .dataset import StreamPosition, train_stream
 from .executor import TrainOutputs, train
+from .loop import Trainer
 
-__all__ = ["TrainInputs", "TrainOutputs", "run", "train"]
+# Trainer, train_stream and StreamPosition: one site's local rounds of federated training
+# (components/federate/site.py) take the same step on the same stream.
+__all__ = ["StreamPosition", "TrainInputs", "TrainOutputs", "Trainer", "run", "train", "train_stream"]
 
 
 RECORDS_COPY = "records"  # OUT/records: a local copy of records that live on an object store

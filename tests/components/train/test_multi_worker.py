@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 
@@ -13,15 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-
-def _ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
+from helpers import free_ports
 
 
 @pytest.mark.slow
@@ -38,7 +29,7 @@ def test_two_workers_train_in_step(target, request, tmp_path):
         extra = ", target: value, value: {column: ef, units: '%', range: [0, 100]}"
     else:
         records, extra = request.getfixturevalue("phase_records")[0] / "records", ", target: frames, causal: true"
-    cluster = {"worker": [f"localhost:{p}" for p in _ports(2)]}
+    cluster = {"worker": [f"localhost:{p}" for p in free_ports(2)]}
     config = tmp_path / "tiny.yaml"
     config.write_text(f"train: {{epochs: 1, batch_size: 4, conv_filters: [4], lstm_units: 4{extra}}}\n")
     procs = []

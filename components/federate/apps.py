@@ -1,0 +1,129 @@
+"""The Flower apps of a federation (Flower's Message API): `server`, the ServerApp the
+coordinator's SuperLink runs (coordinator.py), and `client`, the ClientApp each site's
+SuperNode runs on its own records (site.py).
+
+A site's SuperNode is started with its node config (`medseq federate site`): `records`
+(its own ingest output), `config` (its own pipeline config file, or empty for the shipped
+one) and `out` (a folder medseq writes: SENT_FILE, the ledger of every message the site
+sent, written by the `ledger` mod from the message itself after the app returns it).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from ...pipeline.config import PipelineConfig, load_config
+from ...pipeline.errors import MedseqError
+from . import site
+from .records import FAILED, SENT_FILE
+
+SETTINGS = "settings"  # the run config key: JSON of {"config": the pipeline config as JSON, "out": folder}
+
+
+def _site(context: Context) -> tuple[str, PipelineConfig, Path]:
+    node = context.node_config
+    config = str(node.get("config") or "")
+    return str(node["records"]), load_config(config or None), Path(str(node.get("out") or "."))
+
+
+def summary(content: RecordDict) -> dict[str, Any]:
+    """What a message carries, as the ledger records it: every array's shape, dtype and
+    bytes, every metric and every config value (each in full)."""
+    out: dict[str, Any] = {}
+    for name, record in content.items():
+        if isinstance(record, ArrayRecord):
+            out[name] = {"arrays": {key: {"shape": list(a.shape), "dtype": a.dtype, "bytes": len(a.data)}
+                                    for key, a in record.items()}}
+        elif isinstance(record, MetricRecord):
+            out[name] = {"metrics": dict(record)}
+        elif isinstance(record, ConfigRecord):
+            out[name] = {"config": dict(record)}
+    return out
+
+
+def ledger(msg: Message, context: Context, call_next: Any) -> Message:
+    """A ClientApp mod: every reply the site sends, appended to OUT/sent.jsonl as it leaves."""
+    reply: Message = call_next(msg, context)
+    _, _, out = _site(context)
+    out.mkdir(parents=True, exist_ok=True)
+    entry = {"time": time.time(), "type": msg.metadata.message_type, "run": context.run_id,
+             "error": reply.error.reason if reply.has_error() else None,
+             "content": summary(reply.content) if reply.has_content() else {}}
+    with (out / SENT_FILE).open("a") as f:
+        f.write(json.dumps(entry, default=str) + "\n")
+    return reply
+
+
+client = ClientApp(mods=[ledger])
+
+
+def _weights(msg: Message, name: str = "arrays") -> list[np.ndarray]:
+    return msg.content.array_records[name].to_numpy_ndarrays()
+
+
+@client.query()
+def query(msg: Message, context: Context) -> Message:
+    """The coordinator's questions: `describe` (the site's record contract, model config
+    and record counts), `moments` (sums of the train embeddings), `scores` (a histogram of
+    the eval split's domain scores) and `domain` (the train split's domain)."""
+    records, config, _ = _site(context)
+    ask = str(msg.content.config_records["config"]["ask"])
+    if ask == "describe":
+        return Message(RecordDict({"config": ConfigRecord(site.describe(records, config).as_config())}), reply_to=msg)
+    if ask == "domain":
+        return Message(RecordDict({"config": ConfigRecord({"domain": json.dumps(site.site_domain(records))})}),
+                       reply_to=msg)
+    if ask == "moments":
+        sums = site.moments(records, config.train, _weights(msg))
+        return Message(RecordDict({"sums": ArrayRecord([sums["count"], sums["sum"], sums["outer"]])}), reply_to=msg)
+    if ask == "scores":
+        mean, precision = _weights(msg, "reference")
+        counts = site.score_histogram(records, config.train, _weights(msg), mean, precision)
+        return Message(RecordDict({"histogram": ArrayRecord([counts])}), reply_to=msg)
+    raise ValueError(f"unknown question {ask!r}")
+
+
+@client.train()
+def train(msg: Message, context: Context) -> Message:
+    records, config, _ = _site(context)
+    settings = msg.content.config_records["config"]
+    weights, metrics = site.local_train(records, config.train, _weights(msg), int(str(settings["local-epochs"])),
+                                        int(str(settings.get("server-round", 0))),
+                                        float(str(settings.get("proximal-mu", 0.0))))
+    n = site.split_count(records, "train")
+    return Message(RecordDict({"arrays": ArrayRecord(weights), "metrics": MetricRecord(
+        {"num-examples": n, **metrics})}), reply_to=msg)
+
+
+@client.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    records, config, _ = _site(context)
+    found = site.local_evaluate(records, config.train, _weights(msg))
+    # The same keys from every site (Flower aggregates them weighted by num-examples); an
+    # AUC is not averaged over sites, and a site's split may lack a class: evaluate measures it.
+    metrics = {k: float(found.get(k, 0.0)) for k in site.EVAL_METRICS}
+    n = site.split_count(records, "eval") if found else 0
+    return Message(RecordDict({"metrics": MetricRecord({"num-examples": n, **metrics})}), reply_to=msg)
+
+
+server = ServerApp()
+
+
+@server.main()
+def main(grid: Grid, context: Context) -> None:
+    from ...pipeline.config import config_from_text
+    from . import coordinator
+
+    settings = json.loads(str(context.run_config[SETTINGS]))
+    try:
+        coordinator.federate(grid, config_from_text(settings["config"]), Path(settings["out"]), context.run_id)
+    except MedseqError as exc:  # the run ends with its one line, which `medseq federate run` repeats
+        print(f"{FAILED}{exc}", flush=True)

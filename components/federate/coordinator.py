@@ -1,0 +1,277 @@
+"""The coordinator's side of a federation (the ServerApp's body; apps.py).
+
+1. Ask every connected site what its records and model are; leave out, each in one
+   line, a site whose record contract (the preprocessing its records were made with,
+   their shape, classes, target) or model config differs from the federation's config.
+2. Train: `federate.rounds` rounds of Flower's aggregator (`federate.aggregator`) over
+   the sites that agree; a round completes with the sites that answer within
+   `federate.round_timeout_s` (at least `federate.min_sites`).
+3. Pool the training domain's reference from the sites' sums, set its threshold on the
+   pooled histogram of their eval scores, merge their training domains.
+4. Write OUT/model, a SavedModel as `medseq train` writes it (a normal candidate for
+   `medseq evaluate`, push and export), and OUT/federation.json, the run's record.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, FedMedian, FedProx, FedTrimmedAvg
+
+from ...pipeline.config import FederateConfig, PipelineConfig, to_dict
+from ...pipeline.errors import ConfigError
+from ..io import deid
+from ..model import domain
+from ..model.network import build_model
+from ..model.saved_model import export_saved_model
+from . import site
+from .records import MODEL_DIR, RECORD_FILE, FederationError
+
+ASK_AGAIN_S = 30.0  # a site that did not describe itself is asked again after this long
+
+
+class SitesGrid(Grid):
+    """The Grid as the aggregators see it: the sites that agree with the federation's
+    config. A site that connects later (a new one, or one that dropped out and came back
+    under a new node id) is asked to describe itself first and joins the next round if it
+    agrees."""
+
+    def __init__(self, grid: Grid, federation: Federation) -> None:
+        self.grid, self.federation = grid, federation
+
+    def get_node_ids(self) -> list[int]:
+        connected = list(self.grid.get_node_ids())
+        self.federation.admit(self.grid, self.federation.newcomers(connected))
+        return [n for n in connected if n in self.federation.agreed]
+
+    def set_run(self, run_id: Any) -> None:
+        self.grid.set_run(run_id)
+
+    @property
+    def run(self) -> Any:
+        return self.grid.run
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
+                       ttl: float | None = None) -> Message:
+        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self.grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        return self.grid.send_and_receive(messages, timeout=timeout)
+
+
+def _ask(grid: Grid, nodes: Sequence[int], ask: str, timeout: float, **records: Any) -> dict[int, Message]:
+    """One question to each of `nodes`; the answers by node (a site silent past `timeout`
+    is absent)."""
+    content = {"config": ConfigRecord({"ask": ask}), **records}
+    messages = [Message(RecordDict(content), dst_node_id=n, message_type="query") for n in nodes]
+    return {reply.metadata.src_node_id: reply for reply in grid.send_and_receive(messages, timeout=timeout)}
+
+
+def _connected(grid: Grid, settings: FederateConfig) -> list[int]:
+    """The connected sites, once at least min_sites are (or round_timeout_s passed)."""
+    deadline = time.monotonic() + settings.round_timeout_s
+    nodes = list(grid.get_node_ids())
+    while len(nodes) < settings.min_sites and time.monotonic() < deadline:
+        time.sleep(1.0)
+        nodes = list(grid.get_node_ids())
+    if len(nodes) < settings.min_sites:
+        raise FederationError(f"{len(nodes)} site(s) connected within federate.round_timeout_s "
+                              f"({settings.round_timeout_s:.0f} s); federate.min_sites is {settings.min_sites}")
+    return nodes
+
+
+def difference(found: dict[str, Any], expected: dict[str, Any], prefix: str) -> str | None:
+    """The first key whose value differs, as `prefix.key found X, expected Y`; None when equal."""
+    for key in sorted(set(found) | set(expected)):
+        if found.get(key) != expected.get(key):
+            return f"{prefix}.{key} is {json.dumps(found.get(key))}, the federation's {json.dumps(expected.get(key))}"
+    return None
+
+
+class Federation:
+    """Which sites take part: those whose records and model agree with the federation's
+    config (and with the first admitted site's classes); each other one is left out with
+    its one line. Sites are named by a keyed hash of their node id."""
+
+    def __init__(self, config: PipelineConfig, key: bytes) -> None:
+        self.config, self.key = config, key
+        self.model, self.preprocess = site.model_config(config.train), to_dict(config.preprocess)
+        self.contract: dict[str, Any] | None = None
+        self.agreed: list[int] = []
+        self.seen: set[int] = set()
+        self.refused: dict[str, str] = {}
+        self.unanswered: dict[int, float] = {}  # node -> when it last failed to describe itself
+
+    def name(self, node: int) -> str:
+        return deid.keyed_hash(self.key, "site", str(node))[:12]
+
+    def admit(self, grid: Grid, nodes: Sequence[int]) -> None:
+        """Asks `nodes` to describe themselves and admits those that agree; one that does
+        not answer in time (still starting, or gone) is asked again at a later round."""
+        if not nodes:
+            return
+        replies = _ask(grid, nodes, "describe", self.config.federate.round_timeout_s)
+        for node in nodes:
+            reply = replies.get(node)
+            if reply is None:
+                self.unanswered[node] = time.monotonic()
+                print(f"federate: site {self.name(node)} did not describe itself within federate.round_timeout_s; "
+                      "asked again later", flush=True)
+                continue
+            self.seen.add(node)
+            why = self.disagreement(reply)
+            if why is None:
+                self.agreed.append(node)
+                print(f"federate: site {self.name(node)} joined", flush=True)
+            else:
+                self.refused[self.name(node)] = why
+                print(f"federate: site {self.name(node)} left out: {why}", flush=True)
+
+    def newcomers(self, connected: Sequence[int]) -> list[int]:
+        """Connected sites not yet admitted or left out (one that did not answer: again
+        after ASK_AGAIN_S)."""
+        now = time.monotonic()
+        return [n for n in connected
+                if n not in self.seen and now - self.unanswered.get(n, -ASK_AGAIN_S) >= ASK_AGAIN_S]
+
+    def disagreement(self, reply: Message) -> str | None:
+        """Why a site's description disagrees with the federation, or None."""
+        if reply.has_error():
+            return f"its records could not be described ({reply.error.reason})"
+        described = reply.content.config_records["config"]
+        contract, model = json.loads(str(described["contract"])), json.loads(str(described["model"]))
+        why = (difference(contract["preprocess"], self.preprocess, "preprocess")
+               or difference(model, self.model, "train"))
+        if why is None and self.contract is not None:
+            why = difference({k: v for k, v in contract.items() if k != "preprocess"},
+                             {k: v for k, v in self.contract.items() if k != "preprocess"}, "records")
+        if why is None and int(str(described["train_records"])) < 1:
+            why = "its train split holds no record"
+        if why is None and self.contract is None:
+            self.contract = contract
+        return why
+
+
+def aggregator(settings: FederateConfig) -> FedAvg:
+    common: dict[str, Any] = {"fraction_train": 1.0, "fraction_evaluate": 1.0, "min_train_nodes": settings.min_sites,
+              "min_evaluate_nodes": settings.min_sites, "min_available_nodes": settings.min_sites}
+    if settings.aggregator == "fedprox":
+        return FedProx(**common, proximal_mu=settings.proximal_mu)
+    if settings.aggregator == "fedmedian":
+        return FedMedian(**common)
+    if settings.aggregator == "trimmed_mean":
+        return FedTrimmedAvg(**common, beta=settings.trim_fraction)
+    return FedAvg(**common)
+
+
+def _recorded(strategy: FedAvg, rounds: list[dict[str, Any]], federation: Federation, start: float) -> FedAvg:
+    """`strategy`, noting each round's participants, the bytes each sent, and when its
+    training ended (seconds from `start`)."""
+    train = strategy.aggregate_train
+
+    def aggregate_train(server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None,
+                                                                                 MetricRecord | None]:
+        replies = list(replies)
+        ok = [r for r in replies if not r.has_error()]
+        sent = [sum(len(a.data) for a in r.content.array_records["arrays"].values()) for r in ok]
+        rounds.append({"round": server_round, "ended_s": round(time.monotonic() - start, 1),
+                       "sites": sorted(federation.name(r.metadata.src_node_id) for r in ok),
+                       "failed": sum(1 for r in replies if r.has_error()),
+                       "bytes_sent_per_site": int(np.mean(sent)) if sent else 0})
+        return train(server_round, replies)
+
+    strategy.aggregate_train = aggregate_train  # type: ignore[method-assign]
+    return strategy
+
+
+def _pooled_domain(grid: Grid, sites: list[int], weights: ArrayRecord, settings: FederateConfig,
+                   false_alarm: float) -> tuple[tuple[np.ndarray, np.ndarray], dict[str, Any], dict[str, Any]]:
+    """The reference (mean, precision) pooled from the sites' sums, its threshold from the
+    pooled histogram of their eval scores, and the merged training domain."""
+    asked = _ask(grid, sites, "moments", settings.round_timeout_s, arrays=weights)
+    sums = [r.content.array_records["sums"].to_numpy_ndarrays() for r in asked.values() if not r.has_error()]
+    if not sums:
+        raise FederationError("no site answered for the training domain's reference")
+    n = int(sum(s[0][0] for s in sums))
+    mean, precision = domain.pooled_reference(n, np.sum([s[1] for s in sums], axis=0),
+                                              np.sum([s[2] for s in sums], axis=0))
+    histograms = [r.content.array_records["histogram"].to_numpy_ndarrays()[0] for r in _ask(
+        grid, sites, "scores", settings.round_timeout_s, arrays=weights,
+        reference=ArrayRecord([mean, precision])).values() if not r.has_error()]
+    counts = np.sum(histograms, axis=0)
+    cumulative = np.cumsum(counts) / max(counts.sum(), 1)
+    threshold = float(site.SCORE_BINS[1:][np.searchsorted(cumulative, 1 - false_alarm)])
+    score = {"threshold": threshold, "false_alarm": false_alarm, "set_on": "eval (pooled over sites, 0.01 bins)",
+             "dimensions": int(mean.shape[0]), "fitted_on_records": n}
+    domains = [json.loads(str(r.content.config_records["config"]["domain"])) for r in _ask(
+        grid, sites, "domain", settings.round_timeout_s).values() if not r.has_error()]
+    return (mean, precision), score, merge_domains(domains)
+
+
+def merge_domains(domains: list[dict[str, Any]]) -> dict[str, Any]:
+    """The union of the sites' training domains: every value seen, the widest ranges."""
+    def widest(ranges: list[list[float] | None]) -> list[float] | None:
+        known = [r for r in ranges if r]
+        return [min(r[0] for r in known), max(r[1] for r in known)] if known else None
+
+    merged: dict[str, Any] = {key: sorted({v for d in domains for v in d.get(key, [])})
+                              for key in ("modalities", "frame_axes", "colours", "manufacturers")}
+    merged["valid_frames"] = widest([d.get("valid_frames") for d in domains])
+    merged["pixel_spacing_mm"] = widest([d.get("pixel_spacing_mm") for d in domains])
+    axes = {a for d in domains for a in d.get("frame_interval", {})}
+    merged["frame_interval"] = {a: widest([d.get("frame_interval", {}).get(a) for d in domains]) for a in sorted(axes)}
+    merged["records"] = sum(int(d.get("records", 0)) for d in domains)
+    return merged
+
+
+def federate(grid: Grid, config: PipelineConfig, out: Path, run_id: int) -> Path:
+    """The federation's run (module docstring); returns OUT/model."""
+    settings = config.federate
+    if config.train.target != "class":
+        raise ConfigError(f"federated training answers a class per series for now; train.target is "
+                          f"{config.train.target}")
+    start = time.monotonic()
+    federation = Federation(config, deid.load_key(config.ingest.hash_key_file))
+    federation.admit(grid, _connected(grid, settings))
+    if len(federation.agreed) < settings.min_sites or federation.contract is None:
+        raise FederationError(f"{len(federation.agreed)} site(s) agree with the federation's config; "
+                              f"federate.min_sites is {settings.min_sites}")
+    spec = site.spec_of(federation.contract, config)
+    keras.utils.set_random_seed(config.train.seed)
+    model = build_model(spec, config.train)
+    rounds: list[dict[str, Any]] = []
+    strategy = _recorded(aggregator(settings), rounds, federation, start)
+    result = strategy.start(SitesGrid(grid, federation), ArrayRecord(model.get_weights()), num_rounds=settings.rounds,
+                            timeout=settings.round_timeout_s,
+                            train_config=ConfigRecord({"local-epochs": settings.local_epochs}))
+    for entry in rounds:
+        found = result.evaluate_metrics_clientapp.get(entry["round"])
+        entry["eval"] = {k: float(v) for k, v in dict(found or {}).items() if isinstance(v, int | float)}
+    model.set_weights(result.arrays.to_numpy_ndarrays())
+    live = [n for n in federation.agreed if n in set(grid.get_node_ids())]
+    reference, score, trained_on = _pooled_domain(grid, live, result.arrays, settings,
+                                                  config.train.domain_false_alarm)
+    trained_on["score"] = score
+    record = {"run_id": int(run_id), "sites": sorted(federation.name(n) for n in federation.agreed),
+              "left_out": federation.refused, "aggregator": settings.aggregator, "rounds": rounds,
+              "local_epochs": settings.local_epochs, "min_sites": settings.min_sites,
+              "seconds": round(time.monotonic() - start, 1), "differential_privacy": None}
+    training = {"federated": record, "epochs": settings.rounds * settings.local_epochs, "config": to_dict(config.train),
+                "domain": trained_on}
+    model_dir = export_saved_model(model, spec, out / MODEL_DIR, training, reference)
+    (out / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return model_dir

@@ -1,0 +1,162 @@
+"""Federated training through Flower, as real processes on loopback: a SuperLink (`medseq
+federate link`) and five SuperNodes (`medseq federate site`), each site on its own
+records made by its own ingest with its own hash key. One site preprocessed differently
+and is left out in one line; one is killed (SIGKILL) during the first round, which
+completes without it, and comes back; every message each site sent is inspected; the
+federated model goes through `medseq evaluate` on held-out patients and is blessed."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pydicom
+import pytest
+import yaml
+
+from helpers import auc_gate, convert, medseq, one_line
+from medseq.components import synth
+from medseq.components.federate import RECORD_FILE
+from medseq.components.federate.local import LocalFederation
+from medseq.pipeline import features as F
+from medseq.pipeline.config import load_config
+
+pytest.importorskip("flwr", reason="federated training needs Flower: pip install -e '.[federated]'")
+pytestmark = pytest.mark.slow
+
+FEDERATION = {"preprocess": {"height": 32, "width": 32, "frames": 8},
+              "train": {"conv_filters": [8, 16], "lstm_units": 16, "batch_size": 4},
+              "federate": {"rounds": 4, "local_epochs": 3, "min_sites": 3, "round_timeout_s": 60}}
+SITES = {"a": 11, "b": 12, "c": 13, "d": 14, "e": 15}  # synth seeds; d preprocesses with 6 frames
+COORDINATOR_KEY = "coordinator-key-0123456789"
+
+
+def _sent(fed: LocalFederation, name: str) -> list[dict]:
+    path = fed.ledger(name)
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _wait_for(check, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(1.0)
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory):
+    root = tmp_path_factory.mktemp("federation")
+    (root / "config.yaml").write_text(yaml.safe_dump(FEDERATION))
+    (root / "d.yaml").write_text(yaml.safe_dump({**FEDERATION, "preprocess": {**FEDERATION["preprocess"],
+                                                                             "frames": 6}}))
+    for name, seed in SITES.items():  # each site's own DICOM, ingest and hash key
+        synth.run("cine_ef", 50, seed, root / name / "data", small=True)
+        site = load_config(root / ("d.yaml" if name == "d" else "config.yaml"))
+        convert(site.on_input(str(root / name / "data" / "dicom"), str(root / name / "data" / "labels.csv")),
+                root / name / "records", key=f"site-{name}-key-0123456789".encode())
+    held_out = load_config(root / "config.yaml")  # another hospital's patients, never trained on
+    held_out = dataclasses.replace(held_out, ingest=dataclasses.replace(
+        held_out.ingest, split=dataclasses.replace(held_out.ingest.split, train=0.1, eval=0.8, test=0.1)))
+    synth.run("cine_ef", 100, 99, root / "held_out" / "data", small=True)
+    convert(held_out.on_input(str(root / "held_out" / "data" / "dicom"),
+                              str(root / "held_out" / "data" / "labels.csv")), root / "held_out" / "records")
+    sites = {name: (root / name / "records", root / ("d.yaml" if name == "d" else "config.yaml")) for name in SITES}
+    env = {"MEDSEQ_HASH_KEY": COORDINATOR_KEY}
+    with LocalFederation(root / "federation", sites, env) as fed:
+        run = subprocess.Popen([sys.executable, "-m", "medseq.pipeline.cli", "federate", "run", "--superlink",
+                                fed.superlink, "--out", str(root / "run"), "--config", str(root / "config.yaml")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
+        # Site e drops out once admitted, during the first round (SIGKILL: no goodbye), and
+        # comes back (a new SuperNode on its records) once the first round is over.
+        _wait_for(lambda: any(m["type"] == "query" for m in _sent(fed, "e")), 600, "site e was never asked")
+        fed.stop_site("e", signal.SIGKILL)
+        _wait_for(lambda: any(m["type"] == "train" for m in _sent(fed, "a")), 600, "no first round")
+        fed.start_site("e")
+        out, err = run.communicate(timeout=1500)
+        yield root, fed, run.returncode, out, err
+
+
+def test_the_sites_train_one_model_and_a_site_that_preprocessed_otherwise_is_left_out(federation):
+    root, _, code, out, err = federation
+    assert code == 0, (out + err)[-3000:] + (root / "run" / ".flower" / "run.log").read_text()[-3000:]
+    record = json.loads((root / "run" / RECORD_FILE).read_text())
+    assert len(record["left_out"]) == 1  # site d, in one line that says what differs
+    line = next(x for x in out.splitlines() if "left out" in x)
+    assert line.startswith("federate: site ") and line.endswith(
+        "left out: preprocess.frames is 6, the federation's 8"), line
+    assert len(record["rounds"]) == 4 and record["aggregator"] == "fedavg"
+    # Site e died in round 1: the round completed with the three others; it came back.
+    first = record["rounds"][0]
+    assert len(first["sites"]) == 3 and first["bytes_sent_per_site"] > 0
+    assert max(len(r["sites"]) for r in record["rounds"]) == 4
+    assert len(record["sites"]) == 5  # a, b, c, e, and e again under its new node
+    assert all(len(name) == 12 for name in record["sites"])  # keyed hashes
+
+
+def test_the_federated_model_passes_the_gate_on_held_out_patients(federation, tmp_path):
+    root, _, code, _, _ = federation
+    assert code == 0
+    gate = auc_gate(tmp_path / "gate.pbtxt", 0.7)
+    result = medseq("evaluate", "--examples", str(root / "held_out" / "records"), "--model",
+                    str(root / "run" / "model"), "--eval-config", gate, "--out", str(tmp_path / "eval"),
+                    "--config", str(root / "config.yaml"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "eval" / F.BLESSED).exists(), result.stdout[-2000:]
+    spec = json.loads((root / "run" / "model" / "assets.extra" / "medseq_spec.json").read_text())
+    assert spec["training"]["federated"]["rounds"][0]["round"] == 1
+    assert spec["training"]["domain"]["records"] > 0 and spec["training"]["domain"]["score"]["threshold"] > 0
+
+
+def test_only_weights_and_aggregates_leave_a_site(federation):
+    """Every message each site sent, as its ledger recorded it leaving: weights (the
+    model's own shapes), counts and split-level metrics, the record contract and the
+    sums that pool the domain reference; nothing of a patient, a series or a path."""
+    root, fed, code, _, _ = federation
+    assert code == 0
+    shapes = None
+    for name in SITES:
+        sent = _sent(fed, name)
+        assert sent, name
+        text = json.dumps(sent)
+        for path in (root / name / "data" / "dicom").rglob("*"):
+            if path.is_file():
+                ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+                for keyword in ("PatientID", "PatientName", "StudyInstanceUID", "SeriesInstanceUID",
+                                "SOPInstanceUID", "AccessionNumber", "InstitutionName"):
+                    value = str(ds.get(keyword, "") or "")
+                    assert not value or value not in text, (name, keyword)
+        assert str(root) not in text  # no path of the site's
+        for message in sent:
+            assert message["type"] in ("query", "train", "evaluate") and message["error"] is None
+            for record in message["content"].values():
+                if "metrics" in record:
+                    assert set(record["metrics"]) <= {"num-examples", "train_loss", "train_accuracy", "eval_loss",
+                                                      "eval_accuracy"}
+                if "config" in record:
+                    assert set(record["config"]) <= {"contract", "model", "train_records", "eval_records", "domain"}
+            content = message["content"]
+            if message["type"] == "train":
+                found = [tuple(a["shape"]) for a in content["arrays"]["arrays"].values()]
+                shapes = shapes or found
+                assert found == shapes  # the model's weights, the same shapes from every site
+            elif "sums" in content:
+                count, total, outer = (tuple(a["shape"]) for a in content["sums"]["arrays"].values())
+                assert count == (1,) and outer == (total[0], total[0])
+            elif "histogram" in content:
+                assert [tuple(a["shape"]) for a in content["histogram"]["arrays"].values()] == [(2000,)]
+            else:
+                assert "arrays" not in json.dumps(content)
+    assert shapes
+
+
+def test_a_site_on_a_folder_that_is_not_an_ingest_output_fails_in_one_line(tmp_path):
+    result = medseq("federate", "site", "--superlink", "127.0.0.1:9", "--records", str(tmp_path), "--out",
+                    str(tmp_path / "out"))
+    assert result.returncode != 0
+    assert one_line(result) == (f"medseq federate: {tmp_path}: no qc.json; expected the output folder of "
+                                "`medseq convert`")
