@@ -78,7 +78,7 @@ def test_bad_config_is_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == f"medseq run: {path}: unknown key 'trian' (did you mean 'train'?); " \
         "expected one of " \
-        "input, labels, synth, preprocess, ingest, validate, train, evaluate, export, push, report"
+        "input, labels, synth, preprocess, ingest, validate, train, evaluate, export, push, federate, report"
 
 
 def test_missing_hash_key_is_one_line(tmp_path):
