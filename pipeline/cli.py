@@ -354,6 +354,12 @@ def cmd_federate(args: argparse.Namespace, _: list[str]) -> int:
     missing = [f"--{name}" for name in needed if not getattr(args, name)]
     if missing:
         raise ConfigError(f"federate {args.role}: expected {', '.join(missing)}")
+    where = args.host if args.role == "link" else (args.superlink or "").rsplit(":", 1)[0]
+    if tls is None and where not in ("127.0.0.1", "localhost", "::1", "[::1]"):
+        raise ConfigError(f"federate {args.role}: {where} is not this machine's loopback; expected TLS there "
+                          f"(--tls-ca{', --tls-cert and --tls-key' if args.role == 'link' else ''})")
+    if tls is not None and args.role == "link" and not (args.tls_cert and args.tls_key):
+        raise ConfigError("federate link: expected --tls-cert and --tls-key with --tls-ca")
     if args.role == "link":
         print(f"federate: SuperLink on {args.host}:{args.port} ({'TLS' if tls else 'no TLS: loopback only'})",
               flush=True)

@@ -160,3 +160,13 @@ def test_a_site_on_a_folder_that_is_not_an_ingest_output_fails_in_one_line(tmp_p
     assert result.returncode != 0
     assert one_line(result) == (f"medseq federate: {tmp_path}: no qc.json; expected the output folder of "
                                 "`medseq convert`")
+
+
+def test_a_federation_off_loopback_without_tls_is_refused_in_one_line(tmp_path):
+    result = medseq("federate", "link", "--host", "0.0.0.0", "--state", str(tmp_path / "link"))
+    assert one_line(result) == ("medseq federate: federate link: 0.0.0.0 is not this machine's loopback; expected "
+                                "TLS there (--tls-ca, --tls-cert and --tls-key)")
+    result = medseq("federate", "site", "--superlink", "hospital.example:9092", "--records", str(tmp_path),
+                    "--out", str(tmp_path / "out"))
+    assert one_line(result) == ("medseq federate: federate site: hospital.example is not this machine's loopback; "
+                                "expected TLS there (--tls-ca)")
