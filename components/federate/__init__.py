@@ -106,6 +106,8 @@ build-backend = "hatchling.build"
 [project]
 name = "{APP_NAME}"
 version = "{__version__}"
+description = "medseq's federated training: its ServerApp and ClientApp, from the installed medseq"
+license = "Apache-2.0"
 dependencies = []
 
 [tool.flwr.app]
@@ -121,6 +123,33 @@ settings = ""
     return folder
 
 
+def reachable(superlink: str, tls: Tls | None, seconds: float = 10.0) -> None:
+    """Raises FederationError in one line unless something listens at `superlink` (and,
+    with `tls`, presents a certificate the CA signed for that address)."""
+    import socket
+    import ssl
+
+    from .records import FederationError
+
+    host, _, port = superlink.rpartition(":")
+    host = host.strip("[]")
+    try:
+        with socket.create_connection((host, int(port)), timeout=seconds) as raw:
+            if tls is not None:
+                context = ssl.create_default_context(cafile=_readable(tls.ca, "TLS CA certificate"))
+                with context.wrap_socket(raw, server_hostname=host):
+                    pass
+    except ssl.SSLCertVerificationError:
+        ca = tls.ca if tls else ""
+        raise FederationError(f"the SuperLink at {superlink} presented a certificate that --tls-ca {ca} does not "
+                              "trust (TLS verification failed)") from None
+    except ssl.SSLError as exc:
+        raise FederationError(f"the SuperLink at {superlink} did not complete a TLS handshake ({exc.reason}); "
+                              "is it started with --tls-ca, --tls-cert and --tls-key?") from None
+    except (OSError, ValueError):
+        raise FederationError(f"nothing answers at {superlink}; expected a SuperLink (medseq federate link)") from None
+
+
 def run(config: PipelineConfig, superlink: str, out: str | Path, tls: Tls | None = None,
         timeout: float | None = None) -> Path:
     """A federated run on the SuperLink at `superlink` (its Control API, host:port): the
@@ -131,6 +160,7 @@ def run(config: PipelineConfig, superlink: str, out: str | Path, tls: Tls | None
     from ..io.output_lock import claim
     from .records import COORDINATOR, FAILED, FederationError, failure_line
 
+    reachable(superlink, tls)
     out = Path(out).resolve()
     claim(str(out), "federation output folder")
     work = out / ".flower"

@@ -97,7 +97,8 @@ def train(msg: Message, context: Context) -> Message:
     settings = msg.content.config_records["config"]
     weights, metrics = site.local_train(records, config.train, _weights(msg), int(str(settings["local-epochs"])),
                                         int(str(settings.get("server-round", 0))),
-                                        float(str(settings.get("proximal-mu", 0.0))))
+                                        float(str(settings.get("proximal-mu", 0.0))),
+                                        int(str(settings.get("rounds", 1))))
     n = site.split_count(records, "train")
     return Message(RecordDict({"arrays": ArrayRecord(weights), "metrics": MetricRecord(
         {"num-examples": n, **metrics})}), reply_to=msg)

@@ -178,9 +178,10 @@ def aggregator(settings: FederateConfig) -> FedAvg:
     return FedAvg(**common)
 
 
-def _recorded(strategy: FedAvg, rounds: list[dict[str, Any]], federation: Federation, start: float) -> FedAvg:
-    """`strategy`, noting each round's participants, the bytes each sent, and when its
-    training ended (seconds from `start`)."""
+def _recorded(strategy: FedAvg, rounds: list[dict[str, Any]], kept: dict[int, ArrayRecord], federation: Federation,
+              start: float) -> FedAvg:
+    """`strategy`, noting each round's participants, the bytes each sent and when its
+    training ended (seconds from `start`), and keeping each round's weights in `kept`."""
     train = strategy.aggregate_train
 
     def aggregate_train(server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None,
@@ -192,7 +193,10 @@ def _recorded(strategy: FedAvg, rounds: list[dict[str, Any]], federation: Federa
                        "sites": sorted(federation.name(r.metadata.src_node_id) for r in ok),
                        "failed": sum(1 for r in replies if r.has_error()),
                        "bytes_sent_per_site": int(np.mean(sent)) if sent else 0})
-        return train(server_round, replies)
+        arrays, metrics = train(server_round, replies)
+        if arrays is not None:
+            kept[server_round] = arrays
+        return arrays, metrics
 
     strategy.aggregate_train = aggregate_train  # type: ignore[method-assign]
     return strategy
@@ -254,20 +258,27 @@ def federate(grid: Grid, config: PipelineConfig, out: Path, run_id: int) -> Path
     keras.utils.set_random_seed(config.train.seed)
     model = build_model(spec, config.train)
     rounds: list[dict[str, Any]] = []
-    strategy = _recorded(aggregator(settings), rounds, federation, start)
+    kept: dict[int, ArrayRecord] = {}
+    strategy = _recorded(aggregator(settings), rounds, kept, federation, start)
     result = strategy.start(SitesGrid(grid, federation), ArrayRecord(model.get_weights()), num_rounds=settings.rounds,
                             timeout=settings.round_timeout_s,
-                            train_config=ConfigRecord({"local-epochs": settings.local_epochs}))
+                            train_config=ConfigRecord({"local-epochs": settings.local_epochs,
+                                                                       "rounds": settings.rounds}))
     for entry in rounds:
         found = result.evaluate_metrics_clientapp.get(entry["round"])
         entry["eval"] = {k: float(v) for k, v in dict(found or {}).items() if isinstance(v, int | float)}
-    model.set_weights(result.arrays.to_numpy_ndarrays())
+    # The round whose model the sites' eval splits found best (pooled eval loss), as train
+    # exports its best epoch; the last round's without an evaluation.
+    scored = [(e["eval"]["eval_loss"], e["round"]) for e in rounds if "eval_loss" in e["eval"] and e["round"] in kept]
+    best = min(scored)[1] if scored else max(kept, default=0)
+    chosen = kept.get(best, result.arrays)
+    model.set_weights(chosen.to_numpy_ndarrays())
     live = [n for n in federation.agreed if n in set(grid.get_node_ids())]
-    reference, score, trained_on = _pooled_domain(grid, live, result.arrays, settings,
-                                                  config.train.domain_false_alarm)
+    reference, score, trained_on = _pooled_domain(grid, live, chosen, settings, config.train.domain_false_alarm)
     trained_on["score"] = score
     record = {"run_id": int(run_id), "sites": sorted(federation.name(n) for n in federation.agreed),
               "left_out": federation.refused, "aggregator": settings.aggregator, "rounds": rounds,
+              "best_round": best,
               "local_epochs": settings.local_epochs, "min_sites": settings.min_sites,
               "seconds": round(time.monotonic() - start, 1), "differential_privacy": None}
     training = {"federated": record, "epochs": settings.rounds * settings.local_epochs, "config": to_dict(config.train),

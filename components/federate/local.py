@@ -15,6 +15,7 @@ from pathlib import Path
 from types import TracebackType
 
 from ...pipeline.errors import InputError
+from . import Tls
 
 
 def free_ports(n: int) -> list[int]:
@@ -39,8 +40,8 @@ class LocalFederation:
     it back (a new SuperNode on the same records)."""
 
     def __init__(self, root: str | Path, sites: dict[str, tuple[str | Path, str | Path]],
-                 env: dict[str, str] | None = None) -> None:
-        self.root, self.sites = Path(root), sites
+                 env: dict[str, str] | None = None, tls: Tls | None = None) -> None:
+        self.root, self.sites, self.tls = Path(root), sites, tls
         self.env = {**os.environ, **(env or {})}
         self.link_port, *self.ports = free_ports(1 + 2 * len(sites))
         self.superlink = f"127.0.0.1:{self.link_port}"
@@ -57,7 +58,8 @@ class LocalFederation:
         records, config = self.sites[name]
         self._start(name, _medseq("federate", "site", "--superlink", self.superlink, "--records", str(records),
                                   "--out", str(self.root / name), "--port", str(port or next(self.spare)),
-                                  *(["--config", str(config)] if config else [])))
+                                  *(["--config", str(config)] if config else []),
+                                  *(["--tls-ca", self.tls.ca] if self.tls else [])))
 
     def stop_site(self, name: str, sig: int = signal.SIGTERM) -> None:
         process = self.processes.pop(name, None)
@@ -72,8 +74,9 @@ class LocalFederation:
         return self.root / name / SENT_FILE
 
     def __enter__(self) -> LocalFederation:
+        tls = ["--tls-ca", self.tls.ca, "--tls-cert", self.tls.cert, "--tls-key", self.tls.key] if self.tls else []
         self._start("link", _medseq("federate", "link", "--port", str(self.link_port), "--state",
-                                    str(self.root / "link")))
+                                    str(self.root / "link"), *tls))
         deadline = time.monotonic() + 120
         while True:
             with socket.socket() as s:

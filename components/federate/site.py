@@ -7,6 +7,7 @@ key, series or patient-level value is ever returned.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -110,9 +111,15 @@ def _trainer(records: str | Path, train: TrainConfig, total_steps: int, mu: floa
 
 
 def local_train(records: str | Path, train: TrainConfig, weights: list[np.ndarray], epochs: int, server_round: int,
-                mu: float = 0.0) -> tuple[list[np.ndarray], dict[str, float]]:
-    """`epochs` passes over the site's train split from the federation's `weights` (a fresh
-    optimizer each round); the new weights and the round's train loss and accuracy."""
+                mu: float = 0.0, rounds: int = 1) -> tuple[list[np.ndarray], dict[str, float]]:
+    """`epochs` passes over the site's train split from the federation's `weights`; the new
+    weights and the round's train loss and accuracy. A fresh optimizer each round, its
+    learning rate set by the round: `train.lr_schedule: cosine` runs over the federation's
+    `rounds` (the round's rate is the cosine at its middle), not within every round."""
+    if train.lr_schedule == "cosine":
+        progress = (max(server_round, 1) - 0.5) / max(rounds, server_round, 1)
+        train = dataclasses.replace(train, lr_schedule="constant",
+                                    learning_rate=train.learning_rate * 0.5 * (1 + math.cos(math.pi * progress)))
     spec = record_spec(records)
     files, n = split_files(records, "train"), split_count(records, "train")
     steps = epochs * max(1, math.ceil(n / train.batch_size))

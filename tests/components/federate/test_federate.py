@@ -14,12 +14,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pydicom
 import pytest
 import yaml
 
-from helpers import auc_gate, convert, medseq, one_line
+from helpers import auc_gate, convert, free_ports, medseq, one_line
 from medseq.components import synth
 from medseq.components.federate import RECORD_FILE
 from medseq.components.federate.local import LocalFederation
@@ -31,7 +32,7 @@ pytestmark = pytest.mark.slow
 
 FEDERATION = {"preprocess": {"height": 32, "width": 32, "frames": 8},
               "train": {"conv_filters": [8, 16], "lstm_units": 16, "batch_size": 4},
-              "federate": {"rounds": 4, "local_epochs": 3, "min_sites": 3, "round_timeout_s": 60}}
+              "federate": {"rounds": 3, "local_epochs": 3, "min_sites": 3, "round_timeout_s": 60}}
 SITES = {"a": 11, "b": 12, "c": 13, "d": 14, "e": 15}  # synth seeds; d preprocesses with 6 frames
 COORDINATOR_KEY = "coordinator-key-0123456789"
 
@@ -89,7 +90,7 @@ def test_the_sites_train_one_model_and_a_site_that_preprocessed_otherwise_is_lef
     line = next(x for x in out.splitlines() if "left out" in x)
     assert line.startswith("federate: site ") and line.endswith(
         "left out: preprocess.frames is 6, the federation's 8"), line
-    assert len(record["rounds"]) == 4 and record["aggregator"] == "fedavg"
+    assert len(record["rounds"]) == 3 and record["aggregator"] == "fedavg"
     # Site e died in round 1: the round completed with the three others; it came back.
     first = record["rounds"][0]
     assert len(first["sites"]) == 3 and first["bytes_sent_per_site"] > 0
@@ -170,3 +171,68 @@ def test_a_federation_off_loopback_without_tls_is_refused_in_one_line(tmp_path):
                     "--out", str(tmp_path / "out"))
     assert one_line(result) == ("medseq federate: federate site: hospital.example is not this machine's loopback; "
                                 "expected TLS there (--tls-ca)")
+    port = free_ports(1)[0]
+    result = medseq("federate", "run", "--superlink", f"127.0.0.1:{port}", "--out", str(tmp_path / "run"))
+    assert one_line(result) == (f"medseq federate: nothing answers at 127.0.0.1:{port}; expected a SuperLink "
+                                "(medseq federate link)")
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+def _certificates(folder: Path) -> tuple[str, str, str, str]:
+    """A CA, the SuperLink's certificate (127.0.0.1, localhost) and key signed by it, and
+    another CA that signed nothing here: (ca, cert, key, other_ca) as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def certificate(subject: str, key, issuer: str, signer, ca: bool):
+        builder = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+                   .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if not ca:
+            builder = builder.add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    def write(name: str, data: bytes) -> str:
+        (folder / name).write_bytes(data)
+        return str(folder / name)
+
+    ca_key, key, other_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    pem = serialization.Encoding.PEM
+    return (write("ca.pem", certificate("medseq test CA", ca_key, "medseq test CA", ca_key, True).public_bytes(pem)),
+            write("link.pem", certificate("127.0.0.1", key, "medseq test CA", ca_key, False).public_bytes(pem)),
+            write("link.key", key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                                serialization.NoEncryption())),
+            write("other.pem", certificate("another CA", other_key, "another CA", other_key, True).public_bytes(pem)))
+
+
+def test_tls_between_the_superlink_and_its_sites_and_a_wrong_certificate_in_one_line(federation, tmp_path):
+    from medseq.components.federate import Tls
+
+    root, _, _, _, _ = federation
+    ca, cert, key, other = _certificates(tmp_path)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(
+        {**FEDERATION, "federate": {"rounds": 1, "local_epochs": 1, "min_sites": 2, "round_timeout_s": 120}}))
+    sites = {name: (root / name / "records", root / "config.yaml") for name in ("a", "b")}
+    env = {"MEDSEQ_HASH_KEY": COORDINATOR_KEY}
+    with LocalFederation(tmp_path / "federation", sites, env, Tls(ca, cert, key)) as fed:
+        env = {**os.environ, **env}
+        wrong = medseq("federate", "run", "--superlink", fed.superlink, "--out", str(tmp_path / "wrong"), "--config",
+                       str(tmp_path / "config.yaml"), "--tls-ca", other, env=env, timeout=600)
+        assert one_line(wrong) == (f"medseq federate: the SuperLink at {fed.superlink} presented a certificate "
+                                   f"that --tls-ca {other} does not trust (TLS verification failed)")
+        done = medseq("federate", "run", "--superlink", fed.superlink, "--out", str(tmp_path / "run"), "--config",
+                      str(tmp_path / "config.yaml"), "--tls-ca", ca, env=env, timeout=900)
+        assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads((tmp_path / "run" / RECORD_FILE).read_text())
+    assert len(record["rounds"]) == 1 and len(record["rounds"][0]["sites"]) == 2

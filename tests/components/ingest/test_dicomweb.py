@@ -355,6 +355,7 @@ def test_run_if_new_starts_only_when_the_archive_lists_a_series_the_last_ingest_
     quiet = capsys.readouterr().out
     assert quiet.startswith("run: nothing new: the DICOMweb input lists") and "[1/5]" not in quiet
     assert quiet.count("\n") == 1 and server.url not in quiet
+    monkeypatch.setenv("MEDSEQ_HASH_KEY", KEY.decode())  # a KFP step's key: a secret in its environment
     listed = kfp_steps.input_fingerprint(config.read_text())
     assert kfp_steps.input_fingerprint(config.read_text()) == listed  # KFP reuses ingest: nothing arrived
     taken = next(p for p in sample_files() if p.read_bytes()[128:132] == b"DICM")
