@@ -1,7 +1,7 @@
 """Federated training against centralized training and each site alone, on the same
 held-out patients, side by side in one run (issue 38).
 
-    python benchmarks/bench_federated.py [--patients 300] [--rounds 5] [--local-epochs 2] [--seed 0]
+    python benchmarks/bench_federated.py [--patients 300] [--rounds 10] [--local-epochs 1] [--seed 0]
 
 Three synthetic sites of `medseq synth --task cine_ef`, non-IID: each keeps the series of
 one vendor (SIEMENS, GE, Philips) and its own class balance (reduced EF kept for 60 %,
@@ -100,8 +100,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--patients", type=int, default=300, help="synthetic patients per site (all vendors)")
     parser.add_argument("--held-out", type=int, default=200, help="held-out patients")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--local-epochs", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--local-epochs", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=str(RESULTS))
     args = parser.parse_args()
