@@ -95,7 +95,9 @@ def test_the_sites_train_one_model_and_a_site_that_preprocessed_otherwise_is_lef
     first = record["rounds"][0]
     assert len(first["sites"]) == 3 and first["bytes_sent_per_site"] > 0
     assert max(len(r["sites"]) for r in record["rounds"]) == 4
-    assert len(record["sites"]) == 5  # a, b, c, e, and e again under its new node
+    # a, b, c and e under its new node; e's first node too when its description reached the
+    # coordinator before the kill (its ledger line is written as the reply leaves the app)
+    assert len(record["sites"]) in (4, 5)
     assert all(len(name) == 12 for name in record["sites"])  # keyed hashes
 
 
