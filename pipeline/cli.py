@@ -365,7 +365,10 @@ def cmd_federate(args: argparse.Namespace, _: list[str]) -> int:
               flush=True)
         return _foreground(federate.link_command(args.port, args.state, args.host, tls), federate.environment())
     if args.role == "site":
+        from ..components.io.output_lock import claim
+
         command = federate.site_command(args.superlink, args.records, args.out, args.port, args.config or "", tls)
+        claim(args.out, "site ledger folder")  # the ledger appends to OUT/sent.jsonl: never to a file of the user's
         print(f"federate: site of {args.records} -> SuperLink {args.superlink}", flush=True)
         return _foreground(command, federate.environment())
     model = federate.run(_config(args), args.superlink, args.out, tls)
