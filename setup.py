@@ -10,7 +10,7 @@ ROOT = Path(__file__).parent
 TOP = ("pipeline", "components", "schemas", "data_samples")
 EDGE = ["ai-edge-litert==2.3.0", "tf2onnx==1.17.0", "onnxruntime==1.32.0"]
 S3 = ["boto3>=1.34,<2"]
-FEDERATED = ["flwr==1.42.0"]
+FEDERATED = ["flwr[dp]==1.42.0", "dp-accounting==0.6.0"]  # dp: the privacy accountant of federate.dp
 KFP = ["kfp==2.17.3"]
 
 

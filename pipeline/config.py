@@ -483,6 +483,33 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class DifferentialPrivacyConfig:
+    """`federate.dp`: differential privacy of the federated model (central DP with
+    client-side clipping). Each site clips the change its round made to the weights to
+    `clipping_norm` (L2 over every weight); the coordinator adds Gaussian noise of standard
+    deviation noise_multiplier * clipping_norm / sites to their mean. The privacy spent,
+    epsilon at `delta`, is accounted over the rounds by Flower's RDP accountant
+    (dp-accounting): one release per round, neighbouring federations differing by one
+    site, no amplification by sampling. noise_multiplier 0: off."""
+
+    noise_multiplier: float = 0.0
+    clipping_norm: float = 1.0
+    delta: float = 1e-5
+    max_epsilon: float | None = None  # the run is refused before it starts if its rounds would spend more
+
+    @property
+    def on(self) -> bool:
+        return self.noise_multiplier > 0
+
+    def __post_init__(self) -> None:
+        if self.noise_multiplier < 0 or self.clipping_norm <= 0 or not 0 < self.delta < 1 \
+                or (self.max_epsilon is not None and self.max_epsilon <= 0):
+            raise ConfigError(f"federate.dp: expected noise_multiplier >= 0, clipping_norm > 0, 0 < delta < 1 and "
+                              f"max_epsilon > 0 or null, found {self.noise_multiplier}, {self.clipping_norm}, "
+                              f"{self.delta}, {self.max_epsilon}")
+
+
+@dataclass(frozen=True)
 class FederateConfig:
     """`medseq federate run`: sites train the model together through Flower, each on its
     own records; only weights and aggregate metrics leave a site (components/federate)."""
@@ -496,9 +523,13 @@ class FederateConfig:
     proximal_mu: float = 0.01
     trim_fraction: float = 0.2
     round_timeout_s: float = 900.0  # a site silent this long is left out of the round
+    dp: DifferentialPrivacyConfig = field(default_factory=DifferentialPrivacyConfig)
 
     def __post_init__(self) -> None:
         check_choice("federate.aggregator", self.aggregator, AGGREGATORS)
+        if self.dp.on and self.aggregator not in ("fedavg", "fedprox"):
+            raise ConfigError(f"federate.dp: the privacy accounting holds for a mean of the sites' clipped updates; "
+                              f"expected aggregator fedavg or fedprox, found {self.aggregator}")
         if self.rounds < 1 or self.local_epochs < 1 or self.min_sites < 1 or self.round_timeout_s <= 0 \
                 or self.proximal_mu < 0 or not 0 <= self.trim_fraction < 0.5:
             raise ConfigError(f"federate: expected rounds, local_epochs and min_sites >= 1, round_timeout_s > 0, "

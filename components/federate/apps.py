@@ -10,28 +10,35 @@ sent, written by the `ledger` mod from the message itself after the app returns 
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import fixedclipping_mod
 from flwr.serverapp import Grid, ServerApp
 
 from ...pipeline.config import PipelineConfig, load_config
 from ...pipeline.errors import MedseqError
 from . import site
-from .records import FAILED, SENT_FILE
+from .records import FAILED, SENT_FILE, UNIFORM_WEIGHT
 
 SETTINGS = "settings"  # the run config key: JSON of {"config": the pipeline config as JSON, "out": folder}
 
 
 def _site(context: Context) -> tuple[str, PipelineConfig, Path]:
     node = context.node_config
-    config = str(node.get("config") or "")
-    return str(node["records"]), load_config(config or None), Path(str(node.get("out") or "."))
+    return _node(str(node["records"]), str(node.get("config") or ""), str(node.get("out") or "."))
+
+
+@functools.lru_cache(maxsize=4)
+def _node(records: str, config: str, out: str) -> tuple[str, PipelineConfig, Path]:
+    """A site's settings, read once per ClientApp process (Flower starts one per run)."""
+    return records, load_config(config or None), Path(out)
 
 
 def summary(content: RecordDict) -> dict[str, Any]:
@@ -62,7 +69,27 @@ def ledger(msg: Message, context: Context, call_next: Any) -> Message:
     return reply
 
 
-client = ClientApp(mods=[ledger])
+CLIPPING_NORM = "clipping_norm"  # the key Flower's DP strategies send the clipping norm under
+REFUSED = 1  # an Error code: the site refuses the coordinator's request
+
+
+def clipped(msg: Message, context: Context, call_next: Any) -> Message:
+    """A ClientApp mod: under the site's own `federate.dp`, every training reply is clipped
+    by Flower's `fixedclipping_mod` (the change from the weights received, to the site's
+    clipping norm) before it leaves; a round that asks another norm, or none, is refused.
+    The site decides, not the coordinator."""
+    _, config, _ = _site(context)
+    if msg.metadata.message_type != "train" or not config.federate.dp.on:
+        return call_next(msg, context)
+    own = config.federate.dp.clipping_norm
+    asked = msg.content.config_records["config"].get(CLIPPING_NORM)
+    if not isinstance(asked, int | float) or not np.isclose(float(asked), own):
+        return Message(Error(REFUSED, f"this site clips its updates to {own:g} (federate.dp.clipping_norm); the "
+                                      f"round asked {asked if asked is not None else 'no clipping'}"), reply_to=msg)
+    return fixedclipping_mod(msg, context, call_next)
+
+
+client = ClientApp(mods=[ledger, clipped])  # the ledger outermost: it records what leaves, clipped
 
 
 def _weights(msg: Message, name: str = "arrays") -> list[np.ndarray]:
@@ -101,7 +128,13 @@ def train(msg: Message, context: Context) -> Message:
                                         int(str(settings.get("rounds", 1))))
     n = site.split_count(records, "train")
     return Message(RecordDict({"arrays": ArrayRecord(weights), "metrics": MetricRecord(
-        {"num-examples": n, **metrics})}), reply_to=msg)
+        {"num-examples": n, **_uniform(config), **metrics})}), reply_to=msg)
+
+
+def _uniform(config: PipelineConfig) -> dict[str, int]:
+    """Under differential privacy every site weighs the same in the mean (the accounting's
+    premise), whatever its record count."""
+    return {UNIFORM_WEIGHT: 1} if config.federate.dp.on else {}
 
 
 @client.evaluate()
@@ -112,7 +145,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     # AUC is not averaged over sites, and a site's split may lack a class: evaluate measures it.
     metrics = {k: float(found.get(k, 0.0)) for k in site.EVAL_METRICS}
     n = site.split_count(records, "eval") if found else 0
-    return Message(RecordDict({"metrics": MetricRecord({"num-examples": n, **metrics})}), reply_to=msg)
+    return Message(RecordDict({"metrics": MetricRecord({"num-examples": n, **_uniform(config), **metrics})}),
+                   reply_to=msg)
 
 
 server = ServerApp()

@@ -5,7 +5,10 @@
    their shape, classes, target) or model config differs from the federation's config.
 2. Train: `federate.rounds` rounds of Flower's aggregator (`federate.aggregator`) over
    the sites that agree; a round completes with the sites that answer within
-   `federate.round_timeout_s` (at least `federate.min_sites`).
+   `federate.round_timeout_s` (at least `federate.min_sites`). Under `federate.dp` each
+   round trains exactly min_sites sites, each clips its update, the mean gets Gaussian
+   noise and the privacy spent is accounted; a run whose rounds would spend more than
+   `federate.dp.max_epsilon` is refused before anything is trained.
 3. Pool the training domain's reference from the sites' sums, set its threshold on the
    pooled histogram of their eval scores, merge their training domains.
 4. Write OUT/model, a SavedModel as `medseq train` writes it (a normal candidate for
@@ -24,7 +27,14 @@ import keras
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, FedMedian, FedProx, FedTrimmedAvg
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideFixedClipping,
+    FedAvg,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    Strategy,
+)
 
 from ...pipeline.config import FederateConfig, PipelineConfig, to_dict
 from ...pipeline.errors import ConfigError
@@ -33,7 +43,7 @@ from ..model import domain
 from ..model.network import build_model
 from ..model.saved_model import export_saved_model
 from . import site
-from .records import MODEL_DIR, RECORD_FILE, FederationError
+from .records import MODEL_DIR, RECORD_FILE, UNIFORM_WEIGHT, FederationError
 
 ASK_AGAIN_S = 30.0  # a site that did not describe itself is asked again after this long
 
@@ -154,8 +164,10 @@ class Federation:
             return f"its records could not be described ({reply.error.reason})"
         described = reply.content.config_records["config"]
         contract, model = json.loads(str(described["contract"])), json.loads(str(described["model"]))
+        privacy = json.loads(str(described.get("privacy", "{}")))
         why = (difference(contract["preprocess"], self.preprocess, "preprocess")
-               or difference(model, self.model, "train"))
+               or difference(model, self.model, "train")
+               or difference(privacy, to_dict(self.config.federate.dp), "federate.dp"))
         if why is None and self.contract is not None:
             why = difference({k: v for k, v in contract.items() if k != "preprocess"},
                              {k: v for k, v in self.contract.items() if k != "preprocess"}, "records")
@@ -169,6 +181,11 @@ class Federation:
 def aggregator(settings: FederateConfig) -> FedAvg:
     common: dict[str, Any] = {"fraction_train": 1.0, "fraction_evaluate": 1.0, "min_train_nodes": settings.min_sites,
               "min_evaluate_nodes": settings.min_sites, "min_available_nodes": settings.min_sites}
+    if settings.dp.on:
+        # Every round trains exactly min_sites sites (the accountant's release is a mean of
+        # that many clipped updates, each weighing the same): a fraction that rounds to no
+        # site leaves min_train_nodes to decide.
+        common.update(fraction_train=1e-9, weighted_by_key=UNIFORM_WEIGHT)
     if settings.aggregator == "fedprox":
         return FedProx(**common, proximal_mu=settings.proximal_mu)
     if settings.aggregator == "fedmedian":
@@ -178,24 +195,70 @@ def aggregator(settings: FederateConfig) -> FedAvg:
     return FedAvg(**common)
 
 
-def _recorded(strategy: FedAvg, rounds: list[dict[str, Any]], kept: dict[int, ArrayRecord], federation: Federation,
-              start: float) -> FedAvg:
-    """`strategy`, noting each round's participants, the bytes each sent and when its
-    training ended (seconds from `start`), and keeping each round's weights in `kept`."""
+def private(strategy: FedAvg, settings: FederateConfig, population: int) -> Strategy:
+    """`strategy` under `federate.dp`: Flower's central DP with client-side clipping (the
+    sites clip, apps.clipped), its privacy spent accounted per round; `strategy` itself
+    when DP is off."""
+    if not settings.dp.on:
+        return strategy
+    return DifferentialPrivacyClientSideFixedClipping(strategy, settings.dp.noise_multiplier, settings.dp.clipping_norm,
+                                                      settings.min_sites, accountant=_accountant(settings, population))
+
+
+def _accountant(settings: FederateConfig, population: int) -> Any:
+    from flwr.serverapp import NeighboringRelation, PrivacyConfig, RdpAccountant, SamplingMethod
+
+    return RdpAccountant(PrivacyConfig(settings.dp.delta, max(population, settings.min_sites),
+                                       NeighboringRelation.ADD_OR_REMOVE_ONE, SamplingMethod.NO_AMPLIFICATION))
+
+
+def privacy_budget(settings: FederateConfig) -> float:
+    """The epsilon (at federate.dp.delta) that federate.rounds releases spend; a budget
+    they would exceed is refused in one line before anything is trained."""
+    from flwr.serverapp import GaussianPrivacyEvent
+
+    accountant = _accountant(settings, settings.min_sites)
+    accountant.compose(GaussianPrivacyEvent(settings.dp.noise_multiplier, settings.min_sites, settings.min_sites),
+                       settings.rounds)
+    epsilon = float(accountant.get_epsilon(settings.dp.delta))
+    if settings.dp.max_epsilon is not None and epsilon > settings.dp.max_epsilon:
+        raise FederationError(f"federate.dp: {settings.rounds} rounds at noise_multiplier "
+                              f"{settings.dp.noise_multiplier:g} spend epsilon {epsilon:.3g} at delta "
+                              f"{settings.dp.delta:g}, above max_epsilon {settings.dp.max_epsilon:g}; expected fewer "
+                              "rounds or more noise")
+    return epsilon
+
+
+def _update_norm(sent: ArrayRecord, received: ArrayRecord) -> float:
+    """The L2 norm of a site's update: the change from the weights it was sent, over every weight."""
+    return float(np.sqrt(sum(float(np.sum(np.square(a.astype(np.float64) - b))) for a, b in
+                             zip(sent.to_numpy_ndarrays(), received.to_numpy_ndarrays(), strict=True))))
+
+
+def _recorded(strategy: Strategy, rounds: list[dict[str, Any]], kept: dict[int, ArrayRecord], federation: Federation,
+              start: float, initial: ArrayRecord) -> Strategy:
+    """`strategy`, noting each round's participants, the bytes each sent, the largest L2
+    norm of their updates and when its training ended (seconds from `start`), and keeping
+    each released round's weights in `kept`."""
     train = strategy.aggregate_train
+    released = [initial]  # the weights the sites were last sent
 
     def aggregate_train(server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None,
                                                                                  MetricRecord | None]:
         replies = list(replies)
         ok = [r for r in replies if not r.has_error()]
         sent = [sum(len(a.data) for a in r.content.array_records["arrays"].values()) for r in ok]
+        norms = [_update_norm(r.content.array_records["arrays"], released[-1]) for r in ok]
+        arrays, metrics = train(server_round, replies)
         rounds.append({"round": server_round, "ended_s": round(time.monotonic() - start, 1),
                        "sites": sorted(federation.name(r.metadata.src_node_id) for r in ok),
                        "failed": sum(1 for r in replies if r.has_error()),
-                       "bytes_sent_per_site": int(np.mean(sent)) if sent else 0})
-        arrays, metrics = train(server_round, replies)
+                       "bytes_sent_per_site": int(np.mean(sent)) if sent else 0,
+                       "largest_update_norm": round(max(norms), 6) if norms else 0.0,
+                       "released": arrays is not None})
         if arrays is not None:
             kept[server_round] = arrays
+            released.append(arrays)
         return arrays, metrics
 
     strategy.aggregate_train = aggregate_train  # type: ignore[method-assign]
@@ -249,6 +312,7 @@ def federate(grid: Grid, config: PipelineConfig, out: Path, run_id: int) -> Path
         raise ConfigError(f"federated training answers a class per series for now; train.target is "
                           f"{config.train.target}")
     start = time.monotonic()
+    epsilon = privacy_budget(settings) if settings.dp.on else None
     federation = Federation(config, deid.load_key(config.ingest.hash_key_file))
     federation.admit(grid, _connected(grid, settings))
     if len(federation.agreed) < settings.min_sites or federation.contract is None:
@@ -259,8 +323,10 @@ def federate(grid: Grid, config: PipelineConfig, out: Path, run_id: int) -> Path
     model = build_model(spec, config.train)
     rounds: list[dict[str, Any]] = []
     kept: dict[int, ArrayRecord] = {}
-    strategy = _recorded(aggregator(settings), rounds, kept, federation, start)
-    result = strategy.start(SitesGrid(grid, federation), ArrayRecord(model.get_weights()), num_rounds=settings.rounds,
+    initial = ArrayRecord(model.get_weights())
+    strategy = _recorded(private(aggregator(settings), settings, len(federation.agreed)), rounds, kept, federation,
+                         start, initial)
+    result = strategy.start(SitesGrid(grid, federation), initial, num_rounds=settings.rounds,
                             timeout=settings.round_timeout_s,
                             train_config=ConfigRecord({"local-epochs": settings.local_epochs,
                                                                        "rounds": settings.rounds}))
@@ -280,9 +346,24 @@ def federate(grid: Grid, config: PipelineConfig, out: Path, run_id: int) -> Path
               "left_out": federation.refused, "aggregator": settings.aggregator, "rounds": rounds,
               "best_round": best,
               "local_epochs": settings.local_epochs, "min_sites": settings.min_sites,
-              "seconds": round(time.monotonic() - start, 1), "differential_privacy": None}
+              "seconds": round(time.monotonic() - start, 1),
+              "differential_privacy": _privacy_record(strategy, settings, epsilon)}
     training = {"federated": record, "epochs": settings.rounds * settings.local_epochs, "config": to_dict(config.train),
                 "domain": trained_on}
     model_dir = export_saved_model(model, spec, out / MODEL_DIR, training, reference)
     (out / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return model_dir
+
+
+def _privacy_record(strategy: Strategy, settings: FederateConfig, planned: float | None) -> dict[str, Any] | None:
+    """What the run spent of its privacy budget (None without federate.dp)."""
+    if not isinstance(strategy, DifferentialPrivacyClientSideFixedClipping):
+        return None
+    spent = strategy.privacy_spent()
+    return {"epsilon": round(spent.epsilon, 6) if spent else 0.0, "delta": settings.dp.delta,
+            "releases": spent.num_releases if spent else 0, "epsilon_if_every_round_released": planned,
+            "noise_multiplier": settings.dp.noise_multiplier, "clipping_norm": settings.dp.clipping_norm,
+            "sites_per_round": settings.min_sites, "max_epsilon": settings.dp.max_epsilon,
+            "accounting": (spent.accounting_method if spent else "rdp") + " (dp-accounting via Flower); one release "
+                          "per round; neighbouring federations differ by one site; no amplification by sampling; "
+                          "the sites' eval metrics are not part of it"}

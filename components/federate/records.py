@@ -9,6 +9,7 @@ RECORD_FILE = "federation.json"  # OUT/federation.json: the run's record
 SENT_FILE = "sent.jsonl"  # a site's OUT/sent.jsonl: every message it sent, as it left
 COORDINATOR = "federate: "  # how the coordinator's lines start in Flower's log (shown by `medseq federate run`)
 FAILED = "medseq federate: "  # how its one line of failure starts
+UNIFORM_WEIGHT = "uniform-weight"  # the metric the mean is weighted by under federate.dp (1 from every site)
 
 
 class FederationError(MedseqError):

@@ -68,6 +68,7 @@ class Description:
     model: str  # JSON of model_config()
     train_records: int
     eval_records: int
+    privacy: str  # JSON of the site's federate.dp: the clipping it applies, the noise and budget it accepts
 
     def as_config(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,7 +81,8 @@ def describe(records: str | Path, config: PipelineConfig) -> Description:
                           f"folder answer a {spec.target}")
     return Description(json.dumps(contract(spec), sort_keys=True), json.dumps(model_config(config.train),
                                                                               sort_keys=True),
-                       split_count(records, "train"), split_count(records, "eval"))
+                       split_count(records, "train"), split_count(records, "eval"),
+                       json.dumps(to_dict(config.federate.dp), sort_keys=True))
 
 
 class ProximalTrainer(Trainer):

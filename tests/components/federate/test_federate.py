@@ -141,7 +141,8 @@ def test_only_weights_and_aggregates_leave_a_site(federation):
                     assert set(record["metrics"]) <= {"num-examples", "train_loss", "train_accuracy", "eval_loss",
                                                       "eval_accuracy"}
                 if "config" in record:
-                    assert set(record["config"]) <= {"contract", "model", "train_records", "eval_records", "domain"}
+                    assert set(record["config"]) <= {"contract", "model", "train_records", "eval_records", "domain",
+                                                     "privacy"}
             content = message["content"]
             if message["type"] == "train":
                 found = [tuple(a["shape"]) for a in content["arrays"]["arrays"].values()]
@@ -238,3 +239,49 @@ def test_tls_between_the_superlink_and_its_sites_and_a_wrong_certificate_in_one_
         assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads((tmp_path / "run" / RECORD_FILE).read_text())
     assert len(record["rounds"]) == 1 and len(record["rounds"][0]["sites"]) == 2
+
+
+def test_differential_privacy_clips_every_update_and_reports_the_epsilon_spent(federation, tmp_path):
+    """federate.dp: each site clips its update to the norm its own config sets (the round's
+    largest update norm is at most that, where the federation without DP sent larger
+    ones), the coordinator adds noise and accounts the privacy spent; the epsilon in the
+    record and the model's spec is dp-accounting's own for those releases. A budget the
+    rounds would exceed is refused in one line before anything trains; a site whose config
+    does not say the same privacy settings is left out in one line."""
+    from dp_accounting import dp_event, rdp
+
+    root, _, code, _, _ = federation
+    assert code == 0
+    plain = json.loads((root / "run" / RECORD_FILE).read_text())
+    clip = 0.05
+    assert plain["differential_privacy"] is None and plain["rounds"][0]["largest_update_norm"] > 4 * clip
+    dp = {"noise_multiplier": 0.8, "clipping_norm": clip, "delta": 1e-5}
+    federate = {"rounds": 2, "local_epochs": 1, "min_sites": 2, "round_timeout_s": 120}
+    (tmp_path / "dp.yaml").write_text(yaml.safe_dump({**FEDERATION, "federate": {**federate, "dp": dp}}))
+    (tmp_path / "budget.yaml").write_text(yaml.safe_dump(
+        {**FEDERATION, "federate": {**federate, "dp": {**dp, "max_epsilon": 1.0}}}))
+    sites = {name: (root / name / "records", tmp_path / "dp.yaml") for name in ("a", "b")}
+    sites["c"] = (root / "c" / "records", root / "config.yaml")  # the same model, no DP
+    env = {**os.environ, "MEDSEQ_HASH_KEY": COORDINATOR_KEY}
+    with LocalFederation(tmp_path / "federation", sites, {"MEDSEQ_HASH_KEY": COORDINATOR_KEY}) as fed:
+        over = medseq("federate", "run", "--superlink", fed.superlink, "--out", str(tmp_path / "over"), "--config",
+                      str(tmp_path / "budget.yaml"), env=env, timeout=600)
+        line = one_line(over)
+        assert line.startswith("medseq federate: federate.dp: 2 rounds at noise_multiplier 0.8 spend epsilon ") \
+            and line.endswith("at delta 1e-05, above max_epsilon 1; expected fewer rounds or more noise"), line
+        done = medseq("federate", "run", "--superlink", fed.superlink, "--out", str(tmp_path / "run"), "--config",
+                      str(tmp_path / "dp.yaml"), env=env, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+    left_out = [x for x in done.stdout.splitlines() if "left out:" in x]
+    assert len(left_out) == 1 and left_out[0].endswith(
+        "left out: federate.dp.clipping_norm is 1.0, the federation's 0.05"), left_out
+    record = json.loads((tmp_path / "run" / RECORD_FILE).read_text())
+    assert [len(r["sites"]) for r in record["rounds"]] == [2, 2] and all(r["released"] for r in record["rounds"])
+    assert all(0 < r["largest_update_norm"] <= clip * (1 + 1e-4) for r in record["rounds"])
+    accountant = rdp.RdpAccountant()
+    accountant.compose(dp_event.SelfComposedDpEvent(dp_event.GaussianDpEvent(0.8), 2))
+    privacy = record["differential_privacy"]
+    assert privacy["releases"] == 2 and privacy["delta"] == 1e-5
+    assert privacy["epsilon"] == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-5)
+    spec = json.loads((tmp_path / "run" / "model" / "assets.extra" / "medseq_spec.json").read_text())
+    assert spec["training"]["federated"]["differential_privacy"]["epsilon"] == privacy["epsilon"]
