@@ -198,7 +198,7 @@ def cmd_convert(args: argparse.Namespace, beam_args: list[str]) -> int:
 def cmd_validate(args: argparse.Namespace, beam_args: list[str]) -> int:
     from ..components import validate
 
-    result = validate.run(_config(args), validate.ValidateInputs(args.examples), args.out, beam_args)
+    result = validate.run(_config(args), validate.ValidateInputs(args.examples, args.baseline), args.out, beam_args)
     print(result.table, end="")
     if result.schema_path:
         print(f"validate: inferred schema written to {result.schema_path}")
@@ -460,6 +460,9 @@ def build_parser() -> _Parser:
     p.add_argument("--schema", help="tensorflow_metadata Schema text proto (default: schemas/record_schema.pbtxt)")
     p.add_argument("--infer-schema", action="store_true", default=None,
                    help="also write OUT/schema.pbtxt inferred from train (validate.infer_schema)")
+    p.add_argument("--baseline", help="the output folder of `medseq validate` on the training records (or its "
+                   "stats.json): EXAMPLES are a new batch, checked for drift from its train split by the schema's "
+                   "drift_comparator thresholds (and against the schema), not as a training set's splits")
 
     p = add("train", cmd_train, "Train the TimeDistributed CNN + LSTM under tf.distribute, evaluate after "
             "every epoch and export the best epoch. After a crash or a kill, the same command resumes at the "

@@ -31,6 +31,7 @@ class IngestInputs:
 @dataclass(frozen=True)
 class ValidateInputs:
     examples: str  # an ingest output folder
+    baseline: str | None = None  # a validate output of the training records: the records are checked for drift
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ A model that reads the sequence loses AUC on the controls (R² for a value; for 
 per frame, its event error rises: the labels stay on their frames); one that looks at a
 single frame does not. Predictions go through the exported `predict_frames` signature, the
 one TF Serving runs. Its `domain_score` is also taken on shifted copies of the records
-(model/domain.py `SHIFTS`): how well the score flags input the model never saw.
+(`SHIFTS`: model/domain.py's, and another task's series): how well the score flags
+input the model never saw.
 """
 
 from __future__ import annotations
@@ -23,10 +24,16 @@ import tensorflow as tf
 
 from ...pipeline import features as F
 from ...pipeline.errors import InputError
-from ..io.examples import FRAME_TRUTH, load_spec, parse_examples, split_files
-from ..model.domain import SHIFTS, shifted
+from ..io.examples import FRAME_TRUTH, load_spec, load_spec_json, parse_examples, split_files
+from ..model.domain import SHIFTS as PIXEL_SHIFTS
+from ..model.domain import shifted
+from ..synth import series_frames
 
 VARIANTS = ("frames", "shuffled", "one_frame")
+# The shifted copies the domain score is measured on: model/domain.py's pixel shifts, and
+# each series replaced by a synthetic series of another task (`other_task`).
+OTHER_TASK = "other_task"
+SHIFTS = (*PIXEL_SHIFTS, OTHER_TASK)
 PREDICTIONS_FILE = "predictions.json"  # written by evaluate beside BLESSED: the run report redraws from it
 BATCH = 32
 
@@ -69,6 +76,21 @@ class EvalPredictions:
                    {k: np.asarray(v, np.float64) for k, v in data.get("domain", {}).items()})
 
 
+def other_task(frames: np.ndarray, valid: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
+    """`frames` (B, T, [D,] H, W, C) with each series' valid frames replaced by a synthetic
+    series of another task (`kind` ct or cine, synth.series_frames; a volume's slices are
+    consecutive images of it), padding kept."""
+    out = frames.copy()
+    image = frames.shape[2:-1]  # ([D,] H, W)
+    h, w = image[-2:]
+    for i, v in enumerate(valid):
+        n = int(v) * int(np.prod(image[:-2], dtype=np.int64))
+        series = series_frames(kind, n, max(h, w), rng)[:, :h, :w].reshape(int(v), *image, 1)
+        out[i, :int(v)] = np.round(series * 255.0).astype(np.uint8) if frames.dtype == np.uint8 \
+            else series.astype(frames.dtype)
+    return out
+
+
 def shuffle_frames(frames: np.ndarray, valid: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     out = frames.copy()
     for i, v in enumerate(valid):
@@ -105,6 +127,8 @@ def predict_split(examples_dir: str, model_dir: str | Path, seed: int = 0, split
     a domain score, that score on the records and on their shifted copies."""
     serve = tf.saved_model.load(str(model_dir)).signatures[F.FRAMES_SIGNATURE]
     output = load_spec(model_dir).output
+    trained_on = load_spec_json(model_dir).get("training", {}).get("domain", {}).get("modalities", ())
+    other = "cine" if "CT" in trained_on else "ct"  # a chest CT slab, or a cine MR to a model that saw CT
     scored = controls and F.DOMAIN_SCORE in serve.structured_outputs
     domain: dict[str, list[np.ndarray]] = {name: [] for name in (("frames", *SHIFTS) if scored else ())}
     rng = np.random.default_rng(seed)
@@ -122,7 +146,8 @@ def predict_split(examples_dir: str, model_dir: str | Path, seed: int = 0, split
             if scored and name == "frames":
                 domain[name].append(out[F.DOMAIN_SCORE].numpy().astype(np.float64))
         for shift in SHIFTS if scored else ():
-            moved = shifted(frames, valid, shift, rng)
+            moved = (other_task(frames, valid, other, rng) if shift == OTHER_TASK
+                     else shifted(frames, valid, shift, rng))
             out = serve(**{F.FRAMES: tf.constant(moved), F.VALID_FRAMES: tf.constant(valid)})
             domain[shift].append(out[F.DOMAIN_SCORE].numpy().astype(np.float64))
         labels.append(batch[F.TARGET] if output == F.VALUE else batch[FRAME_TRUTH] if output == F.FRAME_VALUES

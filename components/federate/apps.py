@@ -84,8 +84,9 @@ def clipped(msg: Message, context: Context, call_next: Any) -> Message:
     own = config.federate.dp.clipping_norm
     asked = msg.content.config_records["config"].get(CLIPPING_NORM)
     if not isinstance(asked, int | float) or not np.isclose(float(asked), own):
+        what = f"{float(asked):g}" if isinstance(asked, int | float) else "no clipping"
         return Message(Error(REFUSED, f"this site clips its updates to {own:g} (federate.dp.clipping_norm); the "
-                                      f"round asked {asked if asked is not None else 'no clipping'}"), reply_to=msg)
+                                      f"round asked {what}"), reply_to=msg)
     return fixedclipping_mod(msg, context, call_next)
 
 

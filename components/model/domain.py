@@ -142,8 +142,9 @@ def _span(bounds: list[float]) -> str:
     return f"{low:.3g}" if low == high else f"{low:.3g}-{high:.3g}"
 
 
-# The soft score: how far a series' sequence embedding (what the head reads) lies from
-# the training records' embeddings, as a Mahalanobis distance under a shrunk covariance,
+# The soft score: how far a series' embedding (what the head reads, and the statistics of
+# its frame features: `embedder`) lies from the training records' embeddings, as a
+# Mahalanobis distance under a shrunk covariance,
 # per dimension (about 1 for a typical training record). The mean and the inverse
 # covariance are constants of the exported signatures, so every TF Serving client gets
 # `domain_score`; the threshold is set on the eval split at `train.domain_false_alarm`.
@@ -151,19 +152,29 @@ def _span(bounds: list[float]) -> str:
 
 def embedder(model: Any) -> Any:
     """The model up to its head: frames, valid_frames -> the sequence embedding (for a
-    per-frame head, the mean of what it reads over the valid frames)."""
+    per-frame head, the mean of what it reads over the valid frames), beside the mean and
+    log standard deviation of each frame feature over the valid frames. What the head
+    reads is standardized per sequence and is about change between frames; the frame
+    features' own statistics are about how the frames look (another anatomy, another
+    intensity profile), which the sequence embedding alone barely sees."""
     import keras
     from keras import ops
 
     from ...pipeline import features as F
-    from .network import MaskedMean, head
+    from .network import FRAME_FEATURES, MaskedMean, head
 
+    valid = model.input[F.VALID_FRAMES]
     embedded = head(model).input
+    frames = embedded.shape[1] if len(embedded.shape) == 3 else model.input[F.FRAMES].shape[1]
+    mask = ops.less(ops.expand_dims(ops.arange(frames, dtype="int32"), 0), ops.expand_dims(valid, -1))
     if len(embedded.shape) == 3:
-        valid = model.input[F.VALID_FRAMES]
-        mask = ops.less(ops.expand_dims(ops.arange(embedded.shape[1], dtype="int32"), 0), ops.expand_dims(valid, -1))
         embedded = MaskedMean(dtype="float32", name="mean_over_frames_embedding")(embedded, mask)
-    return keras.Model(model.input, embedded, name="sequence_embedding")
+    features = model.get_layer(FRAME_FEATURES).output
+    mean = MaskedMean(dtype="float32", name="frame_feature_mean")(features, mask)
+    square = MaskedMean(dtype="float32", name="frame_feature_square")(ops.square(features), mask)
+    spread = 0.5 * ops.log(ops.maximum(square - ops.square(mean), 0.0) + 1e-6)
+    joined = ops.concatenate([ops.cast(embedded, "float32"), mean, spread], axis=-1)
+    return keras.Model(model.input, joined, name="sequence_embedding")
 
 
 def embeddings(model: Any, files: Sequence[str], spec: Any, batch_size: int) -> np.ndarray:

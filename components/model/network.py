@@ -38,6 +38,7 @@ BACKBONES: dict[str, Callable[..., keras.Model]] = {
 # The layer whose output is every frame's last feature maps (B, T, h, w, F), or every
 # volume's (B, T, D, h, w, F): what the frame encoder pools, and what Grad-CAM reads.
 FEATURE_MAPS = "per_frame_cnn"
+FRAME_FEATURES = "frame_features"  # the pooled per-frame features, (B, T, F) (the domain score reads them too)
 VALUE_HEAD = "value_head"  # the linear layer of a value target (its output standardized, see `build_model`)
 FRAME_HEAD = "frame_head"  # the per-frame linear layer of a frames target: (B, T, units) -> (B, T, 1)
 
@@ -242,7 +243,7 @@ def _build(spec: RecordSpec, config: TrainConfig) -> keras.Model:
         channels *= 2
     blocks, pooling = (small_cnn if config.encoder == "small_cnn" else backbone)(spec, config, channels)
     x = layers.TimeDistributed(blocks, name=FEATURE_MAPS)(x)
-    x = layers.TimeDistributed(pooling, name="frame_features")(x)
+    x = layers.TimeDistributed(pooling, name=FRAME_FEATURES)(x)
     # The same features are dropped in every frame of a sequence: dropping them frame by
     # frame would fake the very changes between frames that the LSTM has to read.
     x = layers.Dropout(config.dropout, noise_shape=(None, 1, x.shape[-1]), name="feature_dropout")(x)

@@ -1,4 +1,4 @@
-"""`medseq validate`: record statistics, schema check and leakage/skew anomalies."""
+"""`medseq validate`: record statistics, schema check, leakage/skew anomalies and drift."""
 
 from __future__ import annotations
 
@@ -24,4 +24,5 @@ def run(config: PipelineConfig, inputs: ValidateInputs, out: str | Path,
     with on_filesystems(given, examples, out_path):
         claim(out_path, "validate output", (F.STATS_FILE, F.ANOMALIES_FILE, "stats.txt", "schema.pbtxt"))
         return validate(examples, out_path, section.schema, section.infer_schema, section.max_label_linf,
-                        given, section.max_target_shift)
+                        given, section.max_target_shift,
+                        absolute(inputs.baseline) if inputs.baseline else None)

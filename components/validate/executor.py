@@ -2,7 +2,9 @@
 
 Anomalies: schema violations, a patient in more than one split (leakage), an empty
 split, label skew between train and eval beyond an L-infinity bound, and a class with
-no eval example. Any anomaly fails the stage.
+no eval example; with a baseline (the stats.json of the training records), drift: a
+record feature whose distribution moved past its schema `drift_comparator` (TFDV's
+L-infinity norm and Jensen-Shannon divergence). Any anomaly fails the stage.
 """
 
 from __future__ import annotations
@@ -10,21 +12,24 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
+import numpy as np
+from tensorflow_metadata.proto.v0 import schema_pb2
 
 from ...pipeline import features as F
-from ...pipeline.errors import InputError
+from ...pipeline.errors import ConfigError, InputError
 from ..io import storage
 from ..io.beam import pipeline as beam_pipeline
 from ..io.dofns import FilesystemDoFn, WriteLinesDoFn
 from ..io.records import read_tfrecords
 from .schema import infer_schema, load_schema, schema_text
-from .stats import RecordStats, SplitStats
+from .stats import PIXEL_MEAN_BINS, RecordStats, SplitStats
 
 
 @dataclass(frozen=True)
@@ -151,6 +156,79 @@ def find_anomalies(stats: dict[str, dict[str, Any]], classes: list[str], max_lab
     return found
 
 
+# The statistic each record feature's drift comparator reads (stats.py).
+DRIFT_STATISTICS = {F.MODALITY: ("values", "modality"), F.MANUFACTURER: ("values", "manufacturer"),
+                    F.SITE: ("values", "site"), F.VALID_FRAMES: ("histograms", "valid_frames"),
+                    F.FRAMES: ("histograms", "pixel_mean")}
+DRIFT_COMPARATORS = {"infinity_norm": "L-inf", "jensen_shannon_divergence": "Jensen-Shannon divergence"}
+DRIFT_SPLIT = "baseline"  # an anomaly's `split` for a drift: these records against the baseline's train split
+
+
+def _shares(counts: dict[str, int], keys: list[str]) -> np.ndarray:
+    total = max(sum(counts.values()), 1)
+    return np.array([counts.get(k, 0) / total for k in keys], np.float64)
+
+
+def distance(comparator: str, baseline: dict[str, int], current: dict[str, int]) -> float:
+    """TFDV's drift distances between two count distributions: `infinity_norm` the largest
+    change of one value's share; `jensen_shannon_divergence` in bits (0 to 1)."""
+    keys = sorted(set(baseline) | set(current))
+    p, q = _shares(baseline, keys), _shares(current, keys)
+    if comparator == "infinity_norm":
+        return float(np.max(np.abs(p - q), initial=0.0))
+    m = (p + q) / 2
+
+    def kl(a: np.ndarray) -> float:
+        kept = a > 0
+        return float(np.sum(a[kept] * np.log2(a[kept] / m[kept])))
+    return max((kl(p) + kl(q)) / 2, 0.0)
+
+
+def pooled(stats: dict[str, dict[str, Any]], group: str, name: str) -> dict[str, int]:
+    """One statistic summed over every split of `stats`."""
+    total: Counter[str] = Counter()
+    for s in stats.values():
+        total.update(s.get(group, {}).get(name, {}))
+    return dict(total)
+
+
+def find_drift(baseline: dict[str, Any], stats: dict[str, dict[str, Any]],
+               schema: schema_pb2.Schema) -> list[dict[str, str]]:
+    """TFDV's drift check: every record feature with a `drift_comparator` in `schema`,
+    the records of every split of `stats` pooled against the baseline's train split (the
+    statistics of the records the model was trained on, `baseline` a stats.json)."""
+    train = baseline.get("splits", {}).get("train")
+    if not train or not train.get("records"):
+        raise InputError("--baseline: expected the stats.json of `medseq validate` on the training records, with "
+                         "a train split; found none")
+    found = []
+    for feature in schema.feature:
+        if not feature.HasField("drift_comparator") or feature.name not in DRIFT_STATISTICS:
+            continue
+        comparator = next((c for c in DRIFT_COMPARATORS if feature.drift_comparator.HasField(c)), None)
+        if comparator is None:
+            raise ConfigError(f"schema: feature '{feature.name}' drift_comparator: expected infinity_norm or "
+                              "jensen_shannon_divergence, found another comparator")
+        threshold = getattr(feature.drift_comparator, comparator).threshold
+        group, name = DRIFT_STATISTICS[feature.name]
+        if group not in train:
+            raise InputError(f"--baseline: its stats.json has no {group}; expected one written by this medseq's "
+                             "validate (run it again on the training records)")
+        before, now = train[group].get(name, {}), pooled(stats, group, name)
+        d = distance(comparator, before, now)
+        if d > threshold:
+            keys = sorted(set(before) | set(now))
+            p, q = _shares(before, keys), _shares(now, keys)
+            i = int(np.argmax(np.abs(p - q)))
+            value = (f"pixel mean {int(keys[i]) / PIXEL_MEAN_BINS:.2f}-{(int(keys[i]) + 1) / PIXEL_MEAN_BINS:.2f}"
+                     if name == "pixel_mean" else repr(keys[i]))
+            found.append({"kind": "drift", "split": DRIFT_SPLIT,
+                          "message": f"feature '{feature.name}' drifted: {DRIFT_COMPARATORS[comparator]} {d:.3f} "
+                                     f"against the baseline's train split (threshold {threshold:g}); the largest "
+                                     f"change: {value} {p[i]:.0%} -> {q[i]:.0%} of the records"})
+    return found
+
+
 def table(stats: dict[str, dict[str, Any]], classes: list[str]) -> str:
     lines = [f"{'split':<6} {'records':>7} {'patients':>8}  {'labels':<28} {'frames(min/mean/max)':<22} "
              f"{'pixel mean±std':<16} shape/dtype"]
@@ -174,12 +252,30 @@ def table(stats: dict[str, dict[str, Any]], classes: list[str]) -> str:
     return "\n".join(lines)
 
 
+def load_baseline(path: str) -> dict[str, Any]:
+    """A validate output folder's stats.json (or the file itself), local or remote."""
+    found = path if path.endswith(".json") else storage.join(path, F.STATS_FILE)
+    if not storage.exists(found):
+        raise InputError(f"--baseline {path}: no {F.STATS_FILE}; expected the output folder of `medseq validate` "
+                         "on the training records, or its stats.json")
+    with storage.open_binary(found) as f:
+        try:
+            data: dict[str, Any] = json.loads(f.read())
+        except ValueError:
+            raise InputError(f"--baseline {found}: not JSON; expected the stats.json of `medseq validate`") from None
+    return data
+
+
 def validate(examples_dir: str, out: str | Path, schema_path: str | None = None, infer: bool = False,
              max_label_linf: float = 0.3, beam_args: list[str] | None = None,
-             max_target_shift: float = 0.5) -> ValidateOutputs:
+             max_target_shift: float = 0.5, baseline: str | None = None) -> ValidateOutputs:
     """Statistics of the records in `examples_dir` (local or on any Beam filesystem)
-    checked against the schema; stats.json, stats.txt and anomalies.json into `out`."""
+    checked against the schema; stats.json, stats.txt and anomalies.json into `out`.
+    With `baseline` (a validate output of the training records, or its stats.json) the
+    records are a new batch: checked against the schema and for drift from the
+    baseline's train split, not for the structure of a training set's splits."""
     out = str(out)
+    reference = load_baseline(baseline) if baseline else None
     qc_path = storage.join(examples_dir, F.QC_FILE)
     if not storage.exists(qc_path):
         raise InputError(f"{examples_dir}: no {F.QC_FILE}; expected the output folder of `medseq convert`")
@@ -198,6 +294,8 @@ def validate(examples_dir: str, out: str | Path, schema_path: str | None = None,
         written = _write(out, "schema.pbtxt", schema_text(infer_schema(stats["train"], classes)))
     anomalies = find_anomalies(stats, classes, max_label_linf, max_target_shift if kind == "value" else None,
                                frames=kind == "frames")
+    if reference is not None:
+        anomalies = [a for a in anomalies if a["kind"] == "schema"] + find_drift(reference, stats, schema)
     public = {split: {k: v for k, v in s.items() if k != "patients"} | {"patient_count": len(s["patients"])}
               for split, s in stats.items()}
     _write(out, F.STATS_FILE, json.dumps({"classes": classes, "target": kind, "splits": public}, indent=2,

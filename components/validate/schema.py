@@ -113,6 +113,9 @@ def infer_schema(stats: dict[str, Any], classes: list[str]) -> schema_pb2.Schema
         if name in by_name:
             by_name[name].string_domain.name = name
             by_name[name].string_domain.value.extend(sorted(stats["values"].get(name, {})))
+    for shipped in load_schema().feature:  # the shipped drift thresholds, a starting point too
+        if shipped.HasField("drift_comparator") and shipped.name in by_name:
+            by_name[shipped.name].drift_comparator.CopyFrom(shipped.drift_comparator)
     return schema
 
 

@@ -2,7 +2,9 @@
 
 Per split: record count, labels, valid_frames, frames shape and dtype, presence and
 value counts of every feature, pixel mean/std overall and per site and manufacturer,
-schema anomaly counts, and the set of patient keys (for the leakage check).
+schema anomaly counts, and the set of patient keys (for the leakage check); the
+distributions a drift comparison reads (the records per modality, manufacturer and site,
+per valid frame count, and per bin of their pixel mean).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from ...pipeline import features as F
 from .schema import check_record
 
 _FLOATS = {"float16": np.float16, "float32": np.float32, "uint8": np.uint8}
+PIXEL_MEAN_BINS = 20  # the records' pixel means (0-1) in bins of 0.05: what a drift in intensity shows in
 
 
 def _values(example: Any) -> dict[str, tuple[str, list[Any]]]:
@@ -135,7 +138,9 @@ class SplitStats(beam.CombineFn):
     def create_accumulator(self) -> dict[str, Any]:
         return {"records": 0, "labels": Counter(), "valid_frames": Counter(), "shapes": Counter(),
                 "dtypes": Counter(), "present": Counter(), "kinds": {}, "value_counts": {},
-                "values": {"modality": Counter(), "frames_dtype": Counter()},
+                "values": {"modality": Counter(), "frames_dtype": Counter(), "manufacturer": Counter(),
+                           "site": Counter()},
+                "pixel_means": Counter(),
                 "pixels": _Moments.new(), "targets": _Moments.new(), "target_range": [], "by_site": {},
                 "by_manufacturer": {}, "anomalies": Counter(), "patients": set(), "events": Counter(),
                 "labeled_frames": 0.0}
@@ -159,6 +164,10 @@ class SplitStats(beam.CombineFn):
             acc["value_counts"].setdefault(name, Counter())[count] += 1
         acc["values"]["modality"][s["modality"]] += 1
         acc["values"]["frames_dtype"][s["dtype"]] += 1
+        acc["values"]["manufacturer"][s["manufacturer"]] += 1
+        acc["values"]["site"][s["site"]] += 1
+        if s["pixels"][0]:
+            acc["pixel_means"][min(int(s["pixels"][1] * PIXEL_MEAN_BINS), PIXEL_MEAN_BINS - 1)] += 1
         _Moments.add(acc["pixels"], *s["pixels"])
         _Moments.add(acc["by_site"].setdefault(s["site"], _Moments.new()), *s["pixels"])
         _Moments.add(acc["by_manufacturer"].setdefault(s["manufacturer"], _Moments.new()), *s["pixels"])
@@ -172,7 +181,7 @@ class SplitStats(beam.CombineFn):
         for acc in accs[1:]:
             out["records"] += acc["records"]
             out["labeled_frames"] += acc["labeled_frames"]
-            for key in ("labels", "valid_frames", "shapes", "dtypes", "present", "anomalies", "events"):
+            for key in ("labels", "valid_frames", "shapes", "dtypes", "present", "anomalies", "events", "pixel_means"):
                 out[key].update(acc[key])
             out["kinds"].update(acc["kinds"])
             for name, counts in acc["value_counts"].items():
@@ -200,7 +209,11 @@ class SplitStats(beam.CombineFn):
             "features": {name: {"kind": acc["kinds"][name], "present": acc["present"][name],
                                 "value_counts": {str(k): v for k, v in acc["value_counts"][name].items()}}
                          for name in sorted(acc["present"])},
-            "values": {k: dict(v) for k, v in acc["values"].items()},
+            "values": {k: dict(sorted(v.items())) for k, v in acc["values"].items()},
+            # What a drift comparison reads beside `values`: records per count of valid
+            # frames, and per bin of their pixel mean (bin i: [i, i + 1) / PIXEL_MEAN_BINS).
+            "histograms": {"valid_frames": {str(k): v for k, v in sorted(acc["valid_frames"].items())},
+                           "pixel_mean": {str(k): v for k, v in sorted(acc["pixel_means"].items())}},
             "pixels": _Moments.summary(acc["pixels"]),
             **({"target": _target_summary(acc)} if acc["targets"][0] else {}),
             # A frames target: key frames per event (by index) and the output frames with a weight.

@@ -129,10 +129,10 @@ def test_the_model_reads_time_and_the_temporal_gate_refuses_one_that_does_not_en
 @pytest.mark.slow
 def test_the_domain_score_flags_shifted_copies_of_the_held_out_series(good, good_model):
     """The model's domain score on the eval series and on copies of them moved out of its
-    domain (noise, another intensity profile, inverted contrast, corrupt frames): the
-    noisy and the corrupt ones stand apart, and the held-out series pass the threshold at
-    about the false-alarm rate it was set for."""
-    from medseq.components.model.domain import SHIFTS
+    domain (noise, another intensity profile, inverted contrast, corrupt frames, chest CT
+    slabs for this cine MR model): the noisy, the corrupt and the CT ones stand apart, and
+    the held-out series pass the threshold at about the false-alarm rate it was set for."""
+    from medseq.components.evaluate.inference import SHIFTS
 
     d = verdict(good)["domain"]
     spec = json.loads((Path(good_model) / "assets.extra" / "medseq_spec.json").read_text())
@@ -140,7 +140,12 @@ def test_the_domain_score_flags_shifted_copies_of_the_held_out_series(good, good
     assert d["threshold"] == score["threshold"] and set(d["shifts"]) == set(SHIFTS)
     assert abs(d["false_alarm"] - score["false_alarm"]) <= 1.5 / d["series"] + 0.05
     assert d["shifts"]["corrupted"]["auroc"] > 0.9 and d["shifts"]["corrupted"]["flagged"] > 0.5, d
-    assert d["shifts"]["noise"]["auroc"] > 0.8, d  # 0.93 here
+    assert d["shifts"]["noise"]["auroc"] > 0.9, d  # 1.0 here
+    # Chest CT slabs score above the held-out series (AUROC 0.90 here) but only half pass
+    # the threshold: an embedding of frame-to-frame change sees little of a static
+    # anatomy (predict also refuses them as a hard mismatch: CT, a slice axis).
+    print("DOMAIN", json.dumps(d))
+    assert d["shifts"]["other_task"]["auroc"] > 0.75, d
     assert all(0.0 <= v["auroc"] <= 1.0 for v in d["shifts"].values())
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -112,3 +113,44 @@ def test_cli_exit_status_is_non_zero_on_anomalies(cine_records, tmp_path):
         p.unlink()
     assert cli.main(["validate", "--examples", str(planted), "--out", str(tmp_path / "bad"),
                      "--runner=DirectRunner"]) == 1
+
+
+def test_distances_are_tfdv_s():
+    from medseq.components.validate.executor import distance
+
+    assert distance("jensen_shannon_divergence", {"a": 5}, {"b": 3}) == pytest.approx(1.0)
+    assert distance("jensen_shannon_divergence", {"a": 2, "b": 2}, {"a": 5, "b": 5}) == pytest.approx(0.0)
+    assert distance("infinity_norm", {"a": 3, "b": 1}, {"a": 1, "b": 1}) == pytest.approx(0.25)
+
+
+def test_a_new_batch_is_checked_for_drift_from_the_training_statistics(synthetic_records, tmp_path):
+    from medseq.pipeline import cli
+
+    baseline = validate(str(synthetic_records), tmp_path / "baseline", beam_args=IN_PROCESS)
+    assert "histograms" in baseline.stats["train"]
+    same = validate(str(synthetic_records), tmp_path / "same", beam_args=IN_PROCESS,
+                    baseline=str(tmp_path / "baseline"))
+    assert same.anomalies == []
+    # Another vendor's scanner: its name, and an intensity profile brightened (gamma 0.5).
+    batch = tmp_path / "batch"
+    shutil.copytree(synthetic_records, batch)
+    for split in F.SPLITS:
+        moved = []
+        for raw in records(batch / split):
+            example = tf.train.Example.FromString(raw)
+            feature = example.features.feature
+            pixels = np.frombuffer(feature[F.FRAMES].bytes_list.value[0], np.uint8)
+            feature[F.FRAMES].bytes_list.value[0] = np.round(np.sqrt(pixels / 255.0) * 255.0).astype(np.uint8).tobytes()
+            feature[F.MANUFACTURER].bytes_list.value[0] = b"ACME Imaging"
+            moved.append(example.SerializeToString())
+        rewrite(batch / split, moved)
+    drifted = validate(str(batch), tmp_path / "drifted", beam_args=IN_PROCESS, baseline=str(tmp_path / "baseline"))
+    messages = {a["message"].split("'")[1]: a["message"] for a in drifted.anomalies if a["kind"] == "drift"}
+    assert set(messages) == {F.FRAMES, F.MANUFACTURER}, drifted.anomalies
+    assert "'ACME Imaging' 0% -> 100% of the records" in messages[F.MANUFACTURER]
+    assert {a["kind"] for a in drifted.anomalies} == {"drift"}
+    # The command line: exit 1 on drift, and a one-line error for a baseline that is not one.
+    assert cli.main(["validate", "--examples", str(batch), "--out", str(tmp_path / "cli"), "--baseline",
+                     str(tmp_path / "baseline"), "--runner=DirectRunner"]) == 1
+    assert cli.main(["validate", "--examples", str(batch), "--out", str(tmp_path / "cli2"), "--baseline",
+                     str(tmp_path / "nothing"), "--runner=DirectRunner"]) == 2
