@@ -3,7 +3,8 @@ the same pipeline shown one frame per series, side by side in one run.
 
     python benchmarks/bench_quality.py [--patients 1000] [--ct-patients 300] [--epochs 30] [--split 0.5 0.1 0.4]
         [--only cine ct dce phase sax value] [--dce-patients 300] [--sax-patients 300] [--depth 8] [--min-drop 0.1]
-        [--value-patients 1000] [--noise 3] [--value-frames 32] [--phase-patients 600]
+        [--value-patients 1000] [--noise 3] [--value-frames 32] [--value-full]
+        [--value-train KEY=VALUE ...] [--phase-patients 600]
 
 cine_ef (synthetic short-axis cine, `medseq synth --small`), converted and trained with
 the shipped config; AUC on the test split (patients never used for training or for
@@ -50,6 +51,7 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+import yaml
 
 from medseq.components import evaluate, ingest, synth, train
 from medseq.components.evaluate.inference import repeat_one_frame, shuffle_frames
@@ -279,14 +281,20 @@ def test_outputs(model_dir: str, records: Path, output: str, variant: str = "") 
 
 def value(args: argparse.Namespace, tmp: Path, config: PipelineConfig) -> list[dict[str, object]]:
     data, records = tmp / "cine_ef-value-data", tmp / "cine_ef-value-records"
-    synth.run("cine_ef", args.value_patients, args.seed, data, small=True, target="value", noise=args.noise)
+    synth.run("cine_ef", args.value_patients, args.seed, data, small=not args.value_full, target="value",
+              noise=args.noise)
     config = with_train(config, target="value", value=ValueConfig(column="ef", units="%", range=(0.0, 100.0)))
     if args.value_frames:  # every frame of the 16-30 kept: the end-systolic one is never skipped
         config = with_preprocess(config, frames=args.value_frames, temporal="pad")
+    if args.value_train:  # e.g. lstm_units=64 conv_filters=[16,32,64]: one model variant
+        changes = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.value_train)}
+        config = with_train(config, **{k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()})
     ingest.run(config, ingest.IngestInputs(str(data / "dicom"), str(data / "labels.csv"), KEY), records)
     model, seconds = trained(records, tmp / "value-train", config)
     rows = []
     t = f"T={config.preprocess.frames}{', pad' if args.value_frames else ''}"
+    t += ", full matrices" if args.value_full else ""
+    t += "".join(f", {item}" for item in args.value_train)
     for name, variant in ((f"sequence ({t})", ""), ("frames shuffled at test", "shuffled"),
                           ("one frame repeated at test", "one_frame")):
         predicted, truth = test_outputs(model, records, F.VALUE, variant)
@@ -343,6 +351,11 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=3.0, help="EF points of measurement noise (value section)")
     parser.add_argument("--value-frames", type=int, default=0,
                         help="value section: preprocess.frames with temporal: pad (0: the shipped T=16, sample)")
+    parser.add_argument("--value-full", action="store_true",
+                        help="value section on full matrices (192-256, resampled to the model's 64 with Pillow's "
+                             "anti-aliased resize: partial-volume edges) instead of synth --small's 48-64")
+    parser.add_argument("--value-train", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="value section: train settings over the shipped ones (YAML values), e.g. lstm_units=64")
     parser.add_argument("--phase-patients", type=int, default=600, help="cine_phase patients (events per frame)")
     parser.add_argument("--only", nargs="+", choices=sorted(SECTIONS), default=sorted(SECTIONS),
                         help="sections to run (all by default)")
