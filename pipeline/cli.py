@@ -323,23 +323,45 @@ def cmd_compile(args: argparse.Namespace, _: list[str]) -> int:
     return 0
 
 
-def _foreground(command: list[str], env: dict[str, str]) -> int:
+def _foreground(command: list[str], env: dict[str, str], failure: Callable[[str], str | None] | None = None) -> int:
     """Runs a Flower server process until it ends or this one is stopped (SIGTERM, Ctrl-C),
-    which stops it too."""
+    which stops it too. With `failure`, its output passes through this process's stdout and
+    an end that `failure` names (from the output) is a one-line MedseqError."""
     import signal
     import subprocess
+    import threading
 
-    child = subprocess.Popen(command, env=env)
+    from .errors import MedseqError
+
+    piped = failure is not None
+    child = subprocess.Popen(command, env=env, text=True, stdout=subprocess.PIPE if piped else None,
+                             stderr=subprocess.STDOUT if piped else None)
+    kept: list[str] = []
+
+    def relay() -> None:  # in a thread: processes the child starts may hold its output open after it ends
+        for line in child.stdout if child.stdout is not None else ():
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            kept.append(line)
+            del kept[:-200]
+
+    relaying = threading.Thread(target=relay, daemon=True)
+    relaying.start()
 
     def stop(signum: int, _: object) -> None:
         child.terminate()
 
     signal.signal(signal.SIGTERM, stop)
     try:
-        return child.wait()
+        code = child.wait()
     except KeyboardInterrupt:
         child.terminate()
         return child.wait()
+    relaying.join(timeout=5.0)
+    said = failure("".join(kept)) if failure is not None and code else None
+    if said:
+        raise MedseqError(said)
+    return code
 
 
 def cmd_federate(args: argparse.Namespace, _: list[str]) -> int:
@@ -350,8 +372,9 @@ def cmd_federate(args: argparse.Namespace, _: list[str]) -> int:
     from .errors import ConfigError
 
     tls = federate.Tls(args.tls_ca, args.tls_cert or "", args.tls_key or "") if args.tls_ca else None
-    needed = {"link": ("state",), "site": ("superlink", "records", "out"), "run": ("superlink", "out")}[args.role]
-    missing = [f"--{name}" for name in needed if not getattr(args, name)]
+    needed = {"link": ("state",), "site": ("superlink", "records", "out"), "run": ("superlink", "out"),
+              "register": ("superlink", "public_key")}[args.role]
+    missing = [f"--{name.replace('_', '-')}" for name in needed if not getattr(args, name)]
     if missing:
         raise ConfigError(f"federate {args.role}: expected {', '.join(missing)}")
     where = args.host if args.role == "link" else (args.superlink or "").rsplit(":", 1)[0]
@@ -360,17 +383,29 @@ def cmd_federate(args: argparse.Namespace, _: list[str]) -> int:
                           f"(--tls-ca{', --tls-cert and --tls-key' if args.role == 'link' else ''})")
     if tls is not None and args.role == "link" and not (args.tls_cert and args.tls_key):
         raise ConfigError("federate link: expected --tls-cert and --tls-key with --tls-ca")
+    if args.role == "link" and args.authenticate and tls is None:
+        raise ConfigError("federate link: --authenticate proves each site's key over TLS; expected --tls-ca, "
+                          "--tls-cert and --tls-key beside it")
     if args.role == "link":
-        print(f"federate: SuperLink on {args.host}:{args.port} ({'TLS' if tls else 'no TLS: loopback only'})",
+        admits = "; registered sites only" if args.authenticate else ""
+        print(f"federate: SuperLink on {args.host}:{args.port} ({'TLS' if tls else 'no TLS: loopback only'}{admits})",
               flush=True)
-        return _foreground(federate.link_command(args.port, args.state, args.host, tls), federate.environment())
+        return _foreground(federate.link_command(args.port, args.state, args.host, tls, args.authenticate),
+                           federate.environment())
+    if args.role == "register":
+        node = federate.register(args.superlink, args.public_key, tls)
+        print(f"federate: {args.public_key} registered at {args.superlink} (SuperNode {node}); the site joins with "
+              "--auth-key and its private key")
+        return 0
     if args.role == "site":
         from ..components.io.output_lock import claim
 
-        command = federate.site_command(args.superlink, args.records, args.out, args.port, args.config or "", tls)
+        command = federate.site_command(args.superlink, args.records, args.out, args.port, args.config or "", tls,
+                                        args.auth_key or "")
         claim(args.out, "site ledger folder")  # the ledger appends to OUT/sent.jsonl: never to a file of the user's
         print(f"federate: site of {args.records} -> SuperLink {args.superlink}", flush=True)
-        return _foreground(command, federate.environment())
+        return _foreground(command, federate.environment(),
+                           lambda log: federate.site_failure(log, args.superlink))
     model = federate.run(_config(args), args.superlink, args.out, tls)
     record = json.loads((Path(args.out) / federate.RECORD_FILE).read_text())
     print(f"federate: {len(record['rounds'])} round(s) over {len(record['sites'])} site(s) "
@@ -559,12 +594,14 @@ def build_parser() -> _Parser:
                    "(default medseq:latest)")
 
     p = add("federate", cmd_federate, "Federated training through Flower (pip install 'medseq[federated]'): `link` "
-            "starts the coordinator's SuperLink, `site` a site's SuperNode on its own records, `run` a federated "
+            "starts the coordinator's SuperLink, `register` admits a site's key to it, `site` a site's SuperNode on "
+            "its own records, `run` a federated "
             "run whose model (OUT/model) is a normal candidate for evaluate and push; only weights and aggregate "
             "metrics leave a site.")
-    p.add_argument("role", choices=("link", "site", "run"), help="link: the coordinator's SuperLink; site: one "
-                   "site's SuperNode; run: train on the SuperLink's sites")
-    p.add_argument("--superlink", metavar="HOST:PORT", help="site, run: the SuperLink's address")
+    p.add_argument("role", choices=("link", "register", "site", "run"), help="link: the coordinator's SuperLink; "
+                   "register: admit a site's public key to it; site: one site's SuperNode; run: train on the "
+                   "SuperLink's sites")
+    p.add_argument("--superlink", metavar="HOST:PORT", help="register, site, run: the SuperLink's address")
     p.add_argument("--records", help="site: the site's own `medseq convert` output")
     p.add_argument("--out", help="site: the folder of its ledger (sent.jsonl: every message it sent); run: the "
                    "federated model (OUT/model) and the run's record (OUT/federation.json)")
@@ -575,6 +612,12 @@ def build_parser() -> _Parser:
     p.add_argument("--tls-ca", help="the CA certificate every side trusts (without: no TLS, for loopback only)")
     p.add_argument("--tls-cert", help="link: the SuperLink's TLS certificate")
     p.add_argument("--tls-key", help="link: the SuperLink's TLS key")
+    p.add_argument("--authenticate", action="store_true", help="link (with TLS): admit only sites whose public "
+                   "key was registered (federate register), each proving it holds the private key")
+    p.add_argument("--public-key", help="register: a site's public key (OpenSSH EC, e.g. site-key.pub from "
+                   "ssh-keygen -t ecdsa -b 384 -N '' -f site-key)")
+    p.add_argument("--auth-key", help="site: its private key (OpenSSH EC) whose public key the coordinator "
+                   "registered")
 
     p = add("run", cmd_run, "Run every stage into one run folder: by default on synthetic cine MR that the "
             "shipped config's `synth` section generates there; `input`/`labels` in a --config for your DICOM.")

@@ -28,7 +28,8 @@ from ...pipeline.config import PipelineConfig, to_dict
 from ...pipeline.errors import InputError
 from .records import MODEL_DIR, RECORD_FILE, SENT_FILE
 
-__all__ = ["MODEL_DIR", "RECORD_FILE", "SENT_FILE", "Tls", "link_command", "run", "site_command"]
+__all__ = ["MODEL_DIR", "RECORD_FILE", "SENT_FILE", "Tls", "link_command", "register", "run", "site_command",
+           "site_failure"]
 
 APP_NAME = "medseq-federated"
 CONNECTION = "federation"
@@ -66,21 +67,48 @@ def _readable(path: str, what: str) -> str:
     return str(Path(path).resolve())
 
 
-def link_command(port: int, state: str | Path, host: str = "127.0.0.1", tls: Tls | None = None) -> list[str]:
-    """The SuperLink of a federation, its state (runs, nodes) in STATE/superlink.db."""
+def link_command(port: int, state: str | Path, host: str = "127.0.0.1", tls: Tls | None = None,
+                 authenticate: bool = False) -> list[str]:
+    """The SuperLink of a federation, its state (runs, nodes, registered site keys) in
+    STATE/superlink.db. `authenticate` (over TLS only): only SuperNodes whose public key
+    was registered (`register`) may join, each proving it holds the private key."""
     Path(state).mkdir(parents=True, exist_ok=True)
     command = [_executable("flower-superlink"), "--host", host, "--port", str(port), "--database",
                str(Path(state).resolve() / "superlink.db"), "--disable-runtime-dependency-installation"]
     if tls is None:
         return [*command, "--insecure"]
     return [*command, "--ssl-ca-certfile", _readable(tls.ca, "TLS CA certificate"),
-            "--ssl-certfile", _readable(tls.cert, "TLS certificate"), "--ssl-keyfile", _readable(tls.key, "TLS key")]
+            "--ssl-certfile", _readable(tls.cert, "TLS certificate"), "--ssl-keyfile", _readable(tls.key, "TLS key"),
+            *(["--enable-supernode-auth"] if authenticate else [])]
+
+
+KEY_ADVICE = "an EC key in OpenSSH format, e.g. from ssh-keygen -t ecdsa -b 384 -N '' -f site-key"
+
+
+def _site_key(path: str, public: bool) -> str:
+    """`path`, checked to hold a site's EC key in OpenSSH format (the private key a site
+    signs with, or the public key the coordinator registers): one line if it does not."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
+
+    what = "public" if public else "private"
+    data = Path(_readable(path, f"site {what} key")).read_bytes()
+    try:
+        key = load_ssh_public_key(data) if public else load_ssh_private_key(data, None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        key = None
+    if not isinstance(key, ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey):
+        raise InputError(f"{path}: not a usable site {what} key; expected {KEY_ADVICE} (no passphrase; the "
+                         f"{'.pub file' if public else 'file without .pub'})")
+    return str(Path(path).resolve())
 
 
 def site_command(superlink: str, records: str | Path, out: str | Path, port: int, config: str = "",
-                 tls: Tls | None = None) -> list[str]:
+                 tls: Tls | None = None, auth_key: str = "") -> list[str]:
     """A site's SuperNode: its records, its config file (empty: the shipped one) and the
-    folder of its ledger, as Flower node config."""
+    folder of its ledger, as Flower node config; with `auth_key`, the private key it proves
+    itself with to a SuperLink that admits registered sites only."""
     from ..io.examples import record_spec
 
     record_spec(records)  # one line now if the folder is not an ingest output
@@ -88,9 +116,67 @@ def site_command(superlink: str, records: str | Path, out: str | Path, port: int
             "out": str(Path(out).resolve())}
     command = [_executable("flower-supernode"), "--superlink", superlink, "--port", str(port), "--node-config",
                " ".join(f"{k}={json.dumps(v)}" for k, v in node.items())]
+    if auth_key:
+        command += ["--auth-supernode-private-key", _site_key(auth_key, public=False)]
     if tls is None:
         return [*command, "--insecure"]
     return [*command, "--root-certificates", _readable(tls.ca, "TLS CA certificate")]
+
+
+# Flower's reasons a SuperLink refused a SuperNode (exit code 305), by its error code.
+_REFUSED = {"2001": "admits registered sites only; expected --auth-key with a private key whose public key the "
+                    "coordinator registered (medseq federate register)",
+            "2004": "refused this site's key (--auth-key): its public key is not registered there; expected "
+                    "`medseq federate register --public-key KEY.pub` at the coordinator first"}
+
+
+def site_failure(log: str, superlink: str) -> str | None:
+    """The one line for a SuperNode that the SuperLink refused, from its log; None for any
+    other end."""
+    for code, reason in _REFUSED.items():
+        if f"[code: {code}]" in log:
+            return f"the SuperLink at {superlink} {reason}"
+    return None
+
+
+def _flwr_home(folder: Path, superlink: str, tls: Tls | None) -> Path:
+    """A FLWR_HOME whose one connection (CONNECTION) is the SuperLink's Control API."""
+    import tomli_w
+
+    connection: dict[str, object] = {"address": superlink}
+    if tls is None:
+        connection["insecure"] = True
+    else:
+        connection["root-certificates"] = _readable(tls.ca, "TLS CA certificate")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.toml").write_text(tomli_w.dumps({"superlink": {"default": CONNECTION,
+                                                                     CONNECTION: connection}}))
+    return folder
+
+
+def register(superlink: str, public_key: str, tls: Tls | None) -> int:
+    """Registers a site's public key (OpenSSH EC) at the SuperLink, through its Control API:
+    a SuperNode holding the private key may then join a federation that authenticates its
+    sites. Returns the node ID Flower gives it; FederationError in one line if refused."""
+    import tempfile
+
+    from .records import FederationError
+
+    key = _site_key(public_key, public=True)
+    reachable(superlink, tls)
+    with tempfile.TemporaryDirectory(prefix="medseq-flwr-") as home:
+        done = subprocess.run([_executable("flwr"), "supernode", "register", key, CONNECTION, "--format", "json"],
+                              env={**environment(), "FLWR_HOME": str(_flwr_home(Path(home), superlink, tls))},
+                              capture_output=True, text=True, timeout=120)
+    try:
+        answer = json.loads(done.stdout)
+    except ValueError:
+        answer = {}
+    if not answer.get("success"):
+        said = str(answer.get("error-message") or done.stderr or done.stdout).strip().splitlines()
+        raise FederationError(f"the SuperLink at {superlink} did not register {public_key}: "
+                              f"{said[-1] if said else 'no answer'}")
+    return int(answer["node-id"])
 
 
 def _app(folder: Path) -> Path:
@@ -165,15 +251,7 @@ def run(config: PipelineConfig, superlink: str, out: str | Path, tls: Tls | None
     claim(str(out), "federation output folder")
     work = out / ".flower"
     app = _app(work / "app")
-    connection: dict[str, object] = {"address": superlink}
-    if tls is None:
-        connection["insecure"] = True
-    else:
-        connection["root-certificates"] = _readable(tls.ca, "TLS CA certificate")
-    home = work / "home"
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "config.toml").write_text(tomli_w.dumps({"superlink": {"default": CONNECTION,
-                                                                   CONNECTION: connection}}))
+    home = _flwr_home(work / "home", superlink, tls)
     settings = work / "run_config.toml"
     settings.write_text(tomli_w.dumps({"settings": json.dumps({"config": json.dumps(to_dict(config)),
                                                                "out": str(out)})}))

@@ -37,11 +37,15 @@ class LocalFederation:
     """`with LocalFederation(root, sites) as fed:` a SuperLink at `fed.superlink` and a
     SuperNode per site (name -> (its records, its config file or "")); logs and ledgers
     under `root`. `stop_site(name, SIGKILL)` and `start_site(name)` drop a site and bring
-    it back (a new SuperNode on the same records)."""
+    it back (a new SuperNode on the same records). With `keys` (site name -> its private
+    key, the public key beside it as KEY.pub; over TLS only) the SuperLink admits
+    registered sites only, and each of those sites' public keys is registered before it
+    starts with its private key."""
 
     def __init__(self, root: str | Path, sites: dict[str, tuple[str | Path, str | Path]],
-                 env: dict[str, str] | None = None, tls: Tls | None = None) -> None:
-        self.root, self.sites, self.tls = Path(root), sites, tls
+                 env: dict[str, str] | None = None, tls: Tls | None = None,
+                 keys: dict[str, str] | None = None) -> None:
+        self.root, self.sites, self.tls, self.keys = Path(root), sites, tls, keys
         self.env = {**os.environ, **(env or {})}
         self.link_port, *self.ports = free_ports(1 + 2 * len(sites))
         self.superlink = f"127.0.0.1:{self.link_port}"
@@ -59,7 +63,8 @@ class LocalFederation:
         self._start(name, _medseq("federate", "site", "--superlink", self.superlink, "--records", str(records),
                                   "--out", str(self.root / name), "--port", str(port or next(self.spare)),
                                   *(["--config", str(config)] if config else []),
-                                  *(["--tls-ca", self.tls.ca] if self.tls else [])))
+                                  *(["--tls-ca", self.tls.ca] if self.tls else []),
+                                  *(["--auth-key", self.keys[name]] if self.keys and name in self.keys else [])))
 
     def stop_site(self, name: str, sig: int = signal.SIGTERM) -> None:
         process = self.processes.pop(name, None)
@@ -75,8 +80,9 @@ class LocalFederation:
 
     def __enter__(self) -> LocalFederation:
         tls = ["--tls-ca", self.tls.ca, "--tls-cert", self.tls.cert, "--tls-key", self.tls.key] if self.tls else []
+        admit = ["--authenticate"] if self.keys is not None else []
         self._start("link", _medseq("federate", "link", "--port", str(self.link_port), "--state",
-                                    str(self.root / "link"), *tls))
+                                    str(self.root / "link"), *tls, *admit))
         deadline = time.monotonic() + 120
         while True:
             with socket.socket() as s:
@@ -86,9 +92,18 @@ class LocalFederation:
                 self.close()
                 raise InputError(f"the SuperLink did not start; its log: {self.root / 'link.log'}")
             time.sleep(0.5)
+        for name in self.keys or {}:
+            self.register(name)
         for name, port in zip(self.sites, self.ports, strict=False):
             self.start_site(name, port)
         return self
+
+    def register(self, name: str) -> int:
+        """Registers site `name`'s public key (its private key's path + .pub) at the SuperLink."""
+        from . import register as register_key
+
+        assert self.keys is not None
+        return register_key(self.superlink, self.keys[name] + ".pub", self.tls)
 
     def close(self) -> None:
         for name in list(self.processes):

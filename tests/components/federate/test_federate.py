@@ -219,6 +219,63 @@ def _certificates(folder: Path) -> tuple[str, str, str, str]:
             write("other.pem", certificate("another CA", other_key, "another CA", other_key, True).public_bytes(pem)))
 
 
+def _site_key(path: Path) -> str:
+    """A site's key pair as ssh-keygen -t ecdsa -b 384 writes it: PATH (private) and PATH.pub."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                       serialization.NoEncryption()))
+    Path(f"{path}.pub").write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                                  serialization.PublicFormat.OpenSSH))
+    return str(path)
+
+
+def test_a_federation_that_authenticates_its_sites_admits_registered_keys_only(federation, tmp_path):
+    """`federate link --authenticate`: a site whose public key the coordinator registered
+    joins and trains; one with another key, or none, is refused in one line, and so is a
+    file that is not a key."""
+    from medseq.components.federate import Tls
+
+    root, _, _, _, _ = federation
+    ca, cert, key, _ = _certificates(tmp_path)
+    keys = {name: _site_key(tmp_path / f"{name}-key") for name in ("a", "b")}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(
+        {**FEDERATION, "federate": {"rounds": 1, "local_epochs": 1, "min_sites": 1, "round_timeout_s": 120}}))
+    unauthenticated = medseq("federate", "link", "--state", str(tmp_path / "plain"), "--authenticate")
+    assert one_line(unauthenticated) == ("medseq federate: federate link: --authenticate proves each site's key "
+                                         "over TLS; expected --tls-ca, --tls-cert and --tls-key beside it")
+    env = {"MEDSEQ_HASH_KEY": COORDINATOR_KEY}
+    sites = {"a": (root / "a" / "records", root / "config.yaml")}
+    with LocalFederation(tmp_path / "federation", sites, env, Tls(ca, cert, key), keys={"a": keys["a"]}) as fed:
+        port = free_ports(1)[0]
+
+        def site(*extra: str) -> subprocess.CompletedProcess:
+            return medseq("federate", "site", "--superlink", fed.superlink, "--records", str(root / "b" / "records"),
+                          "--out", str(tmp_path / "b"), "--port", str(port), "--tls-ca", ca, *extra, timeout=180)
+
+        assert one_line(site("--auth-key", keys["b"])) == (
+            f"medseq federate: the SuperLink at {fed.superlink} refused this site's key (--auth-key): its public key "
+            "is not registered there; expected `medseq federate register --public-key KEY.pub` at the coordinator "
+            "first")
+        assert one_line(site()) == (
+            f"medseq federate: the SuperLink at {fed.superlink} admits registered sites only; expected --auth-key "
+            "with a private key whose public key the coordinator registered (medseq federate register)")
+        (tmp_path / "not-a-key").write_text("-----BEGIN NOTHING-----\n")
+        assert one_line(site("--auth-key", str(tmp_path / "not-a-key"))).startswith(
+            f"medseq federate: {tmp_path / 'not-a-key'}: not a usable site private key; expected an EC key in "
+            "OpenSSH format")
+        bad = medseq("federate", "register", "--superlink", fed.superlink, "--public-key", keys["b"], "--tls-ca", ca)
+        assert one_line(bad).startswith(f"medseq federate: {keys['b']}: not a usable site public key")
+        assert fed.processes["a"].poll() is None  # the registered site is still connected
+        done = medseq("federate", "run", "--superlink", fed.superlink, "--out", str(tmp_path / "run"), "--config",
+                      str(tmp_path / "config.yaml"), "--tls-ca", ca, env={**os.environ, **env}, timeout=900)
+        assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads((tmp_path / "run" / RECORD_FILE).read_text())
+    assert len(record["rounds"]) == 1 and len(record["rounds"][0]["sites"]) == 1
+
+
 def test_tls_between_the_superlink_and_its_sites_and_a_wrong_certificate_in_one_line(federation, tmp_path):
     from medseq.components.federate import Tls
 
