@@ -1,7 +1,8 @@
 """Federated training: hospitals train one model together, their records never leaving them.
 
 Built on Flower's Deployment Engine (`pip install 'medseq[federated]'`):
-- the coordinator runs a SuperLink (`medseq federate link`);
+- the coordinator runs a SuperLink (`medseq federate link`; with `--authenticate` it
+  admits only sites whose public key it registered: `medseq federate register`);
 - each site runs its own ingest (its own hash key, its own qc.json), then a SuperNode
   whose ClientApp trains medseq's model on its records (`medseq federate site`);
 - `medseq federate run` starts the run on the SuperLink: the ServerApp (coordinator.py)
