@@ -339,14 +339,16 @@ def _foreground(command: list[str], env: dict[str, str], failure: Callable[[str]
     kept: list[str] = []
 
     def relay() -> None:  # in a thread: processes the child starts may hold its output open after it ends
-        for line in child.stdout if child.stdout is not None else ():
+        assert child.stdout is not None
+        for line in child.stdout:
             sys.stdout.write(line)
             sys.stdout.flush()
             kept.append(line)
             del kept[:-200]
 
     relaying = threading.Thread(target=relay, daemon=True)
-    relaying.start()
+    if piped:
+        relaying.start()
 
     def stop(signum: int, _: object) -> None:
         child.terminate()
@@ -357,7 +359,8 @@ def _foreground(command: list[str], env: dict[str, str], failure: Callable[[str]
     except KeyboardInterrupt:
         child.terminate()
         return child.wait()
-    relaying.join(timeout=5.0)
+    if piped:
+        relaying.join(timeout=5.0)
     said = failure("".join(kept)) if failure is not None and code else None
     if said:
         raise MedseqError(said)

@@ -164,16 +164,21 @@ DRIFT_COMPARATORS = {"infinity_norm": "L-inf", "jensen_shannon_divergence": "Jen
 DRIFT_SPLIT = "baseline"  # an anomaly's `split` for a drift: these records against the baseline's train split
 
 
-def _shares(counts: dict[str, int], keys: list[str]) -> np.ndarray:
-    total = max(sum(counts.values()), 1)
-    return np.array([counts.get(k, 0) / total for k in keys], np.float64)
-
-
-def distance(comparator: str, baseline: dict[str, int], current: dict[str, int]) -> float:
-    """TFDV's drift distances between two count distributions: `infinity_norm` the largest
-    change of one value's share; `jensen_shannon_divergence` in bits (0 to 1)."""
+def _shares(baseline: dict[str, int], current: dict[str, int]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The values of either distribution, and each one's share of the baseline's and the
+    current records."""
     keys = sorted(set(baseline) | set(current))
-    p, q = _shares(baseline, keys), _shares(current, keys)
+
+    def share(counts: dict[str, int]) -> np.ndarray:
+        total = max(sum(counts.values()), 1)
+        return np.array([counts.get(k, 0) / total for k in keys], np.float64)
+    return keys, share(baseline), share(current)
+
+
+def distance(comparator: str, p: np.ndarray, q: np.ndarray) -> float:
+    """TFDV's drift distances between two distributions of shares (`_shares`):
+    `infinity_norm` the largest change of one value's share; `jensen_shannon_divergence`
+    in bits (0 to 1)."""
     if comparator == "infinity_norm":
         return float(np.max(np.abs(p - q), initial=0.0))
     m = (p + q) / 2
@@ -214,11 +219,9 @@ def find_drift(baseline: dict[str, Any], stats: dict[str, dict[str, Any]],
         if group not in train:
             raise InputError(f"--baseline: its stats.json has no {group}; expected one written by this medseq's "
                              "validate (run it again on the training records)")
-        before, now = train[group].get(name, {}), pooled(stats, group, name)
-        d = distance(comparator, before, now)
+        keys, p, q = _shares(train[group].get(name, {}), pooled(stats, group, name))
+        d = distance(comparator, p, q)
         if d > threshold:
-            keys = sorted(set(before) | set(now))
-            p, q = _shares(before, keys), _shares(now, keys)
             i = int(np.argmax(np.abs(p - q)))
             value = (f"pixel mean {int(keys[i]) / PIXEL_MEAN_BINS:.2f}-{(int(keys[i]) + 1) / PIXEL_MEAN_BINS:.2f}"
                      if name == "pixel_mean" else repr(keys[i]))

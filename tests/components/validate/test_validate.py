@@ -116,11 +116,14 @@ def test_cli_exit_status_is_non_zero_on_anomalies(cine_records, tmp_path):
 
 
 def test_distances_are_tfdv_s():
-    from medseq.components.validate.executor import distance
+    from medseq.components.validate.executor import _shares, distance
 
-    assert distance("jensen_shannon_divergence", {"a": 5}, {"b": 3}) == pytest.approx(1.0)
-    assert distance("jensen_shannon_divergence", {"a": 2, "b": 2}, {"a": 5, "b": 5}) == pytest.approx(0.0)
-    assert distance("infinity_norm", {"a": 3, "b": 1}, {"a": 1, "b": 1}) == pytest.approx(0.25)
+    def between(comparator, baseline, current):
+        return distance(comparator, *_shares(baseline, current)[1:])
+
+    assert between("jensen_shannon_divergence", {"a": 5}, {"b": 3}) == pytest.approx(1.0)
+    assert between("jensen_shannon_divergence", {"a": 2, "b": 2}, {"a": 5, "b": 5}) == pytest.approx(0.0)
+    assert between("infinity_norm", {"a": 3, "b": 1}, {"a": 1, "b": 1}) == pytest.approx(0.25)
 
 
 def test_a_new_batch_is_checked_for_drift_from_the_training_statistics(synthetic_records, tmp_path):
