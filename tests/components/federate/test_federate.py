@@ -252,8 +252,19 @@ def test_a_federation_that_authenticates_its_sites_admits_registered_keys_only(f
         port = free_ports(1)[0]
 
         def site(*extra: str) -> subprocess.CompletedProcess:
-            return medseq("federate", "site", "--superlink", fed.superlink, "--records", str(root / "b" / "records"),
-                          "--out", str(tmp_path / "b"), "--port", str(port), "--tls-ca", ca, *extra, timeout=180)
+            """A refused site's `medseq federate site`, in a session of its own: should it hang, it
+            and its SuperNode are stopped by their process group, not left running."""
+            command = [sys.executable, "-m", "medseq.pipeline.cli", "federate", "site", "--superlink", fed.superlink,
+                       "--records", str(root / "b" / "records"), "--out", str(tmp_path / "b"), "--port", str(port),
+                       "--tls-ca", ca, *extra]
+            with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  start_new_session=True) as process:
+                try:
+                    out, err = process.communicate(timeout=180)
+                finally:
+                    if process.poll() is None:
+                        os.killpg(process.pid, signal.SIGKILL)
+            return subprocess.CompletedProcess(command, process.returncode, out, err)
 
         assert one_line(site("--auth-key", keys["b"])) == (
             f"medseq federate: the SuperLink at {fed.superlink} refused this site's key (--auth-key): its public key "
