@@ -2,6 +2,7 @@
 held-out patients, side by side in one run (issue 38).
 
     python benchmarks/bench_federated.py [--patients 300] [--rounds 10] [--local-epochs 1] [--seed 0]
+        [--federated fedavg:keep fedavg:fresh fedavgm:keep]
 
 Three synthetic sites of `medseq synth --task cine_ef`, non-IID: each keeps the series of
 one vendor (SIEMENS, GE, Philips) and its own class balance (reduced EF kept for 60 %,
@@ -11,7 +12,8 @@ the same model and the same number of passes over the data (rounds x local epoch
 - `centralized`: `medseq train` on the union of the three sites' series;
 - `site N alone`: `medseq train` on one site's records;
 - `federated`: `medseq federate run` over the three sites, each a SuperNode on loopback
-  (components/federate/local.py), FedAvg.
+  (components/federate/local.py), once per `--federated AGGREGATOR:SITE_OPTIMIZER`
+  variant (federate.aggregator, federate.site_optimizer), on the same SuperNodes.
 
 Every model is scored on one held-out set (another 200 patients of every vendor, never
 trained on): AUC with a bootstrap 95 % interval. Prints the table and the federation's
@@ -103,6 +105,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--local-epochs", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--federated", nargs="+", default=["fedavg:keep"], metavar="AGGREGATOR:SITE_OPTIMIZER",
+                        help="federated variants, each one run (e.g. fedavg:keep fedavg:fresh fedavgm:keep)")
     parser.add_argument("--json", default=str(RESULTS))
     args = parser.parse_args()
     os.environ.setdefault("MEDSEQ_HASH_KEY", COORDINATOR_KEY)
@@ -144,27 +148,34 @@ def main() -> None:
             rows.append(scored(f"{name} alone ({SITES[name][0].split()[0]}, reduced EF {SITES[name][1]:.0%})",
                                model, held_out))
         with LocalFederation(root / "federation", sites, {"MEDSEQ_HASH_KEY": COORDINATOR_KEY}) as fed:
-            start = time.perf_counter()
-            model_dir = federate.run(config, fed.superlink, root / "federated")
-            seconds = time.perf_counter() - start
-        record = json.loads((root / "federated" / federate.RECORD_FILE).read_text())
-        per_round = np.diff([0.0] + [r["ended_s"] for r in record["rounds"]])
-        rows.append(scored(f"federated (FedAvg, {args.rounds} rounds x {args.local_epochs} local epochs)",
-                           str(model_dir), held_out, run_seconds=round(seconds),
-                           seconds_per_round=round(float(np.median(per_round[1:] if len(per_round) > 1
-                                                                     else per_round)), 1),
-                           bytes_per_site_per_round=int(np.median([r["bytes_sent_per_site"]
-                                                                   for r in record["rounds"]]))))
+            for variant in args.federated:
+                aggregator, site_optimizer = variant.split(":")
+                out = root / f"federated-{aggregator}-{site_optimizer}"
+                variant_config = dataclasses.replace(config, federate=dataclasses.replace(
+                    config.federate, aggregator=aggregator, site_optimizer=site_optimizer))
+                start = time.perf_counter()
+                model_dir = federate.run(variant_config, fed.superlink, out)
+                seconds = time.perf_counter() - start
+                record = json.loads((out / federate.RECORD_FILE).read_text())
+                per_round = np.diff([0.0] + [r["ended_s"] for r in record["rounds"]])
+                rows.append(scored(f"federated ({aggregator}, site optimizer {site_optimizer}, {args.rounds} rounds "
+                                   f"x {args.local_epochs} local epochs)", str(model_dir), held_out,
+                                   run_seconds=round(seconds),
+                                   seconds_per_round=round(float(np.median(per_round[1:] if len(per_round) > 1
+                                                                             else per_round)), 1),
+                                   bytes_per_site_per_round=int(np.median([r["bytes_sent_per_site"]
+                                                                           for r in record["rounds"]]))))
     print(f"bench_federated ({cpu_name()}): AUC on {rows[0]['series']} held-out series, bootstrap 95 % interval; "
           f"{epochs} passes over the data each")
     for row in rows:
         ci = row["ci95"]
         extra = "".join(f"  {k} {row[k]}" for k in ("train_seconds", "run_seconds", "seconds_per_round",
                                                      "bytes_per_site_per_round") if k in row)
-        print(f"  {row['model']:58} AUC {row['auc']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]{extra}")
-    central, alone, fed_row = rows[0]["auc"], [r["auc"] for r in rows[1:-1]], rows[-1]["auc"]
-    print(f"  federated - centralized: {fed_row - central:+.3f} (goal >= -0.02); above every site alone: "
-          f"{all(fed_row > a for a in alone)}")
+        print(f"  {row['model']:72} AUC {row['auc']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]{extra}")
+    central, alone = rows[0]["auc"], [r["auc"] for r in rows[1:1 + len(SITES)]]
+    for row in rows[1 + len(SITES):]:
+        print(f"  {row['model']}: federated - centralized {row['auc'] - central:+.3f} (goal >= -0.02); above every "
+              f"site alone: {all(row['auc'] > a for a in alone)}")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"args": vars(args), "cpu": cpu_name(), "rows": rows}, indent=2) + "\n")
 

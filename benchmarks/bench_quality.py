@@ -2,9 +2,10 @@
 the same pipeline shown one frame per series, side by side in one run.
 
     python benchmarks/bench_quality.py [--patients 1000] [--ct-patients 300] [--epochs 30] [--split 0.5 0.1 0.4]
-        [--only cine ct dce phase sax value] [--dce-patients 300] [--sax-patients 300] [--depth 8] [--min-drop 0.1]
+        [--only anomaly cine ct dce phase sax value] [--dce-patients 300] [--sax-patients 300] [--depth 8]
+        [--min-drop 0.1]
         [--value-patients 1000] [--noise 3] [--value-frames 32] [--value-full]
-        [--value-train KEY=VALUE ...] [--phase-patients 600]
+        [--value-train KEY=VALUE ...] [--phase-patients 600] [--anomaly-patients 600] [--abnormal-share 0.1]
 
 cine_ef (synthetic short-axis cine, `medseq synth --small`), converted and trained with
 the shipped config; AUC on the test split (patients never used for training or for
@@ -33,7 +34,13 @@ picking the epoch) with a bootstrap 95 % interval over series:
   are labeled, every source frame kept (T = 40, `temporal: pad`): the event error in
   source frames (goal: <= 1.0 for ED and for ES), the same model with its frames
   shuffled at test (far worse), and the causal model (`train.causal`, goal: within 0.2
-  frames of the non-causal one).
+  frames of the non-causal one);
+- anomaly detection from normal series (`train.target: anomaly`): cine_ef where reduced
+  EF is rare (10 % of the series), a model trained on the normal series alone (it
+  predicts each next frame); the AUC of its `anomaly_score` of normal against reduced EF
+  on the test split, its sensitivity and false-alarm rate at the threshold the model
+  carries, beside the same model's `domain_score` (the embedding distance) and its score
+  with the frames shuffled at test.
 Prints a table and writes JSON (benchmarks/results/bench_quality.json; the rows of the
 sections not run are kept from the earlier run).
 """
@@ -41,6 +48,7 @@ sections not run are kept from the earlier run).
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 import shutil
@@ -308,6 +316,45 @@ def value(args: argparse.Namespace, tmp: Path, config: PipelineConfig) -> list[d
     return rows
 
 
+def rare_labels(data: Path, share: float, seed: int) -> Path:
+    """labels.csv of `data` with the reduced-EF series kept at random so that they are
+    about `share` of the series (cine_ef writes them about half of its series)."""
+    rows = list(csv.reader((data / "labels.csv").open()))
+    rng = np.random.default_rng(seed)
+    keep = share / (1.0 - share)  # of reduced EF, against every normal series
+    kept = [r for r in rows[1:] if r[1] != "reduced_ef" or rng.random() < keep]
+    with (data / "rare_labels.csv").open("w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows([rows[0], *kept])
+    return data / "rare_labels.csv"
+
+
+def anomaly(args: argparse.Namespace, tmp: Path, config: PipelineConfig) -> list[dict[str, object]]:
+    data, records = tmp / "cine_ef-anomaly-data", tmp / "cine_ef-anomaly-records"
+    synth.run("cine_ef", args.anomaly_patients, args.seed, data, small=True)
+    labels = rare_labels(data, args.abnormal_share, args.seed)
+    config = with_train(config, target="anomaly")
+    ingest.run(config, ingest.IngestInputs(str(data / "dicom"), str(labels), KEY), records)
+    model, seconds = trained(records, tmp / "anomaly-train", config)
+    threshold = float(json.loads((Path(model) / "assets.extra" / "medseq_spec.json").read_text())
+                      ["training"]["anomaly"]["threshold"])
+    rows = []
+    for name, output, variant in (("anomaly_score", F.ANOMALY_SCORE, ""),
+                                  ("domain_score (embedding distance)", F.DOMAIN_SCORE, ""),
+                                  ("anomaly_score, frames shuffled at test", F.ANOMALY_SCORE, "shuffled")):
+        score, truth = test_outputs(model, records, output, variant)
+        normal = truth == record_spec(records).classes.index("normal")
+        low, high = bootstrap_intervals(score, ~normal, seed=0, samples=2000,
+                                        metrics=lambda p, y: {"auc": binary_auc(p, y)})["auc"]
+        row: dict[str, object] = {"model": f"cine_ef anomaly, {name}", "auc": binary_auc(score, ~normal),
+                                  "ci95": [low, high], "series": int(len(score)), "abnormal": int((~normal).sum())}
+        if output == F.ANOMALY_SCORE and not variant:
+            row.update(train_seconds=round(seconds), threshold=threshold,
+                       sensitivity=float(np.mean(score[~normal] > threshold)),
+                       false_alarm=float(np.mean(score[normal] > threshold)))
+        rows.append(row)
+    return rows
+
+
 def phase(args: argparse.Namespace, tmp: Path, config: PipelineConfig) -> list[dict[str, object]]:
     data, records = tmp / "cine_phase-data", tmp / "cine_phase-records"
     synth.run("cine_phase", args.phase_patients, args.seed, data, small=True, target="frames")
@@ -332,7 +379,7 @@ def phase(args: argparse.Namespace, tmp: Path, config: PipelineConfig) -> list[d
     return rows
 
 
-SECTIONS = {"cine": cine, "ct": ct, "dce": dce, "phase": phase, "sax": sax, "value": value}
+SECTIONS = {"anomaly": anomaly, "cine": cine, "ct": ct, "dce": dce, "phase": phase, "sax": sax, "value": value}
 
 
 def main() -> None:
@@ -357,6 +404,9 @@ def main() -> None:
     parser.add_argument("--value-train", nargs="*", default=[], metavar="KEY=VALUE",
                         help="value section: train settings over the shipped ones (YAML values), e.g. lstm_units=64")
     parser.add_argument("--phase-patients", type=int, default=600, help="cine_phase patients (events per frame)")
+    parser.add_argument("--anomaly-patients", type=int, default=600, help="cine_ef patients of the anomaly section")
+    parser.add_argument("--abnormal-share", type=float, default=0.1,
+                        help="anomaly section: the share of reduced-EF series kept (the rare abnormal class)")
     parser.add_argument("--only", nargs="+", choices=sorted(SECTIONS), default=sorted(SECTIONS),
                         help="sections to run (all by default)")
     parser.add_argument("--json", default=str(RESULTS))
@@ -390,7 +440,9 @@ def main() -> None:
             print(f"  {row['model']:52} MAE {row['mae']:.2f} {interval:16} R² {row['r2']:.3f} "
                   f"[{r2[0]:.3f}, {r2[1]:.3f}] AUC(EF<40) {row['auc_below_40']:.3f} {n:11} {seconds}")
             continue
-        print(f"  {row['model']:52} AUC {row['auc']:.3f} {interval:16} {n:11} {seconds}{verdict}")
+        alarm = (f" sensitivity {row['sensitivity']:.2f}, false alarms {row['false_alarm']:.2f} at "
+                 f"{row['threshold']:.3g} ({row['abnormal']} abnormal)") if "sensitivity" in row else ""
+        print(f"  {row['model']:52} AUC {row['auc']:.3f} {interval:16} {n:11} {seconds}{verdict}{alarm}")
     write_results(Path(args.json), args, rows)
 
 

@@ -557,7 +557,8 @@ def build_parser() -> _Parser:
                    "or .onnx file written by `medseq export` (medseq_spec.json beside it)")
     p.add_argument("--input", required=True, help="folder of DICOM files, any nesting (one or more series)")
     p.add_argument("--json", action="store_true", help="one JSON line per series instead of a table (a value "
-                   "model: value and units; a frames model: frame_values and each event's frame and ms)")
+                   "model: value and units; a frames model: frame_values and each event's frame and ms; an anomaly "
+                   "model: label, normal or anomalous, and anomaly_score)")
     p.add_argument("--explain", metavar="FILE", nargs="?", const="explain.json",
                    help="which frames mattered (temporal occlusion), printed and written to FILE (default "
                    "explain.json), and where in them (Grad-CAM: an array and a PNG overlay per series in "

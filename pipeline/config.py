@@ -42,10 +42,13 @@ LR_SCHEDULES = ("constant", "cosine")
 MONITOR_MODES = ("auto", "max", "min")
 # train.target: a class per series, a number per series (e.g. EF %), or events per frame
 # (key frames such as end-diastole and end-systole, from frame_labels.csv).
-TARGETS = ("class", "value", "frames")
+RECORD_TARGETS = ("class", "value", "frames")  # what records carry (and synth writes)
+# anomaly: a model of the normal class's series alone, trained on class records, that
+# scores how far a series departs from them (train.anomaly).
+TARGETS = (*RECORD_TARGETS, "anomaly")
 VALUE_LOSSES = ("huber", "mse")
 # Eval metrics where lower is better (train.monitor_mode: auto picks min for them).
-LOWER_IS_BETTER = ("eval_loss", "eval_mae", "eval_rmse", "eval_event_error")
+LOWER_IS_BETTER = ("eval_loss", "eval_mae", "eval_rmse", "eval_event_error", "eval_prediction_error")
 # `medseq synth --task` and synth.task: the synthetic tasks (components/synth/tasks.py makes them).
 SYNTH_TASKS = ("cine_ef", "cine_ef3", "cine_phase", "cine_sax", "ct_nodule", "dce_kinetics")
 # `medseq export` and push.formats: the precisions each format offers. Measured and left
@@ -66,7 +69,8 @@ CLASS_WEIGHTS = ("none", "auto")
 FRAME_STRIPS = ("synthetic", "on", "off")
 KEEP_OR_REJECT = ("reject", "keep")
 REGION_MODES = ("crop", "mask", "off")
-AGGREGATORS = ("fedavg", "fedprox", "fedmedian", "trimmed_mean")
+AGGREGATORS = ("fedavg", "fedavgm", "fedprox", "fedmedian", "trimmed_mean")
+SITE_OPTIMIZERS = ("keep", "fresh")
 
 
 @dataclass(frozen=True)
@@ -308,6 +312,26 @@ class ValueConfig:
 
 
 @dataclass(frozen=True)
+class AnomalyConfig:
+    """`train.target: anomaly`: a model of normal series alone, that flags the others.
+
+    Trained on the records of the class `normal` (labels.csv's label) only: its LSTM
+    predicts each next frame (coarse, 8 x 8 per frame) from the frames before it. A
+    series' `anomaly_score` is the share of its frame-to-frame change that the model of
+    normal motion does not predict (its prediction error over the error of "no change");
+    the threshold is set on the normal series of the eval split at
+    `train.domain_false_alarm`. The other classes are what it should flag: evaluate
+    measures the score's AUC of normal against them on held-out patients."""
+
+    normal: str = "normal"
+
+    def __post_init__(self) -> None:
+        if not self.normal.strip():
+            raise ConfigError("train.anomaly.normal: expected the class name of the normal series, found an "
+                              "empty name")
+
+
+@dataclass(frozen=True)
 class FramesConfig:
     """`train.target: frames`: events at key frames (frame_labels.csv: a series key, `frame`
     or `time_ms`, and the event's name), learned per frame. Between an event of
@@ -363,6 +387,7 @@ class TrainConfig:
     target: str = "class"
     value: ValueConfig = field(default_factory=ValueConfig)
     frames: FramesConfig = field(default_factory=FramesConfig)
+    anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
     # An answer at frame t from frames <= t only (train.target: frames): a unidirectional
     # LSTM, frame features standardized by the statistics of the frames so far, the
     # difference from the previous frame; what a live clip can be read with.
@@ -382,6 +407,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_choice("train.strategy", self.strategy, STRATEGIES)
         check_choice("train.target", self.target, TARGETS)
+        if self.target == "anomaly" and (self.bidirectional or self.sequence_model != "lstm"):
+            raise ConfigError("train.target: anomaly predicts each next frame from the frames before it; expected a "
+                              f"unidirectional lstm (bidirectional: false, sequence_model: lstm), found bidirectional "
+                              f"{str(self.bidirectional).lower()}, sequence_model {self.sequence_model}")
         if self.causal and (self.target != "frames" or self.bidirectional or self.sequence_model != "lstm"):
             raise ConfigError("train.causal: expected target: frames with a unidirectional lstm (bidirectional: "
                               f"false, sequence_model: lstm), found target {self.target}, bidirectional "
@@ -422,9 +451,15 @@ class TrainConfig:
                               f"frames), found {self.monitor!r}")
 
     @property
+    def records_target(self) -> str:
+        """What the records of this target carry: an anomaly model trains on class records."""
+        return "class" if self.target == "anomaly" else self.target
+
+    @property
     def monitored(self) -> tuple[str, str]:
         """(the eval metric that picks the exported checkpoint, max or min)."""
-        auto = {"value": "eval_mae", "frames": "eval_event_error"}.get(self.target, "eval_auc")
+        auto = {"value": "eval_mae", "frames": "eval_event_error", "anomaly": "eval_prediction_error"}.get(
+            self.target, "eval_auc")
         name = self.monitor if self.monitor != "auto" else auto
         mode = self.monitor_mode if self.monitor_mode != "auto" else ("min" if name in LOWER_IS_BETTER else "max")
         return name, mode
@@ -517,25 +552,31 @@ class FederateConfig:
     rounds: int = 5
     local_epochs: int = 1  # over the site's train split, per round
     min_sites: int = 2  # a round needs this many sites' answers; fewer fail the run
-    # fedavg (weighted by train records) | fedprox (fedavg, each site's loss + mu/2 |w - w_global|^2)
+    # fedavg (weighted by train records) | fedavgm (fedavg's update through server momentum)
+    # | fedprox (fedavg, each site's loss + mu/2 |w - w_global|^2)
     # | fedmedian (coordinate-wise median) | trimmed_mean (trim_fraction of each end dropped)
     aggregator: str = "fedavg"
+    server_momentum: float = 0.9  # fedavgm
     proximal_mu: float = 0.01
     trim_fraction: float = 0.2
     round_timeout_s: float = 900.0  # a site silent this long is left out of the round
+    # keep: each site's optimizer state (Adam's moments) carries over to its next round of
+    # the same run, as centralized training's carries over between epochs; fresh: reset.
+    site_optimizer: str = "keep"
     dp: DifferentialPrivacyConfig = field(default_factory=DifferentialPrivacyConfig)
 
     def __post_init__(self) -> None:
         check_choice("federate.aggregator", self.aggregator, AGGREGATORS)
+        check_choice("federate.site_optimizer", self.site_optimizer, SITE_OPTIMIZERS)
         if self.dp.on and self.aggregator not in ("fedavg", "fedprox"):
             raise ConfigError(f"federate.dp: the privacy accounting holds for a mean of the sites' clipped updates; "
                               f"expected aggregator fedavg or fedprox, found {self.aggregator}")
         if self.rounds < 1 or self.local_epochs < 1 or self.min_sites < 1 or self.round_timeout_s <= 0 \
-                or self.proximal_mu < 0 or not 0 <= self.trim_fraction < 0.5:
+                or self.proximal_mu < 0 or not 0 <= self.trim_fraction < 0.5 or not 0 <= self.server_momentum < 1:
             raise ConfigError(f"federate: expected rounds, local_epochs and min_sites >= 1, round_timeout_s > 0, "
-                              f"proximal_mu >= 0 and 0 <= trim_fraction < 0.5, found {self.rounds}, "
-                              f"{self.local_epochs}, {self.min_sites}, {self.round_timeout_s}, {self.proximal_mu}, "
-                              f"{self.trim_fraction}")
+                              f"proximal_mu >= 0, 0 <= trim_fraction < 0.5 and 0 <= server_momentum < 1, found "
+                              f"{self.rounds}, {self.local_epochs}, {self.min_sites}, {self.round_timeout_s}, "
+                              f"{self.proximal_mu}, {self.trim_fraction}, {self.server_momentum}")
 
 
 @dataclass(frozen=True)
@@ -590,7 +631,7 @@ class SynthConfig:
 
     def __post_init__(self) -> None:
         check_choice("synth.task", self.task, SYNTH_TASKS)
-        check_choice("synth.target", self.target, TARGETS)
+        check_choice("synth.target", self.target, RECORD_TARGETS)
         if self.target == "value" and self.task != "cine_ef":
             raise ConfigError(f"synth.target: value is written for cine_ef, found task {self.task}")
         if self.target == "frames" and self.task != "cine_phase":

@@ -64,6 +64,7 @@ PROBABILITIES = "probabilities"
 CLASS_IDS = "class_ids"
 VALUE = "value"  # the output of a value head (train.target: value), in the labels' units
 FRAME_VALUES = "frame_values"  # the output of a per-frame head (train.target: frames): (B, T) phase scores
+ANOMALY_SCORE = "anomaly_score"  # the output of an anomaly model (train.target: anomaly): (B,), 0 where all is foreseen
 DOMAIN_SCORE = "domain_score"  # how far a series' sequence embedding lies from the training records' (model/domain.py)
 
 # Files every run folder uses.

@@ -120,7 +120,7 @@ def ingest(config_text: str, out: str, synthetic: str | None = None) -> dict[str
     with one_line("ingest"):
         config = config_of(config_text)
         if synthetic is not None:
-            labels = SYNTH_LABELS.get(config.train.target, "labels.csv")
+            labels = SYNTH_LABELS.get(config.train.records_target, "labels.csv")
             config = config.on_input(str(Path(synthetic) / "dicom"), str(Path(synthetic) / labels))
         if not (config.input and config.labels):
             raise ConfigError("expected `input` and `labels` (your DICOM and its labels.csv) or a `synth` section "

@@ -120,6 +120,8 @@ def _target_line(card: dict[str, Any]) -> str:
     target = card.get("target") or {}
     if target.get("kind") == "frames":
         return f"events per frame: {', '.join(target.get('events', []))}"
+    if target.get("kind") == "anomaly":
+        return f"anomaly: a model of {target.get('normal')} series alone"
     return ", ".join(card["classes"]) if target.get("kind") != "value" else f"value {target.get('column', '')}"
 
 
@@ -169,9 +171,10 @@ def _strips(run: Path, config: PipelineConfig) -> str:
         if explain is not None:
             out = explain(frames=parsed[F.FRAMES], valid_frames=tf.cast(parsed[F.VALID_FRAMES], tf.int32))
             attribution = out[F.ATTRIBUTION].numpy()[0]
-            predicted = spec.classes[int(out[F.CLASS_IDS].numpy()[0])]
+            predicted = (f"anomaly score {float(out[F.ANOMALY_SCORE].numpy()[0]):.2f}" if F.ANOMALY_SCORE in out
+                         else f"predicted {spec.classes[int(out[F.CLASS_IDS].numpy()[0])]}")
             overlays.append(plots.attribution_overlay(frames, attribution, plots.drivers((), attribution[:valid]),
-                                                      f"{name}, predicted {predicted}: where (Grad-CAM)"))
+                                                      f"{name}, {predicted}: where (Grad-CAM)"))
         if len(seen) == len(spec.classes):
             break
     where = (f"<h2>Where the model looked</h2><p class=muted>Grad-CAM of the predicted class on the frames it "

@@ -27,7 +27,7 @@ from ...pipeline.fingerprints import tree_fingerprint
 from ..io import storage
 from ..io.beam import options as beam_options
 from ..io.beam import pipeline as beam_pipeline
-from ..io.examples import record_spec, split_files
+from ..io.examples import load_spec_json, record_spec, split_files
 from ..io.remote_errors import describe_runner
 from ..model.domain import domain_threshold, shift_separation
 from ..model.events import series_summary
@@ -230,6 +230,7 @@ def evaluate(examples_dir: str, model_dir: str, out: str | Path, eval_config_pat
         "classes": list(classes), "eval_series": len(preds),
         **({"target": "value", "value": {k: spec.value.get(k) for k in ("column", "units")}} if spec.is_value else {}),
         **({"target": "frames", "events": list(classes)} if spec.is_frames else {}),
+        **({"target": "anomaly", "anomaly": anomaly} if (anomaly := _anomaly(model_dir)) else {}),
         "confidence_level": settings.confidence_level, "gate_on_interval": settings.gate_on_interval,
         "min_slice_size": settings.min_slice_size,
         "checks": [c.to_json() for c in checks], "not_gated": small, "notes": notes, "reasons": reasons,
@@ -248,6 +249,12 @@ def evaluate(examples_dir: str, model_dir: str, out: str | Path, eval_config_pat
     return EvaluateOutputs(str(out), blessed, tuple(reasons), dict(candidate.get((), {})),
                            dict(intervals.get((), {})), tuple(checks),
                            {k: temporal[k]["value"] for k in VARIANTS})
+
+
+def _anomaly(model_dir: str) -> dict[str, Any] | None:
+    """An anomaly model's normal class and threshold (train.target: anomaly), else None."""
+    found: dict[str, Any] | None = load_spec_json(model_dir).get("training", {}).get("anomaly")
+    return found
 
 
 def _baseline_probs(baseline_dir: str | None, examples_dir: str, settings: EvaluateConfig) -> np.ndarray | None:

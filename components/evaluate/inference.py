@@ -5,6 +5,10 @@ that take time away from it.
 - `shuffled`: the valid frames of each series in a seeded random order;
 - `one_frame`: the middle valid frame repeated over all valid positions.
 
+An anomaly model's score (train.target: anomaly) is read as the probability of the
+classes other than its normal one (`anomaly_probabilities`), so its AUC, gate and report
+are a class model's.
+
 A model that reads the sequence loses AUC on the controls (R² for a value; for events
 per frame, its event error rises: the labels stay on their frames); one that looks at a
 single frame does not. Predictions go through the exported `predict_frames` signature, the
@@ -76,6 +80,17 @@ class EvalPredictions:
                    {k: np.asarray(v, np.float64) for k, v in data.get("domain", {}).items()})
 
 
+def anomaly_probabilities(score: np.ndarray, classes: int, normal: int) -> np.ndarray:
+    """An anomaly model's scores (N,) as the class probabilities every class metric, the
+    gate and the report read (N, K): s / (1 + s), a monotone map of the score to [0, 1),
+    shared by the classes other than `normal`, which gets the rest. Its AUC is the score's
+    AUC of normal against the others."""
+    share = score / (1.0 + np.maximum(score, 0.0))
+    out = np.repeat((share / max(classes - 1, 1))[:, None], classes, axis=1)
+    out[:, normal] = 1.0 - share
+    return out
+
+
 def other_task(frames: np.ndarray, valid: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
     """`frames` (B, T, [D,] H, W, C) with each series' valid frames replaced by a synthetic
     series of another task (`kind` ct or cine, synth.series_frames; a volume's slices are
@@ -126,7 +141,8 @@ def predict_split(examples_dir: str, model_dir: str | Path, seed: int = 0, split
     `controls`, also on the shuffled and the one-frame inputs, and, where the model gives
     a domain score, that score on the records and on their shifted copies."""
     serve = tf.saved_model.load(str(model_dir)).signatures[F.FRAMES_SIGNATURE]
-    output = load_spec(model_dir).output
+    spec = load_spec(model_dir)
+    output = spec.output
     trained_on = load_spec_json(model_dir).get("training", {}).get("domain", {}).get("modalities", ())
     other = "cine" if "CT" in trained_on else "ct"  # a chest CT slab, or a cine MR to a model that saw CT
     scored = controls and F.DOMAIN_SCORE in serve.structured_outputs
@@ -142,7 +158,9 @@ def predict_split(examples_dir: str, model_dir: str | Path, seed: int = 0, split
             inputs.update(shuffled=shuffle_frames(frames, valid, rng), one_frame=repeat_one_frame(frames, valid))
         for name, x in inputs.items():
             out = serve(**{F.FRAMES: tf.constant(x), F.VALID_FRAMES: tf.constant(valid)})
-            probs[name].append(out[output].numpy().astype(np.float64))
+            answer = out[output].numpy().astype(np.float64)
+            probs[name].append(anomaly_probabilities(answer, len(spec.classes), spec.normal_class)
+                               if spec.is_anomaly else answer)
             if scored and name == "frames":
                 domain[name].append(out[F.DOMAIN_SCORE].numpy().astype(np.float64))
         for shift in SHIFTS if scored else ():

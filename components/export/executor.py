@@ -28,7 +28,7 @@ import numpy as np
 
 from ...pipeline import features as F
 from ...pipeline.config import ExportConfig
-from ...pipeline.errors import InputError
+from ...pipeline.errors import ConfigError, InputError
 from ...pipeline.fingerprints import tree_fingerprint
 from ..io.examples import SPEC_FILE, RecordSpec, load_spec_json, synthetic_frames
 from ..model import runtimes
@@ -125,6 +125,9 @@ def export(model: str | Path, examples_dir: str | Path, out: str | Path, formats
     import tensorflow as tf
 
     spec_json = load_spec_json(model_dir)
+    if spec_json.get("target") == "anomaly":
+        raise ConfigError(f"{model_dir}: an anomaly model (train.target: anomaly) is served as the SavedModel; "
+                          "expected a class, value or frames model for LiteRT or ONNX (push.formats: [])")
     saved_model = tf.saved_model.load(str(model_dir))  # once: the weights to rebuild, the reference to gate on
     keras_model, spec = convert.rebuild(model_dir, saved_model.variables)
     split = parity.eval_split(examples_dir, spec)

@@ -121,12 +121,14 @@ def query(msg: Message, context: Context) -> Message:
 
 @client.train()
 def train(msg: Message, context: Context) -> Message:
-    records, config, _ = _site(context)
+    records, config, out = _site(context)
     settings = msg.content.config_records["config"]
+    # A site's optimizer state stays at the site, in a file of this run's own.
+    kept = out / f"optimizer-{context.run_id}.npz" if settings.get("site-optimizer") == "keep" else None
     weights, metrics = site.local_train(records, config.train, _weights(msg), int(str(settings["local-epochs"])),
                                         int(str(settings.get("server-round", 0))),
                                         float(str(settings.get("proximal-mu", 0.0))),
-                                        int(str(settings.get("rounds", 1))))
+                                        int(str(settings.get("rounds", 1))), kept)
     n = site.split_count(records, "train")
     return Message(RecordDict({"arrays": ArrayRecord(weights), "metrics": MetricRecord(
         {"num-examples": n, **_uniform(config), **metrics})}), reply_to=msg)

@@ -30,6 +30,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideFixedClipping,
     FedAvg,
+    FedAvgM,
     FedMedian,
     FedProx,
     FedTrimmedAvg,
@@ -186,6 +187,8 @@ def aggregator(settings: FederateConfig) -> FedAvg:
         # that many clipped updates, each weighing the same): a fraction that rounds to no
         # site leaves min_train_nodes to decide.
         common.update(fraction_train=1e-9, weighted_by_key=UNIFORM_WEIGHT)
+    if settings.aggregator == "fedavgm":
+        return FedAvgM(**common, server_momentum=settings.server_momentum)
     if settings.aggregator == "fedprox":
         return FedProx(**common, proximal_mu=settings.proximal_mu)
     if settings.aggregator == "fedmedian":
@@ -329,7 +332,8 @@ def federate(grid: Grid, config: PipelineConfig, out: Path, run_id: int) -> Path
     result = strategy.start(SitesGrid(grid, federation), initial, num_rounds=settings.rounds,
                             timeout=settings.round_timeout_s,
                             train_config=ConfigRecord({"local-epochs": settings.local_epochs,
-                                                                       "rounds": settings.rounds}))
+                                                                       "rounds": settings.rounds,
+                                                                       "site-optimizer": settings.site_optimizer}))
     for entry in rounds:
         found = result.evaluate_metrics_clientapp.get(entry["round"])
         entry["eval"] = {k: float(v) for k, v in dict(found or {}).items() if isinstance(v, int | float)}

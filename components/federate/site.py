@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -113,11 +114,15 @@ def _trainer(records: str | Path, train: TrainConfig, total_steps: int, mu: floa
 
 
 def local_train(records: str | Path, train: TrainConfig, weights: list[np.ndarray], epochs: int, server_round: int,
-                mu: float = 0.0, rounds: int = 1) -> tuple[list[np.ndarray], dict[str, float]]:
+                mu: float = 0.0, rounds: int = 1, optimizer_file: Path | None = None,
+                ) -> tuple[list[np.ndarray], dict[str, float]]:
     """`epochs` passes over the site's train split from the federation's `weights`; the new
-    weights and the round's train loss and accuracy. A fresh optimizer each round, its
-    learning rate set by the round: `train.lr_schedule: cosine` runs over the federation's
-    `rounds` (the round's rate is the cosine at its middle), not within every round."""
+    weights and the round's train loss and accuracy. The optimizer's learning rate is set
+    by the round: `train.lr_schedule: cosine` runs over the federation's `rounds` (the
+    round's rate is the cosine at its middle), not within every round. With
+    `optimizer_file` (federate.site_optimizer: keep) the optimizer's state (Adam's moments
+    and step) carries over from the site's previous round and is saved there after this
+    one; without, every round starts a fresh optimizer."""
     if train.lr_schedule == "cosine":
         progress = (max(server_round, 1) - 0.5) / max(rounds, server_round, 1)
         train = dataclasses.replace(train, lr_schedule="constant",
@@ -127,6 +132,8 @@ def local_train(records: str | Path, train: TrainConfig, weights: list[np.ndarra
     steps = epochs * max(1, math.ceil(n / train.batch_size))
     trainer = _trainer(records, train, steps, mu)
     trainer.model.set_weights(weights)
+    if optimizer_file is not None:
+        _restore_optimizer(trainer.optimizer, optimizer_file)
     if isinstance(trainer, ProximalTrainer):
         for anchor, w in zip(trainer.anchor, trainer.model.trainable_variables, strict=True):
             anchor.assign(w)
@@ -134,10 +141,39 @@ def local_train(records: str | Path, train: TrainConfig, weights: list[np.ndarra
     batches = iter(train_stream(files, spec, train.batch_size, seed, StreamPosition(n, 1, 0, 0), train.augment))
     for _ in range(steps):
         trainer.train_step(batches)
+    if optimizer_file is not None:
+        _save_optimizer(trainer.optimizer, optimizer_file)
     state = trainer.state
     metrics = {"train_loss": float(state.loss_sum.numpy()) / steps,
                "train_accuracy": float(state.correct.numpy()) / max(float(state.seen.numpy()), 1.0)}
     return [np.asarray(w) for w in trainer.model.get_weights()], metrics
+
+
+def _carried(optimizer: Any) -> list[Any]:
+    """The optimizer variables a site carries between rounds: all but the learning rate,
+    which the round sets."""
+    return [v for v in optimizer.variables if not v.path.endswith("learning_rate")]
+
+
+def _restore_optimizer(optimizer: Any, path: Path) -> None:
+    """The state `_save_optimizer` left after the site's previous round, if it fits this
+    optimizer (a file from another model is not used)."""
+    if not path.is_file():
+        return
+    with np.load(path) as saved:
+        arrays = [saved[f"v{i}"] for i in range(len(saved.files))]
+    carried = _carried(optimizer)
+    if len(arrays) == len(carried) and all(a.shape == tuple(v.shape) for a, v in zip(arrays, carried, strict=True)):
+        for variable, array in zip(carried, arrays, strict=True):
+            variable.assign(array)
+
+
+def _save_optimizer(optimizer: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial.npz")
+    arrays: dict[str, Any] = {f"v{i}": np.asarray(v) for i, v in enumerate(_carried(optimizer))}
+    np.savez(partial, **arrays)
+    os.replace(partial, path)
 
 
 def local_evaluate(records: str | Path, train: TrainConfig, weights: list[np.ndarray]) -> dict[str, float]:

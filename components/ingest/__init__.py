@@ -76,4 +76,4 @@ def _convert(config: PipelineConfig, input_path: str, labels: str, out: str, key
     args = None if small and not given else default_beam_args(given, small)
     record = {"input": "<input>", "labels": "<labels>"}  # paths may name patients; not recorded
     return run_job(input_path, labels, out, key, config.preprocess, config.ingest, args, record, fetch_rejected,
-                   config.train.target, config.train.value, config.train.frames.events)
+                   config.train.records_target, config.train.value, config.train.frames.events)

@@ -42,6 +42,8 @@ class RecordSpec:
     input_limits: dict[str, Any] = field(default_factory=dict, compare=False)
     # What a record answers: "class" (`label`, an index into `classes`) or "value" (`target`,
     # a number; `value` holds its column, units, range and the train split's mean and std).
+    # A model's spec may say "anomaly": a model of class records' normal class alone
+    # (`value` holds {"normal": its class name}), whose answer is `anomaly_score`.
     target: str = "class"
     value: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -55,6 +57,15 @@ class RecordSpec:
         return self.target == "frames"
 
     @property
+    def is_anomaly(self) -> bool:
+        return self.target == "anomaly"
+
+    @property
+    def normal_class(self) -> int:
+        """An anomaly model's normal class, as an index into `classes`."""
+        return self.classes.index(str(self.value.get("normal")))
+
+    @property
     def units(self) -> str:
         return str(self.value.get("units") or "")
 
@@ -65,8 +76,10 @@ class RecordSpec:
 
     @property
     def output(self) -> str:
-        """The name of the model's answer in every signature: `value`, `frame_values`, or `probabilities`."""
-        return F.VALUE if self.is_value else F.FRAME_VALUES if self.is_frames else F.PROBABILITIES
+        """The name of the model's answer in every signature: `value`, `frame_values`,
+        `anomaly_score`, or `probabilities`."""
+        return F.VALUE if self.is_value else F.FRAME_VALUES if self.is_frames else \
+            F.ANOMALY_SCORE if self.is_anomaly else F.PROBABILITIES
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -88,7 +101,7 @@ class RecordSpec:
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {"shape": list(self.shape), "dtype": self.dtype, "classes": list(self.classes),
                "preprocess": self.preprocess, "pixel_phi": self.pixel_phi, "input_limits": self.input_limits}
-        if self.is_value:  # class specs keep their bytes
+        if self.is_value or self.is_anomaly:  # class specs keep their bytes
             out.update(target=self.target, value=self.value)
         elif self.is_frames:
             out.update(target=self.target)

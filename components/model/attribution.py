@@ -28,7 +28,7 @@ import keras
 import tensorflow as tf
 
 from ...pipeline import features as F
-from .network import FEATURE_MAPS, FRAME_HEAD, VALUE_HEAD, head
+from .network import ANOMALY_SCORE, FEATURE_MAPS, FRAME_HEAD, NEXT_FRAME_HEAD, VALUE_HEAD, head
 
 
 def grad_cam(model: keras.Model) -> Callable[[tf.Tensor, tf.Tensor], dict[str, tf.Tensor]]:
@@ -36,10 +36,13 @@ def grad_cam(model: keras.Model) -> Callable[[tf.Tensor, tf.Tensor], dict[str, t
     (B,), attribution (B, T, [D,] H, W) in [0, 1]} for the predicted class of each series;
     for a value head {value (B,), attribution}: the evidence for a higher value; for a
     per-frame head {frame_values (B, T), attribution}: the evidence for a higher score
-    over the series (towards events[0])."""
+    over the series (towards events[0]); for an anomaly model {anomaly_score (B,),
+    attribution}: the evidence for a higher score (what the model of normal motion did
+    not foresee)."""
     last = head(model)
-    value = last.name in (VALUE_HEAD, FRAME_HEAD)
-    output = F.VALUE if last.name == VALUE_HEAD else F.FRAME_VALUES
+    anomaly = last.name == NEXT_FRAME_HEAD
+    value = last.name in (VALUE_HEAD, FRAME_HEAD) or anomaly
+    output = F.VALUE if last.name == VALUE_HEAD else F.ANOMALY_SCORE if anomaly else F.FRAME_VALUES
     tap = keras.Model(model.inputs, [model.get_layer(FEATURE_MAPS).output, last.input, model.output])
 
     def explain(frames: tf.Tensor, valid_frames: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -48,7 +51,10 @@ def grad_cam(model: keras.Model) -> Callable[[tf.Tensor, tf.Tensor], dict[str, t
             tape.watch(maps)
             logits = tf.tensordot(tf.cast(hidden, tf.float32), tf.cast(last.kernel, tf.float32), 1) + \
                 tf.cast(last.bias, tf.float32)
-            if value:
+            if anomaly:
+                probabilities = probabilities[:, ANOMALY_SCORE]
+                class_ids, score = None, tf.reduce_sum(probabilities)
+            elif value:
                 class_ids, score = None, tf.reduce_sum(logits)
             else:
                 class_ids = tf.argmax(probabilities, -1, output_type=tf.int32)

@@ -177,12 +177,15 @@ def embedder(model: Any) -> Any:
     return keras.Model(model.input, joined, name="sequence_embedding")
 
 
-def embeddings(model: Any, files: Sequence[str], spec: Any, batch_size: int) -> np.ndarray:
+def embeddings(model: Any, files: Sequence[str], spec: Any, batch_size: int, only: int | None = None) -> np.ndarray:
+    """The embeddings of the records of `files`; with `only`, of those of that class alone."""
     from ..io.examples import eval_dataset
 
     embed = embedder(model)
-    parts = [np.asarray(embed(inputs, training=False), np.float64) for inputs, _ in eval_dataset(list(files), spec,
-                                                                                                 batch_size)]
+    parts = []
+    for inputs, labels in eval_dataset(list(files), spec, batch_size):
+        embedded = np.asarray(embed(inputs, training=False), np.float64)
+        parts.append(embedded if only is None else embedded[labels.numpy() == only])
     return np.concatenate(parts) if parts else np.zeros((0, int(embed.output.shape[-1])))
 
 
@@ -211,11 +214,13 @@ def scores(embedded: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.
 
 
 def embedding_reference(model: Any, spec: Any, train_files: Sequence[str], eval_files: Sequence[str],
-                        batch_size: int, false_alarm: float) -> tuple[tuple[np.ndarray, np.ndarray], dict[str, Any]]:
-    """The reference the exported signatures score against, and its record in the spec."""
-    train = embeddings(model, train_files, spec, batch_size)
+                        batch_size: int, false_alarm: float, only: int | None = None,
+                        ) -> tuple[tuple[np.ndarray, np.ndarray], dict[str, Any]]:
+    """The reference the exported signatures score against, and its record in the spec;
+    with `only`, of the records of that class alone (an anomaly model's normal series)."""
+    train = embeddings(model, train_files, spec, batch_size, only)
     mean, precision = reference(train)
-    held_out = embeddings(model, eval_files, spec, batch_size) if eval_files else train
+    held_out = embeddings(model, eval_files, spec, batch_size, only) if eval_files else train
     on = scores(held_out, mean, precision)
     threshold = float(np.quantile(on, 1 - false_alarm))
     return (mean, precision), {

@@ -47,7 +47,7 @@ def signature(predict_frames: Any) -> Predict:
 
     def run(frames: np.ndarray, valid: np.ndarray) -> np.ndarray:
         out = predict_frames(**{F.FRAMES: tf.constant(frames), F.VALID_FRAMES: tf.constant(valid, tf.int32)})
-        answer = next(name for name in (F.PROBABILITIES, F.VALUE, F.FRAME_VALUES) if name in out)
+        answer = next(name for name in (F.PROBABILITIES, F.VALUE, F.FRAME_VALUES, F.ANOMALY_SCORE) if name in out)
         return np.asarray(out[answer].numpy(), np.float64)
 
     return run

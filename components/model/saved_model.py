@@ -3,7 +3,8 @@
 - `serving_default`: serialized tf.Examples (the record contract) -> probabilities,
   class_ids (and `probability` of the positive class for two-class tasks); for a value
   target (train.target: value), `value` in the labels' units; for a frames target,
-  `frame_values`, the phase score of every frame (B, T). TFMA and
+  `frame_values`, the phase score of every frame (B, T); for an anomaly model
+  (train.target: anomaly), `anomaly_score` (B,). TFMA and
   TF Serving's Predict/Classify clients use this one.
 - `predict_frames`: preprocessed frames + valid_frames -> the same outputs, for
   clients that run the shared preprocessing themselves (`medseq predict`).
@@ -33,10 +34,13 @@ from ...pipeline import features as F
 from ..io.examples import SPEC_FILE, RecordSpec, parse_examples
 from .attribution import grad_cam
 from .domain import embedder
+from .network import ANOMALY_SCORE
 from .step import FRAME, FRAME_VALUE, StepModel, causal_reason, state_tensors
 
 
 def _outputs(probabilities: tf.Tensor, spec: RecordSpec) -> dict[str, tf.Tensor]:
+    if spec.is_anomaly:  # the score column of the model's (score, prediction error)
+        return {spec.output: probabilities[:, ANOMALY_SCORE]}
     if spec.is_value or spec.is_frames:  # the model's output is the value itself, or each frame's score
         return {spec.output: probabilities}
     out = {F.PROBABILITIES: probabilities, F.CLASS_IDS: tf.argmax(probabilities, -1, output_type=tf.int32)}

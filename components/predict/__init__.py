@@ -1,5 +1,6 @@
 """`medseq predict`: a raw DICOM folder -> class probabilities per series (a value; a
-frames model's score per frame and its events in source frames), printed as
+frames model's score per frame and its events in source frames; an anomaly model's
+score and its label, the normal class or anomalous), printed as
 an aligned table or JSON lines, with optional explanations (`--explain`): which frames
 mattered (temporal occlusion) and where in them (Grad-CAM).
 
@@ -31,6 +32,7 @@ def table(results: list[Prediction]) -> str:
     classes = next((list(r.probabilities) for r in results if r.probabilities), [])
     head = ["series", "series_key", "predicted", *classes]
     rows = [[r.series, r.series_key[:16],
+             f"{r.label} (anomaly score {r.anomaly_score:.3g})" if r.anomaly_score is not None else
              f"{r.value:.4g}{' ' + r.units if r.units else ''}" if r.value is not None else
              _events(r) if r.frame_values else r.label or "-",
              *([f"{r.probabilities[c]:.4f}" for c in classes] if r.probabilities else ["-"] * len(classes)),

@@ -40,6 +40,7 @@ from ..preprocessing.limits import DEFAULT_LIMITS, InputLimits
 from ..preprocessing.reasons import Rejected
 from ..preprocessing.transform import Prepared
 
+ANOMALOUS = "anomalous"  # an anomaly model's label above its threshold
 OUTSIDE_DOMAIN = "outside_domain"  # a series the model was never trained on (model/domain.py)
 OUTSIDE_DOMAIN_POLICIES = ("refuse", "warn")
 
@@ -72,13 +73,18 @@ class Prediction:
     frame_values: tuple[float, ...] = field(default=(), repr=False)
     events: dict[str, tuple[float, ...]] = field(default_factory=dict)
     interval_ms: float = 0.0
+    # An anomaly model (label: its normal class, or ANOMALOUS above its threshold): the
+    # share of the series' frame-to-frame change the model of normal motion did not foresee.
+    anomaly_score: float | None = None
 
     def to_json(self) -> dict[str, object]:
         if self.rejected:
             return {"series": self.series, "series_key": self.series_key, "rejected": self.rejected,
                     "message": self.message}
         out: dict[str, object] = {"series": self.series, "series_key": self.series_key}
-        if self.value is not None:
+        if self.anomaly_score is not None:
+            out.update(label=self.label, anomaly_score=round(self.anomaly_score, 4))
+        elif self.value is not None:
             out.update(value=round(self.value, 6), units=self.units)
         elif self.frame_values:
             out.update(frame_values=[round(v, 6) for v in self.frame_values], events={
@@ -217,7 +223,9 @@ def predict(model_dir: str | Path, root: str | Path, explain: bool = False,
         if F.DOMAIN_SCORE in signatures[F.FRAMES_SIGNATURE].structured_outputs:
             scorer = signatures[F.FRAMES_SIGNATURE]
     results = []
-    domain = load_spec_json(model_dir).get("training", {}).get("domain")  # absent in models before it
+    training = load_spec_json(model_dir).get("training", {})
+    domain = training.get("domain")  # absent in models before it
+    anomaly = training.get("anomaly")  # an anomaly model's normal class and threshold
     for series in prepare_folder(root, config, phi=phi, limits=limits):
         item = series.item
         found = findings(domain, series.facts) if domain and series.facts is not None else None
@@ -246,8 +254,12 @@ def predict(model_dir: str | Path, root: str | Path, explain: bool = False,
         answer: dict[str, Any] = {"value": float(probs[0]), "units": spec.units} if spec.is_value else {}
         if spec.is_frames:
             answer = frame_answer(probs, item.valid_frames, series, spec.classes)
-        by_class = not (spec.is_value or spec.is_frames)
-        results.append(Prediction(series.where, series.series_key, spec.classes[target] if by_class else None,
+        label = spec.classes[target]
+        if spec.is_anomaly and anomaly:
+            answer = {"anomaly_score": float(probs[0])}
+            label = ANOMALOUS if probs[0] > anomaly["threshold"] else str(anomaly["normal"])
+        by_class = not (spec.is_value or spec.is_frames or spec.is_anomaly)
+        results.append(Prediction(series.where, series.series_key, label if by_class or spec.is_anomaly else None,
                                   {c: float(p) for c, p in zip(spec.classes, probs, strict=True)} if by_class else {},
                                   domain=flags, domain_score=score,
                                   frame_importance=importance, attribution=attribution,

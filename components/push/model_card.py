@@ -43,26 +43,32 @@ def model_card(spec_json: dict[str, Any], verdict: dict[str, Any], model_name: s
     training = spec_json.get("training", {})
     value = spec_json.get("target") == "value"
     frames = spec_json.get("target") == "frames"
+    anomaly = training.get("anomaly") if spec_json.get("target") == "anomaly" else None
     streams = bool((spec_json.get("step") or {}).get("streams"))
     outputs: dict[str, Any] = {F.FRAME_VALUES: {
         "type": "float32", "shape": [shape[0]], "meaning": f"a phase score per frame: 1 at {classes[0]}, 0 at "
         f"{classes[1]}; events are its turning points (medseq predict reads them back)"}} if frames else (
         {F.VALUE: {"type": "float32", "shape": [], "meaning": f"the predicted {spec_json['value'].get('column')}",
                    "units": spec_json["value"].get("units") or ""}} if value else
+        {F.ANOMALY_SCORE: {"type": "float32", "shape": [], "meaning": "the share of the series' frame-to-frame "
+                           f"change that a model of {anomaly['normal']} series did not foresee; above "
+                           f"{anomaly['threshold']:.4g} (passed by {anomaly['false_alarm']:.0%} of the eval split's "
+                           f"{anomaly['normal']} series) a series is anomalous"}} if anomaly else
         {F.PROBABILITIES: {"type": "float32", "shape": [len(classes)], "class_names": classes},
          F.CLASS_IDS: {"type": "int32", "meaning": "argmax of probabilities"}})
+    kind = ("per-frame event detection" if frames else "regression" if value else "anomaly detection" if anomaly
+            else "classification")
     return {
         "schema": CARD_SCHEMA,
         "name": model_name,
         "version": version,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "task": f"{'per-frame event detection' if frames else 'regression' if value else 'classification'} of "
-                "image series: TimeDistributed CNN per frame, LSTM over the frames",
+        "task": f"{kind} of image series: TimeDistributed CNN per frame, LSTM over the frames",
         # What the model answers: a class, or a value (its labels.csv column, units, range,
         # and the train split's mean and standard deviation).
         "target": {"kind": "value", **spec_json["value"]} if value else {
             "kind": "frames", "events": classes, "causal": bool(training.get("config", {}).get("causal"))}
-        if frames else {"kind": "class", "classes": classes},
+        if frames else {"kind": "anomaly", **anomaly} if anomaly else {"kind": "class", "classes": classes},
         "package_versions": package_versions(),
         "network_data_format": {
             "inputs": {

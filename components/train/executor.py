@@ -10,10 +10,12 @@ same number of steps and the same epoch boundaries.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import keras
 import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework import config as tf_framework_config
@@ -24,6 +26,7 @@ from ...pipeline.fingerprints import files_fingerprint
 from ..io.examples import RecordSpec, eval_dataset, label_counts, record_spec, split_count, split_files
 from ..model.domain import embedding_reference, training_domain
 from ..model.metrics import auc_from_histograms, class_weights
+from ..model.network import ANOMALY_SCORE
 from ..model.saved_model import export_saved_model
 from .dataset import StreamPosition, train_stream
 from .loop import Trainer, make_strategy
@@ -83,9 +86,11 @@ def _batches(strategy: tf.distribute.Strategy, files: list[str], spec: RecordSpe
 
 def _train_metrics(trainer: Trainer, steps: int) -> dict[str, float]:
     state = trainer.state
-    if trainer.value or trainer.frames:  # the value's MAE, or the phase score's over weighted frames
+    if trainer.value or trainer.frames or trainer.anomaly:  # the value's MAE, the phase score's over
+        # weighted frames, or the normal series' anomaly score
+        name = "frame_mae" if trainer.frames else "prediction_error" if trainer.anomaly else "mae"
         return {"loss": float(state.loss_sum.numpy()) / steps,
-                ("frame_mae" if trainer.frames else "mae"): float(state.correct.numpy()) / max(
+                name: float(state.correct.numpy()) / max(
                     float(state.seen.numpy()), 1.0),
                 "learning_rate": trainer.learning_rate()}
     return {"loss": float(state.loss_sum.numpy()) / steps,
@@ -132,13 +137,39 @@ def _evaluate_epoch(trainer: Trainer, eval_ds: tf.data.Dataset, checkpoints: Che
     return note
 
 
+def anomaly_spec(spec: RecordSpec, normal: str, counts: dict[str, int]) -> RecordSpec:
+    """The spec of a model of `normal`'s series alone, on class records that hold them."""
+    if normal not in spec.classes or not counts.get(normal):
+        raise ConfigError(f"train.anomaly.normal: {normal!r}, but the train split holds no series of it (its "
+                          f"classes: {', '.join(f'{c} {counts.get(c, 0)}' for c in spec.classes)}); expected the "
+                          "class name of the normal series in labels.csv")
+    return dataclasses.replace(spec, target="anomaly", value={"normal": normal})
+
+
+def anomaly_threshold(model: keras.Model, spec: RecordSpec, files: list[str], batch_size: int,
+                      false_alarm: float) -> dict[str, object]:
+    """Where an anomaly model's score flags a series: the (1 - false_alarm) quantile of its
+    normal series of `files` (the eval split's)."""
+    scores, labels = [], []
+    for inputs, y in eval_dataset(files, spec, batch_size):
+        scores.append(np.asarray(model(inputs, training=False), np.float64)[:, ANOMALY_SCORE])
+        labels.append(y.numpy())
+    score, label = np.concatenate(scores), np.concatenate(labels)
+    normal = score[label == spec.normal_class]
+    return {"normal": spec.classes[spec.normal_class], "threshold": float(np.quantile(normal, 1 - false_alarm)),
+            "false_alarm": false_alarm, "set_on_series": int(len(normal)),
+            "median": float(np.median(normal))}
+
+
 def train(examples_dir: str | Path, out: str | Path, config: TrainConfig) -> TrainOutputs:
     """Trains on `examples_dir/train`, evaluates on `eval` each epoch, exports the best to `out/model`."""
     out = Path(out)
     spec = record_spec(examples_dir)
-    if spec.target != config.target:
+    if spec.target != config.records_target:
         raise ConfigError(f"train.target: {config.target}, but the records in {examples_dir} answer a {spec.target} "
                           f"(their qc.json); expected the target the records were converted with")
+    if config.target == "anomaly":
+        spec = anomaly_spec(spec, config.anomaly.normal, label_counts(examples_dir, "train"))
     train_files, eval_files = split_files(examples_dir, "train"), split_files(examples_dir, "eval")
     if not train_files:
         raise InputError(f"{examples_dir}/train: no *.tfrecord.gz files; run `medseq convert` first")
@@ -150,8 +181,9 @@ def train(examples_dir: str | Path, out: str | Path, config: TrainConfig) -> Tra
     records = split_count(examples_dir, "train")
     global_batch = config.batch_size * strategy.num_replicas_in_sync
     steps_per_epoch = max(1, math.ceil(records / global_batch))
-    weights = np.ones(0) if spec.is_value or spec.is_frames else class_weights(config.class_weight, spec.classes,
-                                                              label_counts(examples_dir, "train"))
+    by_class = not (spec.is_value or spec.is_frames or spec.is_anomaly)
+    weights = class_weights(config.class_weight, spec.classes, label_counts(examples_dir, "train")) if by_class \
+        else np.ones(0)
     trainer = Trainer(spec, config, strategy, weights, config.epochs * steps_per_epoch)
     state = trainer.state
     checkpoints = Checkpoints(_worker_dir(out / "checkpoints", strategy), state, model=trainer.model,
@@ -184,8 +216,12 @@ def train(examples_dir: str | Path, out: str | Path, config: TrainConfig) -> Tra
     training = {"records": files_fingerprint(train_files), "epochs": int(state.epochs_done.numpy()), "steps": step,
                 "best_epoch": int(state.best_epoch.numpy()) if best else None, "config": to_dict(config),
                 "domain": training_domain(train_files, examples_dir)}
+    only = spec.normal_class if spec.is_anomaly else None  # an anomaly model's domain: its normal series
     reference, training["domain"]["score"] = embedding_reference(trainer.model, spec, train_files, eval_files,
-                                                                 config.batch_size, config.domain_false_alarm)
+                                                                 config.batch_size, config.domain_false_alarm, only)
+    if spec.is_anomaly:
+        training["anomaly"] = anomaly_threshold(trainer.model, spec, eval_files or train_files,
+                                                config.batch_size, config.domain_false_alarm)
     export_saved_model(trainer.model, spec, model_dir, training, reference)
     if best and chief:
         print(f"train: exported epoch {int(state.best_epoch.numpy())} ({config.monitored[0]} "

@@ -21,8 +21,8 @@ from ...pipeline.errors import ConfigError
 from ..io.examples import RecordSpec
 from ..model import events
 from ..model.intervals import value_metrics
-from ..model.metrics import auc, histograms
-from ..model.network import build_model
+from ..model.metrics import auc, binary_auc, histograms
+from ..model.network import ANOMALY_ERROR, ANOMALY_SCORE, build_model
 from .state import TrainState
 
 
@@ -72,7 +72,8 @@ class Trainer:
             self.optimizer.build(self.model.trainable_variables)
         self.state = TrainState(len(spec.classes))
         self.class_weights = tf.constant(class_weights, tf.float32)
-        self.value, self.frames = spec.is_value, spec.is_frames
+        self.value, self.frames, self.anomaly = spec.is_value, spec.is_frames, spec.is_anomaly
+        self.normal = spec.normal_class if self.anomaly else -1
         # A value's loss is in the train split's standard deviations, whatever its units; a
         # frames target's is on the phase score, over the weighted frames only.
         self.value_std = spec.value_std
@@ -89,7 +90,10 @@ class Trainer:
     def _losses(self, labels: tf.Tensor, outputs: tf.Tensor) -> tf.Tensor:
         """Per series: a value's loss on the standardized scale, a class's weighted cross-entropy,
         a frames target's loss averaged over its weighted frames (temporal sample weights:
-        unlabeled and padded frames carry none)."""
+        unlabeled and padded frames carry none); an anomaly model's score itself, on the
+        normal class's series only (the others carry none)."""
+        if self.anomaly:
+            return outputs[:, ANOMALY_ERROR] * tf.cast(tf.equal(labels, self.normal), outputs.dtype)
         if self.frames:
             weights = labels[..., events.WEIGHT]
             per_frame = self.loss_fn(labels[..., events.SCORE, None], outputs[..., None])
@@ -110,6 +114,10 @@ class Trainer:
         loss, probs, grads = self._gradients(inputs, labels)
         self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables, strict=True))
         seen = tf.cast(tf.size(labels), tf.float32)
+        if self.anomaly:  # `correct` sums the normal series' scores, `seen` counts them
+            normal = tf.cast(tf.equal(labels, self.normal), tf.float32)
+            return (loss, tf.reduce_sum(probs[:, ANOMALY_SCORE] * normal), tf.reduce_sum(normal),
+                    tf.zeros_like(self.state.histograms))
         if self.frames:  # `correct` sums the weighted absolute errors, `seen` the weights: the frame MAE
             weights = labels[..., events.WEIGHT]
             error = tf.reduce_sum(tf.abs(probs - labels[..., events.SCORE]) * weights)
@@ -138,12 +146,20 @@ class Trainer:
     def evaluate(self, dataset: tf.data.Dataset) -> dict[str, float]:
         """Loss (without class weights), accuracy and exact AUC over every record of
         `dataset`; for a value: loss, MAE, RMSE and R²; for frames: loss, the phase score's
-        MAE over the weighted frames and the event error in source frames."""
+        MAE over the weighted frames and the event error in source frames; for an anomaly
+        model: the normal series' mean score (the loss) and the score's AUC against the
+        other classes."""
         probs, labels = [], []
         for inputs, y in dataset:
             probs.append(self._predict(inputs).numpy())
             labels.append(y.numpy())
         p, y = np.concatenate(probs), np.concatenate(labels)
+        if self.anomaly:  # the normal series' score picks the epoch; the AUC against the others is shown only
+            normal, score = y == self.normal, p[:, ANOMALY_SCORE]
+            loss = float(np.mean(p[normal, ANOMALY_ERROR])) if normal.any() else float("nan")
+            error = float(np.mean(score[normal])) if normal.any() else float("nan")
+            shown = {"eval_auc": binary_auc(score, ~normal)} if normal.any() and not normal.all() else {}
+            return {"eval_loss": loss, "eval_prediction_error": error, **shown}
         if self.frames:
             loss = float(np.mean(self._losses(tf.constant(y, tf.float32), tf.constant(p, tf.float32)).numpy()))
             found = events.frame_metrics(p, y)

@@ -232,23 +232,26 @@ def _site_key(path: Path) -> str:
     return str(path)
 
 
-def test_a_federation_that_authenticates_its_sites_admits_registered_keys_only(federation, tmp_path):
-    """`federate link --authenticate`: a site whose public key the coordinator registered
-    joins and trains; one with another key, or none, is refused in one line, and so is a
-    file that is not a key."""
+def test_tls_and_site_keys_admit_registered_sites_only_and_a_wrong_certificate_is_one_line(federation, tmp_path):
+    """`federate link --authenticate` over TLS: the sites whose public keys the coordinator
+    registered join and train one round; a site with another key, or none, is refused in
+    one line, and so is a file that is not a key; a coordinator that does not trust the
+    SuperLink's certificate is refused in one line. (One federation for both: each
+    SuperLink and its sites cost a minute of CI.)"""
     from medseq.components.federate import Tls
 
     root, _, _, _, _ = federation
-    ca, cert, key, _ = _certificates(tmp_path)
-    keys = {name: _site_key(tmp_path / f"{name}-key") for name in ("a", "b")}
+    ca, cert, key, other = _certificates(tmp_path)
+    keys = {name: _site_key(tmp_path / f"{name}-key") for name in ("a", "b", "c")}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(
-        {**FEDERATION, "federate": {"rounds": 1, "local_epochs": 1, "min_sites": 1, "round_timeout_s": 120}}))
+        {**FEDERATION, "federate": {"rounds": 1, "local_epochs": 1, "min_sites": 2, "round_timeout_s": 120}}))
     unauthenticated = medseq("federate", "link", "--state", str(tmp_path / "plain"), "--authenticate")
     assert one_line(unauthenticated) == ("medseq federate: federate link: --authenticate proves each site's key "
                                          "over TLS; expected --tls-ca, --tls-cert and --tls-key beside it")
     env = {"MEDSEQ_HASH_KEY": COORDINATOR_KEY}
-    sites = {"a": (root / "a" / "records", root / "config.yaml")}
-    with LocalFederation(tmp_path / "federation", sites, env, Tls(ca, cert, key), keys={"a": keys["a"]}) as fed:
+    sites = {name: (root / name / "records", root / "config.yaml") for name in ("a", "c")}
+    with LocalFederation(tmp_path / "federation", sites, env, Tls(ca, cert, key),
+                         keys={name: keys[name] for name in sites}) as fed:
         port = free_ports(1)[0]
 
         def site(*extra: str) -> subprocess.CompletedProcess:
@@ -279,24 +282,7 @@ def test_a_federation_that_authenticates_its_sites_admits_registered_keys_only(f
             "OpenSSH format")
         bad = medseq("federate", "register", "--superlink", fed.superlink, "--public-key", keys["b"], "--tls-ca", ca)
         assert one_line(bad).startswith(f"medseq federate: {keys['b']}: not a usable site public key")
-        assert fed.processes["a"].poll() is None  # the registered site is still connected
-        done = medseq("federate", "run", "--superlink", fed.superlink, "--out", str(tmp_path / "run"), "--config",
-                      str(tmp_path / "config.yaml"), "--tls-ca", ca, env={**os.environ, **env}, timeout=900)
-        assert done.returncode == 0, done.stderr[-2000:]
-    record = json.loads((tmp_path / "run" / RECORD_FILE).read_text())
-    assert len(record["rounds"]) == 1 and len(record["rounds"][0]["sites"]) == 1
-
-
-def test_tls_between_the_superlink_and_its_sites_and_a_wrong_certificate_in_one_line(federation, tmp_path):
-    from medseq.components.federate import Tls
-
-    root, _, _, _, _ = federation
-    ca, cert, key, other = _certificates(tmp_path)
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(
-        {**FEDERATION, "federate": {"rounds": 1, "local_epochs": 1, "min_sites": 2, "round_timeout_s": 120}}))
-    sites = {name: (root / name / "records", root / "config.yaml") for name in ("a", "b")}
-    env = {"MEDSEQ_HASH_KEY": COORDINATOR_KEY}
-    with LocalFederation(tmp_path / "federation", sites, env, Tls(ca, cert, key)) as fed:
+        assert all(fed.processes[name].poll() is None for name in sites)  # the registered sites are connected
         env = {**os.environ, **env}
         wrong = medseq("federate", "run", "--superlink", fed.superlink, "--out", str(tmp_path / "wrong"), "--config",
                        str(tmp_path / "config.yaml"), "--tls-ca", other, env=env, timeout=600)
@@ -353,3 +339,32 @@ def test_differential_privacy_clips_every_update_and_reports_the_epsilon_spent(f
     assert privacy["epsilon"] == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-5)
     spec = json.loads((tmp_path / "run" / "model" / "assets.extra" / "medseq_spec.json").read_text())
     assert spec["training"]["federated"]["differential_privacy"]["epsilon"] == privacy["epsilon"]
+
+
+def test_a_site_keeps_its_optimizer_state_between_rounds_of_one_run(federation, tmp_path):
+    """federate.site_optimizer: keep. A site's Adam state (its moments and step count) is
+    saved at the site after a round and taken up by its next one, as centralized training
+    carries it between epochs; the learning rate stays the round's own. A file of another
+    model's state is not used."""
+    import numpy as np
+
+    from medseq.components.federate import site
+
+    root, _, _, _, _ = federation
+    records = root / "a" / "records"
+    train = load_config(root / "config.yaml").train
+    initial = site._trainer(records, train, 1).model.get_weights()
+    state = tmp_path / "optimizer.npz"
+    first, _ = site.local_train(records, train, initial, 1, 1, rounds=2, optimizer_file=state)
+    with np.load(state) as saved:
+        steps = int(saved["v0"])  # the step count, first of the carried variables
+        moments = [saved[k] for k in saved.files[1:]]
+    assert steps == -(-site.split_count(records, "train") // train.batch_size) > 0
+    assert any(np.abs(m).max() > 0 for m in moments)
+    site.local_train(records, train, first, 1, 2, rounds=2, optimizer_file=state)
+    with np.load(state) as saved:
+        assert int(saved["v0"]) == 2 * steps  # round 2 went on from round 1's state
+    np.savez(state, v0=np.int64(7), v1=np.zeros(3))  # another model's state
+    site.local_train(records, train, first, 1, 2, rounds=2, optimizer_file=state)
+    with np.load(state) as saved:
+        assert int(saved["v0"]) == steps and len(saved.files) == len(moments) + 1
