@@ -105,7 +105,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--local-epochs", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--federated", nargs="+", default=["fedavg:keep"], metavar="AGGREGATOR:SITE_OPTIMIZER",
+    parser.add_argument("--federated", nargs="+", default=["fedavg:fresh"], metavar="AGGREGATOR:SITE_OPTIMIZER",
                         help="federated variants, each one run (e.g. fedavg:keep fedavg:fresh fedavgm:keep)")
     parser.add_argument("--json", default=str(RESULTS))
     args = parser.parse_args()
