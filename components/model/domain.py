@@ -221,6 +221,8 @@ def embedding_reference(model: Any, spec: Any, train_files: Sequence[str], eval_
     train = embeddings(model, train_files, spec, batch_size, only)
     mean, precision = reference(train)
     held_out = embeddings(model, eval_files, spec, batch_size, only) if eval_files else train
+    if not len(held_out):  # an eval split without a record of that class: the train split sets it
+        held_out, eval_files = train, []
     on = scores(held_out, mean, precision)
     threshold = float(np.quantile(on, 1 - false_alarm))
     return (mean, precision), {

@@ -146,19 +146,21 @@ def anomaly_spec(spec: RecordSpec, normal: str, counts: dict[str, int]) -> Recor
     return dataclasses.replace(spec, target="anomaly", value={"normal": normal})
 
 
-def anomaly_threshold(model: keras.Model, spec: RecordSpec, files: list[str], batch_size: int,
+def anomaly_threshold(model: keras.Model, spec: RecordSpec, splits: list[list[str]], batch_size: int,
                       false_alarm: float) -> dict[str, object]:
-    """Where an anomaly model's score flags a series: the (1 - false_alarm) quantile of its
-    normal series of `files` (the eval split's)."""
-    scores, labels = [], []
-    for inputs, y in eval_dataset(files, spec, batch_size):
-        scores.append(np.asarray(model(inputs, training=False), np.float64)[:, ANOMALY_SCORE])
-        labels.append(y.numpy())
-    score, label = np.concatenate(scores), np.concatenate(labels)
-    normal = score[label == spec.normal_class]
-    return {"normal": spec.classes[spec.normal_class], "threshold": float(np.quantile(normal, 1 - false_alarm)),
-            "false_alarm": false_alarm, "set_on_series": int(len(normal)),
-            "median": float(np.median(normal))}
+    """Where an anomaly model's score flags a series: the (1 - false_alarm) quantile of the
+    scores of the normal series of the first of `splits` (file lists) that holds any."""
+    for files in (files for files in splits if files):
+        scores, labels = [np.zeros(0)], [np.zeros(0, np.int64)]
+        for inputs, y in eval_dataset(files, spec, batch_size):
+            scores.append(np.asarray(model(inputs, training=False), np.float64)[:, ANOMALY_SCORE])
+            labels.append(y.numpy())
+        normal = np.concatenate(scores)[np.concatenate(labels) == spec.normal_class]
+        if len(normal):
+            return {"normal": spec.classes[spec.normal_class],
+                    "threshold": float(np.quantile(normal, 1 - false_alarm)), "false_alarm": false_alarm,
+                    "set_on_series": int(len(normal)), "median": float(np.median(normal))}
+    raise InputError("train.target anomaly: no normal series to set the threshold on")
 
 
 def train(examples_dir: str | Path, out: str | Path, config: TrainConfig) -> TrainOutputs:
@@ -220,7 +222,7 @@ def train(examples_dir: str | Path, out: str | Path, config: TrainConfig) -> Tra
     reference, training["domain"]["score"] = embedding_reference(trainer.model, spec, train_files, eval_files,
                                                                  config.batch_size, config.domain_false_alarm, only)
     if spec.is_anomaly:
-        training["anomaly"] = anomaly_threshold(trainer.model, spec, eval_files or train_files,
+        training["anomaly"] = anomaly_threshold(trainer.model, spec, [eval_files, train_files],
                                                 config.batch_size, config.domain_false_alarm)
     export_saved_model(trainer.model, spec, model_dir, training, reference)
     if best and chief:
