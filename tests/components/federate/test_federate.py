@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow
 
 FEDERATION = {"preprocess": {"height": 32, "width": 32, "frames": 8},
               "train": {"conv_filters": [8, 16], "lstm_units": 16, "batch_size": 4},
-              "federate": {"rounds": 3, "local_epochs": 3, "min_sites": 3, "round_timeout_s": 60}}
+              "federate": {"rounds": 3, "local_epochs": 3, "min_sites": 3, "round_timeout_s": 120}}
 SITES = {"a": 11, "b": 12, "c": 13, "d": 14, "e": 15}  # synth seeds; d preprocesses with 6 frames
 COORDINATOR_KEY = "coordinator-key-0123456789"
 
