@@ -226,6 +226,9 @@ def predict(model_dir: str | Path, root: str | Path, explain: bool = False,
     training = load_spec_json(model_dir).get("training", {})
     domain = training.get("domain")  # absent in models before it
     anomaly = training.get("anomaly")  # an anomaly model's normal class and threshold
+    if spec.is_anomaly and not anomaly:
+        raise InputError(f"{model_dir}: an anomaly model without its threshold (expected training.anomaly "
+                         "in its spec, as medseq train writes it)")
     for series in prepare_folder(root, config, phi=phi, limits=limits):
         item = series.item
         found = findings(domain, series.facts) if domain and series.facts is not None else None
@@ -254,12 +257,14 @@ def predict(model_dir: str | Path, root: str | Path, explain: bool = False,
         answer: dict[str, Any] = {"value": float(probs[0]), "units": spec.units} if spec.is_value else {}
         if spec.is_frames:
             answer = frame_answer(probs, item.valid_frames, series, spec.classes)
-        label = spec.classes[target]
-        if spec.is_anomaly and anomaly:
+        label = None  # a value or frames model answers without one
+        if spec.is_anomaly:
             answer = {"anomaly_score": float(probs[0])}
             label = ANOMALOUS if probs[0] > anomaly["threshold"] else str(anomaly["normal"])
-        by_class = not (spec.is_value or spec.is_frames or spec.is_anomaly)
-        results.append(Prediction(series.where, series.series_key, label if by_class or spec.is_anomaly else None,
+        elif not (spec.is_value or spec.is_frames):
+            label = spec.classes[target]
+        by_class = label is not None and not spec.is_anomaly
+        results.append(Prediction(series.where, series.series_key, label,
                                   {c: float(p) for c, p in zip(spec.classes, probs, strict=True)} if by_class else {},
                                   domain=flags, domain_score=score,
                                   frame_importance=importance, attribution=attribution,
