@@ -52,7 +52,7 @@ def render_in_chromium(page: Path, screenshot: Path, height: int = 2200) -> str:
     screenshot.parent.mkdir(parents=True, exist_ok=True)
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={screenshot.parent / 'chromium-profile'}", f"--window-size=1200,{height}"]
+             f"--user-data-dir={screenshot.parent / f'chromium-profile-{os.getpid()}'}", f"--window-size=1200,{height}"]
     url = page.resolve().as_uri()
     subprocess.run([_chromium(), *flags, f"--screenshot={screenshot}", url], check=True, capture_output=True,
                    timeout=120)

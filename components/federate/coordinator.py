@@ -47,6 +47,7 @@ from . import site
 from .records import MODEL_DIR, RECORD_FILE, UNIFORM_WEIGHT, FederationError
 
 ASK_AGAIN_S = 30.0  # a site that did not describe itself is asked again after this long
+STARTUP_ASKS = 3  # before the first round: how often a silent site is asked to describe itself
 
 
 class SitesGrid(Grid):
@@ -103,6 +104,20 @@ def _connected(grid: Grid, settings: FederateConfig) -> list[int]:
         raise FederationError(f"{len(nodes)} site(s) connected within federate.round_timeout_s "
                               f"({settings.round_timeout_s:.0f} s); federate.min_sites is {settings.min_sites}")
     return nodes
+
+
+def _first_sites(grid: Grid, federation: Federation, connected: Sequence[int]) -> None:
+    """Admits the connected sites, asking those that have not described themselves again
+    (a SuperNode's first ClientApp cold-starts TensorFlow, slowly when several start at
+    once) until min_sites agree or STARTUP_ASKS questions went unanswered."""
+    pending = list(connected)
+    for _ in range(STARTUP_ASKS):
+        federation.admit(grid, pending)
+        if len(federation.agreed) >= federation.config.federate.min_sites:
+            return
+        pending = [n for n in grid.get_node_ids() if n not in federation.seen]
+        if not pending:
+            return
 
 
 def difference(found: dict[str, Any], expected: dict[str, Any], prefix: str) -> str | None:
@@ -317,7 +332,7 @@ def federate(grid: Grid, config: PipelineConfig, out: Path, run_id: int) -> Path
     start = time.monotonic()
     epsilon = privacy_budget(settings) if settings.dp.on else None
     federation = Federation(config, deid.load_key(config.ingest.hash_key_file))
-    federation.admit(grid, _connected(grid, settings))
+    _first_sites(grid, federation, _connected(grid, settings))
     if len(federation.agreed) < settings.min_sites or federation.contract is None:
         raise FederationError(f"{len(federation.agreed)} site(s) agree with the federation's config; "
                               f"federate.min_sites is {settings.min_sites}")

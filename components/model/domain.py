@@ -177,16 +177,24 @@ def embedder(model: Any) -> Any:
     return keras.Model(model.input, joined, name="sequence_embedding")
 
 
-def embeddings(model: Any, files: Sequence[str], spec: Any, batch_size: int, only: int | None = None) -> np.ndarray:
-    """The embeddings of the records of `files`; with `only`, of those of that class alone."""
+def outputs(model: Any, files: Sequence[str], spec: Any, batch_size: int, only: int | None = None,
+            ) -> np.ndarray | None:
+    """`model`'s outputs on the records of `files`, in one array (None without a record);
+    with `only`, on the records of that class alone."""
     from ..io.examples import eval_dataset
 
-    embed = embedder(model)
     parts = []
     for inputs, labels in eval_dataset(list(files), spec, batch_size):
-        embedded = np.asarray(embed(inputs, training=False), np.float64)
-        parts.append(embedded if only is None else embedded[labels.numpy() == only])
-    return np.concatenate(parts) if parts else np.zeros((0, int(embed.output.shape[-1])))
+        found = np.asarray(model(inputs, training=False), np.float64)
+        parts.append(found if only is None else found[labels.numpy() == only])
+    return np.concatenate(parts) if parts else None
+
+
+def embeddings(model: Any, files: Sequence[str], spec: Any, batch_size: int, only: int | None = None) -> np.ndarray:
+    """The embeddings of the records of `files`; with `only`, of those of that class alone."""
+    embed = embedder(model)
+    found = outputs(embed, files, spec, batch_size, only)
+    return found if found is not None else np.zeros((0, int(embed.output.shape[-1])))
 
 
 def reference(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -24,7 +24,7 @@ from ...pipeline.config import TrainConfig, to_dict
 from ...pipeline.errors import ConfigError, InputError
 from ...pipeline.fingerprints import files_fingerprint
 from ..io.examples import RecordSpec, eval_dataset, label_counts, record_spec, split_count, split_files
-from ..model.domain import embedding_reference, training_domain
+from ..model.domain import embedding_reference, outputs, training_domain
 from ..model.metrics import auc_from_histograms, class_weights
 from ..model.network import ANOMALY_SCORE
 from ..model.saved_model import export_saved_model
@@ -151,11 +151,8 @@ def anomaly_threshold(model: keras.Model, spec: RecordSpec, splits: list[list[st
     """Where an anomaly model's score flags a series: the (1 - false_alarm) quantile of the
     scores of the normal series of the first of `splits` (file lists) that holds any."""
     for files in (files for files in splits if files):
-        scores, labels = [np.zeros(0)], [np.zeros(0, np.int64)]
-        for inputs, y in eval_dataset(files, spec, batch_size):
-            scores.append(np.asarray(model(inputs, training=False), np.float64)[:, ANOMALY_SCORE])
-            labels.append(y.numpy())
-        normal = np.concatenate(scores)[np.concatenate(labels) == spec.normal_class]
+        found = outputs(model, files, spec, batch_size, only=spec.normal_class)
+        normal = found[:, ANOMALY_SCORE] if found is not None else np.zeros(0)
         if len(normal):
             return {"normal": spec.classes[spec.normal_class],
                     "threshold": float(np.quantile(normal, 1 - false_alarm)), "false_alarm": false_alarm,

@@ -232,24 +232,40 @@ def _site_key(path: Path) -> str:
     return str(path)
 
 
-def test_tls_and_site_keys_admit_registered_sites_only_and_a_wrong_certificate_is_one_line(federation, tmp_path):
+def test_tls_site_keys_and_differential_privacy_in_one_federation(federation, tmp_path):
     """`federate link --authenticate` over TLS: the sites whose public keys the coordinator
-    registered join and train one round; a site with another key, or none, is refused in
-    one line, and so is a file that is not a key; a coordinator that does not trust the
-    SuperLink's certificate is refused in one line. (One federation for both: each
-    SuperLink and its sites cost a minute of CI.)"""
+    registered join; a site with another key, or none, is refused in one line, and so is a
+    file that is not a key; a coordinator that does not trust the SuperLink's certificate
+    is refused in one line. The registered sites train with federate.dp: each clips its
+    update to the norm its own config sets (the round's largest update norm is at most
+    that, where the federation without DP sent larger ones), the coordinator adds noise and
+    accounts the privacy spent; the epsilon in the record and the model's spec is
+    dp-accounting's own for those releases. A budget the rounds would exceed is refused in
+    one line before anything trains; a registered site whose config does not say the same
+    privacy settings is left out in one line. (One federation for all of it: each
+    SuperLink, its sites and a training run cost minutes of CI.)"""
+    from dp_accounting import dp_event, rdp
+
     from medseq.components.federate import Tls
 
-    root, _, _, _, _ = federation
+    root, _, code, _, _ = federation
+    assert code == 0
+    plain = json.loads((root / "run" / RECORD_FILE).read_text())
+    clip = 0.05
+    assert plain["differential_privacy"] is None and plain["rounds"][0]["largest_update_norm"] > 4 * clip
     ca, cert, key, other = _certificates(tmp_path)
-    keys = {name: _site_key(tmp_path / f"{name}-key") for name in ("a", "b", "c")}
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(
-        {**FEDERATION, "federate": {"rounds": 1, "local_epochs": 1, "min_sites": 2, "round_timeout_s": 120}}))
+    keys = {name: _site_key(tmp_path / f"{name}-key") for name in ("a", "b", "c", "e")}
+    dp = {"noise_multiplier": 0.8, "clipping_norm": clip, "delta": 1e-5}
+    federate = {"rounds": 2, "local_epochs": 1, "min_sites": 2, "round_timeout_s": 120}
+    (tmp_path / "dp.yaml").write_text(yaml.safe_dump({**FEDERATION, "federate": {**federate, "dp": dp}}))
+    (tmp_path / "budget.yaml").write_text(yaml.safe_dump(
+        {**FEDERATION, "federate": {**federate, "dp": {**dp, "max_epsilon": 1.0}}}))
     unauthenticated = medseq("federate", "link", "--state", str(tmp_path / "plain"), "--authenticate")
     assert one_line(unauthenticated) == ("medseq federate: federate link: --authenticate proves each site's key "
                                          "over TLS; expected --tls-ca, --tls-cert and --tls-key beside it")
     env = {"MEDSEQ_HASH_KEY": COORDINATOR_KEY}
-    sites = {name: (root / name / "records", root / "config.yaml") for name in ("a", "c")}
+    sites = {name: (root / name / "records", tmp_path / "dp.yaml") for name in ("a", "c")}
+    sites["e"] = (root / "e" / "records", root / "config.yaml")  # registered, the same model, no DP
     with LocalFederation(tmp_path / "federation", sites, env, Tls(ca, cert, key),
                          keys={name: keys[name] for name in sites}) as fed:
         port = free_ports(1)[0]
@@ -284,47 +300,18 @@ def test_tls_and_site_keys_admit_registered_sites_only_and_a_wrong_certificate_i
         assert one_line(bad).startswith(f"medseq federate: {keys['b']}: not a usable site public key")
         assert all(fed.processes[name].poll() is None for name in sites)  # the registered sites are connected
         env = {**os.environ, **env}
-        wrong = medseq("federate", "run", "--superlink", fed.superlink, "--out", str(tmp_path / "wrong"), "--config",
-                       str(tmp_path / "config.yaml"), "--tls-ca", other, env=env, timeout=600)
+
+        def coordinator(config: Path, out: str, trusted: str) -> subprocess.CompletedProcess:
+            return medseq("federate", "run", "--superlink", fed.superlink, "--out", str(tmp_path / out), "--config",
+                          str(config), "--tls-ca", trusted, env=env, timeout=900)
+
+        wrong = coordinator(tmp_path / "dp.yaml", "wrong", other)
         assert one_line(wrong) == (f"medseq federate: the SuperLink at {fed.superlink} presented a certificate "
                                    f"that --tls-ca {other} does not trust (TLS verification failed)")
-        done = medseq("federate", "run", "--superlink", fed.superlink, "--out", str(tmp_path / "run"), "--config",
-                      str(tmp_path / "config.yaml"), "--tls-ca", ca, env=env, timeout=900)
-        assert done.returncode == 0, done.stderr[-2000:]
-    record = json.loads((tmp_path / "run" / RECORD_FILE).read_text())
-    assert len(record["rounds"]) == 1 and len(record["rounds"][0]["sites"]) == 2
-
-
-def test_differential_privacy_clips_every_update_and_reports_the_epsilon_spent(federation, tmp_path):
-    """federate.dp: each site clips its update to the norm its own config sets (the round's
-    largest update norm is at most that, where the federation without DP sent larger
-    ones), the coordinator adds noise and accounts the privacy spent; the epsilon in the
-    record and the model's spec is dp-accounting's own for those releases. A budget the
-    rounds would exceed is refused in one line before anything trains; a site whose config
-    does not say the same privacy settings is left out in one line."""
-    from dp_accounting import dp_event, rdp
-
-    root, _, code, _, _ = federation
-    assert code == 0
-    plain = json.loads((root / "run" / RECORD_FILE).read_text())
-    clip = 0.05
-    assert plain["differential_privacy"] is None and plain["rounds"][0]["largest_update_norm"] > 4 * clip
-    dp = {"noise_multiplier": 0.8, "clipping_norm": clip, "delta": 1e-5}
-    federate = {"rounds": 2, "local_epochs": 1, "min_sites": 2, "round_timeout_s": 120}
-    (tmp_path / "dp.yaml").write_text(yaml.safe_dump({**FEDERATION, "federate": {**federate, "dp": dp}}))
-    (tmp_path / "budget.yaml").write_text(yaml.safe_dump(
-        {**FEDERATION, "federate": {**federate, "dp": {**dp, "max_epsilon": 1.0}}}))
-    sites = {name: (root / name / "records", tmp_path / "dp.yaml") for name in ("a", "b")}
-    sites["c"] = (root / "c" / "records", root / "config.yaml")  # the same model, no DP
-    env = {**os.environ, "MEDSEQ_HASH_KEY": COORDINATOR_KEY}
-    with LocalFederation(tmp_path / "federation", sites, {"MEDSEQ_HASH_KEY": COORDINATOR_KEY}) as fed:
-        over = medseq("federate", "run", "--superlink", fed.superlink, "--out", str(tmp_path / "over"), "--config",
-                      str(tmp_path / "budget.yaml"), env=env, timeout=600)
-        line = one_line(over)
+        line = one_line(coordinator(tmp_path / "budget.yaml", "over", ca))
         assert line.startswith("medseq federate: federate.dp: 2 rounds at noise_multiplier 0.8 spend epsilon ") \
             and line.endswith("at delta 1e-05, above max_epsilon 1; expected fewer rounds or more noise"), line
-        done = medseq("federate", "run", "--superlink", fed.superlink, "--out", str(tmp_path / "run"), "--config",
-                      str(tmp_path / "dp.yaml"), env=env, timeout=900)
+        done = coordinator(tmp_path / "dp.yaml", "run", ca)
         assert done.returncode == 0, done.stderr[-3000:]
     left_out = [x for x in done.stdout.splitlines() if "left out:" in x]
     assert len(left_out) == 1 and left_out[0].endswith(
