@@ -262,9 +262,12 @@ def cmd_export(args: argparse.Namespace, _: list[str]) -> int:
 
 def cmd_predict(args: argparse.Namespace, _: list[str]) -> int:
     from ..components import predict
+    from ..components.io import deid
     from ..components.preprocessing.reasons import DUPLICATE_INSTANCE
 
-    results = predict.predict(args.model, args.input, explain=bool(args.explain), outside_domain=args.outside_domain)
+    key = deid.load_key(args.hash_key_file) if args.hash_key_file else None
+    results = predict.predict(args.model, args.input, explain=bool(args.explain), outside_domain=args.outside_domain,
+                              key=key)
     print(predict.json_lines(results) if args.json else predict.table(results))
     if args.explain:
         folder = predict.write_explanation(results, args.explain)
@@ -566,6 +569,8 @@ def build_parser() -> _Parser:
     p.add_argument("--outside-domain", choices=("refuse", "warn"), default="refuse",
                    help="a series whose modality, frame axis or colour the model was never trained on: refused "
                    "as outside_domain (default), or predicted and flagged (warn); unusual values are flagged")
+    p.add_argument("--hash-key-file", help="the secret key of the keyed hashes, so that series_key matches the "
+                   "records' (else $MEDSEQ_HASH_KEY, else a key of this run)")
 
     p = add("stream", cmd_stream, "Read a live series frame by frame with a causal model (train.causal): each frame "
             "through ingest's preprocessing and one step of the model, its state carried to the next; one JSON line "

@@ -21,7 +21,10 @@ from medseq.pipeline.config import ValueConfig
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "data_samples"
 KEY = b"medseq-test-key-0123456789abcdef"
-IN_PROCESS = ["--runner=DirectRunner"]  # one process: fastest for tiny inputs
+# One process, fastest for tiny inputs: the runner Beam's DirectRunner ends on, named
+# directly (the DirectRunner first probes Prism, leaving a beam-temp folder in /tmp each time).
+IN_PROCESS = ["--runner=apache_beam.runners.portability.fn_api_runner.FnApiRunner",
+              "--direct_running_mode=in_memory", "--direct_num_workers=1"]
 ARTIFACTS = REPO / "runs" / "test-artifacts"  # screenshots of rendered pages (runs/ is git-ignored)
 EF = ValueConfig(column="ef", units="%", range=(0.0, 100.0))  # train.value of an ejection fraction
 

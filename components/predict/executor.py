@@ -194,9 +194,11 @@ def frame_importance(run: Predict, prepared: Prepared, target: int) -> tuple[flo
 
 
 def predict(model_dir: str | Path, root: str | Path, explain: bool = False,
-            outside_domain: str = "refuse") -> list[Prediction]:
+            outside_domain: str = "refuse", key: bytes | None = None) -> list[Prediction]:
     """Predictions for every series under `root`, in folder order, by a SavedModel or by a
     LiteRT or ONNX artifact of `medseq export` (no Grad-CAM there: it needs gradients).
+    `key`: the keyed hashes' key (the records' own gives their series keys), else
+    MEDSEQ_HASH_KEY, else a key of this run.
     A series outside the model's training domain (a modality, frame axis or colour it was
     never trained on) is rejected as `outside_domain`, or with `outside_domain="warn"`
     predicted and flagged; unusual values are flagged either way."""
@@ -229,7 +231,7 @@ def predict(model_dir: str | Path, root: str | Path, explain: bool = False,
     if spec.is_anomaly and not anomaly:
         raise InputError(f"{model_dir}: an anomaly model without its threshold (expected training.anomaly "
                          "in its spec, as medseq train writes it)")
-    for series in prepare_folder(root, config, phi=phi, limits=limits):
+    for series in prepare_folder(root, config, key=key, phi=phi, limits=limits):
         item = series.item
         found = findings(domain, series.facts) if domain and series.facts is not None else None
         if found is not None and found.hard and outside_domain == "refuse":

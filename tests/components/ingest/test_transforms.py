@@ -14,6 +14,7 @@ from helpers import KEY
 from medseq.components.ingest.steps import IDENTIFIERS, REJECTED, BuildRecordStep, ReadHeaderStep, RejectedRow
 from medseq.components.ingest.transforms import StepDoFn
 from medseq.components.io import deid
+from medseq.components.io.beam import FN_API_RUNNER
 from medseq.components.io.records import encode_example, write_tfrecords
 from medseq.components.preprocessing.headers import FileHeader
 from medseq.pipeline.config import PreprocessConfig, SplitConfig
@@ -22,7 +23,7 @@ from medseq.pipeline.config import PreprocessConfig, SplitConfig
 def test_read_header_keys_files_and_dead_letters_the_rest(pydicom_files):
     root = str(pydicom_files)
     paths = [str(pydicom_files / n) for n in ("CT_small.dcm", "MR_small.dcm", "README.txt", "rtplan.dcm")]
-    with TestPipeline() as p:
+    with TestPipeline(runner=FN_API_RUNNER) as p:
         out = (p | beam.Create(paths)
                | beam.ParDo(StepDoFn(ReadHeaderStep(root, KEY))).with_outputs(REJECTED, IDENTIFIERS, main="headers"))
         keys = out.headers | beam.Map(lambda kv: (FileHeader.from_bytes(kv[1]).modality,
@@ -41,7 +42,7 @@ def test_build_record_turns_a_series_into_one_example(pydicom_files, tmp_path):
 
     uid = str(pydicom.dcmread(paths[0], stop_before_pixels=True).SeriesInstanceUID)
     config = PreprocessConfig(frames=8, height=16, width=16, temporal="pad")
-    with TestPipeline() as p:
+    with TestPipeline(runner=FN_API_RUNNER) as p:
         read = StepDoFn(ReadHeaderStep(root, KEY))
         build = StepDoFn(BuildRecordStep(root, KEY, {uid: "b"}, ("a", "b"), config, SplitConfig(),
                                          staging=str(tmp_path)))
@@ -56,7 +57,7 @@ def test_build_record_turns_a_series_into_one_example(pydicom_files, tmp_path):
 
 def test_unlabeled_series_goes_to_the_dead_letter_output(pydicom_files, tmp_path):
     path = str(pydicom_files / "CT_small.dcm")
-    with TestPipeline() as p:
+    with TestPipeline(runner=FN_API_RUNNER) as p:
         headers = (p | beam.Create([path])
                    | "ReadHeaders" >> beam.ParDo(StepDoFn(ReadHeaderStep(str(pydicom_files), KEY))).with_outputs(
                        REJECTED, IDENTIFIERS, main="headers")).headers

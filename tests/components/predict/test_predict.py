@@ -117,6 +117,22 @@ def test_predict_finds_files_by_ingests_rules_and_shows_the_files_it_did_not_rea
     assert [line["label"] for line in lines if "label" in line] != []
 
 
+def test_the_records_hash_key_gives_the_records_series_key(trained, tmp_path, capsys):
+    """--hash-key-file: predict's series_key is the one ingest wrote under that key, so a
+    prediction finds its record; a key file that cannot be read is one line, exit 2."""
+    from medseq.pipeline import cli
+
+    [series] = sorted((SAMPLES / "cine_ef" / "dicom").glob("PA*/ST*/SE000003"))[:1]
+    uid = pydicom.dcmread(sorted(series.iterdir())[0], stop_before_pixels=True).SeriesInstanceUID
+    (tmp_path / "hash.key").write_bytes(KEY)
+    args = ["predict", "--model", trained.model_dir, "--input", str(series), "--json", "--hash-key-file"]
+    assert cli.main([*args, str(tmp_path / "hash.key")]) == 0
+    [line] = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert line["series_key"] == deid.keyed_hash(KEY, "series", uid)
+    assert cli.main([*args, str(tmp_path / "absent.key")]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"hash key file not readable: {tmp_path / 'absent.key'}")
+
+
 def test_explain_gives_one_importance_per_valid_frame(trained, folder_with_a_broken_series, tmp_path, capsys):
     from medseq.pipeline import cli
 
