@@ -397,6 +397,9 @@ class TrainConfig:
     monitor: str = "auto"
     monitor_mode: str = "auto"
     patience: int = 0  # epochs without improvement before stopping; 0: never stop early
+    # The weights evaluated each epoch and exported: their exponential moving average over
+    # the steps at this momentum (Keras' optimizer EMA, e.g. 0.99); 0: the weights as they are.
+    ema: float = 0.0
     mixed_precision: str = "off"
     jit_compile: bool = False
     deterministic: bool = True  # tf.config.experimental.enable_op_determinism()
@@ -439,6 +442,8 @@ class TrainConfig:
             raise ConfigError(f"train.conv_filters: expected positive filter counts, found {self.conv_filters}")
         if self.checkpoint_every_steps < 0 or self.patience < 0:
             raise ConfigError("train: checkpoint_every_steps and patience must be >= 0")
+        if not 0 <= self.ema < 1:
+            raise ConfigError(f"train.ema: expected a momentum in [0, 1) (0: off), found {self.ema}")
         if not 0 <= self.dropout < 1 or self.learning_rate <= 0:
             raise ConfigError(f"train: expected 0 <= dropout < 1 and learning_rate > 0, found "
                               f"dropout {self.dropout}, learning_rate {self.learning_rate}")

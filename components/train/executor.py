@@ -120,17 +120,18 @@ def _evaluate_epoch(trainer: Trainer, eval_ds: tf.data.Dataset, checkpoints: Che
     """Adds the eval metrics to `metrics`, keeps the best epoch, decides early stopping;
     returns what to say about it."""
     state = trainer.state
-    metrics.update(trainer.evaluate(eval_ds))
-    monitor, mode = config.monitored
-    if monitor not in metrics:
-        raise ConfigError(f"train.monitor: expected one of {', '.join(k for k in metrics if 'eval' in k)}, "
-                          f"found {monitor!r}")
-    note = ""
-    if state.improved(metrics[monitor], mode):
-        state.best_value.assign(metrics[monitor])
-        state.best_epoch.assign(epoch)
-        checkpoints.save_best(epoch)
-        note = f"best {monitor} so far"
+    with trainer.averaged():  # train.ema: the moving average is what is evaluated and kept
+        metrics.update(trainer.evaluate(eval_ds))
+        monitor, mode = config.monitored
+        if monitor not in metrics:
+            raise ConfigError(f"train.monitor: expected one of {', '.join(k for k in metrics if 'eval' in k)}, "
+                              f"found {monitor!r}")
+        note = ""
+        if state.improved(metrics[monitor], mode):
+            state.best_value.assign(metrics[monitor])
+            state.best_epoch.assign(epoch)
+            checkpoints.save_best(epoch)
+            note = f"best {monitor} so far"
     if config.patience and epoch - int(state.best_epoch.numpy()) >= config.patience:
         state.stopped.assign(True)
         note = f"early stop: no better {monitor} for {config.patience} epoch(s)"
@@ -211,6 +212,8 @@ def train(examples_dir: str | Path, out: str | Path, config: TrainConfig) -> Tra
         checkpoints.save(step)
         progress.end(metrics, note)
     best = checkpoints.restore_best()
+    if not best and config.ema:  # no eval split: the last moving average is exported
+        trainer.optimizer.finalize_variable_values(trainer.model.trainable_variables)
     model_dir = _worker_dir(out / "model", strategy)
     training = {"records": files_fingerprint(train_files), "epochs": int(state.epochs_done.numpy()), "steps": step,
                 "best_epoch": int(state.best_epoch.numpy()) if best else None, "config": to_dict(config),

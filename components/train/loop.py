@@ -8,6 +8,7 @@ device, so no step waits for the host.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -45,7 +46,8 @@ def make_optimizer(config: TrainConfig, total_steps: int) -> keras.optimizers.Op
     rate: float | keras.optimizers.schedules.LearningRateSchedule = config.learning_rate
     if config.lr_schedule == "cosine":
         rate = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=max(total_steps, 1))
-    optimizer: keras.optimizers.Optimizer = keras.optimizers.Adam(rate)
+    optimizer: keras.optimizers.Optimizer = keras.optimizers.Adam(rate, use_ema=config.ema > 0,
+                                                                  ema_momentum=config.ema or 0.99)
     if config.mixed_precision == "mixed_float16":  # bfloat16 has float32's range: no loss scaling
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
@@ -135,6 +137,21 @@ class Trainer:
                                      for v in per_replica)
         self.state.accumulate(loss, correct, seen, hist)
         return loss
+
+    @contextlib.contextmanager
+    def averaged(self) -> Iterator[None]:
+        """With `train.ema`: the weights' moving average in the model for the block (to
+        evaluate, or to save as the best epoch), the trained weights back after it."""
+        if not self.config.ema:
+            yield
+            return
+        trained = [v.numpy() for v in self.model.trainable_variables]
+        self.optimizer.finalize_variable_values(self.model.trainable_variables)
+        try:
+            yield
+        finally:
+            for variable, value in zip(self.model.trainable_variables, trained, strict=True):
+                variable.assign(value)
 
     @tf.function
     def _predict(self, inputs: dict[str, tf.Tensor]) -> tf.Tensor:

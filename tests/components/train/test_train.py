@@ -170,6 +170,30 @@ def test_exported_signatures_match_the_in_memory_model(cine_records, tmp_path):
     np.testing.assert_allclose(by_examples["probability"].numpy(), expected[:, 1], rtol=1e-5, atol=1e-6)
 
 
+def test_ema_evaluates_the_moving_average_and_gives_the_trained_weights_back(cine_records):
+    """train.ema: inside `averaged()` the model holds the exponential moving average of its
+    weights over the steps (the first step's weights start it, as Keras' EMA does); after
+    it, the trained weights go on training unchanged."""
+    spec = record_spec(cine_records)
+    config = dataclasses.replace(TINY, ema=0.5, dropout=0.0)
+    trainer = Trainer(spec, config, make_strategy(config), np.ones(2, np.float32), 4)
+    batches = iter(eval_dataset(split_files(cine_records, "train"), spec, 4).repeat())
+    weights = lambda: [v.numpy() for v in trainer.model.trainable_variables]
+    average: list[np.ndarray] = []
+    for step in range(3):
+        trainer.train_step(batches)
+        momentum = 0.0 if step == 0 else config.ema
+        average = [w if step == 0 else momentum * a + (1 - momentum) * w
+                   for a, w in zip(average or weights(), weights(), strict=True)]
+    trained = weights()
+    with trainer.averaged():
+        inside = weights()
+    for got, want, last, back in zip(inside, average, trained, weights(), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(back, last)
+    assert any(not np.allclose(got, last) for got, last in zip(inside, trained, strict=True))
+
+
 def test_padding_is_masked(cine_records):
     spec = record_spec(cine_records)
     trainer = Trainer(spec, TINY, make_strategy(TINY), np.ones(2, np.float32), 1)
