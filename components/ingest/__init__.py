@@ -22,7 +22,8 @@ from ..io.remote_errors import on_filesystems
 from ..io.storage import absolute
 from . import dicomweb
 from .executor import IngestOutputs, run_job
-from .steps import RejectedRow
+from .graph import Source
+from .sources import FilesSource
 
 __all__ = ["IngestInputs", "IngestOutputs", "run"]
 
@@ -49,31 +50,34 @@ def _fewer_files_than(input_path: str, limit: int) -> bool:
 
 def run(config: PipelineConfig, inputs: IngestInputs, out: str | Path, beam_args: BeamArgs = ()) -> IngestOutputs:
     """Converts `inputs.input` (labels in `inputs.labels`) into records under `out`: a
-    folder or glob, or a DICOMweb service root whose series are fetched first."""
+    folder or glob, or a DICOMweb service root whose series the job fetches first."""
     key = inputs.key if inputs.key is not None else deid.load_key(config.ingest.hash_key_file)
     given = [*config.ingest.beam_args, *beam_args]
     out_path = absolute(str(out))
-    paths = [p for p in (inputs.input, inputs.labels, out_path) if not dicomweb.is_dicomweb(p)]
+    paths = [p for p in (inputs.input, inputs.labels, out_path, config.ingest.dicomweb.cache_dir or "")
+             if p and not dicomweb.is_dicomweb(p)]
     with on_filesystems(given, *paths):
         if not dicomweb.is_dicomweb(inputs.input):
-            return _convert(config, absolute(inputs.input), absolute(inputs.labels), out_path, key, given)
+            input_path = absolute(inputs.input)
+            small = _fewer_files_than(input_path, SMALL_INPUT_FILES)
+            return _convert(config, FilesSource(input_path), absolute(inputs.labels), out_path, key, given, small)
         return _fetch_and_convert(config, inputs, out_path, key, given)
 
 
 def _fetch_and_convert(config: PipelineConfig, inputs: IngestInputs, out_path: str, key: bytes,
                        given: list[str]) -> IngestOutputs:
-    with dicomweb.fetched(inputs.input, config.ingest.dicomweb, key, out_path, given or None,
-                          SMALL_INPUT_FILES) as fetched:
-        outputs = _convert(config, fetched.root, absolute(inputs.labels), out_path, key, given, fetched.rejected)
-        dicomweb.write_manifest(out_path, fetched.manifest)
-    return dataclasses.replace(outputs, fetch=fetched.summary)
+    with dicomweb.archive_source(inputs.input, config.ingest.dicomweb, key, out_path) as source:
+        small = source.instances < SMALL_INPUT_FILES and not storage.remote(source.cache)
+        outputs = _convert(config, source, absolute(inputs.labels), out_path, key, given, small)
+        dicomweb.write_manifest(out_path, source.manifest)
+        source.prune()
+    return dataclasses.replace(outputs, fetch=source.summary)
 
 
-def _convert(config: PipelineConfig, input_path: str, labels: str, out: str, key: bytes, given: list[str],
-             fetch_rejected: tuple[RejectedRow, ...] = ()) -> IngestOutputs:
-    small = _fewer_files_than(input_path, SMALL_INPUT_FILES)
+def _convert(config: PipelineConfig, source: Source, labels: str, out: str, key: bytes, given: list[str],
+             small: bool) -> IngestOutputs:
     # A small local input and no Beam option: no pipeline to build (in_process.py), no Beam imported.
     args = None if small and not given else default_beam_args(given, small)
     record = {"input": "<input>", "labels": "<labels>"}  # paths may name patients; not recorded
-    return run_job(input_path, labels, out, key, config.preprocess, config.ingest, args, record, fetch_rejected,
+    return run_job(source, labels, out, key, config.preprocess, config.ingest, args, record,
                    config.train.records_target, config.train.value, config.train.frames.events)

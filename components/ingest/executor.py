@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -21,15 +20,13 @@ import numpy as np
 
 from ...pipeline import features as F
 from ...pipeline.config import IngestConfig, PreprocessConfig, ValueConfig, to_dict
-from ...pipeline.errors import InputError
 from ..io import storage
 from ..io.beam import pipeline as beam_pipeline
 from ..io.output_lock import output_lock
 from ..preprocessing import pixel_phi
-from .graph import INDEX, LABELED_LINES, REJECTED_LINES, ingest_graph
+from .graph import INDEX, LABELED_LINES, REJECTED_LINES, Source, ingest_graph
 from .in_process import LocalGraph
 from .labels import CLASS, FRAMES, VALUE, LabelTable, read_labels
-from .steps import RejectedRow
 
 if TYPE_CHECKING:
     import apache_beam as beam
@@ -47,44 +44,20 @@ class IngestOutputs:
     fetch: dict[str, Any] | None = None  # a DICOMweb input: what its fetch did (dicomweb._summary)
 
 
-def input_pattern(input_path: str) -> tuple[str, str]:
-    """(glob pattern, root) for a folder or a glob, on any Beam filesystem."""
-    if any(ch in input_path for ch in "*?["):
-        first = min(i for i, ch in enumerate(input_path) if ch in "*?[")
-        root = input_path[:first].rsplit("/", 1)[0]  # the folder above the first wildcard
-        return input_path, root
-    if not storage.remote(input_path) and not storage.exists(input_path):  # object stores have no folders
-        raise InputError(f"input not found: {input_path} (expected a folder or a glob of DICOM files)")
-    if not storage.remote(input_path) and os.path.isdir(input_path):
-        try:
-            os.listdir(input_path)
-        except OSError as exc:
-            raise InputError(f"cannot list the input folder {input_path} ({exc.strerror or type(exc).__name__}); "
-                             "expected a folder medseq may list and read") from None
-    root = input_path.rstrip("/")
-    return f"{root}/**", root
-
-
-def _require_files(pattern: str, input_path: str) -> None:
-    """Fails early, in one line, when the input matches no file at all (one listing entry)."""
-    try:
-        found = storage.match(pattern, limit=1)
-    except Exception:  # noqa: BLE001 - Beam raises for an empty glob on some filesystems
-        found = []
-    if not found:
-        raise InputError(f"no files found in {input_path} (expected DICOM files in it or matching it)")
-
-
 class BeamGraph:
     """`graph.ingest_graph` as a Beam pipeline: each step a transform under its label."""
 
     spills_headers = True  # a local runner holds a GroupByKey's elements in its main process
+    parallel = True
 
     def __init__(self, pipeline: beam.Pipeline, filesystem_args: list[str] | tuple[str, ...] = ()) -> None:
         import apache_beam as beam
 
         # The job's options for the DoFns that touch a remote path (io.dofns.FilesystemDoFn).
         self.beam, self.pipeline, self.filesystem_args = beam, pipeline, tuple(filesystem_args)
+
+    def create(self, label: str, items: list[Any]) -> Any:
+        return self.pipeline | label >> self.beam.Create(items)
 
     def files(self, label: str, pattern: str) -> Any:
         from .transforms import MatchDoFn
@@ -233,33 +206,28 @@ def swap_into_place(staging: str, out: str) -> None:
     storage.delete([trash])
 
 
-def run_job(input_path: str, labels_path: str, out: str, key: bytes, preprocess: PreprocessConfig,
+def run_job(source: Source, labels_path: str, out: str, key: bytes, preprocess: PreprocessConfig,
             ingest: IngestConfig, beam_args: list[str] | None, config_record: dict[str, Any],
-            fetch_rejected: tuple[RejectedRow, ...] = (), target: str = CLASS,
-            value: ValueConfig | None = None, events: tuple[str, ...] = ("ed", "es")) -> IngestOutputs:
-    """The job on Beam with `beam_args`, or, with None, its DoFns called in this process;
-    `fetch_rejected`: the series of a DICOMweb input that could not be fetched; `target`
-    `value` and `events`: what labels.csv answers (train.target, train.value, train.frames)."""
+            target: str = CLASS, value: ValueConfig | None = None,
+            events: tuple[str, ...] = ("ed", "es")) -> IngestOutputs:
+    """The job on Beam with `beam_args`, or, with None, its steps called in this process,
+    over `source`'s files (sources.FilesSource, dicomweb.DicomwebSource); `target`, `value`
+    and `events`: what labels.csv answers (train.target, train.value, train.frames)."""
     labels = read_labels(labels_path, target, value, events)
     if target == CLASS and ingest.classes:
         labels = dataclasses.replace(labels, classes=ingest.classes)
     classes = labels.classes
-    pattern, root = input_pattern(input_path)
-    if not fetch_rejected:
-        _require_files(pattern, input_path)
     with output_lock(out, "ingest output", (*OUTPUT_NAMES, F.FETCH_MANIFEST_FILE)):
         staging = storage.join(out, f".medseq-staging-{uuid.uuid4().hex[:8]}")
         try:  # a failed or killed job, or a full disk while merging, leaves no staging; OUT is as it was
-            if fetch_rejected:  # merged by merge_side_files() with the job's own rejected lines
-                with storage.create(storage.join(staging, f"{REJECTED_LINES}-fetch.jsonl")) as f:
-                    f.write("".join(row.to_json() + "\n" for row in fetch_rejected).encode())
             if beam_args is None:
-                LocalGraph.run(ingest_graph, pattern, root, staging, key, labels, preprocess, ingest)
+                LocalGraph.run(ingest_graph, source, staging, key, labels, preprocess, ingest)
             else:
-                remote = storage.remote(pattern) or storage.remote(staging)
+                remote = storage.remote(source.root) or storage.remote(staging)
                 with beam_pipeline(beam_args) as pipeline:
                     graph = BeamGraph(pipeline, beam_args if remote else ())
-                    ingest_graph(graph, pattern, root, staging, key, labels, preprocess, ingest)
+                    ingest_graph(graph, source, staging, key, labels, preprocess, ingest)
+            source.done(staging)  # before the merge removes the job's side files
             record = dict(config_record, preprocess=to_dict(preprocess),
                           ingest={**to_dict(ingest), "dicomweb": ingest.dicomweb.selection()})
             qc, rejected = merge_side_files(staging, classes, record, labels.rows, _target_record(labels, value))

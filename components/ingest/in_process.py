@@ -21,6 +21,10 @@ class LocalGraph:
     """`graph.Graph` over lists: one bundle per step, every element in this process."""
 
     spills_headers = False  # the headers are in this process's memory anyway
+    parallel = False
+
+    def create(self, label: str, items: list[Any]) -> list[Any]:
+        return list(items)
 
     @classmethod
     def run(cls, graph: Callable[..., None], *args: Any) -> None:

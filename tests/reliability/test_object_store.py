@@ -2,7 +2,8 @@
 default runner, and Beam's portable job service with an EXTERNAL SDK worker pool whose
 workers cannot see the driver's files (a private mount namespace that hides them),
 the way Flink and Spark run Python workers. Both write what a local convert writes,
-byte for byte; what the store refuses is one line."""
+byte for byte, a DICOMweb input too (a real Orthanc, its series fetched by the pool's
+workers into a cache on the store); what the store refuses is one line."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from object_store import GcsEmulator, ObjectStore
-from orthanc_server import free_port, wait_for_port
+from orthanc_server import PASSWORD, USER, Orthanc, free_port, wait_for_port
 
 from helpers import KEY, SAMPLES, convert
 from medseq.pipeline import beam_worker
@@ -99,7 +100,9 @@ def cluster(store, tmp_path_factory):
          f"apache_beam.runners.worker.worker_pool_main --service_port={pool_port} "
          f"--container_executable={beam_worker.executable()}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        env={**os.environ, "TMPDIR": str(workers_home), "HOME": str(workers_home)})
+        # The archive's credentials, as a deployment gives its workers (they fetch DICOMweb series).
+        env={**os.environ, "TMPDIR": str(workers_home), "HOME": str(workers_home), "MEDSEQ_DICOMWEB_USER": USER,
+             "MEDSEQ_DICOMWEB_PASSWORD": PASSWORD})
     jobs = subprocess.Popen([sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main",
                              f"--port={job_port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -123,6 +126,39 @@ def test_a_worker_pool_that_shares_no_disk_with_the_driver(store, config, local,
     validate_stage(config, f"s3://{BUCKET}/out/portable", f"s3://{BUCKET}/validated/portable", args)
     assert store.objects(BUCKET, "validated/portable") == stats
     assert not any(p.name.startswith(".medseq") for p in tmp_path.iterdir())
+
+
+def test_a_dicomweb_input_is_fetched_by_the_worker_pool_into_a_cache_on_the_store(store, config, cluster, tmp_path,
+                                                                                  monkeypatch):
+    """The fetch is the ingest graph's first step: on a pool that shares no disk with the
+    driver, the workers fetch the archive's series into a cache on the object store and
+    convert them there; the output is what an in-process fetch and convert writes."""
+    import dataclasses
+
+    args, _ = cluster
+    monkeypatch.setenv("MEDSEQ_DICOMWEB_USER", USER)
+    monkeypatch.setenv("MEDSEQ_DICOMWEB_PASSWORD", PASSWORD)
+    archive = Orthanc(tmp_path / "orthanc")
+    try:
+        assert len(archive.upload(sorted(p for p in (SAMPLES / "cine_ef" / "dicom").rglob("*") if p.is_file()))) > 40
+
+        def web(cache: str):
+            settings = dataclasses.replace(config.ingest.dicomweb, cache_dir=cache)
+            return dataclasses.replace(config, ingest=dataclasses.replace(config.ingest, dicomweb=settings)).on_input(
+                archive.url, str(SAMPLES / "cine_ef" / "labels.csv"))
+
+        here = convert(web(str(tmp_path / "cache")), tmp_path / "here", beam_args=())
+        there = convert(web(f"s3://{BUCKET}/dicomweb-cache"), f"s3://{BUCKET}/out/dicomweb", beam_args=args)
+    finally:
+        archive.stop()
+    assert store.objects(BUCKET, "out/dicomweb") == files(tmp_path / "here")  # records, qc, manifest, dead letters
+    assert there.fetch["fetched"] == there.fetch["listed"] == here.fetch["listed"] > 30
+    cached = store.objects(BUCKET, "dicomweb-cache")
+    series = {name.split("/")[2] for name in cached if name.split("/")[1] == "series"}
+    digests = {name.split("/")[2] for name in cached if name.split("/")[1] == "digests"}
+    assert len(series) == there.fetch["listed"] and digests == series  # every series whole, marked by its digest
+    assert sum(name.split("/")[1] == "series" for name in cached) == there.fetch["instances"]
+    assert not any(".medseq-staging" in name for name in cached)
 
 
 def test_evaluate_through_the_worker_pool_writes_what_a_local_evaluate_writes(store, config, local, cluster,

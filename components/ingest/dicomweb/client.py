@@ -244,8 +244,13 @@ class Service:
                     raise Failed(f"{what}: {exc.what}{status}, and no time was left for another try") from None
                 with self._lock:
                     self.retried += 1
+                self._local.retried = self.retried_here() + 1
                 time.sleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    def retried_here(self) -> int:
+        """The tries this thread made again (a series' fetch is one thread's work)."""
+        return int(getattr(self._local, "retried", 0))
 
     def backoff(self, attempt: int, server_wait: float | None) -> float:
         """Full jitter over the doubled wait, capped; never shorter than the server asked."""

@@ -9,7 +9,7 @@ read chunk plus the boundary.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import IO
+from typing import Protocol
 
 from .client import Failed, Retryable
 
@@ -26,7 +26,14 @@ def boundary_of(content_type: str) -> bytes:
     raise Retryable(f"expected a multipart/related response with a boundary, found {kind!r}", malformed=True)
 
 
-def split_parts(chunks: Iterable[bytes], boundary: bytes, open_part: Callable[[int], IO[bytes]],
+class PartFile(Protocol):
+    """Where one part's body goes: a file opened for writing."""
+
+    def write(self, data: bytes, /) -> int: ...
+    def close(self) -> None: ...
+
+
+def split_parts(chunks: Iterable[bytes], boundary: bytes, open_part: Callable[[int], PartFile],
                 max_part_bytes: int | None = None) -> int:
     """Writes each part's body to `open_part(i)` (closed here), returns the number of
     parts. A body that ends (the connection closed in order) before its closing boundary,
@@ -37,7 +44,7 @@ def split_parts(chunks: Iterable[bytes], boundary: bytes, open_part: Callable[[i
     buffer = b"\r\n"  # the first delimiter has no CRLF before it
     stream = iter(chunks)
     parts = 0
-    part: IO[bytes] | None = None
+    part: PartFile | None = None
     in_headers = False
     written = 0  # bytes of the current part
     for chunk in stream:
