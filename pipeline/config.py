@@ -400,6 +400,10 @@ class TrainConfig:
     # The weights evaluated each epoch and exported: their exponential moving average over
     # the steps at this momentum (Keras' optimizer EMA, e.g. 0.99); 0: the weights as they are.
     ema: float = 0.0
+    # Test-time augmentation: every answer the mean over the symmetries in `augment` (flip,
+    # rot90: up to the eight of a square frame), in eval, serving and the LiteRT/ONNX
+    # artifacts (model/tta.py); one model pass per symmetry.
+    tta: bool = False
     mixed_precision: str = "off"
     jit_compile: bool = False
     deterministic: bool = True  # tf.config.experimental.enable_op_determinism()
@@ -442,6 +446,11 @@ class TrainConfig:
             raise ConfigError(f"train.conv_filters: expected positive filter counts, found {self.conv_filters}")
         if self.checkpoint_every_steps < 0 or self.patience < 0:
             raise ConfigError("train: checkpoint_every_steps and patience must be >= 0")
+        if self.tta and (self.causal or self.target == "anomaly" or not {"flip", "rot90"} & set(self.augment)):
+            raise ConfigError("train.tta: the answer averaged over train.augment's flip and rot90 (a causal model's "
+                              "frame-by-frame step and an anomaly model's threshold read one pass); expected flip or "
+                              f"rot90 in augment, causal: false and a class, value or frames target, found augment "
+                              f"{list(self.augment)}, causal {str(self.causal).lower()}, target {self.target}")
         if not 0 <= self.ema < 1:
             raise ConfigError(f"train.ema: expected a momentum in [0, 1) (0: off), found {self.ema}")
         if not 0 <= self.dropout < 1 or self.learning_rate <= 0:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from ...pipeline import features as F
@@ -30,6 +31,7 @@ from ..io.examples import RecordSpec, load_spec, load_spec_json
 from ..model.network import build_model
 from ..model.saved_model import portable_lstm, step_inputs
 from ..model.step import StepModel
+from ..model.tta import averaged
 
 ONNX_OPSET = 17
 NEXT = "next_"  # an ONNX step's state outputs: next_state_* (its inputs are state_*)
@@ -68,14 +70,16 @@ def rebuild(model_dir: str | Path, saved: Sequence[tf.Variable]) -> tuple[keras.
     return model, spec
 
 
-def frozen_function(model: keras.Model, spec: RecordSpec) -> tf.types.experimental.ConcreteFunction:
-    """frames (B, *spec.shape), valid_frames (B,) -> probabilities (B, K), unrolled and frozen."""
+def frozen_function(model: keras.Model, spec: RecordSpec,
+                    tta: np.ndarray | None = None) -> tf.types.experimental.ConcreteFunction:
+    """frames (B, *spec.shape), valid_frames (B,) -> probabilities (B, K), unrolled and
+    frozen; with `tta` the mean over those symmetries, as the SavedModel answers."""
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     @tf.function(input_signature=[tf.TensorSpec([None, *spec.shape], tf.dtypes.as_dtype(spec.dtype), name=F.FRAMES),
                                   tf.TensorSpec([None], tf.int32, name=F.VALID_FRAMES)])
     def predict_frames(frames: tf.Tensor, valid_frames: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {spec.output: model({F.FRAMES: frames, F.VALID_FRAMES: valid_frames}, training=False)}
+        return {spec.output: averaged(model, {F.FRAMES: frames, F.VALID_FRAMES: valid_frames}, tta)}
 
     with portable_lstm(model, unroll=True):
         return convert_variables_to_constants_v2(predict_frames.get_concrete_function())

@@ -33,6 +33,7 @@ from ...pipeline.fingerprints import tree_fingerprint
 from ..io.examples import SPEC_FILE, RecordSpec, load_spec_json, synthetic_frames
 from ..model import runtimes
 from ..model.step import FRAME, causal_reason, state_tensors, states_of, zero_state
+from ..model.tta import tta_table
 from . import convert, parity
 
 EXPORT_FILE = "medseq_export.json"
@@ -132,7 +133,9 @@ def export(model: str | Path, examples_dir: str | Path, out: str | Path, formats
     keras_model, spec = convert.rebuild(model_dir, saved_model.variables)
     split = parity.eval_split(examples_dir, spec)
     reference = runtimes.signature(saved_model.signatures[F.FRAMES_SIGNATURE])
-    function = convert.frozen_function(keras_model, spec)
+    train = spec_json["training"]["config"]  # train.tta: the artifacts answer as the SavedModel does
+    tta = tta_table(spec.shape, tuple(train.get("augment", ())), bool(train.get("tta", False)))
+    function = convert.frozen_function(keras_model, spec, tta)
     causal = causal_reason(keras_model) is None
     step_function = convert.frozen_step_function(keras_model, spec) if causal else None
     states = state_tensors(keras_model, spec) if causal else ()

@@ -43,6 +43,7 @@ from ..io import deid
 from ..model import domain
 from ..model.network import build_model
 from ..model.saved_model import export_saved_model
+from ..model.tta import tta_table
 from . import site
 from .records import MODEL_DIR, RECORD_FILE, UNIFORM_WEIGHT, FederationError
 
@@ -369,7 +370,8 @@ def federate(grid: Grid, config: PipelineConfig, out: Path, run_id: int) -> Path
               "differential_privacy": _privacy_record(strategy, settings, epsilon)}
     training = {"federated": record, "epochs": settings.rounds * settings.local_epochs, "config": to_dict(config.train),
                 "domain": trained_on}
-    model_dir = export_saved_model(model, spec, out / MODEL_DIR, training, reference)
+    model_dir = export_saved_model(model, spec, out / MODEL_DIR, training, reference,
+                                   tta_table(spec.shape, config.train.augment, config.train.tta))
     (out / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return model_dir
 

@@ -36,6 +36,7 @@ from .attribution import grad_cam
 from .domain import embedder
 from .network import ANOMALY_SCORE
 from .step import FRAME, FRAME_VALUE, StepModel, causal_reason, state_tensors
+from .tta import averaged
 
 
 def _outputs(probabilities: tf.Tensor, spec: RecordSpec) -> dict[str, tf.Tensor]:
@@ -141,12 +142,14 @@ def add_step_endpoints(archive: keras.export.ExportArchive, model: keras.Model, 
 
 def export_saved_model(model: keras.Model, spec: RecordSpec, path: str | Path,
                        training: dict[str, object] | None = None,
-                       reference: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
+                       reference: tuple[np.ndarray, np.ndarray] | None = None,
+                       tta: np.ndarray | None = None) -> Path:
     """Writes a SavedModel (plus assets.extra/medseq_spec.json: the input spec, the
     preprocessing config and `training`, e.g. the training records' fingerprint) to
     `path`, replacing it. With `reference` (the training embeddings' mean and inverse
     covariance, model/domain.py) `serving_default` and `predict_frames` also return
-    `domain_score`."""
+    `domain_score`. With `tta` (model/tta.py) their answer is the mean over those
+    symmetries of the frames."""
     path = Path(path)
     tmp = path.with_name(path.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -156,7 +159,7 @@ def export_saved_model(model: keras.Model, spec: RecordSpec, path: str | Path,
     score = _domain_score(model, reference) if reference is not None else None
 
     def scored(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        out = _outputs(model(inputs, training=False), spec)
+        out = _outputs(averaged(model, inputs, tta), spec)
         if score is not None:
             out[F.DOMAIN_SCORE] = score(inputs)
         return out

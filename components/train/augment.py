@@ -15,21 +15,11 @@ augmented the same way, also after a restart (see dataset.train_stream).
 
 from __future__ import annotations
 
-import numpy as np
 import tensorflow as tf
 
 from ...pipeline import features as F
 from ..io.examples import FRAME_TRUTH
-
-
-def spatial_permutations(height: int, width: int, ops: tuple[str, ...]) -> np.ndarray:
-    """(K, H*W) source pixel of every output pixel, for each transform the ops allow:
-    the identity, its mirror image (flip), the four rotations (rot90), or all eight."""
-    grid = np.arange(height * width).reshape(height, width)
-    shapes = [np.rot90(grid, k) for k in range(4)] if "rot90" in ops and height == width else [grid]
-    if "flip" in ops:
-        shapes += [np.fliplr(g) for g in shapes]
-    return np.stack([g.ravel() for g in shapes]).astype(np.int32)
+from ..model.tta import spatial_permutations
 
 
 def augment(parsed: dict[str, tf.Tensor], ops: tuple[str, ...], seed: tf.Tensor) -> dict[str, tf.Tensor]:

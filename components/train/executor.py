@@ -224,7 +224,7 @@ def train(examples_dir: str | Path, out: str | Path, config: TrainConfig) -> Tra
     if spec.is_anomaly:
         training["anomaly"] = anomaly_threshold(trainer.model, spec, [eval_files, train_files],
                                                 config.batch_size, config.domain_false_alarm)
-    export_saved_model(trainer.model, spec, model_dir, training, reference)
+    export_saved_model(trainer.model, spec, model_dir, training, reference, trainer.tta)
     if best and chief:
         print(f"train: exported epoch {int(state.best_epoch.numpy())} ({config.monitored[0]} "
               f"{float(state.best_value.numpy()):.4f}) -> {model_dir}", flush=True)

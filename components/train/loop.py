@@ -24,6 +24,7 @@ from ..model import events
 from ..model.intervals import value_metrics
 from ..model.metrics import auc, binary_auc, histograms
 from ..model.network import ANOMALY_ERROR, ANOMALY_SCORE, build_model
+from ..model.tta import averaged, tta_table
 from .state import TrainState
 
 
@@ -75,6 +76,7 @@ class Trainer:
         self.state = TrainState(len(spec.classes))
         self.class_weights = tf.constant(class_weights, tf.float32)
         self.value, self.frames, self.anomaly = spec.is_value, spec.is_frames, spec.is_anomaly
+        self.tta = tta_table(spec.shape, config.augment, config.tta)
         self.normal = spec.normal_class if self.anomaly else -1
         # A value's loss is in the train split's standard deviations, whatever its units; a
         # frames target's is on the phase score, over the weighted frames only.
@@ -155,7 +157,7 @@ class Trainer:
 
     @tf.function
     def _predict(self, inputs: dict[str, tf.Tensor]) -> tf.Tensor:
-        return self.model(inputs, training=False)
+        return averaged(self.model, inputs, self.tta)  # train.tta: the answer serving gives
 
     def learning_rate(self) -> float:
         return float(np.asarray(self.optimizer.learning_rate))

@@ -59,6 +59,9 @@ def test_model_options_are_checked_at_load(tmp_path):
     rejects(tmp_path, "train: {class_weight: balanced}\n", "train.class_weight: expected one of none, auto")
     rejects(tmp_path, "train: {class_weight: {normal: -1}}\n", "expected weights >= 0")
     rejects(tmp_path, "train: {jit_compile: true}\n", "expected deterministic: false beside jit_compile: true")
+    rejects(tmp_path, "train: {tta: true, augment: [roll]}\n", "train.tta: .* found augment \\['roll'\\]")
+    rejects(tmp_path, "train: {tta: true, target: frames, causal: true}\n", "causal true")
+    rejects(tmp_path, "train: {ema: 1.0}\n", "train.ema: expected a momentum in \\[0, 1\\)")
     path = tmp_path / "ok.yaml"
     path.write_text("train: {class_weight: {normal: 2, reduced_ef: 0.5}}\n")
     assert dict(load_config(path).train.class_weight) == {"normal": 2.0, "reduced_ef": 0.5}

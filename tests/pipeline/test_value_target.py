@@ -1,8 +1,8 @@
 """A value per series (train.target: value) through every stage: synthetic cine MR whose
 label is the ejection fraction in % with 3 EF points of measurement noise, `medseq run`
 end to end (ingest, validate, train, evaluate with TFMA, push with LiteRT and ONNX
-artifacts through their parity gates), then the served model answers a value through
-TF Serving's signature, `medseq predict` and the report."""
+artifacts through their parity gates, test-time augmentation on), then the served model
+answers a value through TF Serving's signature, `medseq predict` and the report."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from helpers import ARTIFACTS, medseq_run, render_in_chromium, served_answers
 from medseq.components.evaluate.inference import PREDICTIONS_FILE, EvalPredictions
+from medseq.components.io.examples import eval_dataset, record_spec, split_files
 from medseq.components.model.intervals import value_metrics
 from medseq.pipeline import cli
 from medseq.pipeline import features as F
@@ -29,7 +30,7 @@ def value_run(tmp_path_factory):
         "synth": {"task": "cine_ef", "patients": 150, "seed": 5, "small": True, "target": "value", "noise": 3.0},
         "preprocess": {"frames": 16, "height": 32, "width": 32},
         "train": {"target": "value", "value": {"column": "ef", "units": "%", "range": [0, 100]}, "epochs": 15,
-                  "conv_filters": [8, 16], "lstm_units": 16},
+                  "conv_filters": [8, 16], "lstm_units": 16, "tta": True},
         "evaluate": {"eval_config": str(gate), "value_cutoffs": [40, 50], "bootstrap_samples": 300},
         "push": {"formats": ["litert:fp32", "onnx:fp32"]},
     })
@@ -79,6 +80,14 @@ def test_the_served_value_model_answers_through_every_door(value_run, tmp_path, 
     assert again["value"] == pytest.approx(answer["value"], abs=1e-3)
     assert cli.main(["predict", "--model", str(served), "--input", str(series)]) == 0
     assert f"{answer['value']:.4g} %" in capsys.readouterr().out
+    # train.tta: the answer is the mean over the square's eight symmetries, so a series turned a
+    # quarter and mirrored gets the same value (the ONNX artifact above answered alike).
+    records_dir = value_run / "ingest"
+    inputs, _ = next(iter(eval_dataset(split_files(records_dir, "eval"), record_spec(records_dir), 4)))
+    frames = tf.saved_model.load(str(served)).signatures[F.FRAMES_SIGNATURE]
+    turned = np.ascontiguousarray(np.rot90(inputs[F.FRAMES].numpy(), 1, axes=(2, 3))[:, :, :, ::-1])
+    np.testing.assert_allclose(frames(frames=tf.constant(turned), valid_frames=inputs[F.VALID_FRAMES])[F.VALUE],
+                               frames(**inputs)[F.VALUE], atol=1e-3)
 
 
 @pytest.mark.slow

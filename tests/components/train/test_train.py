@@ -194,6 +194,26 @@ def test_ema_evaluates_the_moving_average_and_gives_the_trained_weights_back(cin
     assert any(not np.allclose(got, last) for got, last in zip(inside, trained, strict=True))
 
 
+def test_tta_answers_the_same_for_a_turned_or_mirrored_series(cine_records, tmp_path):
+    """train.tta: the served answer is the mean over the eight symmetries of the square
+    (augment flip and rot90), so turning or mirroring every frame of a series does not
+    change it; the same model without it does change its answer."""
+    spec = record_spec(cine_records)
+    config = dataclasses.replace(TINY, augment=("flip", "rot90"), tta=True)
+    trainer = Trainer(spec, config, make_strategy(config), np.ones(2, np.float32), 1)
+    assert trainer.tta is not None and len(trainer.tta) == 8
+    served = {name: tf.saved_model.load(str(export_saved_model(trainer.model, spec, tmp_path / name, tta=table)))
+              .signatures[F.FRAMES_SIGNATURE] for name, table in (("tta", trainer.tta), ("plain", None))}
+    inputs, _ = next(iter(eval_dataset(split_files(cine_records, "eval"), spec, 4)))
+    frames, valid = inputs[F.FRAMES].numpy(), inputs[F.VALID_FRAMES]
+    turned = np.ascontiguousarray(np.rot90(frames, 1, axes=(2, 3))[:, :, :, ::-1])  # a quarter turn, mirrored
+    answer = {name: [signature(frames=tf.constant(x), valid_frames=valid)[F.PROBABILITIES].numpy()
+                     for x in (frames, turned)] for name, signature in served.items()}
+    np.testing.assert_allclose(answer["tta"][0], answer["tta"][1], atol=1e-5)
+    assert np.abs(answer["plain"][0] - answer["plain"][1]).max() > 1e-4
+    np.testing.assert_allclose(answer["tta"][0], trainer._predict(inputs).numpy(), atol=1e-5)  # eval answers alike
+
+
 def test_padding_is_masked(cine_records):
     spec = record_spec(cine_records)
     trainer = Trainer(spec, TINY, make_strategy(TINY), np.ones(2, np.float32), 1)
