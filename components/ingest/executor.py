@@ -217,6 +217,7 @@ def run_job(source: Source, labels_path: str, out: str, key: bytes, preprocess: 
     if target == CLASS and ingest.classes:
         labels = dataclasses.replace(labels, classes=ingest.classes)
     classes = labels.classes
+    source.check()
     with output_lock(out, "ingest output", (*OUTPUT_NAMES, F.FETCH_MANIFEST_FILE)):
         staging = storage.join(out, f".medseq-staging-{uuid.uuid4().hex[:8]}")
         try:  # a failed or killed job, or a full disk while merging, leaves no staging; OUT is as it was

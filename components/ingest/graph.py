@@ -59,6 +59,7 @@ class Source(Protocol):
 
     @property
     def root(self) -> str: ...
+    def check(self) -> None: ...  # the input there, or one line (after labels.csv is read)
     def paths(self, g: Graph, staging: str) -> tuple[Any, Any | None]: ...
     def done(self, staging: str) -> None: ...  # after the job, before its side files are merged
 

@@ -47,10 +47,14 @@ class FilesSource:
     """A folder (every file under it) or a glob, local or on any filesystem of Beam's:
     listed by one step, then spread so that the header reads run on every worker."""
 
-    def __init__(self, input_path: str, require_files: bool = True) -> None:
-        self.pattern, self.root = input_pattern(input_path)
-        if require_files:
-            _require_files(self.pattern, input_path)
+    def __init__(self, input_path: str) -> None:
+        self.input_path = input_path
+        self.pattern, self.root = input_path, input_path
+
+    def check(self) -> None:
+        """The input is there and holds a file, or one line saying what was found."""
+        self.pattern, self.root = input_pattern(self.input_path)
+        _require_files(self.pattern, self.input_path)
 
     def paths(self, g: Graph, staging: str) -> tuple[Any, None]:
         # The match is one element's fan-out: without a reshuffle every header read would

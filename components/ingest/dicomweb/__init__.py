@@ -123,6 +123,9 @@ class DicomwebSource:
         return sum(int(item[3]) if item[0] == "fetch" else int(self.old[item[1]].get("instances", 1))
                    for item in self.items)
 
+    def check(self) -> None:
+        """The listing found series already (archive_source)."""
+
     def paths(self, g: Graph, staging: str) -> tuple[Any, Any]:
         groups = self.config.concurrency if g.parallel else 1
         step = FetchSeriesStep(self.service_root, self.config, self.key, self.cache, self.deadline_at,
