@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ...pipeline import features as F
-from ...pipeline.config import ExportConfig
+from ...pipeline.config import ExportConfig, TrainConfig, from_dict
 from ...pipeline.errors import ConfigError, InputError
 from ...pipeline.fingerprints import tree_fingerprint
 from ..io.examples import SPEC_FILE, RecordSpec, load_spec_json, synthetic_frames
@@ -133,9 +133,8 @@ def export(model: str | Path, examples_dir: str | Path, out: str | Path, formats
     keras_model, spec = convert.rebuild(model_dir, saved_model.variables)
     split = parity.eval_split(examples_dir, spec)
     reference = runtimes.signature(saved_model.signatures[F.FRAMES_SIGNATURE])
-    train = spec_json["training"]["config"]  # train.tta: the artifacts answer as the SavedModel does
-    tta = tta_table(spec.shape, tuple(train.get("augment", ())), bool(train.get("tta", False)))
-    function = convert.frozen_function(keras_model, spec, tta)
+    train = from_dict(TrainConfig, spec_json["training"]["config"], "model train")  # as convert.rebuild reads it
+    function = convert.frozen_function(keras_model, spec, tta_table(spec.shape, train))  # answers as the SavedModel
     causal = causal_reason(keras_model) is None
     step_function = convert.frozen_step_function(keras_model, spec) if causal else None
     states = state_tensors(keras_model, spec) if causal else ()

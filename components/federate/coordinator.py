@@ -371,7 +371,7 @@ def federate(grid: Grid, config: PipelineConfig, out: Path, run_id: int) -> Path
     training = {"federated": record, "epochs": settings.rounds * settings.local_epochs, "config": to_dict(config.train),
                 "domain": trained_on}
     model_dir = export_saved_model(model, spec, out / MODEL_DIR, training, reference,
-                                   tta_table(spec.shape, config.train.augment, config.train.tta))
+                                   tta_table(spec.shape, config.train))
     (out / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return model_dir
 

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from ...pipeline import features as F
+from ...pipeline.config import TrainConfig
 
 
 def spatial_permutations(height: int, width: int, ops: tuple[str, ...]) -> np.ndarray:
@@ -29,12 +30,12 @@ def spatial_permutations(height: int, width: int, ops: tuple[str, ...]) -> np.nd
     return np.stack([g.ravel() for g in shapes]).astype(np.int32)
 
 
-def tta_table(shape: tuple[int, ...], augment: tuple[str, ...], on: bool) -> np.ndarray | None:
+def tta_table(shape: tuple[int, ...], train: TrainConfig) -> np.ndarray | None:
     """The symmetries to average over for frames of `shape` (..., H, W, C), or None
-    (tta off, or no symmetry in `augment` that these frames allow)."""
-    if not on:
+    (train.tta off, or no symmetry in train.augment that these frames allow)."""
+    if not train.tta:
         return None
-    table = spatial_permutations(shape[-3], shape[-2], augment)
+    table = spatial_permutations(shape[-3], shape[-2], train.augment)
     return table if len(table) > 1 else None
 
 

@@ -120,7 +120,7 @@ def _evaluate_epoch(trainer: Trainer, eval_ds: tf.data.Dataset, checkpoints: Che
     """Adds the eval metrics to `metrics`, keeps the best epoch, decides early stopping;
     returns what to say about it."""
     state = trainer.state
-    with trainer.averaged():  # train.ema: the moving average is what is evaluated and kept
+    with trainer.moving_average():  # train.ema: the moving average is what is evaluated and kept
         metrics.update(trainer.evaluate(eval_ds))
         monitor, mode = config.monitored
         if monitor not in metrics:

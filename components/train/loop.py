@@ -76,7 +76,7 @@ class Trainer:
         self.state = TrainState(len(spec.classes))
         self.class_weights = tf.constant(class_weights, tf.float32)
         self.value, self.frames, self.anomaly = spec.is_value, spec.is_frames, spec.is_anomaly
-        self.tta = tta_table(spec.shape, config.augment, config.tta)
+        self.tta = tta_table(spec.shape, config)
         self.normal = spec.normal_class if self.anomaly else -1
         # A value's loss is in the train split's standard deviations, whatever its units; a
         # frames target's is on the phase score, over the weighted frames only.
@@ -141,7 +141,7 @@ class Trainer:
         return loss
 
     @contextlib.contextmanager
-    def averaged(self) -> Iterator[None]:
+    def moving_average(self) -> Iterator[None]:
         """With `train.ema`: the weights' moving average in the model for the block (to
         evaluate, or to save as the best epoch), the trained weights back after it."""
         if not self.config.ema:

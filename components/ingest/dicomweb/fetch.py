@@ -21,6 +21,7 @@ output folder, in `ingest.dicomweb.cache_dir`, one folder per output.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -144,7 +145,7 @@ class SeriesFetcher:
         before = self.service.retried_here()
         outcome = self._fetch(ref)
         retried = self.service.retried_here() - before
-        return Outcome(**{**asdict(outcome), "retried": retried}) if retried else outcome
+        return dataclasses.replace(outcome, retried=retried) if retried else outcome
 
     def _fetch(self, ref: SeriesRef) -> Outcome:
         series_key, folder = series_folder(self.key, ref.series_uid)
@@ -270,8 +271,7 @@ class _Counted:
 def _replace(staging: str, target: str) -> None:
     """`staging` becomes `target`: by renames locally (a reader sees the old series or
     the new), object by object on an object store (the digest, written after, marks it whole)."""
-    old = storage.join(os.path.dirname(target) if not storage.remote(target) else target.rsplit("/", 1)[0],
-                       f"{STAGING_PREFIX}old-{uuid.uuid4().hex[:8]}")
+    old = f"{staging}-old"  # beside the staging folder: swept with it if a kill leaves it
     if not storage.remote(target):
         os.makedirs(os.path.dirname(target), exist_ok=True)
     if storage.exists(target):
@@ -339,7 +339,9 @@ class FetchSeriesStep:
                                                    outcome.message, outcome.instances))
                 yield Tagged(FETCHED, outcome.to_json())
                 continue
-            files = fetcher.files(outcome.folder) if fetcher.whole(outcome.folder, outcome.digest) else []
+            # A listed series is whole here (fetched, or found unchanged); a kept one is checked.
+            whole = not outcome.kept or fetcher.whole(outcome.folder, outcome.digest)
+            files = fetcher.files(outcome.folder) if whole else []
             if not files:  # a kept series no longer whole in the cache: left out of this output
                 continue
             self.counts.inc("series_kept" if outcome.kept else "series_fetched" if outcome.fetched else

@@ -171,7 +171,7 @@ def test_exported_signatures_match_the_in_memory_model(cine_records, tmp_path):
 
 
 def test_ema_evaluates_the_moving_average_and_gives_the_trained_weights_back(cine_records):
-    """train.ema: inside `averaged()` the model holds the exponential moving average of its
+    """train.ema: inside `moving_average()` the model holds the exponential moving average of its
     weights over the steps (the first step's weights start it, as Keras' EMA does); after
     it, the trained weights go on training unchanged."""
     spec = record_spec(cine_records)
@@ -186,7 +186,7 @@ def test_ema_evaluates_the_moving_average_and_gives_the_trained_weights_back(cin
         average = [w if step == 0 else momentum * a + (1 - momentum) * w
                    for a, w in zip(average or weights(), weights(), strict=True)]
     trained = weights()
-    with trainer.averaged():
+    with trainer.moving_average():
         inside = weights()
     for got, want, last, back in zip(inside, average, trained, weights(), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
